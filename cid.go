@@ -1,0 +1,170 @@
+package quicpipe
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+
+	"github.com/quic-go/quic-go"
+	"golang.org/x/crypto/blake2b"
+)
+
+// CIDLen is the length in bytes of every connection ID used on a peer
+// connection and by the relay.
+const CIDLen = 12
+
+// Limits on the length of a CID key, the secret from which a peer derives its
+// connection IDs.
+const (
+	MinCIDKeyLen = 16
+	MaxCIDKeyLen = blake2b.Size // 64, the longest key BLAKE2b accepts
+)
+
+// ErrCIDKeyLength is returned when a CID key is shorter than MinCIDKeyLen or
+// longer than MaxCIDKeyLen.
+var ErrCIDKeyLength = fmt.Errorf("quicpipe: CID key must be %d to %d bytes", MinCIDKeyLen, MaxCIDKeyLen)
+
+// errCIDsExhausted is returned once a generator has issued 2^32-1 IDs.
+var errCIDsExhausted = errors.New("quicpipe: connection ID counter exhausted")
+
+// CID is a 12-byte connection ID.
+type CID [CIDLen]byte
+
+// DeriveCID returns the i-th connection ID of the peer holding key: the first
+// 12 bytes of BLAKE2b keyed with key over i as a 4-byte big-endian integer,
+// with the high bit of the first byte cleared. i starts at 1; docs/PROTOCOL.md
+// has test vectors.
+func DeriveCID(key []byte, i uint32) (CID, error) {
+	var c CID
+	if len(key) < MinCIDKeyLen || len(key) > MaxCIDKeyLen {
+		return c, ErrCIDKeyLength
+	}
+	if i == 0 {
+		return c, errors.New("quicpipe: connection ID index must be at least 1")
+	}
+	h, err := blake2b.New(CIDLen, key)
+	if err != nil {
+		return c, fmt.Errorf("quicpipe: blake2b: %w", err)
+	}
+	deriveInto(h, i, &c)
+	return c, nil
+}
+
+// hasher is the subset of hash.Hash used by deriveInto.
+type hasher interface {
+	Reset()
+	Write([]byte) (int, error)
+	Sum([]byte) []byte
+}
+
+func deriveInto(h hasher, i uint32, c *CID) {
+	h.Reset()
+	h.Write([]byte{byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)})
+	h.Sum(c[:0])
+	c[0] &= 0x7f
+}
+
+// deriveRange appends the CIDs with indexes first..first+n-1 to dst.
+func deriveRange(dst []CID, key []byte, first uint32, n int) ([]CID, error) {
+	h, err := blake2b.New(CIDLen, key)
+	if err != nil {
+		return dst, ErrCIDKeyLength
+	}
+	for j := range n {
+		var c CID
+		deriveInto(h, first+uint32(j), &c)
+		dst = append(dst, c)
+	}
+	return dst, nil
+}
+
+// NewCIDKey returns a fresh random 32-byte CID key.
+func NewCIDKey() []byte {
+	k := make([]byte, 32)
+	rand.Read(k)
+	return k
+}
+
+// CIDGenerator is a quic.ConnectionIDGenerator that issues a peer's
+// connection IDs in order: DeriveCID(key, 1), DeriveCID(key, 2), ...
+// It is safe for concurrent use.
+type CIDGenerator struct {
+	key []byte
+
+	mu     sync.Mutex
+	issued uint32
+	notify func(issued uint32)
+}
+
+var _ quic.ConnectionIDGenerator = (*CIDGenerator)(nil)
+
+// NewCIDGenerator returns a generator for key, which must be MinCIDKeyLen to
+// MaxCIDKeyLen bytes long. The generator keeps its own copy of key.
+func NewCIDGenerator(key []byte) (*CIDGenerator, error) {
+	if len(key) < MinCIDKeyLen || len(key) > MaxCIDKeyLen {
+		return nil, ErrCIDKeyLength
+	}
+	return &CIDGenerator{key: append([]byte(nil), key...)}, nil
+}
+
+// GenerateConnectionID issues the next connection ID.
+func (g *CIDGenerator) GenerateConnectionID() (quic.ConnectionID, error) {
+	g.mu.Lock()
+	if g.issued == math.MaxUint32 {
+		g.mu.Unlock()
+		return quic.ConnectionID{}, errCIDsExhausted
+	}
+	g.issued++
+	i, notify := g.issued, g.notify
+	g.mu.Unlock()
+	c, err := DeriveCID(g.key, i)
+	if err != nil {
+		return quic.ConnectionID{}, err
+	}
+	if notify != nil {
+		notify(i)
+	}
+	return quic.ConnectionIDFromBytes(c[:]), nil
+}
+
+// ConnectionIDLen returns CIDLen.
+func (g *CIDGenerator) ConnectionIDLen() int { return CIDLen }
+
+// Issued reports how many connection IDs the generator has issued; the last
+// one issued has this index.
+func (g *CIDGenerator) Issued() uint32 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.issued
+}
+
+// setNotify installs a function called (outside the lock) after each issue.
+func (g *CIDGenerator) setNotify(f func(issued uint32)) {
+	g.mu.Lock()
+	g.notify = f
+	g.mu.Unlock()
+}
+
+// RelayCIDGenerator issues the relay's own connection IDs: 12 random bytes with
+// the high bit of the first byte set, so that they never collide with a peer's
+// derived IDs and the relay can recognize its own traffic without a lookup.
+type RelayCIDGenerator struct{}
+
+var _ quic.ConnectionIDGenerator = RelayCIDGenerator{}
+
+// GenerateConnectionID returns a random relay connection ID.
+func (RelayCIDGenerator) GenerateConnectionID() (quic.ConnectionID, error) {
+	var c CID
+	rand.Read(c[:])
+	c[0] |= 0x80
+	return quic.ConnectionIDFromBytes(c[:]), nil
+}
+
+// ConnectionIDLen returns CIDLen.
+func (RelayCIDGenerator) ConnectionIDLen() int { return CIDLen }
+
+// IsRelayCID reports whether a connection ID is one of a relay's own (its
+// first byte has the high bit set).
+func IsRelayCID(cid []byte) bool { return len(cid) > 0 && cid[0]&0x80 != 0 }

@@ -1,0 +1,127 @@
+package quicpipe
+
+import (
+	"crypto/ed25519"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Config configures a Dialer or an Accepter. The zero value of each optional
+// field selects the documented default; the library never modifies a Config
+// it is given.
+type Config struct {
+	// RelayAddr is the relay's UDP address, "host:port". Required.
+	RelayAddr string
+	// RelayKey is the relay's pinned Ed25519 public key. Required unless
+	// RelayTLSConfig is set.
+	RelayKey ed25519.PublicKey
+	// RelayTLSConfig, if not nil, replaces the TLS configuration built from
+	// RelayKey for the HTTP/3 connection to the relay (for example to verify
+	// a CA-issued relay certificate). It is cloned and its NextProtos set to
+	// HTTP/3's.
+	RelayTLSConfig *tls.Config
+
+	// Identity is this peer's Ed25519 private key; the other peer pins its
+	// public key. Required.
+	Identity ed25519.PrivateKey
+	// TrustedPeers lists the public keys of the dialers an Accepter accepts.
+	// Required for an Accepter; a Dialer names its peer on each Dial.
+	TrustedPeers []ed25519.PublicKey
+
+	// CIDKey is the secret from which this peer's connection IDs are derived
+	// (MinCIDKeyLen to MaxCIDKeyLen bytes). If nil, a random 32-byte key is
+	// used, which is what almost every application wants.
+	CIDKey []byte
+
+	// Conn, if not nil, is the UDP socket to use. The caller keeps
+	// ownership: Close does not close it, but nothing else may read from it
+	// until then. If nil, a socket is opened on ListenAddr and closed by
+	// Close.
+	Conn *net.UDPConn
+	// ListenAddr is the local address of the socket opened when Conn is nil.
+	// If empty, an ephemeral port on the unspecified address of the relay's
+	// family is used.
+	ListenAddr string
+
+	// QUICConfig configures the peer connections. If nil, quic-go's defaults
+	// are used. Quicpipe always disables path MTU discovery (relayed paths
+	// must not probe), and a Dialer raises HandshakeIdleTimeout so that the
+	// handshake may wait as long as the Dial context allows.
+	QUICConfig *quic.Config
+
+	// RegistrationWindow is how many CIDs are registered with the relay
+	// ahead of the last one issued. If zero, 64 is used.
+	RegistrationWindow int
+	// RelayTimeout bounds each exchange with the relay (handshake and one
+	// registration request). If zero, 10s is used.
+	RelayTimeout time.Duration
+
+	// Logger receives logs. If nil, nothing is logged.
+	Logger *slog.Logger
+}
+
+func populateConfig(c *Config, accepter bool) (*Config, error) {
+	if c == nil {
+		return nil, errors.New("quicpipe: nil Config")
+	}
+	cfg := *c
+	if cfg.RelayAddr == "" {
+		return nil, errors.New("quicpipe: Config.RelayAddr is required")
+	}
+	if cfg.RelayTLSConfig == nil && len(cfg.RelayKey) != ed25519.PublicKeySize {
+		return nil, fmt.Errorf("quicpipe: Config.RelayKey must be a %d-byte Ed25519 public key, got %d bytes",
+			ed25519.PublicKeySize, len(cfg.RelayKey))
+	}
+	if len(cfg.Identity) != ed25519.PrivateKeySize {
+		return nil, fmt.Errorf("quicpipe: Config.Identity must be a %d-byte Ed25519 private key, got %d bytes",
+			ed25519.PrivateKeySize, len(cfg.Identity))
+	}
+	if accepter && len(cfg.TrustedPeers) == 0 {
+		return nil, errors.New("quicpipe: Config.TrustedPeers is required for an Accepter")
+	}
+	for i, k := range cfg.TrustedPeers {
+		if len(k) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("quicpipe: Config.TrustedPeers[%d] must be a %d-byte Ed25519 public key, got %d bytes",
+				i, ed25519.PublicKeySize, len(k))
+		}
+	}
+	if cfg.CIDKey == nil {
+		cfg.CIDKey = NewCIDKey()
+	} else if len(cfg.CIDKey) < MinCIDKeyLen || len(cfg.CIDKey) > MaxCIDKeyLen {
+		return nil, fmt.Errorf("quicpipe: Config.CIDKey is %d bytes: %w", len(cfg.CIDKey), ErrCIDKeyLength)
+	}
+	if cfg.RegistrationWindow == 0 {
+		cfg.RegistrationWindow = 64
+	}
+	if cfg.RegistrationWindow < 8 || cfg.RegistrationWindow > 4096 {
+		return nil, fmt.Errorf("quicpipe: Config.RegistrationWindow %d is outside 8..4096", cfg.RegistrationWindow)
+	}
+	if cfg.RelayTimeout == 0 {
+		cfg.RelayTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &cfg, nil
+}
+
+// peerQUICConfig returns the QUIC configuration of a peer connection.
+func (c *Config) peerQUICConfig() *quic.Config {
+	var q *quic.Config
+	if c.QUICConfig != nil {
+		q = c.QUICConfig.Clone()
+	} else {
+		q = &quic.Config{}
+	}
+	q.DisablePathMTUDiscovery = true
+	if q.KeepAlivePeriod == 0 {
+		q.KeepAlivePeriod = 15 * time.Second
+	}
+	return q
+}

@@ -1,0 +1,171 @@
+package quicpipe
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/qlogwriter"
+)
+
+// A Dialer opens peer connections through a relay. It owns one UDP socket
+// and stays registered with the relay until Close.
+type Dialer struct {
+	p *peer
+}
+
+// NewDialer opens the socket (or takes Config.Conn) and registers with the
+// relay over it. It fails if the relay cannot be reached or refuses.
+func NewDialer(ctx context.Context, cfg *Config) (*Dialer, error) {
+	c, err := populateConfig(cfg, false)
+	if err != nil {
+		return nil, err
+	}
+	p, err := newPeer(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return &Dialer{p: p}, nil
+}
+
+// DeliverFunc carries a dialer's first flight to the accepter, by any means.
+// It may return before the flight arrives; the handshake completes when the
+// accepter feeds it to Accepter.Accept.
+type DeliverFunc func(ctx context.Context, flight *FirstFlight) error
+
+// Dial opens a connection to the accepter whose pinned key is peer. It starts
+// the QUIC handshake towards the relay's address, holds back the first flight
+// and passes it to deliver, then waits for the accepter's answer through the
+// relay for as long as ctx allows (a person may take minutes to carry the
+// flight). Canceling ctx before the handshake completes aborts the dial; once
+// Dial returns, ctx no longer matters.
+//
+// The connection is quic-go's own: streams and datagrams work as usual. It
+// lives on the Dialer's socket and is closed by Dialer.Close.
+func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver DeliverFunc) (*quic.Conn, error) {
+	if deliver == nil {
+		return nil, errors.New("quicpipe: Dial needs a DeliverFunc")
+	}
+	tlsConf, err := ClientTLSConfig(d.p.cfg.Identity, peer, PeerALPN)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.p.sess.ensureWindow(ctx); err != nil {
+		return nil, err
+	}
+	qconf := d.p.cfg.peerQUICConfig()
+	// The handshake waits for a person, not for the network: only ctx
+	// bounds it.
+	qconf.HandshakeIdleTimeout = 24 * time.Hour
+	if dl, ok := ctx.Deadline(); ok {
+		qconf.HandshakeIdleTimeout = max(time.Until(dl), time.Second)
+	}
+	cp := newCapture()
+	var odcid []byte
+	userTracer := qconf.Tracer
+	// quic-go calls Tracer with the original destination CID before the
+	// connection sends anything: start holding back from that moment.
+	qconf.Tracer = func(tctx context.Context, isClient bool, cid quic.ConnectionID) qlogwriter.Trace {
+		if isClient && odcid == nil {
+			odcid = cid.Bytes()
+			d.p.pconn.hold(odcid, cp)
+		}
+		if userTracer != nil {
+			return userTracer(tctx, isClient, cid)
+		}
+		return nil
+	}
+	defer func() {
+		if odcid != nil {
+			d.p.pconn.release(odcid)
+		}
+	}()
+
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		conn *quic.Conn
+		err  error
+	}
+	res := make(chan result, 1)
+	go func() {
+		c, err := d.p.tr.Dial(dctx, d.p.relayAddr, tlsConf, qconf)
+		res <- result{c, err}
+	}()
+	select {
+	case <-cp.done:
+		if cp.err != nil {
+			cancel()
+			<-res
+			return nil, cp.err
+		}
+		if err := deliver(ctx, cp.flight); err != nil {
+			cancel()
+			<-res
+			return nil, fmt.Errorf("quicpipe: delivering the first flight: %w", err)
+		}
+	case r := <-res:
+		if r.err == nil {
+			r.conn.CloseWithError(0, "")
+			return nil, errors.New("quicpipe: handshake completed before the first flight was delivered")
+		}
+		return nil, fmt.Errorf("quicpipe: dial: %w", r.err)
+	}
+	r := <-res
+	if r.err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("quicpipe: waiting for the accepter: %w", ctx.Err())
+		}
+		return nil, fmt.Errorf("quicpipe: handshake with the accepter: %w", r.err)
+	}
+	return r.conn, nil
+}
+
+// Registration returns the Dialer's current registration with the relay.
+func (d *Dialer) Registration() Registration { return d.p.sess.registration() }
+
+// LocalAddr returns the address of the Dialer's socket.
+func (d *Dialer) LocalAddr() net.Addr { return d.p.conn.LocalAddr() }
+
+// Close unregisters from the relay, closes every connection of the Dialer
+// and its socket (unless Config.Conn was given). It is safe to call more
+// than once.
+func (d *Dialer) Close() error { return d.p.close() }
+
+// Conn is a peer connection that owns its Dialer: closing it closes both.
+// It embeds quic-go's connection, so every stream and datagram method is
+// quic-go's own.
+type Conn struct {
+	*quic.Conn
+	d *Dialer
+}
+
+// Dial is a convenience for one connection: it creates a Dialer, dials peer
+// and returns a Conn that closes the Dialer when it is closed, or when the
+// connection ends.
+func Dial(ctx context.Context, cfg *Config, peer ed25519.PublicKey, deliver DeliverFunc) (*Conn, error) {
+	d, err := NewDialer(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	qc, err := d.Dial(ctx, peer, deliver)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	go func() {
+		<-qc.Context().Done()
+		d.Close()
+	}()
+	return &Conn{Conn: qc, d: d}, nil
+}
+
+// Close closes the connection (application error 0) and its Dialer.
+func (c *Conn) Close() error {
+	c.Conn.CloseWithError(0, "")
+	return c.d.Close()
+}

@@ -1,0 +1,6 @@
+//go:build !linux
+
+package quicpipe
+
+// gsoSegmentSize returns 0: GSO exists only on Linux.
+func gsoSegmentSize([]byte) int { return 0 }

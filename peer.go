@@ -1,0 +1,105 @@
+package quicpipe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"github.com/quic-go/quic-go"
+)
+
+// peer is what a Dialer and an Accepter share: one UDP socket, one
+// quic.Transport whose connection IDs derive from the peer's CID key, and a
+// registration with the relay made over that same socket, so that the NAT
+// mapping towards the relay is the one the peer connection uses.
+type peer struct {
+	cfg       *Config
+	conn      *net.UDPConn
+	ownConn   bool
+	pconn     *peerConn
+	tr        *quic.Transport
+	gen       *CIDGenerator
+	relayAddr *net.UDPAddr
+	sess      *relaySession
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func newPeer(ctx context.Context, cfg *Config) (*peer, error) {
+	relayAddr, err := net.ResolveUDPAddr("udp", cfg.RelayAddr)
+	if err != nil {
+		return nil, fmt.Errorf("quicpipe: relay address %q: %w", cfg.RelayAddr, err)
+	}
+	if relayAddr.Port == 0 || relayAddr.IP == nil {
+		return nil, fmt.Errorf("quicpipe: relay address %q needs a host and a port", cfg.RelayAddr)
+	}
+	relayTLS := cfg.RelayTLSConfig
+	if relayTLS != nil {
+		relayTLS = relayTLS.Clone()
+	} else {
+		relayTLS, err = ClientTLSConfig(nil, cfg.RelayKey, "h3")
+		if err != nil {
+			return nil, err
+		}
+	}
+	p := &peer{cfg: cfg, conn: cfg.Conn, relayAddr: relayAddr}
+	if p.conn == nil {
+		network, laddr := "udp4", &net.UDPAddr{}
+		if relayAddr.IP.To4() == nil {
+			network = "udp6"
+		}
+		if cfg.ListenAddr != "" {
+			if laddr, err = net.ResolveUDPAddr(network, cfg.ListenAddr); err != nil {
+				return nil, fmt.Errorf("quicpipe: listen address %q: %w", cfg.ListenAddr, err)
+			}
+		}
+		if p.conn, err = net.ListenUDP(network, laddr); err != nil {
+			return nil, fmt.Errorf("quicpipe: open socket: %w", err)
+		}
+		p.ownConn = true
+	}
+	if p.gen, err = NewCIDGenerator(cfg.CIDKey); err != nil {
+		p.closeSocket()
+		return nil, err
+	}
+	p.pconn = newPeerConn(p.conn, relayAddr.AddrPort())
+	p.tr = &quic.Transport{
+		Conn:                  p.pconn,
+		ConnectionIDGenerator: p.gen,
+	}
+	p.sess = newRelaySession(p.tr, relayAddr, relayTLS, cfg.CIDKey, p.gen, cfg)
+	if err := p.sess.start(ctx); err != nil {
+		p.close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *peer) closeSocket() error {
+	if p.ownConn {
+		return p.conn.Close()
+	}
+	return nil
+}
+
+// close unregisters, closes every connection and the transport, and closes
+// the socket if the peer opened it.
+func (p *peer) close() error {
+	p.closeOnce.Do(func() {
+		if p.sess != nil {
+			p.sess.close()
+		}
+		var errs []error
+		if p.tr != nil {
+			if err := p.tr.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+				errs = append(errs, err)
+			}
+		}
+		errs = append(errs, p.closeSocket())
+		p.closeErr = errors.Join(errs...)
+	})
+	return p.closeErr
+}

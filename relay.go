@@ -1,0 +1,517 @@
+package quicpipe
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"golang.org/x/net/ipv4"
+
+	"github.com/quicpipe/quicpipe/internal/wire"
+)
+
+// RelayConfig configures a Relay. The zero value of each field selects the
+// documented default; a Relay never modifies the RelayConfig it is given.
+type RelayConfig struct {
+	// Identity is the relay's Ed25519 key; peers pin its public key. Required
+	// unless TLSConfig is set.
+	Identity ed25519.PrivateKey
+	// TLSConfig, if not nil, replaces the configuration built from Identity
+	// (for example to serve a CA-issued certificate). It is cloned, and its
+	// NextProtos are set to HTTP/3's.
+	TLSConfig *tls.Config
+	// QUICConfig configures the relay's QUIC endpoint. If nil, quic-go's
+	// defaults are used with a 60s idle timeout.
+	QUICConfig *quic.Config
+	// Handler, if not nil, serves every HTTP/3 request outside /v1/, so that
+	// an embedding service can mount its own routes beside the relay's.
+	// If nil, such requests get 404.
+	Handler http.Handler
+	// RegistrationTTL is how long a registration lives unless refreshed.
+	// If zero, 60s is used.
+	RegistrationTTL time.Duration
+	// MaxKeyLen is the longest CID key accepted, in bytes. If zero,
+	// MaxCIDKeyLen (64) is used. Keys shorter than MinCIDKeyLen (16) are
+	// always refused.
+	MaxKeyLen int
+	// MaxCIDsPerRegistration bounds the window of CIDs one key may register.
+	// If zero, 8192 is used.
+	MaxCIDsPerRegistration int
+	// MaxCIDs bounds the CIDs registered in total. If zero, 1<<22 is used.
+	MaxCIDs int
+	// MaxRegistrations bounds the registrations in total. If zero, 100000
+	// is used.
+	MaxRegistrations int
+	// MaxRegistrationsPerSource bounds the registrations whose observed
+	// address has the same IP. If zero, 64 is used.
+	MaxRegistrationsPerSource int
+	// MaxBodyBytes bounds the size of an API request body. If zero, 4096 is
+	// used.
+	MaxBodyBytes int64
+	// Logger receives the relay's logs. If nil, the relay logs nothing. The
+	// relay never logs per packet.
+	Logger *slog.Logger
+}
+
+func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
+	var cfg RelayConfig
+	if c != nil {
+		cfg = *c
+	}
+	if cfg.TLSConfig == nil && cfg.Identity == nil {
+		return nil, errors.New("quicpipe: RelayConfig needs an Identity or a TLSConfig")
+	}
+	if cfg.RegistrationTTL == 0 {
+		cfg.RegistrationTTL = 60 * time.Second
+	}
+	if cfg.MaxKeyLen == 0 {
+		cfg.MaxKeyLen = MaxCIDKeyLen
+	}
+	if cfg.MaxCIDsPerRegistration == 0 {
+		cfg.MaxCIDsPerRegistration = 8192
+	}
+	if cfg.MaxCIDs == 0 {
+		cfg.MaxCIDs = 1 << 22
+	}
+	if cfg.MaxRegistrations == 0 {
+		cfg.MaxRegistrations = 100000
+	}
+	if cfg.MaxRegistrationsPerSource == 0 {
+		cfg.MaxRegistrationsPerSource = 64
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 4096
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case cfg.RegistrationTTL < time.Second:
+		return nil, fmt.Errorf("quicpipe: RegistrationTTL %v is below 1s", cfg.RegistrationTTL)
+	case cfg.MaxKeyLen < MinCIDKeyLen || cfg.MaxKeyLen > MaxCIDKeyLen:
+		return nil, fmt.Errorf("quicpipe: MaxKeyLen must be %d to %d", MinCIDKeyLen, MaxCIDKeyLen)
+	case cfg.MaxCIDsPerRegistration < 1, cfg.MaxCIDs < 1, cfg.MaxRegistrations < 1,
+		cfg.MaxRegistrationsPerSource < 1, cfg.MaxBodyBytes < 64:
+		return nil, errors.New("quicpipe: RelayConfig limits must be positive (MaxBodyBytes at least 64)")
+	}
+	return &cfg, nil
+}
+
+// dest is a forwarding destination, immutable once published.
+type dest struct {
+	addr *net.UDPAddr
+	ap   netip.AddrPort
+	raw  rawAddr
+}
+
+// Relay forwards QUIC packets between peers by destination connection ID and
+// serves the registration API over HTTP/3, both on one UDP socket.
+//
+// Datagrams whose 12-byte destination CID is registered are forwarded
+// unchanged, without decryption, to the registered address. Everything else
+// goes to the relay's own HTTP/3 server, except short-header packets for
+// unknown CIDs (dropped) and peers' first flights (dropped; see
+// docs/PROTOCOL.md).
+type Relay struct {
+	cfg     *RelayConfig
+	conn    *net.UDPConn
+	ownConn bool
+	rconn   *relayConn
+	tr      *quic.Transport
+	ln      *quic.Listener
+	h3      *http3.Server
+	log     *slog.Logger
+
+	table *cidTable
+
+	regMu    sync.Mutex
+	regs     map[string]*registration
+	perIP    map[string]int
+	closing  bool
+	initials initialFilter
+
+	stats relayCounters
+
+	serveOnce sync.Once
+	closeOnce sync.Once
+	closed    chan struct{}
+	wg        sync.WaitGroup
+	closeErr  error
+}
+
+// ListenRelay opens a UDP socket on addr (for example ":4433" or
+// "127.0.0.1:0") and returns a Relay that owns it.
+func ListenRelay(addr string, cfg *RelayConfig) (*Relay, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("quicpipe: relay address: %w", err)
+	}
+	conn, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, fmt.Errorf("quicpipe: relay listen: %w", err)
+	}
+	r, err := NewRelay(conn, cfg)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	r.ownConn = true
+	return r, nil
+}
+
+// NewRelay returns a Relay serving on conn. The caller keeps ownership of
+// conn: Close stops using it but does not close it. After NewRelay the
+// socket belongs to the relay until Close; nothing else may read from it.
+func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
+	c, err := populateRelayConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var tlsConf *tls.Config
+	if c.TLSConfig != nil {
+		tlsConf = c.TLSConfig.Clone()
+	} else {
+		tlsConf, err = ServerTLSConfig(c.Identity, nil, http3.NextProtoH3)
+		if err != nil {
+			return nil, err
+		}
+	}
+	tlsConf = http3.ConfigureTLSConfig(tlsConf)
+	qconf := &quic.Config{MaxIdleTimeout: 60 * time.Second}
+	if c.QUICConfig != nil {
+		qconf = c.QUICConfig.Clone()
+	}
+	r := &Relay{
+		cfg:    c,
+		conn:   conn,
+		log:    c.Logger,
+		table:  newCIDTable(),
+		regs:   make(map[string]*registration),
+		perIP:  make(map[string]int),
+		closed: make(chan struct{}),
+	}
+	r.stats.init()
+	r.rconn = &relayConn{conn: conn, relay: r}
+	if err := r.rconn.io.init(conn); err != nil {
+		return nil, fmt.Errorf("quicpipe: relay socket: %w", err)
+	}
+	// No StatelessResetKey: the relay must never answer a packet for a CID
+	// it does not know with a stateless reset, or it would kill peer
+	// connections whose registration lapsed for a moment.
+	r.tr = &quic.Transport{
+		Conn:                  r.rconn,
+		ConnectionIDGenerator: RelayCIDGenerator{},
+	}
+	r.ln, err = r.tr.Listen(tlsConf, qconf)
+	if err != nil {
+		r.tr.Close()
+		return nil, fmt.Errorf("quicpipe: relay listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(RegisterPath, r.handleRegister)
+	mux.HandleFunc("/v1/", func(w http.ResponseWriter, req *http.Request) {
+		r.apiError(w, http.StatusNotFound, "not_found", "no such endpoint: "+req.URL.Path)
+	})
+	if c.Handler != nil {
+		mux.Handle("/", c.Handler)
+	}
+	r.h3 = &http3.Server{
+		Handler: mux,
+		ConnContext: func(ctx context.Context, qc *quic.Conn) context.Context {
+			r.stats.handshakes.Add(1)
+			return context.WithValue(ctx, quicConnKey{}, qc)
+		},
+	}
+	return r, nil
+}
+
+type quicConnKey struct{}
+
+// Addr returns the address the relay listens on.
+func (r *Relay) Addr() *net.UDPAddr { return r.conn.LocalAddr().(*net.UDPAddr) }
+
+// Serve serves the registration API and forwards packets until ctx is done
+// or Close is called, then closes the relay. It returns nil in both cases,
+// and an error if serving failed. Serve may be called once.
+func (r *Relay) Serve(ctx context.Context) error {
+	err := errors.New("quicpipe: Relay.Serve called twice")
+	r.serveOnce.Do(func() {
+		err = nil
+		r.wg.Go(r.janitor)
+		done := make(chan error, 1)
+		go func() { done <- r.h3.ServeListener(r.ln) }()
+		r.log.Info("relay serving", "addr", r.Addr().String())
+		select {
+		case <-ctx.Done():
+			r.Close()
+			<-done
+		case <-r.closed:
+			<-done
+		case err = <-done:
+			r.Close()
+			if errors.Is(err, http.ErrServerClosed) || errors.Is(err, quic.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+				err = nil
+			}
+		}
+		if err != nil {
+			err = fmt.Errorf("quicpipe: relay: %w", err)
+		}
+	})
+	return err
+}
+
+// Close stops the relay: open HTTP/3 connections are closed, forwarding stops
+// and the socket is closed if the relay opened it. It is safe to call Close
+// more than once and concurrently with Serve.
+func (r *Relay) Close() error {
+	r.closeOnce.Do(func() {
+		r.regMu.Lock()
+		r.closing = true
+		r.regMu.Unlock()
+		close(r.closed)
+		errs := []error{r.h3.Close(), r.ln.Close(), r.tr.Close()}
+		if r.ownConn {
+			errs = append(errs, r.conn.Close())
+		}
+		r.wg.Wait()
+		r.closeErr = errors.Join(errs...)
+	})
+	return r.closeErr
+}
+
+// route forwards the datagrams of one batch that belong to peers and
+// compacts the others into the lowest slots of ms. It returns how many are
+// left for quic-go.
+func (r *Relay) route(ms []ipv4.Message, io *batchIO) int {
+	now := time.Now().UnixNano()
+	io.keep = io.keep[:0]
+	var c batchCounts
+	for i := range ms {
+		b := ms[i].Buffers[0][:ms[i].N]
+		v, d := r.classify(b, now)
+		switch v {
+		case forward:
+			io.queue(b, d)
+			c.fwdBytes += uint64(len(b))
+		case toServer:
+			io.keep = append(io.keep, i)
+		default:
+			c.drops[v]++
+		}
+	}
+	if len(io.keep) < len(ms) {
+		sent, failed := io.flush()
+		c.fwd += uint64(sent)
+		c.sendErrs += uint64(failed)
+	}
+	// Forwarded datagrams are on the wire: their buffers may now be
+	// overwritten by the ones kept for quic-go.
+	for j, i := range io.keep {
+		addr := io.addr(i)
+		if i != j {
+			dst, src := &ms[j], &ms[i]
+			dst.N = copy(dst.Buffers[0], src.Buffers[0][:src.N])
+			dst.NN = copy(dst.OOB, src.OOB[:src.NN])
+			dst.Flags = src.Flags
+		}
+		ms[j].Addr = addr
+	}
+	c.toServer = uint64(len(io.keep))
+	r.stats.add(&c)
+	return len(io.keep)
+}
+
+// initialFilter remembers the original destination CIDs of Initial packets
+// from registered peers that the relay decided to serve, so that the second
+// datagram of a two-datagram ClientHello follows the first.
+type initialFilter struct {
+	mu   sync.Mutex
+	seen map[string]int64 // ODCID → expiry (unix nano)
+}
+
+const (
+	initialFilterMax = 4096
+	initialFilterTTL = 10 * time.Second
+)
+
+// classifyLongUnknown handles a long-header packet whose DCID is not
+// registered: normally a client opening an HTTP/3 connection to the relay.
+// A peer's first flight looks the same (its source CID is registered) and
+// must never be answered by the relay's server, or the peer would shake hands
+// with the relay. A registered peer may also open a new HTTP/3 connection to
+// re-register, with the same kind of source CID. The two differ in the ALPN of
+// their ClientHello, which the relay reads from the Initial packet (Initial
+// protection uses public keys).
+func (r *Relay) classifyLongUnknown(b []byte) verdict {
+	hdr, err := wire.ParseLongHeader(b)
+	if err != nil || hdr.Type != wire.Initial || len(hdr.SCID) != CIDLen || IsRelayCID(hdr.SCID) {
+		return toServer
+	}
+	if r.table.lookup(hdr.SCID) == nil {
+		return toServer
+	}
+	now := time.Now().UnixNano()
+	f := &r.initials
+	f.mu.Lock()
+	exp, ok := f.seen[string(hdr.DCID)]
+	f.mu.Unlock()
+	if ok && exp > now {
+		return toServer
+	}
+	info, err := wire.InspectClientInitials([][]byte{b})
+	if err != nil || !slices.Contains(info.ALPN, http3.NextProtoH3) {
+		return dropPeerInitial
+	}
+	f.mu.Lock()
+	if f.seen == nil {
+		f.seen = make(map[string]int64)
+	}
+	if len(f.seen) >= initialFilterMax {
+		for k, e := range f.seen {
+			if e <= now {
+				delete(f.seen, k)
+			}
+		}
+	}
+	if len(f.seen) < initialFilterMax {
+		f.seen[string(hdr.DCID)] = now + int64(initialFilterTTL)
+	}
+	f.mu.Unlock()
+	return toServer
+}
+
+// janitor removes expired registrations.
+func (r *Relay) janitor() {
+	every := min(max(r.cfg.RegistrationTTL/10, 100*time.Millisecond), 5*time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.closed:
+			return
+		case <-t.C:
+			r.expire(time.Now())
+		}
+	}
+}
+
+func (r *Relay) expire(now time.Time) {
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	for _, reg := range r.regs {
+		if reg.expires.Load() < now.UnixNano() {
+			r.removeLocked(reg)
+			r.stats.expired.Add(1)
+		}
+	}
+}
+
+// relayCounters are the relay's counters. Forwarding adds to them once per
+// batch.
+type relayCounters struct {
+	forwarded, forwardedBytes, toServer, sendErrors atomic.Uint64
+	drops                                           [dropMalformed + 1]atomic.Uint64
+	handshakes, expired, registered                 atomic.Uint64
+	rejected                                        map[string]*atomic.Uint64
+}
+
+// rejectCodes are the codes of refused API requests.
+var rejectCodes = []string{
+	"bad_method", "bad_json", "body_too_large", "key_length", "num_range",
+	"limit_total", "limit_source", "limit_cids", "not_found", "no_address", "closing",
+}
+
+func (c *relayCounters) init() {
+	c.rejected = make(map[string]*atomic.Uint64, len(rejectCodes))
+	for _, code := range rejectCodes {
+		c.rejected[code] = new(atomic.Uint64)
+	}
+}
+
+type batchCounts struct {
+	fwd, fwdBytes, toServer, sendErrs uint64
+	drops                             [dropMalformed + 1]uint64
+}
+
+func (c *relayCounters) add(b *batchCounts) {
+	if b.fwd > 0 {
+		c.forwarded.Add(b.fwd)
+		c.forwardedBytes.Add(b.fwdBytes)
+	}
+	if b.toServer > 0 {
+		c.toServer.Add(b.toServer)
+	}
+	if b.sendErrs > 0 {
+		c.sendErrors.Add(b.sendErrs)
+	}
+	for v, n := range b.drops {
+		if n > 0 {
+			c.drops[v].Add(n)
+		}
+	}
+}
+
+// RelayStats is a snapshot of a relay's counters.
+type RelayStats struct {
+	// Forwarded and ForwardedBytes count datagrams sent on to peers.
+	Forwarded, ForwardedBytes uint64
+	// ToServer counts datagrams handed to the relay's HTTP/3 server.
+	ToServer uint64
+	// Dropped counts datagrams not forwarded, by reason: "unknown_cid"
+	// (short header, CID not registered), "expired" (registration lapsed),
+	// "peer_initial" (a peer's first flight sent to the relay), "malformed"
+	// (too short for a QUIC header) and "send_error" (the kernel refused
+	// the forwarded datagram, e.g. a full socket buffer).
+	Dropped map[string]uint64
+	// Handshakes counts HTTP/3 connections accepted.
+	Handshakes uint64
+	// Registered counts successful registrations and refreshes; Rejected
+	// counts refused API requests by the code of their error answer.
+	Registered uint64
+	Rejected   map[string]uint64
+	// Expired counts registrations removed because they were not refreshed.
+	Expired uint64
+	// Registrations and CIDs are the current table sizes.
+	Registrations, CIDs int
+}
+
+// Stats returns a snapshot of the relay's counters.
+func (r *Relay) Stats() RelayStats {
+	c := &r.stats
+	s := RelayStats{
+		Forwarded:      c.forwarded.Load(),
+		ForwardedBytes: c.forwardedBytes.Load(),
+		ToServer:       c.toServer.Load(),
+		Handshakes:     c.handshakes.Load(),
+		Registered:     c.registered.Load(),
+		Expired:        c.expired.Load(),
+		CIDs:           int(r.table.size.Load()),
+		Dropped: map[string]uint64{
+			"unknown_cid":  c.drops[dropUnknown].Load(),
+			"expired":      c.drops[dropExpired].Load(),
+			"peer_initial": c.drops[dropPeerInitial].Load(),
+			"malformed":    c.drops[dropMalformed].Load(),
+			"send_error":   c.sendErrors.Load(),
+		},
+		Rejected: make(map[string]uint64, len(c.rejected)),
+	}
+	for code, n := range c.rejected {
+		s.Rejected[code] = n.Load()
+	}
+	r.regMu.Lock()
+	s.Registrations = len(r.regs)
+	r.regMu.Unlock()
+	return s
+}

@@ -1,0 +1,210 @@
+package quicpipe
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/http"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// registerBody is RegisterRequest as decoded from JSON, with wide integer
+// fields so that out-of-range values get a precise error.
+type registerBody struct {
+	Key   []byte `json:"key"`
+	Num   int64  `json:"num"`
+	First int64  `json:"first"`
+}
+
+// apiError writes a JSON error answer and counts it.
+func (r *Relay) apiError(w http.ResponseWriter, status int, code, msg string) {
+	if n, ok := r.stats.rejected[code]; ok {
+		n.Add(1)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(ErrorResponse{Error: msg, Code: code})
+}
+
+func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
+	if req.Method != http.MethodPost && req.Method != http.MethodDelete {
+		w.Header().Set("Allow", "POST, DELETE")
+		r.apiError(w, http.StatusMethodNotAllowed, "bad_method", "method "+req.Method+" not allowed")
+		return
+	}
+	var body registerBody
+	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, r.cfg.MaxBodyBytes))
+	if err := dec.Decode(&body); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			r.apiError(w, http.StatusRequestEntityTooLarge, "body_too_large",
+				fmt.Sprintf("request body exceeds %d bytes", r.cfg.MaxBodyBytes))
+			return
+		}
+		r.apiError(w, http.StatusBadRequest, "bad_json", "malformed JSON body: "+err.Error())
+		return
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		r.apiError(w, http.StatusBadRequest, "bad_json", "malformed JSON body: trailing data after the object")
+		return
+	}
+	if n := len(body.Key); n < MinCIDKeyLen || n > r.cfg.MaxKeyLen {
+		r.apiError(w, http.StatusBadRequest, "key_length",
+			fmt.Sprintf("key is %d bytes; it must be %d to %d bytes", n, MinCIDKeyLen, r.cfg.MaxKeyLen))
+		return
+	}
+	if req.Method == http.MethodDelete {
+		r.unregister(body.Key)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	first := body.First
+	if first == 0 {
+		first = 1
+	}
+	maxNum := int64(r.cfg.MaxCIDsPerRegistration)
+	if body.Num < 1 || body.Num > maxNum || first < 1 || first+body.Num-1 > int64(^uint32(0)) {
+		r.apiError(w, http.StatusBadRequest, "num_range",
+			fmt.Sprintf("num must be 1 to %d and first+num-1 at most 2^32-1 (got first %d, num %d)", maxNum, first, body.Num))
+		return
+	}
+	qc, _ := req.Context().Value(quicConnKey{}).(*quic.Conn)
+	var observed *net.UDPAddr
+	if qc != nil {
+		observed, _ = qc.RemoteAddr().(*net.UDPAddr)
+	}
+	if observed == nil {
+		r.apiError(w, http.StatusInternalServerError, "no_address", "cannot tell the address of this connection")
+		return
+	}
+	reg, status, code, err := r.register(body.Key, uint32(first), uint32(body.Num), observed)
+	if err != nil {
+		r.apiError(w, status, code, err.Error())
+		return
+	}
+	r.stats.registered.Add(1)
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(reg)
+}
+
+// register creates or refreshes the registration of key with the window
+// [first, first+num) forwarding to addr.
+func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr) (RegisterResponse, int, string, error) {
+	ap := addr.AddrPort()
+	ap = netAddrPort(ap)
+	raw, ok := r.rconn.io.encode(ap)
+	if !ok {
+		return RegisterResponse{}, http.StatusBadRequest, "no_address", errors.New("the relay socket cannot send to this address family")
+	}
+	d := &dest{addr: net.UDPAddrFromAddrPort(ap), ap: ap, raw: raw}
+	ip := ap.Addr().String()
+	ttl := r.cfg.RegistrationTTL
+	expires := time.Now().Add(ttl)
+
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	if r.closing {
+		return RegisterResponse{}, http.StatusServiceUnavailable, "closing", errors.New("relay is shutting down")
+	}
+	reg := r.regs[string(key)]
+	if reg == nil || reg.ip != ip {
+		if r.perIP[ip] >= r.cfg.MaxRegistrationsPerSource {
+			return RegisterResponse{}, http.StatusTooManyRequests, "limit_source",
+				fmt.Errorf("too many registrations from %s (limit %d)", ip, r.cfg.MaxRegistrationsPerSource)
+		}
+	}
+	if reg == nil && len(r.regs) >= r.cfg.MaxRegistrations {
+		return RegisterResponse{}, http.StatusServiceUnavailable, "limit_total",
+			fmt.Errorf("relay holds the maximum of %d registrations", r.cfg.MaxRegistrations)
+	}
+	var oldFirst, oldEnd uint64
+	if reg != nil {
+		oldFirst, oldEnd = uint64(reg.first), uint64(reg.first)+uint64(reg.num)
+	}
+	newFirst, newEnd := uint64(first), uint64(first)+uint64(num)
+	added := int64(num) - int64(oldEnd-oldFirst)
+	if added > 0 && r.table.size.Load()+added > int64(r.cfg.MaxCIDs) {
+		return RegisterResponse{}, http.StatusServiceUnavailable, "limit_cids",
+			fmt.Errorf("relay holds the maximum of %d CIDs", r.cfg.MaxCIDs)
+	}
+	if reg == nil {
+		reg = &registration{key: string(key)}
+		r.regs[reg.key] = reg
+	} else if reg.ip != ip {
+		r.perIP[reg.ip]--
+		if r.perIP[reg.ip] <= 0 {
+			delete(r.perIP, reg.ip)
+		}
+	}
+	if reg.ip != ip {
+		reg.ip = ip
+		r.perIP[ip]++
+	}
+	reg.dest.Store(d)
+	reg.expires.Store(expires.UnixNano())
+	// Move the window: remove what falls out, derive and add what is new.
+	if oldEnd > oldFirst {
+		r.removeRange(reg, oldFirst, min(oldEnd, newFirst))
+		r.removeRange(reg, max(oldFirst, newEnd), oldEnd)
+		r.addRange(reg, newFirst, min(newEnd, oldFirst))
+		r.addRange(reg, max(newFirst, oldEnd), newEnd)
+	} else {
+		r.addRange(reg, newFirst, newEnd)
+	}
+	reg.first, reg.num = first, num
+	return RegisterResponse{
+		Addr:    ap.String(),
+		First:   first,
+		Num:     num,
+		Expires: expires.UTC().Truncate(time.Millisecond),
+		TTL:     int(ttl / time.Second),
+	}, 0, "", nil
+}
+
+// netAddrPort normalizes an address as the relay stores it: IPv4-mapped IPv6
+// addresses become IPv4.
+func netAddrPort(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+func (r *Relay) addRange(reg *registration, from, to uint64) {
+	if from >= to {
+		return
+	}
+	cids, _ := deriveRange(nil, []byte(reg.key), uint32(from), int(to-from))
+	for _, c := range cids {
+		r.table.insert(c, reg)
+	}
+}
+
+func (r *Relay) removeRange(reg *registration, from, to uint64) {
+	if from >= to {
+		return
+	}
+	cids, _ := deriveRange(nil, []byte(reg.key), uint32(from), int(to-from))
+	for _, c := range cids {
+		r.table.remove(c, reg)
+	}
+}
+
+// removeLocked deletes a registration and its CIDs. r.regMu must be held.
+func (r *Relay) removeLocked(reg *registration) {
+	r.removeRange(reg, uint64(reg.first), uint64(reg.first)+uint64(reg.num))
+	delete(r.regs, reg.key)
+	r.perIP[reg.ip]--
+	if r.perIP[reg.ip] <= 0 {
+		delete(r.perIP, reg.ip)
+	}
+}
+
+func (r *Relay) unregister(key []byte) {
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	if reg := r.regs[string(key)]; reg != nil {
+		r.removeLocked(reg)
+	}
+}

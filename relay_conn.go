@@ -1,0 +1,105 @@
+package quicpipe
+
+import (
+	"net"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/ipv4"
+)
+
+// relayConn is the relay's socket as quic-go sees it. It implements
+// quic.OOBCapablePacketConn and ReadBatch, so quic-go keeps batched reads,
+// ECN and GSO, and reads through relayConn.ReadBatch. There, every datagram
+// whose destination CID is registered is forwarded at once (one sendmmsg per
+// batch on Linux) and only the rest is returned to quic-go's HTTP/3 server.
+//
+// quic-go pairs messages[i] with its own buffer i, so ReadBatch never
+// reorders messages or swaps their buffers: forwarded datagrams are sent
+// first, then the datagrams for quic-go are copied down into the lowest slots.
+type relayConn struct {
+	conn  *net.UDPConn // owned by the Relay's caller or the Relay; see Relay
+	relay *Relay
+	io    batchIO
+}
+
+// verdict is what the relay does with one datagram.
+type verdict uint8
+
+const (
+	toServer    verdict = iota // hand to the HTTP/3 server
+	forward                    // send to the registered address
+	dropUnknown                // short header, CID not registered
+	dropExpired                // registration lapsed
+	dropPeerInitial            // a peer's first flight sent to the relay
+	dropMalformed              // too short to carry a QUIC header
+)
+
+// classify decides what to do with datagram b and, for forward, returns the
+// destination. It does not allocate on any path a forwarded packet takes.
+func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
+	if len(b) < 1+CIDLen {
+		return dropMalformed, nil
+	}
+	var cid []byte
+	if b[0]&0x80 == 0 { // short header: the DCID follows the first byte
+		cid = b[1 : 1+CIDLen]
+		if IsRelayCID(cid) {
+			return toServer, nil
+		}
+	} else { // long header: version (4 bytes), DCID length, DCID
+		if len(b) < 6+CIDLen || b[5] != CIDLen || IsRelayCID(b[6:6+CIDLen]) {
+			return r.classifyLongUnknown(b), nil
+		}
+		cid = b[6 : 6+CIDLen]
+	}
+	reg := r.table.lookup(cid)
+	if reg == nil {
+		if b[0]&0x80 == 0 {
+			return dropUnknown, nil
+		}
+		return r.classifyLongUnknown(b), nil
+	}
+	if reg.expires.Load() < now {
+		return dropExpired, nil
+	}
+	return forward, reg.dest.Load()
+}
+
+// relayFile is the subset of *net.UDPConn a relayConn passes through.
+var _ interface {
+	SyscallConn() (syscall.RawConn, error)
+} = (*net.UDPConn)(nil)
+
+func (c *relayConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
+	for {
+		n, err := c.io.read(ms, flags)
+		if err != nil {
+			return 0, err
+		}
+		if k := c.relay.route(ms[:n], &c.io); k > 0 {
+			return k, nil
+		}
+	}
+}
+
+func (c *relayConn) ReadFrom(b []byte) (int, net.Addr, error) { return c.conn.ReadFrom(b) }
+func (c *relayConn) WriteTo(b []byte, addr net.Addr) (int, error) {
+	return c.conn.WriteTo(b, addr)
+}
+func (c *relayConn) Close() error                       { return c.conn.Close() }
+func (c *relayConn) LocalAddr() net.Addr                { return c.conn.LocalAddr() }
+func (c *relayConn) SetDeadline(t time.Time) error      { return c.conn.SetDeadline(t) }
+func (c *relayConn) SetReadDeadline(t time.Time) error  { return c.conn.SetReadDeadline(t) }
+func (c *relayConn) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
+func (c *relayConn) SyscallConn() (syscall.RawConn, error) {
+	return c.conn.SyscallConn()
+}
+func (c *relayConn) SetReadBuffer(n int) error  { return c.conn.SetReadBuffer(n) }
+func (c *relayConn) SetWriteBuffer(n int) error { return c.conn.SetWriteBuffer(n) }
+func (c *relayConn) ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr, err error) {
+	return c.conn.ReadMsgUDP(b, oob)
+}
+func (c *relayConn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
+	return c.conn.WriteMsgUDP(b, oob, addr)
+}

@@ -1,0 +1,235 @@
+//go:build linux
+
+package quicpipe
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
+)
+
+// batchIO reads and writes datagram batches with recvmmsg and sendmmsg on the
+// relay's socket. It allocates only when a batch is larger than any before,
+// and when it turns the source address of a datagram kept for quic-go into a
+// net.Addr; forwarded datagrams cost no allocation.
+//
+// The syscall functions are bound once, so that passing them to
+// syscall.RawConn does not allocate a closure per call.
+type batchIO struct {
+	rc     syscall.RawConn
+	family int // AF_INET or AF_INET6: how destinations are encoded
+
+	rhdrs []unix.Mmsghdr
+	riovs []unix.Iovec
+	names []unix.RawSockaddrInet6 // large enough for either family
+
+	shdrs []unix.Mmsghdr
+	siovs []unix.Iovec
+	ns    int // queued for sending
+
+	keep []int // indexes of datagrams kept for quic-go
+
+	// State for the bound syscall functions.
+	rcount, rn int
+	rerr       error
+	sfrom, sn  int
+	serr       error
+	recvF      func(fd uintptr) bool
+	sendF      func(fd uintptr) bool
+}
+
+// rawAddr is a destination encoded for the relay socket's family.
+type rawAddr struct {
+	sa  unix.RawSockaddrInet6 // holds a RawSockaddrInet4 for AF_INET
+	len uint32
+}
+
+func (io *batchIO) init(c *net.UDPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		io.family, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return serr
+	}
+	io.rc = rc
+	io.recvF = io.recvmmsg
+	io.sendF = io.sendmmsg
+	return nil
+}
+
+func (io *batchIO) grow(n int) {
+	if len(io.rhdrs) >= n {
+		return
+	}
+	io.rhdrs = make([]unix.Mmsghdr, n)
+	io.riovs = make([]unix.Iovec, n)
+	io.names = make([]unix.RawSockaddrInet6, n)
+	io.shdrs = make([]unix.Mmsghdr, n)
+	io.siovs = make([]unix.Iovec, n)
+	io.keep = make([]int, 0, n)
+}
+
+// encode returns ap as a destination for the relay socket, or false if the
+// socket's family cannot reach it.
+func (io *batchIO) encode(ap netip.AddrPort) (rawAddr, bool) {
+	var ra rawAddr
+	ip := ap.Addr()
+	switch {
+	case io.family == unix.AF_INET && ip.Unmap().Is4():
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&ra.sa))
+		sa.Family = unix.AF_INET
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], ap.Port())
+		sa.Addr = ip.Unmap().As4()
+		ra.len = unix.SizeofSockaddrInet4
+	case io.family == unix.AF_INET6:
+		ra.sa.Family = unix.AF_INET6
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&ra.sa.Port))[:], ap.Port())
+		ra.sa.Addr = ip.As16() // an IPv4 address becomes IPv4-mapped
+		ra.len = unix.SizeofSockaddrInet6
+	default:
+		return ra, false
+	}
+	return ra, true
+}
+
+// read fills ms with one batch, blocking until at least one datagram arrives.
+func (io *batchIO) read(ms []ipv4.Message, flags int) (int, error) {
+	io.grow(len(ms))
+	for i := range ms {
+		b := ms[i].Buffers[0]
+		h := &io.rhdrs[i].Hdr
+		io.riovs[i].Base = unsafe.SliceData(b)
+		io.riovs[i].SetLen(len(b))
+		h.Iov = &io.riovs[i]
+		h.Iovlen = 1
+		h.Name = (*byte)(unsafe.Pointer(&io.names[i]))
+		h.Namelen = unix.SizeofSockaddrInet6
+		if oob := ms[i].OOB; len(oob) > 0 {
+			h.Control = unsafe.SliceData(oob)
+			h.SetControllen(len(oob))
+		} else {
+			h.Control = nil
+			h.SetControllen(0)
+		}
+		h.Flags = 0
+	}
+	io.rcount = len(ms)
+	if err := io.rc.Read(io.recvF); err != nil {
+		return 0, err
+	}
+	if io.rerr != nil {
+		return 0, io.rerr
+	}
+	for i := range io.rn {
+		ms[i].N = int(io.rhdrs[i].Len)
+		ms[i].NN = int(io.rhdrs[i].Hdr.Controllen)
+		ms[i].Flags = int(io.rhdrs[i].Hdr.Flags)
+		ms[i].Addr = nil
+	}
+	return io.rn, nil
+}
+
+func (io *batchIO) recvmmsg(fd uintptr) bool {
+	n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&io.rhdrs[0])),
+		uintptr(io.rcount), unix.MSG_DONTWAIT, 0, 0)
+	switch errno {
+	case 0:
+		io.rn, io.rerr = int(n), nil
+		return true
+	case unix.EAGAIN, unix.EINTR:
+		return false // wait for readability
+	default:
+		io.rn, io.rerr = 0, errno
+		return true
+	}
+}
+
+// addr returns the source address of received datagram i.
+func (io *batchIO) addr(i int) net.Addr {
+	sa := &io.names[i]
+	switch sa.Family {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:])
+		return &net.UDPAddr{IP: net.IP(append([]byte(nil), sa4.Addr[:]...)), Port: int(port)}
+	case unix.AF_INET6:
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
+		ua := &net.UDPAddr{IP: net.IP(append([]byte(nil), sa.Addr[:]...)), Port: int(port)}
+		if sa.Scope_id != 0 {
+			ua.Zone = zoneName(int(sa.Scope_id))
+		}
+		return ua
+	}
+	return &net.UDPAddr{}
+}
+
+func zoneName(index int) string {
+	if ifi, err := net.InterfaceByIndex(index); err == nil {
+		return ifi.Name
+	}
+	return ""
+}
+
+// queue adds datagram b for d to the send batch.
+func (io *batchIO) queue(b []byte, d *dest) {
+	i := io.ns
+	io.siovs[i].Base = unsafe.SliceData(b)
+	io.siovs[i].SetLen(len(b))
+	h := &io.shdrs[i].Hdr
+	h.Iov = &io.siovs[i]
+	h.Iovlen = 1
+	h.Name = (*byte)(unsafe.Pointer(&d.raw.sa))
+	h.Namelen = d.raw.len
+	h.Control = nil
+	h.SetControllen(0)
+	io.ns++
+}
+
+// flush sends the queued datagrams without ever waiting for the socket: what
+// the kernel does not take at once is dropped. It returns how many were sent.
+func (io *batchIO) flush() (sent, failed int) {
+	for io.sfrom = 0; io.sfrom < io.ns; {
+		io.sn, io.serr = 0, nil
+		if err := io.rc.Write(io.sendF); err != nil {
+			failed += io.ns - io.sfrom
+			break
+		}
+		sent += io.sn
+		io.sfrom += io.sn
+		if io.serr != nil {
+			// The datagram at sfrom failed (e.g. EAGAIN, EMSGSIZE,
+			// unreachable): drop it and carry on with the rest.
+			failed++
+			io.sfrom++
+		}
+	}
+	io.ns = 0
+	return sent, failed
+}
+
+func (io *batchIO) sendmmsg(fd uintptr) bool {
+	n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&io.shdrs[io.sfrom])),
+		uintptr(io.ns-io.sfrom), unix.MSG_DONTWAIT, 0, 0)
+	if errno != 0 {
+		io.sn, io.serr = 0, errno
+	} else {
+		io.sn = int(n)
+		if io.sn == 0 {
+			io.serr = errors.New("sendmmsg sent nothing")
+		}
+	}
+	return true // never wait for writability
+}

@@ -1,0 +1,70 @@
+//go:build !linux
+
+package quicpipe
+
+import (
+	"net"
+	"net/netip"
+
+	"golang.org/x/net/ipv4"
+)
+
+// batchIO is the portable fallback of the relay's batch I/O: x/net's batch
+// calls (one datagram per call outside Linux) and one WriteTo per forwarded
+// datagram.
+type batchIO struct {
+	conn  *net.UDPConn
+	pc    *ipv4.PacketConn
+	out   []queued
+	keep  []int
+	addrs []net.Addr
+}
+
+type queued struct {
+	b []byte
+	d *dest
+}
+
+// rawAddr is a destination as the portable path sends to it.
+type rawAddr struct{}
+
+func (io *batchIO) init(c *net.UDPConn) error {
+	io.conn = c
+	io.pc = ipv4.NewPacketConn(c)
+	return nil
+}
+
+func (io *batchIO) encode(netip.AddrPort) (rawAddr, bool) { return rawAddr{}, true }
+
+func (io *batchIO) grow(n int) {
+	if cap(io.keep) < n {
+		io.keep = make([]int, 0, n)
+		io.out = make([]queued, 0, n)
+		io.addrs = make([]net.Addr, n)
+	}
+}
+
+func (io *batchIO) read(ms []ipv4.Message, flags int) (int, error) {
+	io.grow(len(ms))
+	n, err := io.pc.ReadBatch(ms, flags)
+	for i := range n {
+		io.addrs[i] = ms[i].Addr
+	}
+	return n, err
+}
+
+func (io *batchIO) addr(i int) net.Addr { return io.addrs[i] }
+
+func (io *batchIO) queue(b []byte, d *dest) { io.out = append(io.out, queued{b, d}) }
+
+func (io *batchIO) flush() (sent, failed int) {
+	for _, q := range io.out {
+		if _, err := io.conn.WriteToUDP(q.b, q.d.addr); err != nil {
+			failed++
+		} else {
+			sent++
+		}
+	}
+	io.out = io.out[:0]
+	return sent, failed
+}

@@ -1,0 +1,296 @@
+package quicpipe
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+)
+
+// RelayError is returned when the relay refuses a request.
+type RelayError struct {
+	// Status is the HTTP status of the answer.
+	Status int
+	// Code is the relay's machine-readable reason (see ErrorResponse).
+	Code string
+	// Message is the relay's human-readable message.
+	Message string
+}
+
+func (e *RelayError) Error() string {
+	return fmt.Sprintf("quicpipe: relay refused the request: %d %s: %s", e.Status, e.Code, e.Message)
+}
+
+// Registration describes a peer's current registration with its relay.
+type Registration struct {
+	// Observed is this peer's public address as the relay sees it (what
+	// STUN would tell).
+	Observed netip.AddrPort
+	// First and Num give the registered window of CID indexes.
+	First, Num uint32
+	// Expires is when the registration lapses unless refreshed.
+	Expires time.Time
+}
+
+// relaySession keeps a peer registered with its relay: one HTTP/3
+// connection over the peer's own socket, refreshed before the registration
+// expires and before quic-go issues a CID outside the registered window, and
+// re-established when it drops.
+type relaySession struct {
+	tr      *quic.Transport
+	addr    *net.UDPAddr
+	tlsConf *tls.Config
+	key     []byte
+	gen     *CIDGenerator
+	window  uint32
+	timeout time.Duration
+	log     *slog.Logger
+
+	regEnd atomic.Uint32 // last registered CID index
+	kick   chan struct{}
+
+	regMu sync.Mutex // serializes registrations; guards h3, cc, qc
+	h3    *http3.Transport
+	cc    *http3.ClientConn
+	qc    *quic.Conn
+
+	mu  sync.Mutex // guards reg
+	reg Registration
+	ttl time.Duration
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	wg        sync.WaitGroup
+}
+
+func newRelaySession(tr *quic.Transport, addr *net.UDPAddr, tlsConf *tls.Config, key []byte, gen *CIDGenerator, cfg *Config) *relaySession {
+	s := &relaySession{
+		tr:      tr,
+		addr:    addr,
+		tlsConf: http3.ConfigureTLSConfig(tlsConf),
+		key:     key,
+		gen:     gen,
+		window:  uint32(cfg.RegistrationWindow),
+		timeout: cfg.RelayTimeout,
+		log:     cfg.Logger,
+		kick:    make(chan struct{}, 1),
+		closed:  make(chan struct{}),
+		h3:      &http3.Transport{},
+	}
+	gen.setNotify(func(issued uint32) {
+		if end := s.regEnd.Load(); end > 0 && uint64(issued)+uint64(s.window/2) > uint64(end) {
+			select {
+			case s.kick <- struct{}{}:
+			default:
+			}
+		}
+	})
+	return s
+}
+
+// start registers once and starts the maintenance loop.
+func (s *relaySession) start(ctx context.Context) error {
+	if err := s.register(ctx); err != nil {
+		return err
+	}
+	s.wg.Go(s.run)
+	return nil
+}
+
+// ensureWindow registers now if fewer than half a window of CIDs remain.
+func (s *relaySession) ensureWindow(ctx context.Context) error {
+	if uint64(s.gen.Issued())+uint64(s.window/2) <= uint64(s.regEnd.Load()) {
+		return nil
+	}
+	return s.register(ctx)
+}
+
+func (s *relaySession) registration() Registration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reg
+}
+
+// run refreshes the registration at a third of its lifetime, when the CID
+// counter nears the window's end, and when the connection to the relay drops.
+func (s *relaySession) run() {
+	backoff := time.Duration(0)
+	for {
+		s.mu.Lock()
+		wait := s.ttl / 3
+		s.mu.Unlock()
+		if backoff > 0 {
+			wait = backoff
+		}
+		var connDone <-chan struct{}
+		s.regMu.Lock()
+		if s.qc != nil {
+			connDone = s.qc.Context().Done()
+		}
+		s.regMu.Unlock()
+		t := time.NewTimer(wait)
+		select {
+		case <-s.closed:
+			t.Stop()
+			return
+		case <-s.kick:
+		case <-connDone:
+			s.log.Info("connection to relay lost; reconnecting", "relay", s.addr.String())
+		case <-t.C:
+		}
+		t.Stop()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*s.timeout)
+		go func() {
+			select {
+			case <-s.closed:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		err := s.register(ctx)
+		cancel()
+		if err != nil {
+			select {
+			case <-s.closed:
+				return
+			default:
+			}
+			backoff = min(max(2*backoff, 250*time.Millisecond), 10*time.Second)
+			s.log.Warn("relay registration failed; retrying", "relay", s.addr.String(), "in", backoff, "err", err)
+			continue
+		}
+		backoff = 0
+	}
+}
+
+// conn returns the HTTP/3 connection to the relay, dialing it if needed.
+// s.regMu must be held.
+func (s *relaySession) conn(ctx context.Context) (*http3.ClientConn, error) {
+	if s.qc != nil && s.qc.Context().Err() == nil {
+		return s.cc, nil
+	}
+	s.closeConnLocked()
+	qconf := &quic.Config{
+		HandshakeIdleTimeout: s.timeout,
+		MaxIdleTimeout:       30 * time.Second,
+		KeepAlivePeriod:      10 * time.Second,
+	}
+	dctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	qc, err := s.tr.Dial(dctx, s.addr, s.tlsConf, qconf)
+	if err != nil {
+		return nil, fmt.Errorf("quicpipe: connect to relay %s: %w", s.addr, err)
+	}
+	s.qc = qc
+	s.cc = s.h3.NewClientConn(qc)
+	return s.cc, nil
+}
+
+func (s *relaySession) closeConnLocked() {
+	if s.qc != nil {
+		s.qc.CloseWithError(0, "")
+		s.qc, s.cc = nil, nil
+	}
+}
+
+// register registers (or refreshes) the window [1, issued+window].
+func (s *relaySession) register(ctx context.Context) error {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	num := s.gen.Issued() + s.window
+	body, _ := json.Marshal(RegisterRequest{Key: s.key, Num: num})
+	var resp RegisterResponse
+	err := s.doLocked(ctx, http.MethodPost, body, &resp)
+	if err != nil {
+		return err
+	}
+	observed, perr := netip.ParseAddrPort(resp.Addr)
+	if perr != nil {
+		return fmt.Errorf("quicpipe: relay answered a bad address %q: %w", resp.Addr, perr)
+	}
+	s.regEnd.Store(resp.First + resp.Num - 1)
+	s.mu.Lock()
+	s.reg = Registration{Observed: observed, First: resp.First, Num: resp.Num, Expires: resp.Expires}
+	s.ttl = max(time.Duration(resp.TTL)*time.Second, 3*time.Second)
+	s.mu.Unlock()
+	s.log.Debug("registered with relay", "relay", s.addr.String(), "observed", resp.Addr, "cids", resp.Num)
+	return nil
+}
+
+// doLocked sends one API request, retrying once on a fresh connection if the
+// current one turns out to be dead. s.regMu must be held.
+func (s *relaySession) doLocked(ctx context.Context, method string, body []byte, out any) error {
+	var lastErr error
+	for attempt := 0; attempt < 2; attempt++ {
+		cc, err := s.conn(ctx)
+		if err != nil {
+			return err
+		}
+		rctx, cancel := context.WithTimeout(ctx, s.timeout)
+		req, _ := http.NewRequestWithContext(rctx, method, "https://"+ServerName+RegisterPath, bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := cc.RoundTrip(req)
+		if err != nil {
+			cancel()
+			lastErr = fmt.Errorf("quicpipe: relay %s: %s %s: %w", s.addr, method, RegisterPath, err)
+			s.closeConnLocked()
+			if ctx.Err() != nil {
+				return lastErr
+			}
+			continue
+		}
+		data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("quicpipe: relay %s: reading answer: %w", s.addr, err)
+		}
+		if resp.StatusCode/100 != 2 {
+			var e ErrorResponse
+			if json.Unmarshal(data, &e) != nil || e.Code == "" {
+				e = ErrorResponse{Code: "unknown", Error: string(bytes.TrimSpace(data))}
+			}
+			return &RelayError{Status: resp.StatusCode, Code: e.Code, Message: e.Error}
+		}
+		if out != nil {
+			if err := json.Unmarshal(data, out); err != nil {
+				return fmt.Errorf("quicpipe: relay %s: malformed answer: %w", s.addr, err)
+			}
+		}
+		return nil
+	}
+	return lastErr
+}
+
+// close unregisters (best effort, briefly) and closes the connection.
+func (s *relaySession) close() {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.wg.Wait()
+		s.regMu.Lock()
+		defer s.regMu.Unlock()
+		if s.qc != nil && s.qc.Context().Err() == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			body, _ := json.Marshal(RegisterRequest{Key: s.key})
+			if err := s.doLocked(ctx, http.MethodDelete, body, nil); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				s.log.Debug("unregister failed", "err", err)
+			}
+			cancel()
+		}
+		s.closeConnLocked()
+		s.h3.Close()
+	})
+}
