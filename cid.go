@@ -2,8 +2,10 @@ package quicpipe
 
 import (
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"math"
 	"sync"
 
@@ -44,37 +46,47 @@ func DeriveCID(key []byte, i uint32) (CID, error) {
 	if i == 0 {
 		return c, errors.New("quicpipe: connection ID index must be at least 1")
 	}
-	h, err := blake2b.New(CIDLen, key)
+	d, err := newDeriver(key)
 	if err != nil {
-		return c, fmt.Errorf("quicpipe: blake2b: %w", err)
+		return c, err
 	}
-	deriveInto(h, i, &c)
+	d.derive(i, &c)
 	return c, nil
 }
 
-// hasher is the subset of hash.Hash used by deriveInto.
-type hasher interface {
-	Reset()
-	Write([]byte) (int, error)
-	Sum([]byte) []byte
+// deriver computes CIDs for one key. It holds its buffers so that deriving
+// many CIDs allocates nothing per CID.
+type deriver struct {
+	h   hash.Hash
+	in  [4]byte
+	out []byte
 }
 
-func deriveInto(h hasher, i uint32, c *CID) {
-	h.Reset()
-	h.Write([]byte{byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i)})
-	h.Sum(c[:0])
+func newDeriver(key []byte) (*deriver, error) {
+	h, err := blake2b.New(CIDLen, key)
+	if err != nil {
+		return nil, fmt.Errorf("quicpipe: blake2b: %w", err)
+	}
+	return &deriver{h: h, out: make([]byte, 0, blake2b.Size)}, nil
+}
+
+func (d *deriver) derive(i uint32, c *CID) {
+	d.h.Reset()
+	binary.BigEndian.PutUint32(d.in[:], i)
+	d.h.Write(d.in[:])
+	copy(c[:], d.h.Sum(d.out[:0]))
 	c[0] &= 0x7f
 }
 
 // deriveRange appends the CIDs with indexes first..first+n-1 to dst.
 func deriveRange(dst []CID, key []byte, first uint32, n int) ([]CID, error) {
-	h, err := blake2b.New(CIDLen, key)
+	d, err := newDeriver(key)
 	if err != nil {
-		return dst, ErrCIDKeyLength
+		return dst, err
 	}
 	for j := range n {
 		var c CID
-		deriveInto(h, first+uint32(j), &c)
+		d.derive(first+uint32(j), &c)
 		dst = append(dst, c)
 	}
 	return dst, nil
@@ -94,6 +106,7 @@ type CIDGenerator struct {
 	key []byte
 
 	mu     sync.Mutex
+	d      *deriver
 	issued uint32
 	notify func(issued uint32)
 }
@@ -106,7 +119,11 @@ func NewCIDGenerator(key []byte) (*CIDGenerator, error) {
 	if len(key) < MinCIDKeyLen || len(key) > MaxCIDKeyLen {
 		return nil, ErrCIDKeyLength
 	}
-	return &CIDGenerator{key: append([]byte(nil), key...)}, nil
+	d, err := newDeriver(key)
+	if err != nil {
+		return nil, err
+	}
+	return &CIDGenerator{key: append([]byte(nil), key...), d: d}, nil
 }
 
 // GenerateConnectionID issues the next connection ID.
@@ -117,12 +134,10 @@ func (g *CIDGenerator) GenerateConnectionID() (quic.ConnectionID, error) {
 		return quic.ConnectionID{}, errCIDsExhausted
 	}
 	g.issued++
+	var c CID
+	g.d.derive(g.issued, &c)
 	i, notify := g.issued, g.notify
 	g.mu.Unlock()
-	c, err := DeriveCID(g.key, i)
-	if err != nil {
-		return quic.ConnectionID{}, err
-	}
 	if notify != nil {
 		notify(i)
 	}
