@@ -27,12 +27,12 @@ type relayConn struct {
 type verdict uint8
 
 const (
-	toServer    verdict = iota // hand to the HTTP/3 server
-	forward                    // send to the registered address
-	dropUnknown                // short header, CID not registered
-	dropExpired                // registration lapsed
-	dropPeerInitial            // a peer's first flight sent to the relay
-	dropMalformed              // too short to carry a QUIC header
+	toServer        verdict = iota // hand to the HTTP/3 server
+	forward                        // send to the registered address
+	dropUnknown                    // short header, CID not registered
+	dropExpired                    // registration lapsed
+	dropPeerInitial                // a peer's first flight sent to the relay
+	dropMalformed                  // too short to carry a QUIC header
 )
 
 // classify decides what to do with datagram b and, for forward, returns the
@@ -48,8 +48,11 @@ func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
 			return toServer, nil
 		}
 	} else { // long header: version (4 bytes), DCID length, DCID
-		if len(b) < 6+CIDLen || b[5] != CIDLen || IsRelayCID(b[6:6+CIDLen]) {
+		if len(b) < 6+CIDLen || b[5] != CIDLen {
 			return r.classifyLongUnknown(b), nil
+		}
+		if IsRelayCID(b[6 : 6+CIDLen]) {
+			return toServer, nil
 		}
 		cid = b[6 : 6+CIDLen]
 	}
@@ -65,11 +68,6 @@ func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
 	}
 	return forward, reg.dest.Load()
 }
-
-// relayFile is the subset of *net.UDPConn a relayConn passes through.
-var _ interface {
-	SyscallConn() (syscall.RawConn, error)
-} = (*net.UDPConn)(nil)
 
 func (c *relayConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 	for {

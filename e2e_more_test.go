@@ -1,0 +1,267 @@
+package quicpipe
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+func TestEndToEndDatagrams(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	a, err := NewAccepter(ctx, withQUIC(e.config(e.bID, e.aID)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	accepted := make(chan *quic.Conn, 1)
+	conn, err := Dial(ctx, withQUIC(e.config(e.aID)), e.bID.Public().(ed25519.PublicKey),
+		func(ctx context.Context, f *FirstFlight) error {
+			go func() {
+				c, err := a.Accept(ctx, f)
+				if err != nil {
+					t.Error(err)
+					close(accepted)
+					return
+				}
+				accepted <- c
+			}()
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ac := <-accepted
+	if ac == nil {
+		t.FailNow()
+	}
+	if !conn.ConnectionState().SupportsDatagrams.Remote || !ac.ConnectionState().SupportsDatagrams.Remote {
+		t.Fatal("datagrams not negotiated")
+	}
+	// Datagrams are unreliable: send until one of each direction arrives.
+	for _, dir := range []struct {
+		name     string
+		from, to *quic.Conn
+	}{{"dialer to accepter", conn.Conn, ac}, {"accepter to dialer", ac, conn.Conn}} {
+		got := make(chan []byte, 1)
+		go func() {
+			b, err := dir.to.ReceiveDatagram(ctx)
+			if err == nil {
+				got <- b
+			}
+		}()
+		msg := []byte("datagram " + dir.name)
+		tick := time.NewTicker(50 * time.Millisecond)
+	loop:
+		for {
+			if err := dir.from.SendDatagram(msg); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case b := <-got:
+				if !bytes.Equal(b, msg) {
+					t.Fatalf("%s: got %q, want %q", dir.name, b, msg)
+				}
+				break loop
+			case <-tick.C:
+			case <-ctx.Done():
+				t.Fatalf("%s: no datagram arrived", dir.name)
+			}
+		}
+		tick.Stop()
+	}
+	// The pinned keys are what each side sees.
+	if got := PeerKey(ac.ConnectionState().TLS); !bytes.Equal(got, e.aID.Public().(ed25519.PublicKey)) {
+		t.Fatalf("accepter sees dialer key %x", got)
+	}
+	if got := PeerKey(conn.ConnectionState().TLS); !bytes.Equal(got, e.bID.Public().(ed25519.PublicKey)) {
+		t.Fatalf("dialer sees accepter key %x", got)
+	}
+}
+
+func withQUIC(c *Config) *Config {
+	c.QUICConfig = &quic.Config{EnableDatagrams: true}
+	return c
+}
+
+// TestConcurrentPipes runs ten dialers against one accepter through one
+// relay, each echoing 1 MB at the same time.
+func TestConcurrentPipes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	const pipes = 10
+	dialers := make([]ed25519.PrivateKey, pipes)
+	trusted := make([]ed25519.PrivateKey, pipes)
+	for i := range dialers {
+		dialers[i] = GenerateIdentity()
+		trusted[i] = dialers[i]
+	}
+	a, err := NewAccepter(ctx, e.config(e.bID, trusted...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	var wg sync.WaitGroup
+	for i := range pipes {
+		wg.Go(func() {
+			var ac *quic.Conn
+			var accErr error
+			accDone := make(chan struct{})
+			conn, err := Dial(ctx, e.config(dialers[i]), e.bID.Public().(ed25519.PublicKey),
+				func(ctx context.Context, f *FirstFlight) error {
+					b, err := f.MarshalBinary()
+					if err != nil {
+						return err
+					}
+					go func() {
+						defer close(accDone)
+						g, err := ParseFirstFlight(b)
+						if err != nil {
+							accErr = err
+							return
+						}
+						ac, accErr = a.Accept(ctx, g)
+					}()
+					return nil
+				})
+			if err != nil {
+				t.Errorf("pipe %d: dial: %v", i, err)
+				return
+			}
+			defer conn.Close()
+			<-accDone
+			if accErr != nil {
+				t.Errorf("pipe %d: accept: %v", i, accErr)
+				return
+			}
+			go func() {
+				s, err := ac.AcceptStream(ctx)
+				if err != nil {
+					return
+				}
+				io.Copy(s, s)
+				s.Close()
+			}()
+			if err := echo(ctx, conn.Conn, 1<<20, byte(i)); err != nil {
+				t.Errorf("pipe %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	if st := e.relay.Stats(); st.ForwardedBytes < 2*pipes<<20 {
+		t.Errorf("relay forwarded %d bytes, want at least %d", st.ForwardedBytes, 2*pipes<<20)
+	}
+}
+
+// echo sends size bytes on a new stream and checks that the same bytes come
+// back (SHA-256).
+func echo(ctx context.Context, c *quic.Conn, size int, seed byte) error {
+	s, err := c.OpenStreamSync(ctx)
+	if err != nil {
+		return err
+	}
+	payload := make([]byte, size)
+	for i := range payload {
+		payload[i] = byte(i) ^ seed
+	}
+	go func() {
+		s.Write(payload)
+		s.Close()
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, s)
+	if err != nil {
+		return fmt.Errorf("echo after %d bytes: %w", n, err)
+	}
+	if want := sha256.Sum256(payload); n != int64(size) || !bytes.Equal(h.Sum(nil), want[:]) {
+		return fmt.Errorf("echo returned %d bytes with a different SHA-256", n)
+	}
+	return nil
+}
+
+// TestReRegistrationAfterDrop closes a peer's HTTP/3 connection to the relay.
+// The peer reconnects from the same socket with a source CID from its
+// registered sequence; the relay must serve that Initial (ALPN h3), not drop
+// it as a peer first flight, and the pipe must keep working.
+func TestReRegistrationAfterDrop(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	dc, ac, d, _ := e.pipe(t, ctx, false)
+	go func() {
+		s, err := ac.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		io.Copy(s, s)
+		s.Close()
+	}()
+	before := e.relay.Stats()
+	d.p.sess.regMu.Lock()
+	d.p.sess.qc.CloseWithError(0, "test: drop the relay connection")
+	d.p.sess.regMu.Unlock()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.relay.Stats().Handshakes == before.Handshakes || e.relay.Stats().Registered == before.Registered {
+		if time.Now().After(deadline) {
+			t.Fatalf("peer did not re-register: stats %+v", e.relay.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := e.relay.Stats().Dropped["peer_initial"]; n != 0 {
+		t.Fatalf("relay dropped %d Initials of the re-registration as peer first flights", n)
+	}
+	if err := echo(ctx, dc, 1<<20, 1); err != nil {
+		t.Fatalf("pipe after re-registration: %v", err)
+	}
+}
+
+// TestLeakedFirstFlightDropped sends a dialer's first flight straight to the
+// relay, as a dialer that failed to hold it back would. The relay must drop
+// it and never answer.
+func TestLeakedFirstFlightDropped(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	d, err := NewDialer(ctx, e.config(e.aID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	flight := make(chan *FirstFlight, 1)
+	dctx, dcancel := context.WithCancel(ctx)
+	go d.Dial(dctx, e.bID.Public().(ed25519.PublicKey), func(_ context.Context, f *FirstFlight) error {
+		flight <- f
+		return nil
+	})
+	f := <-flight
+	dcancel()
+	probe, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	for _, dg := range f.Datagrams {
+		if _, err := probe.WriteToUDP(dg, e.relay.Addr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	probe.SetReadDeadline(time.Now().Add(700 * time.Millisecond))
+	if n, _, err := probe.ReadFromUDP(make([]byte, 2000)); err == nil {
+		t.Fatalf("relay answered a peer first flight with %d bytes", n)
+	}
+	if n := e.relay.Stats().Dropped["peer_initial"]; n != uint64(len(f.Datagrams)) {
+		t.Fatalf("peer_initial drops = %d, want %d", n, len(f.Datagrams))
+	}
+}
