@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -263,5 +264,158 @@ func TestLeakedFirstFlightDropped(t *testing.T) {
 	}
 	if n := e.relay.Stats().Dropped["peer_initial"]; n != uint64(len(f.Datagrams)) {
 		t.Fatalf("peer_initial drops = %d, want %d", n, len(f.Datagrams))
+	}
+}
+
+// TestSlowAccepter delivers the first flight after quic-go's default 5 s
+// handshake idle timeout has passed: the dialer must still be waiting.
+func TestSlowAccepter(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits 6 s")
+	}
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	a, err := NewAccepter(ctx, e.config(e.bID, e.aID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	accepted := make(chan error, 1)
+	start := time.Now()
+	conn, err := Dial(ctx, e.config(e.aID), e.bID.Public().(ed25519.PublicKey),
+		func(ctx context.Context, f *FirstFlight) error {
+			line := f.String()
+			go func() {
+				time.Sleep(6 * time.Second) // a person copying the line
+				g, err := ParseFirstFlight([]byte(line))
+				if err == nil {
+					_, err = a.Accept(ctx, g)
+				}
+				accepted <- err
+			}()
+			return nil
+		})
+	if err != nil {
+		t.Fatalf("dial after %v: %v", time.Since(start), err)
+	}
+	defer conn.Close()
+	if err := <-accepted; err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 6*time.Second {
+		t.Fatalf("handshake completed after %v, before the flight was delivered", d)
+	}
+}
+
+// TestDialCanceled checks that canceling the Dial context while waiting for
+// the accepter returns promptly with the context's error.
+func TestDialCanceled(t *testing.T) {
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	d, err := NewDialer(context.Background(), e.config(e.aID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = d.Dial(ctx, e.bID.Public().(ed25519.PublicKey), func(context.Context, *FirstFlight) error { return nil })
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Dial = %v, want a context deadline error", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("Dial returned after %v", d)
+	}
+}
+
+// TestRegistrationKeepsAhead serves many dials from one accepter with a tiny
+// registration window: every CID quic-go issues must be registered before
+// the other side can use it.
+func TestRegistrationKeepsAhead(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	acfg := e.config(e.bID, e.aID)
+	acfg.RegistrationWindow = 8
+	a, err := NewAccepter(ctx, acfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	d, err := NewDialer(ctx, e.config(e.aID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for i := range 12 {
+		accepted := make(chan *quic.Conn, 1)
+		dc, err := d.Dial(ctx, e.bID.Public().(ed25519.PublicKey), func(ctx context.Context, f *FirstFlight) error {
+			go func() {
+				c, err := a.Accept(ctx, f)
+				if err != nil {
+					t.Error(err)
+				}
+				accepted <- c
+			}()
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		ac := <-accepted
+		if ac == nil {
+			t.FailNow()
+		}
+		go func() {
+			s, err := ac.AcceptStream(ctx)
+			if err == nil {
+				io.Copy(s, s)
+				s.Close()
+			}
+		}()
+		if err := echo(ctx, dc, 64<<10, byte(i)); err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		dc.CloseWithError(0, "")
+	}
+	reg := a.Registration()
+	if issued := a.p.gen.Issued(); reg.First+reg.Num-1 < issued {
+		t.Fatalf("registered up to CID %d, but %d were issued", reg.First+reg.Num-1, issued)
+	}
+	if reg.Num <= 8 {
+		t.Fatalf("registration window never grew: %+v", reg)
+	}
+}
+
+// TestRelayOnCallerSocket builds a relay on a socket the caller owns: Close
+// must not close it.
+func TestRelayOnCallerSocket(t *testing.T) {
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r, err := NewRelay(conn, &RelayConfig{Identity: GenerateIdentity()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Addr().String() != conn.LocalAddr().String() {
+		t.Fatalf("Addr = %v, want %v", r.Addr(), conn.LocalAddr())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Serve(ctx) }()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Serve = %v", err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatalf("second Close = %v", err)
+	}
+	if _, err := conn.WriteToUDP([]byte("still open"), conn.LocalAddr().(*net.UDPAddr)); err != nil {
+		t.Fatalf("caller's socket was closed: %v", err)
 	}
 }
