@@ -124,7 +124,11 @@ func (a *Accepter) deliver(odcid string, r acceptResult) bool {
 
 // Accept feeds a dialer's first flight into the Accepter's QUIC stack as if
 // it had arrived from the relay, and waits until that connection is
-// established (the answer travels through the relay) or ctx is done.
+// established (the answer travels through the relay) or ctx is done. The
+// dialer answers within a round trip once the flight is in; if it stays
+// silent for the handshake idle timeout (Config.QUICConfig, 5 s by default)
+// because it gave up or the flight is stale, Accept fails with quic-go's
+// idle timeout error.
 func (a *Accepter) Accept(ctx context.Context, flight *FirstFlight) (*quic.Conn, error) {
 	info, err := flight.check()
 	if err != nil {

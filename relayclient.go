@@ -213,7 +213,7 @@ func (s *relaySession) register(ctx context.Context) error {
 	num := s.gen.Issued() + s.window
 	body, _ := json.Marshal(RegisterRequest{Key: s.key, Num: num})
 	var resp RegisterResponse
-	err := s.doLocked(ctx, http.MethodPost, body, &resp)
+	err := s.doLocked(ctx, http.MethodPost, body, &resp, true)
 	if err != nil {
 		return err
 	}
@@ -231,10 +231,14 @@ func (s *relaySession) register(ctx context.Context) error {
 }
 
 // doLocked sends one API request, retrying once on a fresh connection if the
-// current one turns out to be dead. s.regMu must be held.
-func (s *relaySession) doLocked(ctx context.Context, method string, body []byte, out any) error {
+// current one turns out to be dead and redial allows it. s.regMu must be
+// held.
+func (s *relaySession) doLocked(ctx context.Context, method string, body []byte, out any, redial bool) error {
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ {
+		if attempt > 0 && !redial {
+			break
+		}
 		cc, err := s.conn(ctx)
 		if err != nil {
 			return err
@@ -285,7 +289,7 @@ func (s *relaySession) close() {
 		if s.qc != nil && s.qc.Context().Err() == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			body, _ := json.Marshal(RegisterRequest{Key: s.key})
-			if err := s.doLocked(ctx, http.MethodDelete, body, nil); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			if err := s.doLocked(ctx, http.MethodDelete, body, nil, false); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 				s.log.Debug("unregister failed", "err", err)
 			}
 			cancel()

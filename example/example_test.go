@@ -1,0 +1,369 @@
+package example_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// raceBuild is set by race_test.go when the test runs with -race: the
+// example programs are then built with the race detector too.
+var raceBuild bool
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// binaries builds the three example programs once and returns their
+// directory.
+func binaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() { binDir, buildErr = build() })
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+func build() (string, error) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("cannot build the examples: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "quicpipe-examples-")
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	args := []string{"build", "-o", dir + string(filepath.Separator)}
+	if raceBuild {
+		args = append(args, "-race")
+	}
+	args = append(args, "./example/server", "./example/dialer", "./example/accepter")
+	cmd := exec.CommandContext(ctx, goBin, args...)
+	cmd.Dir = ".." // the module root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		return "", fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return dir, nil
+}
+
+// proc is a running example program.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	stderr syncBuffer
+
+	mu     sync.Mutex
+	lines  []string      // stdout, line by line
+	eof    bool          // stdout is closed
+	notify chan struct{} // signaled when lines or eof change
+
+	done chan struct{} // closed when the program has exited
+	err  error         // the result of Wait, once done is closed
+}
+
+// start runs an example program with the given standard input and extra
+// environment. The program is killed when the test ends, if still running.
+func start(t *testing.T, name, stdin string, env ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, notify: make(chan struct{}, 1), done: make(chan struct{})}
+	exe := filepath.Join(binaries(t), name)
+	if runtime.GOOS == "windows" {
+		exe += ".exe"
+	}
+	p.cmd = exec.Command(exe)
+	p.cmd.Env = append(cleanEnv(), env...)
+	if stdin != "" {
+		p.cmd.Stdin = strings.NewReader(stdin)
+	}
+	p.cmd.Stderr = &p.stderr
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.lines = append(p.lines, sc.Text())
+			p.mu.Unlock()
+			p.signal()
+		}
+		p.mu.Lock()
+		p.eof = true
+		p.mu.Unlock()
+		p.signal()
+		p.err = p.cmd.Wait() // only after every read from stdout
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("%s: exit: %v\nstdout:\n%s\nstderr:\n%s", name, p.err, p.stdout(), p.stderr.String())
+		}
+	})
+	return p
+}
+
+func (p *proc) signal() {
+	select {
+	case p.notify <- struct{}{}:
+	default:
+	}
+}
+
+// line waits for the i-th line (from 0) of the program's standard output.
+func (p *proc) line(ctx context.Context, i int) (string, error) {
+	for {
+		p.mu.Lock()
+		n, eof := len(p.lines), p.eof
+		var l string
+		if i < n {
+			l = p.lines[i]
+		}
+		p.mu.Unlock()
+		switch {
+		case i < n:
+			return l, nil
+		case eof:
+			select {
+			case <-p.done:
+			case <-ctx.Done():
+			}
+			return "", fmt.Errorf("%s closed stdout after %d lines (exit: %v)", p.name, n, p.err)
+		}
+		select {
+		case <-p.notify:
+		case <-ctx.Done():
+			return "", fmt.Errorf("%s: waiting for stdout line %d: %w", p.name, i+1, ctx.Err())
+		}
+	}
+}
+
+func (p *proc) stdout() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.lines, "\n")
+}
+
+// wait waits for the program to exit, killing it after timeout, and returns
+// the result of Wait.
+func (p *proc) wait(timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("%s did not exit within %v and was killed", p.name, timeout)
+	}
+}
+
+// cleanEnv is the test's environment without the variables the examples
+// read. Race-enabled programs skip the race detector's default one-second
+// sleep at exit (a race still makes them exit with status 66).
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "QHOST=") && !strings.HasPrefix(kv, "QUICPIPE_") &&
+			!strings.HasPrefix(kv, "GORACE=") {
+			env = append(env, kv)
+		}
+	}
+	if raceBuild {
+		env = append(env, strings.TrimSpace("GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	}
+	return env
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+var listeningRE = regexp.MustCompile(`^listening on (127\.0\.0\.1:[1-9][0-9]*)$`)
+
+// TestFlow runs the three programs as the documentation does: the dialer's
+// first line of output becomes the accepter's input.
+func TestFlow(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("the test stops the programs with SIGINT")
+	}
+	for _, tc := range []struct{ name, xdpIface string }{
+		{"userspace", ""},
+		{"xdp-iface-set", "lo"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			testFlow(t, tc.xdpIface)
+		})
+	}
+}
+
+func testFlow(t *testing.T, xdpIface string) {
+	binaries(t) // build before the clock starts
+	begin := time.Now()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	env := []string{"QUICPIPE_LISTEN=127.0.0.1:0"}
+	if xdpIface != "" {
+		env = append(env, "QUICPIPE_XDP_IFACE="+xdpIface)
+	}
+	server := start(t, "server", "", env...)
+	first, err := server.line(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := listeningRE.FindStringSubmatch(first)
+	if m == nil {
+		t.Fatalf("server: first line %q, want %q", first, "listening on 127.0.0.1:<port>")
+	}
+	qhost := "QHOST=" + m[1]
+
+	dialer := start(t, "dialer", "", qhost)
+	flight, err := dialer.line(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(flight, `{"v":1,`) {
+		t.Fatalf("dialer: first line %q is not a first flight in JSON form", flight)
+	}
+
+	accepter := start(t, "accepter", flight+"\n", qhost)
+	for i := range 3 {
+		l, err := accepter.line(ctx, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l != "hello" {
+			t.Fatalf("accepter: line %d is %q, want %q", i+1, l, "hello")
+		}
+	}
+
+	t.Logf("three hellos %v after starting the server", time.Since(begin).Round(time.Millisecond))
+
+	// Ctrl-C all three: each must exit cleanly.
+	stopping := time.Now()
+	procs := []*proc{accepter, dialer, server}
+	for _, p := range procs {
+		if err := p.cmd.Process.Signal(os.Interrupt); err != nil {
+			t.Errorf("%s: %v", p.name, err)
+		}
+	}
+	for _, p := range procs {
+		if err := p.wait(10 * time.Second); err != nil {
+			t.Errorf("%s: after SIGINT: %v", p.name, err)
+		}
+	}
+	t.Logf("all three exited %v after SIGINT", time.Since(stopping).Round(time.Millisecond))
+
+	if got := server.stdout(); got != first {
+		t.Errorf("server: stdout %q, want only %q", got, first)
+	}
+	if got := dialer.stdout(); got != flight {
+		t.Errorf("dialer: stdout %q, want only the first flight", got)
+	}
+	for _, l := range strings.Split(accepter.stdout(), "\n") {
+		if l != "hello" {
+			t.Errorf("accepter: stdout line %q, want %q", l, "hello")
+		}
+	}
+	for _, want := range []string{"connected to accepter", "sent hello"} {
+		if !strings.Contains(dialer.stderr.String(), want) {
+			t.Errorf("dialer: stderr lacks %q", want)
+		}
+	}
+	xdpMsg := "XDP is not available in this build yet"
+	if has := strings.Contains(server.stderr.String(), xdpMsg); has != (xdpIface != "") {
+		t.Errorf("server: stderr has %q: %v, want %v", xdpMsg, has, xdpIface != "")
+	}
+	if xdpIface != "" && !strings.Contains(server.stderr.String(), "QUICPIPE_XDP_IFACE="+xdpIface) {
+		t.Errorf("server: the XDP message does not name the interface %q", xdpIface)
+	}
+}
+
+// TestErrors checks that the programs fail clearly on bad input, before
+// contacting any relay.
+func TestErrors(t *testing.T) {
+	const qhost = "QHOST=127.0.0.1:4433"
+	for _, tc := range []struct {
+		name, prog, stdin string
+		env               []string
+		want              string
+	}{
+		{"dialer-without-QHOST", "dialer", "", nil,
+			"dialer: QHOST must be set to the relay's address, e.g. QHOST=127.0.0.1:4433"},
+		{"accepter-without-QHOST", "accepter", "", nil,
+			"accepter: QHOST must be set to the relay's address, e.g. QHOST=127.0.0.1:4433"},
+		{"accepter-empty-stdin", "accepter", "", []string{qhost},
+			"accepter: stdin is empty"},
+		{"accepter-garbage", "accepter", "this is not a first flight\n", []string{qhost},
+			"accepter: stdin does not hold the dialer's first flight: quicpipe: bad first flight"},
+		{"accepter-bad-json-flight", "accepter", `{"v":1,"datagrams":["AAAA"]}` + "\n", []string{qhost},
+			"accepter: stdin does not hold the dialer's first flight: quicpipe: bad first flight"},
+		{"accepter-long-line", "accepter", strings.Repeat("x", 100<<10), []string{qhost},
+			"accepter: the first line of stdin is longer than"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := start(t, tc.prog, tc.stdin, tc.env...)
+			err := p.wait(20 * time.Second)
+			var exitErr *exec.ExitError
+			if !errors.As(err, &exitErr) || exitErr.ExitCode() != 1 {
+				t.Fatalf("exit: %v, want exit status 1", err)
+			}
+			if stderr := p.stderr.String(); !strings.Contains(stderr, tc.want) {
+				t.Errorf("stderr %q does not contain %q", stderr, tc.want)
+			}
+			if out := p.stdout(); out != "" {
+				t.Errorf("stdout %q, want nothing", out)
+			}
+		})
+	}
+}
