@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/quicpipe/quicpipe/internal/wire"
 )
@@ -18,8 +19,9 @@ const (
 	// MinFlightDatagramSize is the smallest datagram of a first flight: QUIC
 	// requires a client to pad Initial datagrams to 1200 bytes.
 	MinFlightDatagramSize = 1200
-	// MaxFlightDatagramSize is the largest datagram of a first flight.
-	MaxFlightDatagramSize = 1500
+	// MaxFlightDatagramSize is the largest datagram of a first flight: the
+	// largest UDP payload quic-go receives (1452 bytes).
+	MaxFlightDatagramSize = 1452
 	// MaxFlightJSONSize bounds the JSON form accepted by UnmarshalJSON.
 	MaxFlightJSONSize = 32 << 10
 )
@@ -87,6 +89,9 @@ func (f *FirstFlight) UnmarshalJSON(b []byte) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&j); err != nil {
 		return badFlight("malformed JSON: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return badFlight("malformed JSON: trailing data after the object")
 	}
 	if j.V != flightVersion {
 		return badFlight("unsupported version %d (want %d)", j.V, flightVersion)
@@ -222,6 +227,11 @@ func (f *FirstFlight) check() (wire.ClientInitialInfo, error) {
 	info, err := wire.InspectClientInitials(f.Datagrams)
 	if err != nil {
 		return info, badFlight("%v", err)
+	}
+	// RFC 9000, Section 7.2: a client's first destination CID is at least
+	// 8 bytes; quic-go drops shorter ones silently, and Accept would wait.
+	if len(info.ODCID) < 8 {
+		return info, badFlight("original destination connection ID is %d bytes, want at least 8", len(info.ODCID))
 	}
 	if len(info.SCID) != CIDLen {
 		return info, badFlight("source connection ID is %d bytes, want %d", len(info.SCID), CIDLen)

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -39,17 +39,25 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 	}
 	var body registerBody
 	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, r.cfg.MaxBodyBytes))
-	if err := dec.Decode(&body); err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			r.apiError(w, http.StatusRequestEntityTooLarge, "body_too_large",
-				fmt.Sprintf("request body exceeds %d bytes", r.cfg.MaxBodyBytes))
-			return
+	tooLarge := func(err error) bool {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); !ok {
+			return false
 		}
-		r.apiError(w, http.StatusBadRequest, "bad_json", "malformed JSON body: "+err.Error())
+		r.apiError(w, http.StatusRequestEntityTooLarge, "body_too_large",
+			fmt.Sprintf("request body exceeds %d bytes", r.cfg.MaxBodyBytes))
+		return true
+	}
+	if err := dec.Decode(&body); err != nil {
+		if !tooLarge(err) {
+			r.apiError(w, http.StatusBadRequest, "bad_json", "malformed JSON body: "+err.Error())
+		}
 		return
 	}
+	// The limit may be hit only after the object, while looking for its end.
 	if _, err := dec.Token(); err != io.EOF {
-		r.apiError(w, http.StatusBadRequest, "bad_json", "malformed JSON body: trailing data after the object")
+		if !tooLarge(err) {
+			r.apiError(w, http.StatusBadRequest, "bad_json", "malformed JSON body: trailing data after the object")
+		}
 		return
 	}
 	if n := len(body.Key); n < MinCIDKeyLen || n > r.cfg.MaxKeyLen {
@@ -67,7 +75,8 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 		first = 1
 	}
 	maxNum := int64(r.cfg.MaxCIDsPerRegistration)
-	if body.Num < 1 || body.Num > maxNum || first < 1 || first+body.Num-1 > int64(^uint32(0)) {
+	// Written so as not to overflow: first may be as large as int64 allows.
+	if body.Num < 1 || body.Num > maxNum || first < 1 || first > int64(^uint32(0))-body.Num+1 {
 		r.apiError(w, http.StatusBadRequest, "num_range",
 			fmt.Sprintf("num must be 1 to %d and first+num-1 at most 2^32-1 (got first %d, num %d)", maxNum, first, body.Num))
 		return

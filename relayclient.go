@@ -130,7 +130,7 @@ func (s *relaySession) run() {
 	backoff := time.Duration(0)
 	for {
 		s.mu.Lock()
-		wait := s.ttl / 3
+		wait := max(s.ttl/3, 250*time.Millisecond)
 		s.mu.Unlock()
 		if backoff > 0 {
 			wait = backoff
@@ -224,7 +224,7 @@ func (s *relaySession) register(ctx context.Context) error {
 	s.regEnd.Store(resp.First + resp.Num - 1)
 	s.mu.Lock()
 	s.reg = Registration{Observed: observed, First: resp.First, Num: resp.Num, Expires: resp.Expires}
-	s.ttl = max(time.Duration(resp.TTL)*time.Second, 3*time.Second)
+	s.ttl = max(time.Duration(resp.TTL)*time.Second, time.Second)
 	s.mu.Unlock()
 	s.log.Debug("registered with relay", "relay", s.addr.String(), "observed", resp.Addr, "cids", resp.Num)
 	return nil

@@ -180,15 +180,20 @@ func ClientTLSConfig(identity ed25519.PrivateKey, server ed25519.PublicKey, alpn
 		if err != nil {
 			return nil, err
 		}
-		conf.Certificates = []tls.Certificate{cert}
+		// Always present the certificate: crypto/tls would withhold a
+		// self-signed one that matches none of the server's CA names.
+		conf.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return &cert, nil
+		}
 	}
 	return conf, nil
 }
 
 // ServerTLSConfig returns a TLS configuration for a server with the given
 // identity. If clients is empty, clients are not asked for a certificate (the
-// relay's case); otherwise every client must present one of the pinned keys
-// (an accepter's case).
+// relay's case); otherwise every client must present a certificate for one of
+// the pinned keys (an accepter's case), or the handshake fails with an error
+// wrapping ErrUntrustedKey.
 func ServerTLSConfig(identity ed25519.PrivateKey, clients []ed25519.PublicKey, alpn string) (*tls.Config, error) {
 	cert, err := Certificate(identity)
 	if err != nil {
@@ -200,12 +205,17 @@ func ServerTLSConfig(identity ed25519.PrivateKey, clients []ed25519.PublicKey, a
 		NextProtos:   []string{alpn},
 	}
 	if len(clients) > 0 {
-		pool, err := anchorPool(clients)
-		if err != nil {
-			return nil, err
+		for _, k := range clients {
+			if len(k) != ed25519.PublicKeySize {
+				return nil, fmt.Errorf("quicpipe: pinned key must be a %d-byte Ed25519 public key, got %d bytes", ed25519.PublicKeySize, len(k))
+			}
 		}
-		conf.ClientAuth = tls.RequireAndVerifyClientCert
-		conf.ClientCAs = pool
+		// The client's certificate is pinned by its key alone: TLS 1.3's
+		// CertificateVerify proves that the client holds the private key of
+		// the leaf, and VerifyConnection requires that key to be trusted. No
+		// chain is needed, so an untrusted client is refused with
+		// ErrUntrustedKey naming its key.
+		conf.ClientAuth = tls.RequireAnyClientCert
 		conf.VerifyConnection = verifyPinned(clients)
 	}
 	return conf, nil

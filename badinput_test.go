@@ -1,0 +1,300 @@
+package quicpipe
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// TestBadConfig: NewDialer and NewAccepter refuse a bad Config at once,
+// before any network traffic, with a message naming the field.
+func TestBadConfig(t *testing.T) {
+	relayKey := GenerateIdentity().Public().(ed25519.PublicKey)
+	good := func() *Config {
+		return &Config{
+			RelayAddr:    "127.0.0.1:4433",
+			RelayKey:     relayKey,
+			Identity:     GenerateIdentity(),
+			TrustedPeers: []ed25519.PublicKey{GenerateIdentity().Public().(ed25519.PublicKey)},
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*Config)
+		want   string
+		is     error
+	}{
+		{"identity nil", func(c *Config) { c.Identity = nil }, "Config.Identity must be a 64-byte Ed25519 private key, got 0 bytes", nil},
+		{"identity is a seed", func(c *Config) { c.Identity = c.Identity.Seed() }, "got 32 bytes", nil},
+		{"relay key nil", func(c *Config) { c.RelayKey = nil }, "Config.RelayKey must be a 32-byte Ed25519 public key, got 0 bytes", nil},
+		{"relay key 31 bytes", func(c *Config) { c.RelayKey = c.RelayKey[:31] }, "got 31 bytes", nil},
+		{"relay key is a private key", func(c *Config) { c.RelayKey = ed25519.PublicKey(GenerateIdentity()) }, "got 64 bytes", nil},
+		{"CID key 15 bytes", func(c *Config) { c.CIDKey = make([]byte, 15) }, "Config.CIDKey is 15 bytes", ErrCIDKeyLength},
+		{"CID key 65 bytes", func(c *Config) { c.CIDKey = make([]byte, 65) }, "Config.CIDKey is 65 bytes", ErrCIDKeyLength},
+		{"CID key empty", func(c *Config) { c.CIDKey = []byte{} }, "Config.CIDKey is 0 bytes", ErrCIDKeyLength},
+		{"relay address missing", func(c *Config) { c.RelayAddr = "" }, "Config.RelayAddr is required", nil},
+		{"relay address without port", func(c *Config) { c.RelayAddr = "127.0.0.1" }, `relay address "127.0.0.1"`, nil},
+		{"relay address port 0", func(c *Config) { c.RelayAddr = "127.0.0.1:0" }, "needs a host and a port", nil},
+		{"relay address without host", func(c *Config) { c.RelayAddr = ":4433" }, "needs a host and a port", nil},
+		{"relay address bad port", func(c *Config) { c.RelayAddr = "127.0.0.1:http3" }, `relay address "127.0.0.1:http3"`, nil},
+		{"registration window 4", func(c *Config) { c.RegistrationWindow = 4 }, "RegistrationWindow 4 is outside 8..4096", nil},
+		{"trusted peer wrong size", func(c *Config) { c.TrustedPeers = append(c.TrustedPeers, make([]byte, 16)) }, "Config.TrustedPeers[1] must be a 32-byte", nil},
+	} {
+		for _, side := range []string{"Dialer", "Accepter"} {
+			t.Run(tc.name+"/"+side, func(t *testing.T) {
+				cfg := good()
+				tc.change(cfg)
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				start := time.Now()
+				err := newPeerForTest(ctx, side, cfg)
+				if err == nil {
+					t.Fatalf("New%s: got success, want an error containing %q", side, tc.want)
+				}
+				if !strings.Contains(err.Error(), tc.want) {
+					t.Errorf("New%s: got %q, want it to contain %q", side, err, tc.want)
+				}
+				if tc.is != nil && !errors.Is(err, tc.is) {
+					t.Errorf("New%s: got errors.Is(%v) false, want true", side, tc.is)
+				}
+				if el := time.Since(start); el > time.Second {
+					t.Errorf("New%s took %v, want an error at once", side, el)
+				}
+			})
+		}
+	}
+	t.Run("nil config", func(t *testing.T) {
+		for _, side := range []string{"Dialer", "Accepter"} {
+			if err := newPeerForTest(context.Background(), side, nil); err == nil || !strings.Contains(err.Error(), "nil Config") {
+				t.Errorf("New%s(nil): got %v, want an error about a nil Config", side, err)
+			}
+		}
+	})
+	t.Run("accepter without trusted peers", func(t *testing.T) {
+		cfg := good()
+		cfg.TrustedPeers = nil
+		_, err := NewAccepter(context.Background(), cfg)
+		if err == nil || !strings.Contains(err.Error(), "TrustedPeers is required") {
+			t.Errorf("NewAccepter: got %v, want an error saying TrustedPeers is required", err)
+		}
+	})
+}
+
+// newPeerForTest makes a Dialer or an Accepter, closes it if that worked,
+// and returns the error.
+func newPeerForTest(ctx context.Context, side string, cfg *Config) error {
+	if side == "Dialer" {
+		d, err := NewDialer(ctx, cfg)
+		if err == nil {
+			d.Close()
+		}
+		return err
+	}
+	a, err := NewAccepter(ctx, cfg)
+	if err == nil {
+		a.Close()
+	}
+	return err
+}
+
+// unusedUDPAddr returns a loopback UDP address nobody listens on.
+func unusedUDPAddr(t testing.TB) string {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := c.LocalAddr().String()
+	c.Close()
+	return addr
+}
+
+func TestBadRelay(t *testing.T) {
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	wrongKey := GenerateIdentity().Public().(ed25519.PublicKey)
+	for _, tc := range []struct {
+		name   string
+		change func(*Config)
+		want   []string // all in the message
+		within time.Duration
+	}{
+		{
+			name:   "unreachable",
+			change: func(c *Config) { c.RelayAddr = unusedUDPAddr(t) },
+			want:   []string{"connect to relay 127.0.0.1:"},
+			within: 3 * time.Second,
+		},
+		{
+			name:   "wrong pinned key",
+			change: func(c *Config) { c.RelayKey = wrongKey },
+			want:   []string{"connect to relay " + e.relay.Addr().String(), "verify"},
+			within: 3 * time.Second,
+		},
+	} {
+		for _, side := range []string{"Dialer", "Accepter"} {
+			t.Run(tc.name+"/"+side, func(t *testing.T) {
+				cfg := e.config(e.aID, e.bID)
+				cfg.RelayTimeout = time.Second
+				tc.change(cfg)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				start := time.Now()
+				err := newPeerForTest(ctx, side, cfg)
+				el := time.Since(start)
+				if err == nil {
+					t.Fatalf("New%s: got success, want an error", side)
+				}
+				t.Logf("New%s after %v: %v", side, el.Round(time.Millisecond), err)
+				if tc.name == "unreachable" && !strings.Contains(err.Error(), cfg.RelayAddr) {
+					t.Errorf("New%s: got %q, want it to name the relay %s", side, err, cfg.RelayAddr)
+				}
+				for _, w := range tc.want {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("New%s: got %q, want it to contain %q", side, err, w)
+					}
+				}
+				if el > tc.within {
+					t.Errorf("New%s took %v, want at most %v", side, el, tc.within)
+				}
+			})
+		}
+	}
+	if got := e.relay.Stats().Registrations; got != 0 {
+		t.Errorf("relay registrations after failed peers: got %d, want 0", got)
+	}
+}
+
+// TestRelayRefuses: a relay's refusal reaches the application as a
+// *RelayError with the relay's code.
+func TestRelayRefuses(t *testing.T) {
+	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{MaxRegistrationsPerSource: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d1, err := NewDialer(ctx, e.config(e.aID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d1.Close()
+	for _, side := range []string{"Dialer", "Accepter"} {
+		t.Run(side, func(t *testing.T) {
+			err := newPeerForTest(ctx, side, e.config(e.bID, e.aID))
+			var re *RelayError
+			if !errors.As(err, &re) {
+				t.Fatalf("New%s from the same IP: got %v, want a *RelayError", side, err)
+			}
+			if re.Code != "limit_source" || re.Status != http.StatusTooManyRequests {
+				t.Errorf("RelayError: got %d %q, want 429 %q", re.Status, re.Code, "limit_source")
+			}
+			if !strings.Contains(err.Error(), "limit_source") || !strings.Contains(err.Error(), "127.0.0.1") {
+				t.Errorf("error: got %q, want it to name the code and the source", err)
+			}
+		})
+	}
+	if got := e.relay.Stats().Rejected["limit_source"]; got != 2 {
+		t.Errorf("Rejected[limit_source]: got %d, want 2", got)
+	}
+	// Closing the first Dialer unregisters it, which makes room.
+	d1.Close()
+	if got := e.relay.Stats().Registrations; got != 0 {
+		t.Fatalf("registrations after Close: got %d, want 0", got)
+	}
+	d2, err := NewDialer(ctx, e.config(e.bID))
+	if err != nil {
+		t.Fatalf("NewDialer after the first one closed: got %v, want success", err)
+	}
+	d2.Close()
+}
+
+// TestUntrustedPeer: the handshake fails when the accepter does not trust
+// the dialer or the dialer pins another key than the accepter's.
+//
+// Observed: when the dialer pins a wrong key, both Dial and Accept fail at
+// once. When the accepter does not trust the dialer, Accept fails at once
+// with "peer key is not trusted: <the dialer's key>", but Dial usually
+// succeeds: in TLS 1.3 the client's handshake is complete once it has sent
+// its Finished, before the server has judged its certificate. The connection
+// Dial returns is then closed by the accepter with a CRYPTO_ERROR right away.
+// (If the close arrives first, Dial fails.)
+func TestUntrustedPeer(t *testing.T) {
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	stranger := GenerateIdentity()
+	for _, tc := range []struct {
+		name       string
+		trusted    ed25519.PrivateKey // the key the accepter trusts
+		pinned     ed25519.PublicKey  // the key the dialer pins
+		dialWant   string             // "": Dial may succeed, then the connection must close
+		acceptWant string
+	}{
+		{
+			name:       "accepter does not trust the dialer",
+			trusted:    stranger,
+			pinned:     e.bID.Public().(ed25519.PublicKey),
+			dialWant:   "",
+			acceptWant: "peer key is not trusted: ",
+		},
+		{
+			name:       "dialer pins another key",
+			trusted:    e.aID,
+			pinned:     stranger.Public().(ed25519.PublicKey),
+			dialWant:   "handshake with the accepter: CRYPTO_ERROR",
+			acceptWant: "handshake failed: CRYPTO_ERROR",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			a, err := NewAccepter(ctx, e.config(e.bID, tc.trusted))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			d, err := NewDialer(ctx, e.config(e.aID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			start := time.Now()
+			res := runDial(t, ctx, d, a, tc.pinned, nil)
+			t.Logf("after %v: Dial: %v; Accept: %v", time.Since(start).Round(time.Millisecond), res.dialErr, res.acceptEr)
+			if res.acceptEr == nil {
+				res.accepted.CloseWithError(0, "")
+				t.Errorf("Accept: got a connection, want an error")
+			} else if !strings.Contains(res.acceptEr.Error(), tc.acceptWant) {
+				t.Errorf("Accept: got %q, want it to contain %q", res.acceptEr, tc.acceptWant)
+			}
+			switch {
+			case tc.dialWant != "" && res.dialErr == nil:
+				res.dialed.CloseWithError(0, "")
+				t.Errorf("Dial: got a connection, want an error containing %q", tc.dialWant)
+			case tc.dialWant != "" && !strings.Contains(res.dialErr.Error(), tc.dialWant):
+				t.Errorf("Dial: got %q, want it to contain %q", res.dialErr, tc.dialWant)
+			case tc.dialWant == "" && res.dialErr != nil:
+				// The accepter's close won the race with the handshake.
+				if !strings.Contains(res.dialErr.Error(), "CRYPTO_ERROR") {
+					t.Errorf("Dial: got %q, want a connection, or an error with CRYPTO_ERROR", res.dialErr)
+				}
+			case tc.dialWant == "":
+				select {
+				case <-res.dialed.Context().Done():
+				case <-ctx.Done():
+					t.Fatal("dialed connection still open at the deadline, want it closed by the accepter")
+				}
+				cause := context.Cause(res.dialed.Context())
+				var te *quic.TransportError
+				if !errors.As(cause, &te) || !te.Remote || !te.ErrorCode.IsCryptoError() {
+					t.Errorf("dialed connection closed by %v, want a remote CRYPTO_ERROR", cause)
+				}
+			}
+			if ctx.Err() != nil {
+				t.Errorf("deadline reached, want a prompt handshake failure")
+			}
+		})
+	}
+}

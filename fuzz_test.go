@@ -1,0 +1,265 @@
+package quicpipe
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// FuzzParseFirstFlight: ParseFirstFlight never panics, every error wraps
+// ErrBadFlight, and a parsed flight is valid and survives both forms.
+func FuzzParseFirstFlight(f *testing.F) {
+	js, err := os.ReadFile(flightTestdata)
+	if err != nil {
+		f.Fatal(err)
+	}
+	rec, err := ParseFirstFlight(js)
+	if err != nil {
+		f.Fatal(err)
+	}
+	bin, _ := rec.MarshalBinary()
+	d0, d1 := rec.Datagrams[0], rec.Datagrams[1]
+	info, _ := rec.check()
+	hello := clientHelloOf(f, rec)
+	for _, seed := range [][]byte{
+		mustBinary(f, sealFlight(f, []byte("8 bytes!"), info.SCID, hello, 1200)),
+		mustBinary(f, sealFlight(f, []byte{1, 2, 3, 4}, info.SCID, hello, 1200)),
+		mustBinary(f, sealFlight(f, info.ODCID, info.SCID, hello[:len(hello)/2], 1200)),
+		js,
+		bin,
+		nil,
+		[]byte("{}"),
+		[]byte(" {\"v\":1}"),
+		[]byte(`{"v":1,"datagrams":[]}`),
+		[]byte(`{"v":1,"datagrams":["AAAA"]}`),
+		[]byte("QPF"),
+		[]byte("QPF\x01\x00"),
+		[]byte("QPF\x01\x01\x04\xb0"),
+		[]byte("QPF\x02\x01\x00\x00"),
+		binaryForm("QPF", 1, 1, [][]byte{d0}),
+		binaryForm("QPF", 1, 1, [][]byte{d1}),
+		binaryForm("QPF", 1, 3, [][]byte{d1, d0, d1}),
+		binaryForm("QPF", 1, 1, [][]byte{make([]byte, 1200)}),
+		jsonForm(1, [][]byte{d0}),
+		jsonForm(1, [][]byte{d0, d1, d0}),
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		g, err := ParseFirstFlight(b)
+		if err != nil {
+			if !errors.Is(err, ErrBadFlight) {
+				t.Fatalf("error %q: got errors.Is(ErrBadFlight) false, want true", err)
+			}
+			if g != nil {
+				t.Fatalf("got a flight and an error, want nil flight")
+			}
+			return
+		}
+		if err := g.Check(); err != nil {
+			t.Fatalf("Check of a parsed flight: got %v, want nil", err)
+		}
+		js, err := g.MarshalJSON()
+		if err != nil {
+			t.Fatalf("MarshalJSON of a parsed flight: %v", err)
+		}
+		if bytes.ContainsAny(js, "\r\n") || g.String() != string(js) {
+			t.Fatalf("JSON form: got %q and String %q, want the same single line", js, g.String())
+		}
+		bin, err := g.MarshalBinary()
+		if err != nil {
+			t.Fatalf("MarshalBinary of a parsed flight: %v", err)
+		}
+		for _, form := range [][]byte{js, bin} {
+			h, err := ParseFirstFlight(form)
+			if err != nil {
+				t.Fatalf("re-parsing %.20q...: got %v, want success", form, err)
+			}
+			if !slices.EqualFunc(h.Datagrams, g.Datagrams, bytes.Equal) {
+				t.Fatalf("re-parsed datagrams: got different, want equal")
+			}
+		}
+	})
+}
+
+// loopbackQUICConn returns the server side of a QUIC connection on
+// loopback: a real *quic.Conn whose RemoteAddr is a 127.0.0.1 address.
+func loopbackQUICConn(t testing.TB) *quic.Conn {
+	t.Helper()
+	id := GenerateIdentity()
+	srvTLS, err := ServerTLSConfig(id, nil, "fuzz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliTLS, err := ClientTLSConfig(nil, id.Public().(ed25519.PublicKey), "fuzz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := quic.ListenAddr("127.0.0.1:0", srvTLS, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cc, err := quic.DialAddr(ctx, ln.Addr().String(), cliTLS, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.CloseWithError(0, "") })
+	sc, err := ln.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ra := sc.RemoteAddr().(*net.UDPAddr); !ra.IP.IsLoopback() {
+		t.Fatalf("RemoteAddr: got %v, want a loopback address", ra)
+	}
+	return sc
+}
+
+// FuzzRegisterBody drives the registration handler with arbitrary bodies.
+// Without a QUIC connection in the request's context (withConn false) a
+// request can never register anything: a valid body answers 500 no_address.
+// With one (a real loopback connection, as the relay's HTTP/3 server would
+// provide), a valid body registers and the table must hold exactly the
+// window answered; the registration is then removed.
+//
+// Properties: no panic; a non-2xx answer is a JSON ErrorResponse with a
+// known code, counted in Stats().Rejected; nothing stays in the table.
+func FuzzRegisterBody(f *testing.F) {
+	r, err := ListenRelay("127.0.0.1:0", &RelayConfig{Identity: GenerateIdentity(), MaxCIDsPerRegistration: 1024})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { r.Close() })
+	qc := loopbackQUICConn(f)
+	key := fixedKey(9)
+	for _, seed := range []struct {
+		body     string
+		method   byte
+		withConn bool
+	}{
+		{string(regBody(key, 0, 64)), 0, true},
+		{string(regBody(key, 0, 64)), 0, false},
+		{string(regBody(key, 65, 10)), 0, true},
+		{string(regBody(key, 1<<32-1, 1)), 0, true},
+		{string(regBody(key, 1<<32-1, 2)), 0, true},
+		{string(regBody(key, -1, 2)), 0, true},
+		// Once answered 200 with a window wrapping past 2^32-1 (first+num-1
+		// overflowed int64 in the range check).
+		{string(regBody(key, 1<<63-1, 2)), 0, true},
+		{string(regBody(key, 0, 1025)), 0, true},
+		{string(regBody(key, 0, 0)), 1, true},
+		{string(regBody(key, 0, 0)), 2, true},
+		{string(regBody(make([]byte, 15), 0, 1)), 0, true},
+		{string(regBody(make([]byte, 65), 0, 1)), 0, true},
+		{`{"key":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16],"num":3}`, 0, true},
+		{`{"KEY":"AAAAAAAAAAAAAAAAAAAAAA==","NUM":1,"First":7}`, 0, true},
+		{`{"key":"AAAAAAAAAAAAAAAAAAAAAA==","num":1} x`, 0, true},
+		{`{"key":"AAAAAAAAAAAAAAAAAAAAAA==","num":1e3}`, 0, true},
+		{`{"key":"AAAAAAAAAAAAAAAAAAAAAA==","num":1}` + strings.Repeat(" ", 5000), 0, true},
+		{`{"key":"` + strings.Repeat("A", 5000) + `"}`, 0, true},
+		{`{"key":"!!"}`, 0, true},
+		{``, 0, true},
+		{`null`, 0, true},
+		{`[]`, 0, true},
+		{`{"key":null,"num":null,"first":null}`, 0, true},
+	} {
+		f.Add([]byte(seed.body), seed.method, seed.withConn)
+	}
+	methods := []string{http.MethodPost, http.MethodDelete, http.MethodGet, http.MethodPut}
+	f.Fuzz(func(t *testing.T, body []byte, m byte, withConn bool) {
+		method := methods[int(m)%len(methods)]
+		req := httptest.NewRequest(method, RegisterPath, bytes.NewReader(body))
+		if withConn {
+			req = req.WithContext(context.WithValue(req.Context(), quicConnKey{}, qc))
+		}
+		before := r.Stats()
+		w := httptest.NewRecorder()
+		r.handleRegister(w, req)
+		res := w.Result()
+		data := w.Body.Bytes()
+		defer func() {
+			// Remove whatever was registered, then nothing may remain.
+			r.regMu.Lock()
+			for _, reg := range r.regs {
+				r.removeLocked(reg)
+			}
+			r.regMu.Unlock()
+			if st := r.Stats(); st.CIDs != 0 || st.Registrations != 0 {
+				t.Fatalf("after cleanup: got CIDs %d, Registrations %d; want 0, 0", st.CIDs, st.Registrations)
+			}
+		}()
+		switch {
+		case res.StatusCode == http.StatusNoContent:
+			if method != http.MethodDelete {
+				t.Fatalf("%s: got 204, want it only for DELETE", method)
+			}
+		case res.StatusCode == http.StatusOK:
+			if method != http.MethodPost || !withConn {
+				t.Fatalf("%s (connection %v): got 200, want it only for POST with a connection", method, withConn)
+			}
+			var resp RegisterResponse
+			if err := json.Unmarshal(data, &resp); err != nil {
+				t.Fatalf("200 answer %q: %v", data, err)
+			}
+			if want := qc.RemoteAddr().String(); resp.Addr != want {
+				t.Fatalf("Addr: got %q, want %q", resp.Addr, want)
+			}
+			st := r.Stats()
+			if st.Registrations != 1 || st.CIDs != int(resp.Num) || resp.Num == 0 {
+				t.Fatalf("after 200 %+v: got Registrations %d, CIDs %d; want 1, %d", resp, st.Registrations, st.CIDs, resp.Num)
+			}
+			if uint64(resp.First)+uint64(resp.Num)-1 > 1<<32-1 || resp.First == 0 {
+				t.Fatalf("window %d+%d: got beyond 1..2^32-1", resp.First, resp.Num)
+			}
+			r.regMu.Lock()
+			var reg *registration
+			for _, v := range r.regs {
+				reg = v
+			}
+			r.regMu.Unlock()
+			for _, i := range []uint32{resp.First, resp.First + resp.Num - 1} {
+				c, _ := DeriveCID([]byte(reg.key), i)
+				if r.table.lookup(c[:]) != reg {
+					t.Fatalf("CID %d of the answered window: got no entry, want one", i)
+				}
+			}
+		default:
+			if res.StatusCode < 400 {
+				t.Fatalf("status: got %d, want 200, 204 or an error", res.StatusCode)
+			}
+			if ct := res.Header.Get("Content-Type"); ct != "application/json" {
+				t.Fatalf("Content-Type: got %q, want application/json", ct)
+			}
+			var e ErrorResponse
+			if err := json.Unmarshal(data, &e); err != nil {
+				t.Fatalf("error answer %q is not JSON: %v", data, err)
+			}
+			if !slices.Contains(rejectCodes, e.Code) || e.Error == "" {
+				t.Fatalf("error answer: got code %q message %q, want a known code and a message", e.Code, e.Error)
+			}
+			if got, want := r.Stats().Rejected[e.Code], before.Rejected[e.Code]+1; got != want {
+				t.Fatalf("Rejected[%q]: got %d, want %d", e.Code, got, want)
+			}
+			if e.Code == "no_address" && withConn {
+				t.Fatalf("no_address with a connection in the context")
+			}
+			if st := r.Stats(); st.CIDs != 0 || st.Registrations != 0 {
+				t.Fatalf("after an error: got CIDs %d, Registrations %d; want 0, 0", st.CIDs, st.Registrations)
+			}
+		}
+	})
+}
