@@ -21,6 +21,9 @@ type Config struct {
 	// RelayKey is the relay's pinned Ed25519 public key. Required unless
 	// RelayTLSConfig is set.
 	RelayKey ed25519.PublicKey
+	// RelayToken, if not empty, is sent as "Authorization: Bearer <token>"
+	// with every request to the relay (see TokenAuthorizer and NewToken).
+	RelayToken string
 	// RelayTLSConfig, if not nil, replaces the TLS configuration built from
 	// RelayKey for the HTTP/3 connection to the relay (for example to verify
 	// a CA-issued relay certificate). It is cloned and its NextProtos set to

@@ -60,6 +60,35 @@ type RelayConfig struct {
 	// MaxBodyBytes bounds the size of an API request body. If zero, 4096 is
 	// used.
 	MaxBodyBytes int64
+	// Authorizer, if not nil, decides whether each API request may proceed
+	// (see TokenAuthorizer for HMAC-signed expiring tokens). If nil, the API
+	// is open to anyone, and the relay logs that when it starts.
+	Authorizer Authorizer
+	// AllowPrivateTargets lets peers register loopback, link-local and
+	// private addresses even when they reached the relay at an address of
+	// another scope. If false, a non-public target is accepted only over a
+	// connection that reached the relay at an address of the same scope: a
+	// relay on loopback serves loopback peers, one on a private network
+	// serves that network, one on a public address serves public addresses.
+	AllowPrivateTargets bool
+	// MaxPacketsPerSecond and MaxBytesPerSecond cap what the relay forwards
+	// to one registration (token buckets with a one-second burst). If zero,
+	// 100000 packets and 125000000 bytes (1 Gbit/s) per second are used; a
+	// negative value means unlimited.
+	MaxPacketsPerSecond, MaxBytesPerSecond int64
+	// MaxTotalPacketsPerSecond and MaxTotalBytesPerSecond cap what the relay
+	// forwards in total. If zero, there is no global cap.
+	MaxTotalPacketsPerSecond, MaxTotalBytesPerSecond int64
+	// StatelessResetKey lets the relay reset, after a restart, the HTTP/3
+	// connections of peers registered before it, so that they notice at once
+	// and register again. It must stay the same across restarts. If nil and
+	// Identity is set, a key derived from Identity is used; otherwise resets
+	// are off. Packets for peers' CIDs never cause a reset.
+	StatelessResetKey *quic.StatelessResetKey
+	// MetricsAddr, if not empty, is a TCP address (e.g. "127.0.0.1:9090") on
+	// which the relay serves Prometheus metrics at /metrics. See also
+	// Relay.Collector.
+	MetricsAddr string
 	// Logger receives the relay's logs. If nil, the relay logs nothing. The
 	// relay never logs per packet.
 	Logger *slog.Logger
@@ -93,6 +122,16 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 	}
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 4096
+	}
+	if cfg.MaxPacketsPerSecond == 0 {
+		cfg.MaxPacketsPerSecond = 100000
+	}
+	if cfg.MaxBytesPerSecond == 0 {
+		cfg.MaxBytesPerSecond = 125_000_000
+	}
+	if cfg.StatelessResetKey == nil && cfg.Identity != nil {
+		k := StatelessResetKeyFromIdentity(cfg.Identity)
+		cfg.StatelessResetKey = &k
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -143,6 +182,12 @@ type Relay struct {
 	initials initialFilter
 
 	stats relayCounters
+
+	// Global forwarding caps; only the forwarding goroutine touches them.
+	totalPackets, totalBytes rateLimiter
+
+	metrics     *http.Server
+	metricsAddr net.Addr
 
 	serveOnce sync.Once
 	closeOnce sync.Once
@@ -207,12 +252,13 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	if err := r.rconn.io.init(conn); err != nil {
 		return nil, fmt.Errorf("quicpipe: relay socket: %w", err)
 	}
-	// No StatelessResetKey: the relay must never answer a packet for a CID
-	// it does not know with a stateless reset, or it would kill peer
-	// connections whose registration lapsed for a moment.
+	// Stateless resets only ever answer packets for the relay's own CIDs:
+	// packets for unknown peer CIDs are dropped before quic-go sees them, so
+	// a peer connection whose registration lapsed is never reset.
 	r.tr = &quic.Transport{
 		Conn:                  r.rconn,
 		ConnectionIDGenerator: RelayCIDGenerator{},
+		StatelessResetKey:     c.StatelessResetKey,
 	}
 	r.ln, err = r.tr.Listen(tlsConf, qconf)
 	if err != nil {
@@ -250,9 +296,18 @@ func (r *Relay) Serve(ctx context.Context) error {
 	r.serveOnce.Do(func() {
 		err = nil
 		r.wg.Go(r.janitor)
+		if r.cfg.MetricsAddr != "" {
+			if err = r.serveMetrics(); err != nil {
+				r.Close()
+				return
+			}
+		}
 		done := make(chan error, 1)
 		go func() { done <- r.h3.ServeListener(r.ln) }()
 		r.log.Info("relay serving", "addr", r.Addr().String())
+		if r.cfg.Authorizer == nil {
+			r.log.Warn("relay API is open: anyone can register (set RelayConfig.Authorizer to restrict it)")
+		}
 		select {
 		case <-ctx.Done():
 			r.Close()
@@ -282,6 +337,9 @@ func (r *Relay) Close() error {
 		r.regMu.Unlock()
 		close(r.closed)
 		errs := []error{r.h3.Close(), r.ln.Close(), r.tr.Close()}
+		if r.metrics != nil {
+			errs = append(errs, r.metrics.Close())
+		}
 		if r.ownConn {
 			errs = append(errs, r.conn.Close())
 		}
@@ -289,6 +347,35 @@ func (r *Relay) Close() error {
 		r.closeErr = errors.Join(errs...)
 	})
 	return r.closeErr
+}
+
+// Shutdown drains the relay: it refuses new registrations and refreshes
+// (503, code "closing") but keeps forwarding for the registrations it holds,
+// until they have all gone (unregistered or expired) or ctx is done, and
+// then closes the relay.
+func (r *Relay) Shutdown(ctx context.Context) error {
+	r.regMu.Lock()
+	r.closing = true
+	r.regMu.Unlock()
+	r.log.Info("relay draining")
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		r.regMu.Lock()
+		n := len(r.regs)
+		r.regMu.Unlock()
+		if n == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-r.closed:
+		case <-t.C:
+			continue
+		}
+		break
+	}
+	return r.Close()
 }
 
 // route forwards the datagrams of one batch that belong to peers and
@@ -392,9 +479,10 @@ func (r *Relay) classifyLongUnknown(b []byte) verdict {
 	return toServer
 }
 
-// janitor removes expired registrations.
+// janitor removes expired registrations and follows registrations whose
+// HTTP/3 connection migrated to a new address (a NAT rebinding).
 func (r *Relay) janitor() {
-	every := min(max(r.cfg.RegistrationTTL/10, 100*time.Millisecond), 5*time.Second)
+	every := min(max(r.cfg.RegistrationTTL/10, 100*time.Millisecond), 500*time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -414,16 +502,47 @@ func (r *Relay) expire(now time.Time) {
 		if reg.expires.Load() < now.UnixNano() {
 			r.removeLocked(reg)
 			r.stats.expired.Add(1)
+			continue
 		}
+		r.followLocked(reg)
 	}
+}
+
+// followLocked moves a registration to the current address of the HTTP/3
+// connection that made it, if that connection migrated. quic-go migrates a
+// server connection only after validating the new path, so the new address
+// is as trustworthy as the one observed at registration. r.regMu must be
+// held.
+func (r *Relay) followLocked(reg *registration) {
+	qc := reg.conn
+	if qc == nil || qc.Context().Err() != nil {
+		return
+	}
+	ua, ok := qc.RemoteAddr().(*net.UDPAddr)
+	if !ok {
+		return
+	}
+	ap := netAddrPort(ua.AddrPort())
+	if ap == reg.dest.Load().ap {
+		return
+	}
+	d, err := r.newDest(ap, reg.local)
+	if err != nil {
+		r.log.Warn("registration's connection moved to a refused address", "addr", ap.String(), "err", err)
+		return
+	}
+	r.moveIPLocked(reg, ap.Addr().String())
+	reg.dest.Store(d)
+	r.stats.rebinds.Add(1)
+	r.log.Info("registration followed its peer to a new address", "addr", ap.String())
 }
 
 // relayCounters are the relay's counters. Forwarding adds to them once per
 // batch.
 type relayCounters struct {
 	forwarded, forwardedBytes, toServer, sendErrors atomic.Uint64
-	drops                                           [dropMalformed + 1]atomic.Uint64
-	handshakes, expired, registered                 atomic.Uint64
+	drops                                           [numVerdicts]atomic.Uint64
+	handshakes, expired, registered, rebinds        atomic.Uint64
 	rejected                                        map[string]*atomic.Uint64
 }
 
@@ -431,6 +550,7 @@ type relayCounters struct {
 var rejectCodes = []string{
 	"bad_method", "bad_json", "body_too_large", "key_length", "num_range",
 	"limit_total", "limit_source", "limit_cids", "not_found", "no_address", "closing",
+	"unauthorized", "target",
 }
 
 func (c *relayCounters) init() {
@@ -442,7 +562,7 @@ func (c *relayCounters) init() {
 
 type batchCounts struct {
 	fwd, fwdBytes, toServer, sendErrs uint64
-	drops                             [dropMalformed + 1]uint64
+	drops                             [numVerdicts]uint64
 }
 
 func (c *relayCounters) add(b *batchCounts) {
@@ -472,8 +592,9 @@ type RelayStats struct {
 	// Dropped counts datagrams not forwarded, by reason: "unknown_cid"
 	// (short header, CID not registered), "expired" (registration lapsed),
 	// "peer_initial" (a peer's first flight sent to the relay), "malformed"
-	// (too short for a QUIC header) and "send_error" (the kernel refused
-	// the forwarded datagram, e.g. a full socket buffer).
+	// (too short for a QUIC header), "rate_limit" (over a registration's or
+	// the relay's forwarding rate) and "send_error" (the kernel refused the
+	// forwarded datagram, e.g. a full socket buffer).
 	Dropped map[string]uint64
 	// Handshakes counts HTTP/3 connections accepted.
 	Handshakes uint64
@@ -483,6 +604,9 @@ type RelayStats struct {
 	Rejected   map[string]uint64
 	// Expired counts registrations removed because they were not refreshed.
 	Expired uint64
+	// Rebinds counts registrations moved to a peer's new address because
+	// its HTTP/3 connection migrated.
+	Rebinds uint64
 	// Registrations and CIDs are the current table sizes.
 	Registrations, CIDs int
 }
@@ -497,12 +621,14 @@ func (r *Relay) Stats() RelayStats {
 		Handshakes:     c.handshakes.Load(),
 		Registered:     c.registered.Load(),
 		Expired:        c.expired.Load(),
+		Rebinds:        c.rebinds.Load(),
 		CIDs:           int(r.table.size.Load()),
 		Dropped: map[string]uint64{
 			"unknown_cid":  c.drops[dropUnknown].Load(),
 			"expired":      c.drops[dropExpired].Load(),
 			"peer_initial": c.drops[dropPeerInitial].Load(),
 			"malformed":    c.drops[dropMalformed].Load(),
+			"rate_limit":   c.drops[dropRateLimited].Load(),
 			"send_error":   c.sendErrors.Load(),
 		},
 		Rejected: make(map[string]uint64, len(c.rejected)),

@@ -37,6 +37,16 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 		r.apiError(w, http.StatusMethodNotAllowed, "bad_method", "method "+req.Method+" not allowed")
 		return
 	}
+	if r.cfg.Authorizer != nil {
+		op := OpRegister
+		if req.Method == http.MethodDelete {
+			op = OpUnregister
+		}
+		if err := r.cfg.Authorizer.Authorize(req, op); err != nil {
+			r.apiError(w, http.StatusUnauthorized, "unauthorized", err.Error())
+			return
+		}
+	}
 	var body registerBody
 	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, r.cfg.MaxBodyBytes))
 	tooLarge := func(err error) bool {
@@ -90,7 +100,7 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 		r.apiError(w, http.StatusInternalServerError, "no_address", "cannot tell the address of this connection")
 		return
 	}
-	reg, status, code, err := r.register(body.Key, uint32(first), uint32(body.Num), observed)
+	reg, status, code, err := r.register(body.Key, uint32(first), uint32(body.Num), observed, qc)
 	if err != nil {
 		r.apiError(w, status, code, err.Error())
 		return
@@ -102,14 +112,20 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 
 // register creates or refreshes the registration of key with the window
 // [first, first+num) forwarding to addr.
-func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr) (RegisterResponse, int, string, error) {
-	ap := addr.AddrPort()
-	ap = netAddrPort(ap)
-	raw, ok := r.rconn.io.encode(ap)
-	if !ok {
-		return RegisterResponse{}, http.StatusBadRequest, "no_address", errors.New("the relay socket cannot send to this address family")
+// qc is the HTTP/3 connection that carried the request (nil in tests: the
+// relay's bound address then counts as where the peer reached it).
+func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *quic.Conn) (RegisterResponse, int, string, error) {
+	ap := netAddrPort(addr.AddrPort())
+	local := netAddrPort(r.Addr().AddrPort())
+	if qc != nil {
+		if la, ok := qc.LocalAddr().(*net.UDPAddr); ok {
+			local = netAddrPort(la.AddrPort())
+		}
 	}
-	d := &dest{addr: net.UDPAddrFromAddrPort(ap), ap: ap, raw: raw}
+	d, err := r.newDest(ap, local)
+	if err != nil {
+		return RegisterResponse{}, http.StatusForbidden, "target", err
+	}
 	ip := ap.Addr().String()
 	ttl := r.cfg.RegistrationTTL
 	expires := time.Now().Add(ttl)
@@ -143,16 +159,9 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr) (Regi
 	if reg == nil {
 		reg = &registration{key: string(key)}
 		r.regs[reg.key] = reg
-	} else if reg.ip != ip {
-		r.perIP[reg.ip]--
-		if r.perIP[reg.ip] <= 0 {
-			delete(r.perIP, reg.ip)
-		}
 	}
-	if reg.ip != ip {
-		reg.ip = ip
-		r.perIP[ip]++
-	}
+	r.moveIPLocked(reg, ip)
+	reg.local, reg.conn = local, qc
 	reg.dest.Store(d)
 	reg.expires.Store(expires.UnixNano())
 	// Move the window: remove what falls out, derive and add what is new.
@@ -178,6 +187,33 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr) (Regi
 // addresses become IPv4.
 func netAddrPort(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// newDest checks a forwarding target and encodes it for the socket.
+func (r *Relay) newDest(ap netip.AddrPort, local netip.AddrPort) (*dest, error) {
+	if err := checkTarget(ap, local, r.cfg.AllowPrivateTargets); err != nil {
+		return nil, err
+	}
+	raw, ok := r.rconn.io.encode(ap)
+	if !ok {
+		return nil, fmt.Errorf("%w: the relay socket cannot send to %s", errTarget, ap)
+	}
+	return &dest{addr: net.UDPAddrFromAddrPort(ap), ap: ap, raw: raw}, nil
+}
+
+// moveIPLocked accounts reg under a new source IP. r.regMu must be held.
+func (r *Relay) moveIPLocked(reg *registration, ip string) {
+	if reg.ip == ip {
+		return
+	}
+	if reg.ip != "" {
+		r.perIP[reg.ip]--
+		if r.perIP[reg.ip] <= 0 {
+			delete(r.perIP, reg.ip)
+		}
+	}
+	reg.ip = ip
+	r.perIP[ip]++
 }
 
 func (r *Relay) addRange(reg *registration, from, to uint64) {

@@ -33,6 +33,8 @@ const (
 	dropExpired                    // registration lapsed
 	dropPeerInitial                // a peer's first flight sent to the relay
 	dropMalformed                  // too short to carry a QUIC header
+	dropRateLimited                // over a forwarding rate
+	numVerdicts
 )
 
 // classify decides what to do with datagram b and, for forward, returns the
@@ -65,6 +67,13 @@ func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
 	}
 	if reg.expires.Load() < now {
 		return dropExpired, nil
+	}
+	n := int64(len(b))
+	if !reg.packets.allow(1, now, r.cfg.MaxPacketsPerSecond, r.cfg.MaxPacketsPerSecond) ||
+		!reg.bytes.allow(n, now, r.cfg.MaxBytesPerSecond, r.cfg.MaxBytesPerSecond) ||
+		!r.totalPackets.allow(1, now, r.cfg.MaxTotalPacketsPerSecond, r.cfg.MaxTotalPacketsPerSecond) ||
+		!r.totalBytes.allow(n, now, r.cfg.MaxTotalBytesPerSecond, r.cfg.MaxTotalBytesPerSecond) {
+		return dropRateLimited, nil
 	}
 	return forward, reg.dest.Load()
 }

@@ -46,7 +46,7 @@ func newForwardRig(tb testing.TB, size int) *forwardRig {
 		tb.Fatal(err)
 	}
 	key := NewCIDKey()
-	if _, _, _, err := r.register(key, 1, 64, g.sink.LocalAddr().(*net.UDPAddr)); err != nil {
+	if _, _, _, err := r.register(key, 1, 64, g.sink.LocalAddr().(*net.UDPAddr), nil); err != nil {
 		tb.Fatal(err)
 	}
 	cid, _ := DeriveCID(key, 7)
@@ -150,7 +150,7 @@ func TestClassify(t *testing.T) {
 	}
 	defer r.Close()
 	key := NewCIDKey()
-	if _, _, _, err := r.register(key, 1, 8, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}); err != nil {
+	if _, _, _, err := r.register(key, 1, 8, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}, nil); err != nil {
 		t.Fatal(err)
 	}
 	reg, _ := DeriveCID(key, 3)
@@ -237,7 +237,7 @@ func BenchmarkClassify(b *testing.B) {
 	}
 	defer r.Close()
 	key := NewCIDKey()
-	if _, _, _, err := r.register(key, 1, 100000, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}); err != nil {
+	if _, _, _, err := r.register(key, 1, 100000, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}, nil); err != nil {
 		b.Fatal(err)
 	}
 	pkts := make([][]byte, 1024)

@@ -1,8 +1,11 @@
 package quicpipe
 
 import (
+	"net/netip"
 	"sync"
 	"sync/atomic"
+
+	"github.com/quic-go/quic-go"
 )
 
 // registration is the relay's record of one peer key: the window of CIDs
@@ -14,9 +17,14 @@ type registration struct {
 	dest    atomic.Pointer[dest]
 	expires atomic.Int64 // unix nanoseconds
 
+	// Forwarding rate caps, touched only on the forwarding path.
+	packets, bytes rateLimiter
+
 	// Guarded by Relay.regMu.
 	first, num uint32
-	ip         string // addr's IP, for per-source accounting
+	ip         string         // addr's IP, for per-source accounting
+	local      netip.AddrPort // where the registering connection reached the relay
+	conn       *quic.Conn     // the HTTP/3 connection of the last registration
 }
 
 // cidShards must be a power of two. Peer CIDs are BLAKE2b outputs, so any of

@@ -57,6 +57,7 @@ type relaySession struct {
 	gen     *CIDGenerator
 	window  uint32
 	timeout time.Duration
+	token   string
 	log     *slog.Logger
 
 	regEnd atomic.Uint32 // last registered CID index
@@ -85,6 +86,7 @@ func newRelaySession(tr *quic.Transport, addr *net.UDPAddr, tlsConf *tls.Config,
 		gen:     gen,
 		window:  uint32(cfg.RegistrationWindow),
 		timeout: cfg.RelayTimeout,
+		token:   cfg.RelayToken,
 		log:     cfg.Logger,
 		kick:    make(chan struct{}, 1),
 		closed:  make(chan struct{}),
@@ -186,7 +188,9 @@ func (s *relaySession) conn(ctx context.Context) (*http3.ClientConn, error) {
 	qconf := &quic.Config{
 		HandshakeIdleTimeout: s.timeout,
 		MaxIdleTimeout:       30 * time.Second,
-		KeepAlivePeriod:      10 * time.Second,
+		// Frequent enough that the relay sees a NAT rebinding (the connection
+		// migrates) within seconds and moves the registration along.
+		KeepAlivePeriod: 5 * time.Second,
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -246,6 +250,9 @@ func (s *relaySession) doLocked(ctx context.Context, method string, body []byte,
 		rctx, cancel := context.WithTimeout(ctx, s.timeout)
 		req, _ := http.NewRequestWithContext(rctx, method, "https://"+ServerName+RegisterPath, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
+		if s.token != "" {
+			req.Header.Set("Authorization", "Bearer "+s.token)
+		}
 		resp, err := cc.RoundTrip(req)
 		if err != nil {
 			cancel()

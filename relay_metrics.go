@@ -1,0 +1,93 @@
+package quicpipe
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// relayCollector exports a relay's counters to Prometheus. It reads them at
+// scrape time, so metrics cost nothing on the forwarding path.
+type relayCollector struct {
+	r *Relay
+
+	forwarded, forwardedBytes, toServer, dropped, handshakes *prometheus.Desc
+	registered, rejected, expired, rebinds                   *prometheus.Desc
+	registrations, cids                                      *prometheus.Desc
+}
+
+// Collector returns a Prometheus collector for the relay's metrics, all named
+// quicpipe_relay_*, for a service that serves its own /metrics. With
+// RelayConfig.MetricsAddr the relay serves them itself.
+func (r *Relay) Collector() prometheus.Collector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("quicpipe_relay_"+name, help, labels, nil)
+	}
+	return &relayCollector{
+		r:              r,
+		forwarded:      d("forwarded_packets_total", "Datagrams forwarded to peers.", "path"),
+		forwardedBytes: d("forwarded_bytes_total", "Bytes forwarded to peers.", "path"),
+		toServer:       d("server_packets_total", "Datagrams handed to the relay's HTTP/3 server."),
+		dropped:        d("dropped_packets_total", "Datagrams not forwarded, by reason.", "reason"),
+		handshakes:     d("handshakes_total", "HTTP/3 connections accepted."),
+		registered:     d("registrations_total", "Successful registrations and refreshes."),
+		rejected:       d("rejected_requests_total", "Refused API requests, by error code.", "code"),
+		expired:        d("expired_registrations_total", "Registrations removed because they were not refreshed."),
+		rebinds:        d("rebinds_total", "Registrations moved to a peer's new address after its connection migrated."),
+		registrations:  d("registrations", "Current registrations."),
+		cids:           d("cids", "Currently registered connection IDs."),
+	}
+}
+
+func (c *relayCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.forwarded, c.forwardedBytes, c.toServer, c.dropped, c.handshakes,
+		c.registered, c.rejected, c.expired, c.rebinds, c.registrations, c.cids} {
+		ch <- d
+	}
+}
+
+func (c *relayCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.r.Stats()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(c.forwarded, s.Forwarded, "userspace")
+	counter(c.forwardedBytes, s.ForwardedBytes, "userspace")
+	counter(c.toServer, s.ToServer)
+	for reason, n := range s.Dropped {
+		counter(c.dropped, n, reason)
+	}
+	counter(c.handshakes, s.Handshakes)
+	counter(c.registered, s.Registered)
+	for code, n := range s.Rejected {
+		counter(c.rejected, n, code)
+	}
+	counter(c.expired, s.Expired)
+	counter(c.rebinds, s.Rebinds)
+	ch <- prometheus.MustNewConstMetric(c.registrations, prometheus.GaugeValue, float64(s.Registrations))
+	ch <- prometheus.MustNewConstMetric(c.cids, prometheus.GaugeValue, float64(s.CIDs))
+}
+
+// serveMetrics starts the Prometheus listener on RelayConfig.MetricsAddr.
+func (r *Relay) serveMetrics() error {
+	ln, err := net.Listen("tcp", r.cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("quicpipe: metrics listener: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(r.Collector())
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	r.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	r.metricsAddr = ln.Addr()
+	r.log.Info("serving metrics", "addr", ln.Addr().String())
+	go r.metrics.Serve(ln)
+	return nil
+}
+
+// MetricsAddr returns the address of the metrics listener, or nil.
+func (r *Relay) MetricsAddr() net.Addr { return r.metricsAddr }
