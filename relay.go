@@ -89,6 +89,11 @@ type RelayConfig struct {
 	// which the relay serves Prometheus metrics at /metrics. See also
 	// Relay.Collector.
 	MetricsAddr string
+	// Mailbox, if not nil, turns on the mailbox API (/v1/mailbox/, see
+	// mailbox.go): an accepter holds a mailbox named by its public key and
+	// dialers post their first flights to it. If nil, the mailbox is off and
+	// its paths answer 404.
+	Mailbox *MailboxConfig
 	// Logger receives the relay's logs. If nil, the relay logs nothing. The
 	// relay never logs per packet.
 	Logger *slog.Logger
@@ -136,6 +141,13 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Mailbox != nil {
+		m, err := populateMailboxConfig(cfg.Mailbox)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Mailbox = m
+	}
 	switch {
 	case cfg.RegistrationTTL < time.Second:
 		return nil, fmt.Errorf("quicpipe: RegistrationTTL %v is below 1s", cfg.RegistrationTTL)
@@ -182,6 +194,8 @@ type Relay struct {
 	initials initialFilter
 
 	stats relayCounters
+
+	mailbox *mailboxServer // nil if RelayConfig.Mailbox is nil
 
 	// Global forwarding caps; only the forwarding goroutine touches them.
 	totalPackets, totalBytes rateLimiter
@@ -267,6 +281,10 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(RegisterPath, r.handleRegister)
+	if c.Mailbox != nil {
+		r.mailbox = newMailboxServer(r, c.Mailbox)
+		mux.HandleFunc(MailboxPath, r.mailbox.handle)
+	}
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, req *http.Request) {
 		r.apiError(w, http.StatusNotFound, "not_found", "no such endpoint: "+req.URL.Path)
 	})
@@ -383,6 +401,7 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 // left for quic-go.
 func (r *Relay) route(ms []ipv4.Message, io *batchIO) int {
 	now := time.Now().UnixNano()
+	io.grow(len(ms))
 	io.keep = io.keep[:0]
 	var c batchCounts
 	for i := range ms {

@@ -277,3 +277,41 @@ func BenchmarkLoopbackBaseline(b *testing.B) {
 		}
 	}
 }
+
+// FuzzRelayDatagram feeds arbitrary datagrams to the relay's forwarding
+// decision and batch routing: nothing may panic, a datagram is forwarded
+// only for a registered CID, and everything else is kept for quic-go or
+// dropped and counted.
+func FuzzRelayDatagram(f *testing.F) {
+	g := newForwardRig(f, 1200)
+	f.Add(g.pkt)
+	f.Add([]byte{})
+	f.Add([]byte{0x40})
+	f.Add(append([]byte{0xc0, 0, 0, 0, 1, 12}, g.pkt[1:13]...))
+	f.Add(append([]byte{0xc0, 0, 0, 0, 1, 8}, make([]byte, 40)...))
+	f.Add(append([]byte{0xc0, 0, 0, 0, 1, 12}, append(g.pkt[1:13], 12)...))
+	f.Add(append([]byte{0x40, 0x80}, make([]byte, 30)...))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > 1500 {
+			b = b[:1500]
+		}
+		v, d := g.r.classify(b, time.Now().UnixNano())
+		if v == forward {
+			if d == nil || d.ap != g.sink.LocalAddr().(*net.UDPAddr).AddrPort() {
+				t.Fatalf("forwarded to %v", d)
+			}
+			if len(b) < 1+CIDLen {
+				t.Fatal("forwarded a datagram too short for a CID")
+			}
+		}
+		ms := make([]ipv4.Message, 2)
+		for i := range ms {
+			ms[i].Buffers = [][]byte{make([]byte, 1500)}
+			ms[i].OOB = make([]byte, 128)
+			ms[i].N = copy(ms[i].Buffers[0], b)
+		}
+		if k := g.r.route(ms, &g.rc.io); k < 0 || k > len(ms) {
+			t.Fatalf("route kept %d of %d", k, len(ms))
+		}
+	})
+}

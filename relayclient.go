@@ -293,7 +293,7 @@ func (s *relaySession) close() {
 		s.wg.Wait()
 		s.regMu.Lock()
 		defer s.regMu.Unlock()
-		if s.qc != nil && s.qc.Context().Err() == nil {
+		if s.qc != nil && s.qc.Context().Err() == nil && s.regEnd.Load() > 0 {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			body, _ := json.Marshal(RegisterRequest{Key: s.key})
 			if err := s.doLocked(ctx, http.MethodDelete, body, nil, false); err != nil && !errors.Is(err, context.DeadlineExceeded) {
@@ -304,4 +304,26 @@ func (s *relaySession) close() {
 		s.closeConnLocked()
 		s.h3.Close()
 	})
+}
+
+// currentConn returns the HTTP/3 connection to the relay and the QUIC
+// connection under it, dialing them if needed, for requests other than
+// registrations (the mailbox's long-lived GET, mailbox posts). The caller
+// sends on it without holding the registration lock; authorize adds the
+// relay token, if any, to such a request.
+func (s *relaySession) currentConn(ctx context.Context) (*http3.ClientConn, *quic.Conn, error) {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	cc, err := s.conn(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return cc, s.qc, nil
+}
+
+// authorize adds the relay token, if any, to a request.
+func (s *relaySession) authorize(req *http.Request) {
+	if s.token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.token)
+	}
 }

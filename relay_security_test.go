@@ -1,0 +1,467 @@
+package quicpipe
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+func TestTokenAuthorizer(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	now := time.Unix(1_800_000_000, 0)
+	a := &TokenAuthorizer{Secret: secret, Now: func() time.Time { return now }}
+	good, err := NewToken(secret, "alice", now.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired, _ := NewToken(secret, "alice", now.Add(-time.Second))
+	other, _ := NewToken([]byte("another secret, 32 bytes long..."), "alice", now.Add(time.Hour))
+	tampered := strings.Replace(good, ".alice.", ".mallory.", 1)
+	for _, tc := range []struct {
+		name, header string
+		ok           bool
+	}{
+		{"good", "Bearer " + good, true},
+		{"missing", "", false},
+		{"not bearer", "Basic " + good, false},
+		{"expired", "Bearer " + expired, false},
+		{"other secret", "Bearer " + other, false},
+		{"tampered subject", "Bearer " + tampered, false},
+		{"garbage", "Bearer qpt1.x.y", false},
+		{"wrong prefix", "Bearer " + strings.Replace(good, "qpt1", "qpt2", 1), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", "https://quicpipe/v1/register", nil)
+			if tc.header != "" {
+				req.Header.Set("Authorization", tc.header)
+			}
+			err := a.Authorize(req, OpRegister)
+			if (err == nil) != tc.ok {
+				t.Fatalf("Authorize = %v, want ok=%v", err, tc.ok)
+			}
+			if err != nil && !errors.Is(err, ErrUnauthorized) {
+				t.Fatalf("error %v does not wrap ErrUnauthorized", err)
+			}
+		})
+	}
+	if _, err := NewToken([]byte("short"), "a", now); err == nil {
+		t.Fatal("NewToken accepted a 5-byte secret")
+	}
+	if _, err := NewToken(secret, "a.b", now); err == nil {
+		t.Fatal("NewToken accepted a subject with a dot")
+	}
+}
+
+// TestRelayAuthorization runs peers against a relay that requires tokens.
+func TestRelayAuthorization(t *testing.T) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{Authorizer: &TokenAuthorizer{Secret: secret}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	_, err := NewDialer(ctx, e.config(e.aID))
+	var re *RelayError
+	if !errors.As(err, &re) || re.Code != "unauthorized" || re.Status != http.StatusUnauthorized {
+		t.Fatalf("NewDialer without a token = %v, want a 401 unauthorized RelayError", err)
+	}
+	cfg := e.config(e.aID)
+	cfg.RelayToken, _ = NewToken(secret, "a", time.Now().Add(-time.Minute))
+	if _, err := NewDialer(ctx, cfg); !errors.As(err, &re) || re.Code != "unauthorized" {
+		t.Fatalf("NewDialer with an expired token = %v, want unauthorized", err)
+	}
+	cfg.RelayToken, _ = NewToken(secret, "a", time.Now().Add(time.Hour))
+	d, err := NewDialer(ctx, cfg)
+	if err != nil {
+		t.Fatalf("NewDialer with a good token: %v", err)
+	}
+	d.Close()
+	st := e.relay.Stats()
+	if st.Rejected["unauthorized"] != 2 || st.Registered != 1 {
+		t.Fatalf("stats: %d unauthorized, %d registered; want 2 and 1", st.Rejected["unauthorized"], st.Registered)
+	}
+}
+
+func TestCheckTarget(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	for _, tc := range []struct {
+		name          string
+		target, local string
+		allowPrivate  bool
+		ok            bool
+	}{
+		{"public from public", "203.0.113.9:4000", "198.51.100.1:4433", false, true},
+		{"public from loopback", "203.0.113.9:4000", "127.0.0.1:4433", false, true},
+		{"loopback from loopback", "127.0.0.1:4000", "127.0.0.1:4433", false, true},
+		{"ipv6 loopback from ipv6 loopback", "[::1]:4000", "[::1]:4433", false, true},
+		{"loopback from public", "127.0.0.1:4000", "198.51.100.1:4433", false, false},
+		{"loopback from public, allowed", "127.0.0.1:4000", "198.51.100.1:4433", true, true},
+		{"private from private", "10.1.2.3:4000", "10.0.0.1:4433", false, true},
+		{"private from public", "192.168.1.5:4000", "198.51.100.1:4433", false, false},
+		{"cgnat from public", "100.64.1.1:4000", "198.51.100.1:4433", false, false},
+		{"ula from public", "[fd00::5]:4000", "[2001:db8::1]:4433", false, false},
+		{"link-local from public", "169.254.1.1:4000", "198.51.100.1:4433", false, false},
+		{"multicast", "224.0.0.1:4000", "198.51.100.1:4433", true, false},
+		{"broadcast", "255.255.255.255:4000", "198.51.100.1:4433", true, false},
+		{"unspecified", "0.0.0.0:4000", "198.51.100.1:4433", true, false},
+		{"this network", "0.1.2.3:4000", "198.51.100.1:4433", true, false},
+		{"port zero", "203.0.113.9:0", "198.51.100.1:4433", false, false},
+		{"the relay itself", "127.0.0.1:4433", "127.0.0.1:4433", true, false},
+		{"the relay itself, mapped", "[::ffff:127.0.0.1]:4433", "127.0.0.1:4433", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := checkTarget(ap(tc.target), ap(tc.local), tc.allowPrivate)
+			if (err == nil) != tc.ok {
+				t.Fatalf("checkTarget(%s, %s) = %v, want ok=%v", tc.target, tc.local, err, tc.ok)
+			}
+		})
+	}
+}
+
+// TestReflectionRefused tries to make the relay forward to itself and to a
+// scope it does not serve; each attempt must be refused and counted.
+func TestReflectionRefused(t *testing.T) {
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	key := NewCIDKey()
+	for _, target := range []*net.UDPAddr{
+		e.relay.Addr(), // itself
+		{IP: net.IPv4(10, 0, 0, 1), Port: 53},      // private, relay on loopback
+		{IP: net.IPv4(224, 0, 0, 251), Port: 5353}, // multicast
+	} {
+		if _, status, code, err := e.relay.register(key, 1, 8, target, nil); err == nil || code != "target" || status != http.StatusForbidden {
+			t.Errorf("register towards %v = %d %s %v, want 403 target", target, status, code, err)
+		}
+	}
+	if st := e.relay.Stats(); st.CIDs != 0 || st.Registrations != 0 {
+		t.Fatalf("refused registrations left %d CIDs, %d registrations", st.CIDs, st.Registrations)
+	}
+}
+
+// TestCIDTheft: another key cannot take over a peer's CIDs, whatever window
+// it asks for, and the victim's pipe keeps working meanwhile.
+func TestCIDTheft(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	dc, ac, d, _ := e.pipe(t, ctx, true)
+	serveEcho(ctx, ac)
+	victim, _ := DeriveCID(d.p.cfg.CIDKey, 1)
+	before := e.relay.table.lookup(victim[:])
+	attacker := newAPIClient(t, e)
+	for _, first := range []int64{0, 1, 2, 1000} {
+		attacker.register(t, NewCIDKey(), first, 64)
+	}
+	// A CID taken verbatim as a key registers that key's own CIDs, not the
+	// victim's.
+	stolen := append(append([]byte{}, victim[:]...), victim[:4]...)
+	attacker.register(t, stolen, 0, 64)
+	if got := e.relay.table.lookup(victim[:]); got != before {
+		t.Fatal("the victim's CID now maps to another registration")
+	}
+	if err := echo(ctx, dc, 256<<10, 3); err != nil {
+		t.Fatalf("victim's pipe: %v", err)
+	}
+}
+
+// serveEcho echoes every stream the connection accepts.
+func serveEcho(ctx context.Context, c *quic.Conn) {
+	go func() {
+		for {
+			s, err := c.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			go func() {
+				io.Copy(s, s)
+				s.Close()
+			}()
+		}
+	}()
+}
+
+// TestForwardingFloodContained floods one registration beyond its packet
+// rate: the excess is dropped and counted, and another pipe through the
+// same relay loses nothing.
+func TestForwardingFloodContained(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{MaxPacketsPerSecond: 2000})
+	dc, ac, _, _ := e.pipe(t, ctx, false)
+	serveEcho(ctx, ac)
+
+	sink, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	key := NewCIDKey()
+	if _, _, _, err := e.relay.register(key, 1, 8, sink.LocalAddr().(*net.UDPAddr), nil); err != nil {
+		t.Fatal(err)
+	}
+	cid, _ := DeriveCID(key, 1)
+	flood := append([]byte{0x40}, append(cid[:], make([]byte, 1000)...)...)
+	src, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Go(func() {
+		for i := 0; i < 200000; i++ { // bounded
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			src.WriteToUDP(flood, e.relay.Addr())
+		}
+	})
+	err = echo(ctx, dc, 2<<20, 9)
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Fatalf("pipe during the flood: %v", err)
+	}
+	if st := e.relay.Stats(); st.Dropped["rate_limit"] == 0 {
+		t.Fatalf("no rate_limit drops counted: %+v", st.Dropped)
+	}
+}
+
+// TestRelayRestart restarts the relay on the same address in the middle of a
+// pipe: the peers notice (stateless reset of their relay connection),
+// register again, and the pipe resumes with no stream byte lost.
+func TestRelayRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	relayID := GenerateIdentity()
+	r1, err := ListenRelay("127.0.0.1:0", &RelayConfig{Identity: relayID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := r1.Addr().String()
+	go r1.Serve(ctx)
+	e := &testEnv{relay: r1, relayID: relayID, aID: GenerateIdentity(), bID: GenerateIdentity()}
+	dc, ac, _, _ := e.pipe(t, ctx, false)
+	serveEcho(ctx, ac)
+	if err := echo(ctx, dc, 64<<10, 1); err != nil {
+		t.Fatal(err)
+	}
+	r1.Close()
+	r2, err := ListenRelay(addr, &RelayConfig{Identity: relayID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	go r2.Serve(ctx)
+	start := time.Now()
+	for r2.Stats().Registrations < 2 {
+		if time.Since(start) > 15*time.Second {
+			t.Fatalf("peers did not re-register with the restarted relay: %+v", r2.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("both peers re-registered %v after the restart", time.Since(start).Round(time.Millisecond))
+	if err := echo(ctx, dc, 1<<20, 2); err != nil {
+		t.Fatalf("pipe after the restart: %v", err)
+	}
+	t.Logf("pipe carried 1 MB again %v after the restart", time.Since(start).Round(time.Millisecond))
+}
+
+// natProxy is a one-client UDP NAT on loopback: it forwards the client's
+// datagrams to the relay from an outside socket and the answers back. rebind
+// switches to a new outside socket (a new public port), as a NAT does when
+// its mapping expires.
+type natProxy struct {
+	inside *net.UDPConn
+	relay  *net.UDPAddr
+	mu     sync.Mutex
+	client *net.UDPAddr
+	out    *net.UDPConn
+	wg     sync.WaitGroup
+}
+
+func newNATProxy(t *testing.T, relay *net.UDPAddr) *natProxy {
+	in, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &natProxy{inside: in, relay: relay}
+	p.rebind(t)
+	p.wg.Go(func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := in.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			p.client = from
+			out := p.out
+			p.mu.Unlock()
+			out.WriteToUDP(buf[:n], p.relay)
+		}
+	})
+	t.Cleanup(func() {
+		in.Close()
+		p.mu.Lock()
+		p.out.Close()
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *natProxy) rebind(t *testing.T) {
+	out, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	old := p.out
+	p.out = out
+	p.mu.Unlock()
+	if old != nil {
+		old.Close() // the old mapping is gone: answers to it are lost
+	}
+	p.wg.Go(func() {
+		buf := make([]byte, 2048)
+		for {
+			n, _, err := out.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			c := p.client
+			p.mu.Unlock()
+			if c != nil {
+				p.inside.WriteToUDP(buf[:n], c)
+			}
+		}
+	})
+}
+
+// TestNATRebinding moves the dialer's public address in the middle of a
+// transfer: the relay follows its migrated connection, and the pipe
+// continues without losing a byte.
+func TestNATRebinding(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	nat := newNATProxy(t, e.relay.Addr())
+	a, err := NewAccepter(ctx, e.config(e.bID, e.aID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	dcfg := e.config(e.aID)
+	dcfg.RelayAddr = nat.inside.LocalAddr().String() // the dialer is behind the NAT
+	acc := make(chan *quic.Conn, 1)
+	dc, err := Dial(ctx, dcfg, e.bID.Public().(ed25519.PublicKey), func(ctx context.Context, f *FirstFlight) error {
+		go func() {
+			c, err := a.Accept(ctx, f)
+			if err != nil {
+				t.Error(err)
+			}
+			acc <- c
+		}()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	ac := <-acc
+	if ac == nil {
+		t.FailNow()
+	}
+	serveEcho(ctx, ac)
+	if err := echo(ctx, dc.Conn, 256<<10, 4); err != nil {
+		t.Fatal(err)
+	}
+	nat.rebind(t)
+	start := time.Now()
+	if err := echo(ctx, dc.Conn, 4<<20, 5); err != nil {
+		t.Fatalf("pipe across the rebinding: %v", err)
+	}
+	t.Logf("transfer finished %v after the rebinding; relay rebinds=%d", time.Since(start).Round(time.Millisecond), e.relay.Stats().Rebinds)
+	if e.relay.Stats().Rebinds == 0 {
+		t.Fatal("the relay never moved the registration to the new address")
+	}
+}
+
+// TestRelayShutdownDrains: during Shutdown new registrations are refused
+// while an existing pipe keeps flowing.
+func TestRelayShutdownDrains(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	dc, ac, _, _ := e.pipe(t, ctx, false)
+	serveEcho(ctx, ac)
+	sctx, scancel := context.WithCancel(ctx)
+	shut := make(chan error, 1)
+	go func() { shut <- e.relay.Shutdown(sctx) }()
+	time.Sleep(50 * time.Millisecond)
+	_, err := NewDialer(ctx, e.config(GenerateIdentity()))
+	var re *RelayError
+	if !errors.As(err, &re) || re.Code != "closing" {
+		t.Fatalf("NewDialer during the drain = %v, want a closing RelayError", err)
+	}
+	if err := echo(ctx, dc, 1<<20, 4); err != nil {
+		t.Fatalf("pipe during the drain: %v", err)
+	}
+	scancel()
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown = %v", err)
+	}
+}
+
+func TestRelayMetrics(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{MetricsAddr: "127.0.0.1:0"})
+	dc, ac, _, _ := e.pipe(t, ctx, false)
+	serveEcho(ctx, ac)
+	if err := echo(ctx, dc, 64<<10, 1); err != nil {
+		t.Fatal(err)
+	}
+	var addr net.Addr
+	for addr == nil && ctx.Err() == nil {
+		addr = e.relay.MetricsAddr()
+		time.Sleep(10 * time.Millisecond)
+	}
+	resp, err := http.Get("http://" + addr.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	found := map[string]bool{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		for _, name := range []string{
+			`quicpipe_relay_forwarded_packets_total{path="userspace"}`,
+			`quicpipe_relay_dropped_packets_total{reason="unknown_cid"}`,
+			`quicpipe_relay_rejected_requests_total{code="bad_json"}`,
+			"quicpipe_relay_registrations 2",
+			"quicpipe_relay_handshakes_total 2",
+		} {
+			if strings.HasPrefix(line, name) {
+				found[name] = true
+			}
+		}
+	}
+	if len(found) != 5 {
+		t.Fatalf("metrics found: %v, want all 5", found)
+	}
+}
