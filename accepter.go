@@ -28,6 +28,8 @@ type Accepter struct {
 
 	done chan struct{}
 	wg   sync.WaitGroup
+
+	mbox mailboxState // see mailbox_client.go
 }
 
 // odcidHolder carries a connection's original destination CID from quic-go's
@@ -196,6 +198,7 @@ func (a *Accepter) Close() error {
 	if !already {
 		close(a.done)
 	}
+	a.CloseMailbox()
 	err := a.ln.Close()
 	perr := a.p.close()
 	a.wg.Wait()

@@ -162,18 +162,25 @@ func (g *CIDGenerator) setNotify(f func(issued uint32)) {
 	g.mu.Unlock()
 }
 
-// RelayCIDGenerator issues the relay's own connection IDs: 12 random bytes with
-// the high bit of the first byte set, so that they never collide with a peer's
+// RelayCIDGenerator issues the relay's own connection IDs: 12 bytes with the
+// high bit of the first byte set, so that they never collide with a peer's
 // derived IDs and the relay can recognize its own traffic without a lookup.
-type RelayCIDGenerator struct{}
+// Bytes 1 to 3 carry Epoch, which a relay draws at random when it starts: a
+// packet for a relay CID of another epoch belongs to a connection of an
+// earlier run, and the relay answers it with a stateless reset at once. The
+// other bytes are random.
+type RelayCIDGenerator struct {
+	Epoch [3]byte
+}
 
 var _ quic.ConnectionIDGenerator = RelayCIDGenerator{}
 
 // GenerateConnectionID returns a random relay connection ID.
-func (RelayCIDGenerator) GenerateConnectionID() (quic.ConnectionID, error) {
+func (g RelayCIDGenerator) GenerateConnectionID() (quic.ConnectionID, error) {
 	var c CID
 	rand.Read(c[:])
 	c[0] |= 0x80
+	copy(c[1:4], g.Epoch[:])
 	return quic.ConnectionIDFromBytes(c[:]), nil
 }
 

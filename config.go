@@ -64,6 +64,10 @@ type Config struct {
 	// RelayTimeout bounds each exchange with the relay (handshake and one
 	// registration request). If zero, 10s is used.
 	RelayTimeout time.Duration
+	// RelayKeepAlive is how often the peer sends a keep-alive on its
+	// connection to the relay when idle. It bounds how long a NAT rebinding
+	// or a relay restart goes unnoticed. If zero, 2s is used.
+	RelayKeepAlive time.Duration
 
 	// Logger receives logs. If nil, nothing is logged.
 	Logger *slog.Logger
@@ -108,6 +112,9 @@ func populateConfig(c *Config, accepter bool) (*Config, error) {
 	if cfg.RelayTimeout == 0 {
 		cfg.RelayTimeout = 10 * time.Second
 	}
+	if cfg.RelayKeepAlive == 0 {
+		cfg.RelayKeepAlive = 2 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -125,6 +132,12 @@ func (c *Config) peerQUICConfig() *quic.Config {
 	q.DisablePathMTUDiscovery = true
 	if q.KeepAlivePeriod == 0 {
 		q.KeepAlivePeriod = 15 * time.Second
+	}
+	// A pipe must outlive a relay restart or a NAT rebinding: QUIC's
+	// exponential probe backoff takes about twice the outage to notice that
+	// the path works again, and the idle timeout must not end it first.
+	if q.MaxIdleTimeout == 0 {
+		q.MaxIdleTimeout = 90 * time.Second
 	}
 	return q
 }

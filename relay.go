@@ -3,9 +3,13 @@ package quicpipe
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,6 +24,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/quicpipe/quicpipe/internal/wire"
+	"github.com/quicpipe/quicpipe/xdp"
 )
 
 // RelayConfig configures a Relay. The zero value of each field selects the
@@ -94,6 +99,9 @@ type RelayConfig struct {
 	// dialers post their first flights to it. If nil, the mailbox is off and
 	// its paths answer 404.
 	Mailbox *MailboxConfig
+	// XDP, if not nil, turns on the XDP fast path (Linux only): see
+	// XDPConfig. If nil, every packet is forwarded in userspace.
+	XDP *XDPConfig
 	// Logger receives the relay's logs. If nil, the relay logs nothing. The
 	// relay never logs per packet.
 	Logger *slog.Logger
@@ -200,8 +208,18 @@ type Relay struct {
 	// Global forwarding caps; only the forwarding goroutine touches them.
 	totalPackets, totalBytes rateLimiter
 
+	// epoch marks this run's CIDs (see RelayCIDGenerator). Packets for
+	// earlier runs' CIDs get a stateless reset from resetter (keyed like
+	// quic-go's), at most resets per second; only the forwarding goroutine
+	// uses them.
+	epoch    [3]byte
+	resetter hash.Hash
+	resets   rateLimiter
+
 	metrics     *http.Server
 	metricsAddr net.Addr
+
+	xdp *relayXDP // nil unless RelayConfig.XDP is set
 
 	serveOnce sync.Once
 	closeOnce sync.Once
@@ -262,6 +280,10 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		closed: make(chan struct{}),
 	}
 	r.stats.init()
+	rand.Read(r.epoch[:])
+	if c.StatelessResetKey != nil {
+		r.resetter = hmac.New(sha256.New, c.StatelessResetKey[:])
+	}
 	r.rconn = &relayConn{conn: conn, relay: r}
 	if err := r.rconn.io.init(conn); err != nil {
 		return nil, fmt.Errorf("quicpipe: relay socket: %w", err)
@@ -271,13 +293,20 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	// a peer connection whose registration lapsed is never reset.
 	r.tr = &quic.Transport{
 		Conn:                  r.rconn,
-		ConnectionIDGenerator: RelayCIDGenerator{},
+		ConnectionIDGenerator: RelayCIDGenerator{Epoch: r.epoch},
 		StatelessResetKey:     c.StatelessResetKey,
 	}
 	r.ln, err = r.tr.Listen(tlsConf, qconf)
 	if err != nil {
 		r.tr.Close()
 		return nil, fmt.Errorf("quicpipe: relay listen: %w", err)
+	}
+	if c.XDP != nil {
+		if err := r.attachXDP(); err != nil {
+			r.ln.Close()
+			r.tr.Close()
+			return nil, err
+		}
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(RegisterPath, r.handleRegister)
@@ -355,6 +384,9 @@ func (r *Relay) Close() error {
 		r.regMu.Unlock()
 		close(r.closed)
 		errs := []error{r.h3.Close(), r.ln.Close(), r.tr.Close()}
+		if r.xdp != nil {
+			errs = append(errs, r.xdp.prog.Close())
+		}
 		if r.metrics != nil {
 			errs = append(errs, r.metrics.Close())
 		}
@@ -413,13 +445,19 @@ func (r *Relay) route(ms []ipv4.Message, io *batchIO) int {
 			c.fwdBytes += uint64(len(b))
 		case toServer:
 			io.keep = append(io.keep, i)
+		case resetStale:
+			if r.queueReset(b, i, io, now) {
+				c.resets++
+			} else {
+				c.drops[v]++
+			}
 		default:
 			c.drops[v]++
 		}
 	}
 	if len(io.keep) < len(ms) {
 		sent, failed := io.flush()
-		c.fwd += uint64(sent)
+		c.fwd += uint64(max(sent-int(c.resets), 0))
 		c.sendErrs += uint64(failed)
 	}
 	// Forwarded datagrams are on the wire: their buffers may now be
@@ -437,6 +475,27 @@ func (r *Relay) route(ms []ipv4.Message, io *batchIO) int {
 	c.toServer = uint64(len(io.keep))
 	r.stats.add(&c)
 	return len(io.keep)
+}
+
+// maxResetsPerSecond caps the stateless resets the relay sends.
+const maxResetsPerSecond = 1000
+
+// queueReset queues a stateless reset (RFC 9000 section 10.3) answering
+// datagram b, received in slot i, which carries a relay CID of an earlier run.
+// The reset is shorter than b, so the relay never amplifies, and peers never
+// send resets, so resets cannot loop.
+func (r *Relay) queueReset(b []byte, i int, io *batchIO, now int64) bool {
+	if r.resetter == nil || len(b) < 22 || !r.resets.allow(1, now, maxResetsPerSecond, maxResetsPerSecond) {
+		return false
+	}
+	out := io.resetBuf(i)[:min(len(b)-1, 43)]
+	rand.Read(out[:len(out)-16])
+	out[0] = 0x40 | out[0]&0x3f // looks like a short-header packet
+	r.resetter.Reset()
+	r.resetter.Write(b[1 : 1+CIDLen])
+	copy(out[len(out)-16:], r.resetter.Sum(io.hmacBuf[:0]))
+	io.queueTo(out, i)
+	return true
 }
 
 // initialFilter remembers the original destination CIDs of Initial packets
@@ -552,6 +611,7 @@ func (r *Relay) followLocked(reg *registration) {
 	}
 	r.moveIPLocked(reg, ap.Addr().String())
 	reg.dest.Store(d)
+	r.xdpPutRange(reg, uint64(reg.first), uint64(reg.first)+uint64(reg.num))
 	r.stats.rebinds.Add(1)
 	r.log.Info("registration followed its peer to a new address", "addr", ap.String())
 }
@@ -562,6 +622,7 @@ type relayCounters struct {
 	forwarded, forwardedBytes, toServer, sendErrors atomic.Uint64
 	drops                                           [numVerdicts]atomic.Uint64
 	handshakes, expired, registered, rebinds        atomic.Uint64
+	resets                                          atomic.Uint64
 	rejected                                        map[string]*atomic.Uint64
 }
 
@@ -580,8 +641,8 @@ func (c *relayCounters) init() {
 }
 
 type batchCounts struct {
-	fwd, fwdBytes, toServer, sendErrs uint64
-	drops                             [numVerdicts]uint64
+	fwd, fwdBytes, toServer, sendErrs, resets uint64
+	drops                                     [numVerdicts]uint64
 }
 
 func (c *relayCounters) add(b *batchCounts) {
@@ -594,6 +655,9 @@ func (c *relayCounters) add(b *batchCounts) {
 	}
 	if b.sendErrs > 0 {
 		c.sendErrors.Add(b.sendErrs)
+	}
+	if b.resets > 0 {
+		c.resets.Add(b.resets)
 	}
 	for v, n := range b.drops {
 		if n > 0 {
@@ -612,7 +676,8 @@ type RelayStats struct {
 	// (short header, CID not registered), "expired" (registration lapsed),
 	// "peer_initial" (a peer's first flight sent to the relay), "malformed"
 	// (too short for a QUIC header), "rate_limit" (over a registration's or
-	// the relay's forwarding rate) and "send_error" (the kernel refused the
+	// the relay's forwarding rate), "stale_cid" (for a connection of an
+	// earlier run of the relay, when no reset could be sent) and "send_error" (the kernel refused the
 	// forwarded datagram, e.g. a full socket buffer).
 	Dropped map[string]uint64
 	// Handshakes counts HTTP/3 connections accepted.
@@ -626,6 +691,13 @@ type RelayStats struct {
 	// Rebinds counts registrations moved to a peer's new address because
 	// its HTTP/3 connection migrated.
 	Rebinds uint64
+	// Resets counts stateless resets sent to connections of an earlier run
+	// of the relay.
+	Resets uint64
+	// XDP holds the XDP program's counters by outcome ("forwarded_ipv4",
+	// "forwarded_ipv6", and the reasons it passed frames to the stack); nil
+	// when XDP is off. Its byte counts include Ethernet and IP headers.
+	XDP map[string]xdp.Stat
 	// Registrations and CIDs are the current table sizes.
 	Registrations, CIDs int
 }
@@ -641,6 +713,7 @@ func (r *Relay) Stats() RelayStats {
 		Registered:     c.registered.Load(),
 		Expired:        c.expired.Load(),
 		Rebinds:        c.rebinds.Load(),
+		Resets:         c.resets.Load(),
 		CIDs:           int(r.table.size.Load()),
 		Dropped: map[string]uint64{
 			"unknown_cid":  c.drops[dropUnknown].Load(),
@@ -648,6 +721,7 @@ func (r *Relay) Stats() RelayStats {
 			"peer_initial": c.drops[dropPeerInitial].Load(),
 			"malformed":    c.drops[dropMalformed].Load(),
 			"rate_limit":   c.drops[dropRateLimited].Load(),
+			"stale_cid":    c.drops[resetStale].Load(),
 			"send_error":   c.sendErrors.Load(),
 		},
 		Rejected: make(map[string]uint64, len(c.rejected)),
@@ -658,5 +732,6 @@ func (r *Relay) Stats() RelayStats {
 	r.regMu.Lock()
 	s.Registrations = len(r.regs)
 	r.regMu.Unlock()
+	s.XDP = r.xdpStats()
 	return s
 }

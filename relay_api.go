@@ -162,7 +162,11 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 	}
 	r.moveIPLocked(reg, ip)
 	reg.local, reg.conn = local, qc
-	reg.dest.Store(d)
+	old := reg.dest.Swap(d)
+	if old != nil && old.ap != d.ap {
+		// The kept part of the window forwards to the new address too.
+		r.xdpPutRange(reg, max(oldFirst, newFirst), min(oldEnd, newEnd))
+	}
 	reg.expires.Store(expires.UnixNano())
 	// Move the window: remove what falls out, derive and add what is new.
 	if oldEnd > oldFirst {
@@ -224,6 +228,7 @@ func (r *Relay) addRange(reg *registration, from, to uint64) {
 	for _, c := range cids {
 		r.table.insert(c, reg)
 	}
+	r.xdpPutRange(reg, from, to)
 }
 
 func (r *Relay) removeRange(reg *registration, from, to uint64) {
@@ -234,6 +239,7 @@ func (r *Relay) removeRange(reg *registration, from, to uint64) {
 	for _, c := range cids {
 		r.table.remove(c, reg)
 	}
+	r.xdpDeleteRange(reg, from, to)
 }
 
 // removeLocked deletes a registration and its CIDs. r.regMu must be held.

@@ -34,6 +34,7 @@ const (
 	dropPeerInitial                // a peer's first flight sent to the relay
 	dropMalformed                  // too short to carry a QUIC header
 	dropRateLimited                // over a forwarding rate
+	resetStale                     // a relay CID of an earlier run: send a stateless reset
 	numVerdicts
 )
 
@@ -47,6 +48,9 @@ func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
 	if b[0]&0x80 == 0 { // short header: the DCID follows the first byte
 		cid = b[1 : 1+CIDLen]
 		if IsRelayCID(cid) {
+			if cid[1] != r.epoch[0] || cid[2] != r.epoch[1] || cid[3] != r.epoch[2] {
+				return resetStale, nil
+			}
 			return toServer, nil
 		}
 	} else { // long header: version (4 bytes), DCID length, DCID
@@ -75,7 +79,13 @@ func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
 		!r.totalBytes.allow(n, now, r.cfg.MaxTotalBytesPerSecond, r.cfg.MaxTotalBytesPerSecond) {
 		return dropRateLimited, nil
 	}
-	return forward, reg.dest.Load()
+	d := reg.dest.Load()
+	if r.xdp != nil {
+		// With XDP on, a forwarded packet is one the program missed
+		// (most likely evicted from its map): put its CID back.
+		r.xdpReput(cid, d, now)
+	}
+	return forward, d
 }
 
 func (c *relayConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {

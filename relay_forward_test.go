@@ -110,7 +110,8 @@ func TestForwardMixedBatch(t *testing.T) {
 	g := newForwardRig(t, 1200)
 	own := make([]byte, 100)
 	own[0] = 0x40
-	own[1] = 0x80 // relay's own CID
+	own[1] = 0x80 // relay's own CID, of this run
+	copy(own[2:5], g.r.epoch[:])
 	for i := range 4 {
 		g.sender.WriteToUDPAddrPort(g.pkt, g.to)
 		own[20] = byte(i)
@@ -164,6 +165,9 @@ func TestClassify(t *testing.T) {
 	}
 	relayOwn := reg
 	relayOwn[0] |= 0x80
+	copy(relayOwn[1:4], r.epoch[:])
+	stale := relayOwn
+	stale[1] ^= 0xff // an earlier run's epoch
 	now := time.Now().UnixNano()
 	for _, tc := range []struct {
 		name string
@@ -175,6 +179,8 @@ func TestClassify(t *testing.T) {
 		{"short registered", short(reg), forward},
 		{"short unknown", short(unknown), dropUnknown},
 		{"short relay own", short(relayOwn), toServer},
+		{"short relay own, earlier run", short(stale), resetStale},
+		{"long relay own, earlier run", long(stale[:]), toServer},
 		{"long registered", long(reg[:]), forward},
 		{"long unknown", long(unknown[:]), toServer},
 		{"long relay own", long(relayOwn[:]), toServer},

@@ -35,6 +35,9 @@ type batchIO struct {
 
 	keep []int // indexes of datagrams kept for quic-go
 
+	resets  [][64]byte // per-slot buffers for stateless resets
+	hmacBuf [32]byte
+
 	// State for the bound syscall functions.
 	rcount, rn int
 	rerr       error
@@ -80,6 +83,7 @@ func (io *batchIO) grow(n int) {
 	io.shdrs = make([]unix.Mmsghdr, n)
 	io.siovs = make([]unix.Iovec, n)
 	io.keep = make([]int, 0, n)
+	io.resets = make([][64]byte, n)
 }
 
 // encode returns ap as a destination for the relay socket, or false if the
@@ -193,6 +197,25 @@ func (io *batchIO) queue(b []byte, d *dest) {
 	h.Iovlen = 1
 	h.Name = (*byte)(unsafe.Pointer(&d.raw.sa))
 	h.Namelen = d.raw.len
+	h.Control = nil
+	h.SetControllen(0)
+	io.ns++
+}
+
+// resetBuf returns the stateless-reset buffer of slot i.
+func (io *batchIO) resetBuf(i int) []byte { return io.resets[i][:] }
+
+// queueTo adds b to the send batch, addressed to the source of received
+// datagram i.
+func (io *batchIO) queueTo(b []byte, i int) {
+	n := io.ns
+	io.siovs[n].Base = unsafe.SliceData(b)
+	io.siovs[n].SetLen(len(b))
+	h := &io.shdrs[n].Hdr
+	h.Iov = &io.siovs[n]
+	h.Iovlen = 1
+	h.Name = (*byte)(unsafe.Pointer(&io.names[i]))
+	h.Namelen = io.rhdrs[i].Hdr.Namelen
 	h.Control = nil
 	h.SetControllen(0)
 	io.ns++

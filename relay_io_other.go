@@ -18,6 +18,9 @@ type batchIO struct {
 	out   []queued
 	keep  []int
 	addrs []net.Addr
+
+	resets  [][64]byte
+	hmacBuf [32]byte
 }
 
 type queued struct {
@@ -41,6 +44,7 @@ func (io *batchIO) grow(n int) {
 		io.keep = make([]int, 0, n)
 		io.out = make([]queued, 0, n)
 		io.addrs = make([]net.Addr, n)
+		io.resets = make([][64]byte, n)
 	}
 }
 
@@ -56,6 +60,14 @@ func (io *batchIO) read(ms []ipv4.Message, flags int) (int, error) {
 func (io *batchIO) addr(i int) net.Addr { return io.addrs[i] }
 
 func (io *batchIO) queue(b []byte, d *dest) { io.out = append(io.out, queued{b, d}) }
+
+func (io *batchIO) resetBuf(i int) []byte { return io.resets[i][:] }
+
+func (io *batchIO) queueTo(b []byte, i int) {
+	if ua, ok := io.addrs[i].(*net.UDPAddr); ok {
+		io.out = append(io.out, queued{b, &dest{addr: ua}})
+	}
+}
 
 func (io *batchIO) flush() (sent, failed int) {
 	for _, q := range io.out {

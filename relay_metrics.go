@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,7 +18,7 @@ type relayCollector struct {
 
 	forwarded, forwardedBytes, toServer, dropped, handshakes *prometheus.Desc
 	registered, rejected, expired, rebinds                   *prometheus.Desc
-	registrations, cids                                      *prometheus.Desc
+	registrations, cids, xdpPackets, xdpBytes                *prometheus.Desc
 }
 
 // Collector returns a Prometheus collector for the relay's metrics, all named
@@ -40,12 +41,14 @@ func (r *Relay) Collector() prometheus.Collector {
 		rebinds:        d("rebinds_total", "Registrations moved to a peer's new address after its connection migrated."),
 		registrations:  d("registrations", "Current registrations."),
 		cids:           d("cids", "Currently registered connection IDs."),
+		xdpPackets:     d("xdp_frames_total", "Frames seen by the XDP program, by outcome.", "outcome"),
+		xdpBytes:       d("xdp_bytes_total", "Bytes of the frames seen by the XDP program, by outcome.", "outcome"),
 	}
 }
 
 func (c *relayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.forwarded, c.forwardedBytes, c.toServer, c.dropped, c.handshakes,
-		c.registered, c.rejected, c.expired, c.rebinds, c.registrations, c.cids} {
+		c.registered, c.rejected, c.expired, c.rebinds, c.registrations, c.cids, c.xdpPackets, c.xdpBytes} {
 		ch <- d
 	}
 }
@@ -57,6 +60,19 @@ func (c *relayCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(c.forwarded, s.Forwarded, "userspace")
 	counter(c.forwardedBytes, s.ForwardedBytes, "userspace")
+	if s.XDP != nil {
+		var fwd, fwdBytes uint64
+		for outcome, st := range s.XDP {
+			counter(c.xdpPackets, st.Packets, outcome)
+			counter(c.xdpBytes, st.Bytes, outcome)
+			if strings.HasPrefix(outcome, "forwarded") {
+				fwd += st.Packets
+				fwdBytes += st.Bytes
+			}
+		}
+		counter(c.forwarded, fwd, "xdp")
+		counter(c.forwardedBytes, fwdBytes, "xdp")
+	}
 	counter(c.toServer, s.ToServer)
 	for reason, n := range s.Dropped {
 		counter(c.dropped, n, reason)

@@ -134,7 +134,7 @@ func TestReflectionRefused(t *testing.T) {
 	e := newTestEnv(t, "127.0.0.1:0", nil)
 	key := NewCIDKey()
 	for _, target := range []*net.UDPAddr{
-		e.relay.Addr(), // itself
+		e.relay.Addr(),                             // itself
 		{IP: net.IPv4(10, 0, 0, 1), Port: 53},      // private, relay on loopback
 		{IP: net.IPv4(224, 0, 0, 251), Port: 5353}, // multicast
 	} {
@@ -239,43 +239,66 @@ func TestForwardingFloodContained(t *testing.T) {
 }
 
 // TestRelayRestart restarts the relay on the same address in the middle of a
-// pipe: the peers notice (stateless reset of their relay connection),
-// register again, and the pipe resumes with no stream byte lost.
+// pipe, after a clean shutdown (the relay closes its connections) and after a
+// crash (its socket just goes away): the peers notice, register again, and
+// the pipe resumes with no stream byte lost. After a crash, the peers learn
+// it from the stateless reset the new relay sends for its predecessor's CIDs.
 func TestRelayRestart(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	relayID := GenerateIdentity()
-	r1, err := ListenRelay("127.0.0.1:0", &RelayConfig{Identity: relayID})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := r1.Addr().String()
-	go r1.Serve(ctx)
-	e := &testEnv{relay: r1, relayID: relayID, aID: GenerateIdentity(), bID: GenerateIdentity()}
-	dc, ac, _, _ := e.pipe(t, ctx, false)
-	serveEcho(ctx, ac)
-	if err := echo(ctx, dc, 64<<10, 1); err != nil {
-		t.Fatal(err)
-	}
-	r1.Close()
-	r2, err := ListenRelay(addr, &RelayConfig{Identity: relayID})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r2.Close()
-	go r2.Serve(ctx)
-	start := time.Now()
-	for r2.Stats().Registrations < 2 {
-		if time.Since(start) > 15*time.Second {
-			t.Fatalf("peers did not re-register with the restarted relay: %+v", r2.Stats())
+	for _, crash := range []bool{false, true} {
+		name := "clean"
+		if crash {
+			name = "crash"
 		}
-		time.Sleep(20 * time.Millisecond)
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+			defer cancel()
+			relayID := GenerateIdentity()
+			conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r1, err := NewRelay(conn, &RelayConfig{Identity: relayID})
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := r1.Addr().String()
+			go r1.Serve(ctx)
+			e := &testEnv{relay: r1, relayID: relayID, aID: GenerateIdentity(), bID: GenerateIdentity()}
+			dc, ac, _, _ := e.pipe(t, ctx, false)
+			serveEcho(ctx, ac)
+			if err := echo(ctx, dc, 64<<10, 1); err != nil {
+				t.Fatal(err)
+			}
+			if crash {
+				conn.Close() // no CONNECTION_CLOSE reaches the peers
+				defer r1.Close()
+			} else {
+				r1.Close()
+				conn.Close()
+			}
+			r2, err := ListenRelay(addr, &RelayConfig{Identity: relayID})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r2.Close()
+			go r2.Serve(ctx)
+			start := time.Now()
+			for r2.Stats().Registrations < 2 {
+				if time.Since(start) > 15*time.Second {
+					t.Fatalf("peers did not re-register with the restarted relay: %+v", r2.Stats())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			t.Logf("both peers re-registered %v after the restart", time.Since(start).Round(time.Millisecond))
+			if crash && r2.Stats().Resets == 0 {
+				t.Error("the restarted relay sent no stateless reset to the peers' old connections")
+			}
+			if err := echo(ctx, dc, 1<<20, 2); err != nil {
+				t.Fatalf("pipe after the restart: %v", err)
+			}
+			t.Logf("pipe carried 1 MB again %v after the restart", time.Since(start).Round(time.Millisecond))
+		})
 	}
-	t.Logf("both peers re-registered %v after the restart", time.Since(start).Round(time.Millisecond))
-	if err := echo(ctx, dc, 1<<20, 2); err != nil {
-		t.Fatalf("pipe after the restart: %v", err)
-	}
-	t.Logf("pipe carried 1 MB again %v after the restart", time.Since(start).Round(time.Millisecond))
 }
 
 // natProxy is a one-client UDP NAT on loopback: it forwards the client's

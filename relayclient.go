@@ -50,15 +50,16 @@ type Registration struct {
 // expires and before quic-go issues a CID outside the registered window, and
 // re-established when it drops.
 type relaySession struct {
-	tr      *quic.Transport
-	addr    *net.UDPAddr
-	tlsConf *tls.Config
-	key     []byte
-	gen     *CIDGenerator
-	window  uint32
-	timeout time.Duration
-	token   string
-	log     *slog.Logger
+	tr        *quic.Transport
+	addr      *net.UDPAddr
+	tlsConf   *tls.Config
+	key       []byte
+	gen       *CIDGenerator
+	window    uint32
+	timeout   time.Duration
+	token     string
+	keepAlive time.Duration
+	log       *slog.Logger
 
 	regEnd atomic.Uint32 // last registered CID index
 	kick   chan struct{}
@@ -79,18 +80,19 @@ type relaySession struct {
 
 func newRelaySession(tr *quic.Transport, addr *net.UDPAddr, tlsConf *tls.Config, key []byte, gen *CIDGenerator, cfg *Config) *relaySession {
 	s := &relaySession{
-		tr:      tr,
-		addr:    addr,
-		tlsConf: http3.ConfigureTLSConfig(tlsConf),
-		key:     key,
-		gen:     gen,
-		window:  uint32(cfg.RegistrationWindow),
-		timeout: cfg.RelayTimeout,
-		token:   cfg.RelayToken,
-		log:     cfg.Logger,
-		kick:    make(chan struct{}, 1),
-		closed:  make(chan struct{}),
-		h3:      &http3.Transport{},
+		tr:        tr,
+		addr:      addr,
+		tlsConf:   http3.ConfigureTLSConfig(tlsConf),
+		key:       key,
+		gen:       gen,
+		window:    uint32(cfg.RegistrationWindow),
+		timeout:   cfg.RelayTimeout,
+		token:     cfg.RelayToken,
+		keepAlive: cfg.RelayKeepAlive,
+		log:       cfg.Logger,
+		kick:      make(chan struct{}, 1),
+		closed:    make(chan struct{}),
+		h3:        &http3.Transport{},
 	}
 	gen.setNotify(func(issued uint32) {
 		if end := s.regEnd.Load(); end > 0 && uint64(issued)+uint64(s.window/2) > uint64(end) {
@@ -189,8 +191,9 @@ func (s *relaySession) conn(ctx context.Context) (*http3.ClientConn, error) {
 		HandshakeIdleTimeout: s.timeout,
 		MaxIdleTimeout:       30 * time.Second,
 		// Frequent enough that the relay sees a NAT rebinding (the connection
-		// migrates) within seconds and moves the registration along.
-		KeepAlivePeriod: 5 * time.Second,
+		// migrates) and a restarted relay resets the connection within
+		// seconds; either way the registration follows at once.
+		KeepAlivePeriod: s.keepAlive,
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()

@@ -15,9 +15,10 @@
 // provides no security: a real relay uses a key made by
 // quicpipe.GenerateIdentity and gives its public half to the peers.
 //
-// QUICPIPE_XDP_IFACE asks for the XDP fast path on a network interface. This
-// build does not have it yet: the server says so and serves on the userspace
-// path.
+// QUICPIPE_XDP_IFACE asks for the XDP fast path on a network interface (for
+// example "lo"): the server attaches its eBPF program there and says so, with
+// the mode (native or generic). Without Linux, root or that interface it says
+// why and serves on the userspace path.
 package main
 
 import (
@@ -51,21 +52,42 @@ func run() error {
 	if listen == "" {
 		listen = defaultListen
 	}
-	if iface := os.Getenv("QUICPIPE_XDP_IFACE"); iface != "" {
-		fmt.Fprintf(os.Stderr, "server: XDP is not available in this build yet; "+
-			"ignoring QUICPIPE_XDP_IFACE=%s and serving on the userspace path\n", iface)
-	}
-
-	relay, err := quicpipe.ListenRelay(listen, &quicpipe.RelayConfig{
+	cfg := &quicpipe.RelayConfig{
 		Identity: demo.RelayKey,
 		Logger:   slog.New(slog.NewTextHandler(os.Stderr, nil)),
-	})
+	}
+	iface := os.Getenv("QUICPIPE_XDP_IFACE")
+	if iface != "" {
+		cfg.XDP = &quicpipe.XDPConfig{Interface: iface}
+	}
+	relay, err := quicpipe.ListenRelay(listen, cfg)
+	if err != nil && iface != "" {
+		// XDP needs Linux, root (CAP_BPF and CAP_NET_ADMIN) and the
+		// interface: without them, say why and serve in userspace.
+		fmt.Fprintf(os.Stderr, "server: XDP unavailable on %s (%v); serving on the userspace path\n", iface, err)
+		cfg.XDP = nil
+		relay, err = quicpipe.ListenRelay(listen, cfg)
+	}
 	if err != nil {
 		return err
+	}
+	if mode, ok := relay.XDPMode(); ok {
+		fmt.Fprintf(os.Stderr, "server: XDP active on %s (%s mode)\n", iface, mode)
 	}
 	// The first line of standard output tells scripts and tests where to go.
 	fmt.Printf("listening on %s\n", relay.Addr())
 
-	// Serve returns nil once ctx is done, that is on Ctrl-C or SIGTERM.
-	return relay.Serve(ctx)
+	// Serve until Ctrl-C or SIGTERM, then report what was forwarded where.
+	served := make(chan error, 1)
+	go func() { served <- relay.Serve(context.Background()) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	st := relay.Stats()
+	xdpFwd := st.XDP["forwarded_ipv4"].Packets + st.XDP["forwarded_ipv6"].Packets
+	fmt.Fprintf(os.Stderr, "server: forwarded %d packets in userspace, %d in XDP\n", st.Forwarded, xdpFwd)
+	relay.Close()
+	return <-served
 }

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quicpipe/quicpipe"
+)
+
+// cmdConnect dials the listener a ticket names.
+func cmdConnect(ctx context.Context, e *env) error {
+	fs := newFlagSet(e, "connect", " TICKET",
+		"Dials the listener that printed TICKET, through its relay, and pipes standard input\n"+
+			"to it and what it sends to standard output. The session ends when both sides have\n"+
+			"reached the end of their input, or on Ctrl-C. With -tcp-listen, every connection\n"+
+			"made to a local TCP port is forwarded to the listener instead (which forwards it\n"+
+			"to its -tcp service), until Ctrl-C.\n\n"+
+			"A ticket with a secret is all the dialer needs. For a ticket without one, the\n"+
+			"listener must allow this side's key (printed by \"quicpipe key\").\n")
+	tcpListen := fs.String("tcp-listen", "", "accept TCP connections on this `address` and forward each one")
+	identity := fs.String("identity", defaultIdentity("identity"), "identity `file`, used when the ticket has no secret")
+	relayToken := fs.String("relay-token", "", "bearer `token` for a relay that requires one")
+	timeout := fs.Duration("timeout", 30*time.Second, "give up if the listener has not answered within this `duration`")
+	verbose := fs.Bool("v", false, "log everything, not only warnings")
+	if err := parseFlags(fs, e); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageError(fs, e, "need exactly one ticket")
+	}
+	ticket, err := quicpipe.ParseTicket(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	log := logger(e, *verbose)
+	cfg := &quicpipe.Config{RelayToken: *relayToken, Logger: log}
+	if ticket.Secret == nil {
+		key, err := loadIdentity(e, *identity)
+		if err != nil {
+			return err
+		}
+		cfg.Identity = key
+		fmt.Fprintf(e.stderr, "quicpipe: the ticket has no secret; dialing as %s\n", quicpipe.EncodeKey(publicKey(key)))
+	}
+	dctx, cancel := context.WithTimeout(ctx, *timeout)
+	conn, err := quicpipe.DialTicket(dctx, ticket, cfg)
+	cancel()
+	if err != nil {
+		var re *quicpipe.RelayError
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.As(err, &re) && re.Code == "no_mailbox":
+			return errors.New("nobody is listening with this ticket (the listener has stopped, or took its one connection)")
+		case errors.Is(err, context.DeadlineExceeded):
+			return fmt.Errorf("the listener did not answer within %v: %w", *timeout, err)
+		}
+		return err
+	}
+	defer conn.Close()
+	fmt.Fprintf(e.stderr, "quicpipe: connected to %s\n", quicpipe.EncodeKey(ticket.Peer))
+
+	if *tcpListen != "" {
+		return serveTCPListen(ctx, e, conn, *tcpListen, *verbose)
+	}
+	s, err := conn.OpenStreamSync(ctx)
+	if err == nil {
+		_, err = s.Write(streamHeader[:])
+	}
+	if err != nil {
+		if cleanEnd(err) || ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	prog := newProgress(e.stderr, isTerminal(e.stderrFile))
+	prog.start()
+	err = pipeStdio(ctx, conn.Conn, s, e.stdin, e.stdout, false, prog)
+	prog.finish()
+	return err
+}
+
+// serveTCPListen forwards each TCP connection accepted on addr over a new
+// stream, until ctx is done or the connection ends.
+func serveTCPListen(ctx context.Context, e *env, conn *quicpipe.Conn, addr string, verbose bool) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		conn.CloseWithError(codeError, "")
+		return err
+	}
+	fmt.Fprintf(e.stderr, "quicpipe: forwarding tcp %s to the listener\n", ln.Addr())
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	go func() {
+		<-conn.Context().Done()
+		ln.Close()
+	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	// Closing the connection ends the forwarding goroutines.
+	code := quic.ApplicationErrorCode(codeError)
+	defer func() { conn.CloseWithError(code, "") }()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			ln.Close()
+			if ctx.Err() != nil {
+				code = codeOK
+				return nil
+			}
+			if cerr := context.Cause(conn.Context()); cerr != nil {
+				if cleanEnd(cerr) {
+					code = codeOK
+					fmt.Fprintln(e.stderr, "quicpipe: the listener closed the connection")
+					return nil
+				}
+				return fmt.Errorf("connection to the listener: %w", cerr)
+			}
+			return err
+		}
+		wg.Go(func() {
+			s, err := conn.OpenStreamSync(ctx)
+			if err == nil {
+				_, err = s.Write(streamHeader[:])
+			}
+			if err != nil {
+				c.Close()
+				return
+			}
+			if verbose {
+				fmt.Fprintf(e.stderr, "quicpipe: %s → stream %d\n", c.RemoteAddr(), s.StreamID())
+			}
+			if err := forwardTCP(c.(*net.TCPConn), s); err != nil && verbose {
+				fmt.Fprintf(e.stderr, "quicpipe: stream %d: %v\n", s.StreamID(), err)
+			}
+		})
+	}
+}

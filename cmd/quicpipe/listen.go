@@ -1,0 +1,269 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quicpipe/quicpipe"
+)
+
+// keyList is a repeatable flag of public keys.
+type keyList []ed25519.PublicKey
+
+func (l *keyList) String() string {
+	s := make([]string, len(*l))
+	for i, k := range *l {
+		s[i] = quicpipe.EncodeKey(k)
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *keyList) Set(v string) error {
+	k, err := quicpipe.ParseKey(v)
+	if err != nil {
+		return err
+	}
+	*l = append(*l, k)
+	return nil
+}
+
+// cmdListen prints a ticket and serves the dials made with it.
+func cmdListen(ctx context.Context, e *env) error {
+	fs := newFlagSet(e, "listen", "",
+		"Prints a ticket, then accepts a dial made with it through the relay's mailbox and\n"+
+			"pipes standard input to the dialer and what it sends to standard output. The\n"+
+			"session ends when both sides have reached the end of their input, or on Ctrl-C.\n"+
+			"With -tcp, every connection the dialer makes is forwarded to a local TCP service\n"+
+			"instead, until Ctrl-C.\n\n"+
+			"Without -relay, a relay runs inside this process on loopback: the dialer must then\n"+
+			"run on this machine (or use -relay-listen with an address it can reach).\n\n"+
+			"Trust: by default the ticket carries a fresh secret and whoever holds the ticket\n"+
+			"may connect. With -allow, the ticket carries no secret and only the listed keys\n"+
+			"(see \"quicpipe key\") may connect.\n")
+	relayAddr := fs.String("relay", "", "relay UDP `address` (host:port); empty: run one in this process")
+	var relayKey keyList
+	fs.Var(&relayKey, "relay-key", "public `key` of the relay given with -relay")
+	relayToken := fs.String("relay-token", "", "bearer `token` for a relay that requires one")
+	relayListen := fs.String("relay-listen", "127.0.0.1:0", "UDP `address` of the in-process relay (without -relay)")
+	tcpTarget := fs.String("tcp", "", "forward each incoming connection to this TCP `address` (host:port)")
+	var allow keyList
+	fs.Var(&allow, "allow", "accept only dialers with this public `key` (repeatable); the ticket then has no secret")
+	identity := fs.String("identity", defaultIdentity("identity"), "identity `file` (created if missing)")
+	showQR := fs.Bool("qr", true, "show the ticket as a QR code when standard error is a terminal")
+	verbose := fs.Bool("v", false, "log everything, not only warnings")
+	if err := parseFlags(fs, e); err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() != 0:
+		return usageError(fs, e, "unexpected arguments %q", fs.Args())
+	case *relayAddr != "" && len(relayKey) != 1:
+		return usageError(fs, e, "-relay needs the relay's key: -relay-key KEY")
+	case *relayAddr == "" && len(relayKey) != 0:
+		return usageError(fs, e, "-relay-key needs -relay")
+	}
+	log := logger(e, *verbose)
+	key, err := loadIdentity(e, *identity)
+	if err != nil {
+		return err
+	}
+
+	ticket := &quicpipe.Ticket{Peer: publicKey(key), RelayAddr: *relayAddr}
+	where := "relay " + *relayAddr
+	if *relayAddr == "" {
+		relay, err := startRelay(ctx, *relayListen, log)
+		if err != nil {
+			return err
+		}
+		defer relay.Close()
+		ticket.RelayAddr = relay.Addr().String()
+		ticket.RelayKey = relay.key
+		where = "a relay in this process at " + ticket.RelayAddr
+	} else {
+		ticket.RelayKey = relayKey[0]
+	}
+	trusted := []ed25519.PublicKey(allow)
+	if len(trusted) == 0 {
+		ticket.Secret = quicpipe.NewTicketSecret()
+		trusted = []ed25519.PublicKey{publicKey(ticket.DialerIdentity())}
+	}
+	text, err := ticket.MarshalText()
+	if err != nil {
+		return err
+	}
+	a, err := quicpipe.NewAccepter(ctx, &quicpipe.Config{
+		RelayAddr:    ticket.RelayAddr,
+		RelayKey:     ticket.RelayKey,
+		RelayToken:   *relayToken,
+		Identity:     key,
+		TrustedPeers: trusted,
+		Logger:       log,
+	})
+	if err != nil {
+		return interrupted(ctx, err)
+	}
+	defer a.Close()
+	if err := a.OpenMailbox(ctx); err != nil {
+		var re *quicpipe.RelayError
+		if errors.As(err, &re) && re.Code == "not_found" {
+			return fmt.Errorf("the relay does not offer mailboxes: %w", err)
+		}
+		return interrupted(ctx, err)
+	}
+
+	fmt.Fprintf(e.stderr, "quicpipe: listening through %s\n", where)
+	if len(allow) > 0 {
+		fmt.Fprintf(e.stderr, "quicpipe: accepting %d allowed key(s)\n", len(allow))
+	}
+	fmt.Fprintf(e.stderr, "quicpipe: on the other side, run\n\n    quicpipe connect %s\n\n", text)
+	if *showQR && isTerminal(e.stderrFile) {
+		if q, err := renderQR(string(text)); err == nil {
+			fmt.Fprint(e.stderr, q)
+		}
+	}
+
+	if *tcpTarget != "" {
+		return serveTCP(ctx, e, a, *tcpTarget, *verbose)
+	}
+	qc, err := a.AcceptMailbox(ctx)
+	if err != nil {
+		return interrupted(ctx, err)
+	}
+	a.CloseMailbox() // one session: later dials are refused
+	fmt.Fprintf(e.stderr, "quicpipe: connected to %s\n", quicpipe.EncodeKey(quicpipe.PeerKey(qc.ConnectionState().TLS)))
+	s, err := qc.AcceptStream(ctx)
+	if err == nil {
+		err = readHeader(s)
+	}
+	if err != nil {
+		if cleanEnd(err) || ctx.Err() != nil {
+			qc.CloseWithError(codeOK, "")
+			return nil
+		}
+		qc.CloseWithError(codeError, "")
+		return err
+	}
+	prog := newProgress(e.stderr, isTerminal(e.stderrFile))
+	prog.start()
+	err = pipeStdio(ctx, qc, s, e.stdin, e.stdout, true, prog)
+	prog.finish()
+	return err
+}
+
+// interrupted turns an error caused by Ctrl-C into success.
+func interrupted(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// inProcessRelay is the relay listen runs when no -relay is given.
+type inProcessRelay struct {
+	*quicpipe.Relay
+	key  ed25519.PublicKey
+	done chan struct{}
+}
+
+// startRelay starts a relay with a throwaway key and its mailbox on.
+func startRelay(ctx context.Context, addr string, log *slog.Logger) (*inProcessRelay, error) {
+	id := quicpipe.GenerateIdentity()
+	r, err := quicpipe.ListenRelay(addr, &quicpipe.RelayConfig{
+		Identity: id,
+		Mailbox:  &quicpipe.MailboxConfig{},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if r.Addr().IP.IsUnspecified() {
+		r.Close()
+		return nil, fmt.Errorf("-relay-listen %s: give an address dialers can reach, not the unspecified address", addr)
+	}
+	ir := &inProcessRelay{Relay: r, key: publicKey(id), done: make(chan struct{})}
+	go func() {
+		defer close(ir.done)
+		if err := r.Serve(ctx); err != nil {
+			log.Warn("in-process relay stopped", "err", err)
+		}
+	}()
+	return ir, nil
+}
+
+// serveTCP forwards every stream of every connection dialed through the
+// mailbox to target, until ctx is done.
+func serveTCP(ctx context.Context, e *env, a *quicpipe.Accepter, target string, verbose bool) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var mu sync.Mutex
+	conns := map[*quic.Conn]struct{}{}
+	defer func() {
+		mu.Lock()
+		for qc := range conns {
+			qc.CloseWithError(codeOK, "")
+		}
+		mu.Unlock()
+	}()
+	fmt.Fprintf(e.stderr, "quicpipe: forwarding connections to tcp %s\n", target)
+	for {
+		qc, err := a.AcceptMailbox(ctx)
+		if err != nil {
+			return interrupted(ctx, err)
+		}
+		peer := quicpipe.EncodeKey(quicpipe.PeerKey(qc.ConnectionState().TLS))
+		fmt.Fprintf(e.stderr, "quicpipe: connected to %s\n", peer)
+		mu.Lock()
+		conns[qc] = struct{}{}
+		mu.Unlock()
+		wg.Go(func() {
+			err := serveConnTCP(ctx, e, qc, target, verbose)
+			mu.Lock()
+			delete(conns, qc)
+			mu.Unlock()
+			if err != nil && ctx.Err() == nil && !cleanEnd(err) {
+				fmt.Fprintf(e.stderr, "quicpipe: connection to %s ended: %v\n", peer, err)
+			} else if ctx.Err() == nil {
+				fmt.Fprintf(e.stderr, "quicpipe: %s disconnected\n", peer)
+			}
+		})
+	}
+}
+
+// serveConnTCP forwards the streams of one connection to target.
+func serveConnTCP(ctx context.Context, e *env, qc *quic.Conn, target string, verbose bool) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		s, err := qc.AcceptStream(ctx)
+		if err != nil {
+			return err
+		}
+		wg.Go(func() {
+			if err := readHeader(s); err != nil {
+				fmt.Fprintf(e.stderr, "quicpipe: stream %d: %v\n", s.StreamID(), err)
+				return
+			}
+			d := net.Dialer{Timeout: 10 * time.Second}
+			c, err := d.DialContext(ctx, "tcp", target)
+			if err != nil {
+				fmt.Fprintf(e.stderr, "quicpipe: cannot reach %s: %v\n", target, err)
+				s.CancelRead(codeUnreachable)
+				s.CancelWrite(codeUnreachable)
+				return
+			}
+			if verbose {
+				fmt.Fprintf(e.stderr, "quicpipe: stream %d → %s\n", s.StreamID(), c.LocalAddr())
+			}
+			if err := forwardTCP(c.(*net.TCPConn), s); err != nil && verbose {
+				fmt.Fprintf(e.stderr, "quicpipe: stream %d: %v\n", s.StreamID(), err)
+			}
+		})
+	}
+}

@@ -1,0 +1,203 @@
+// Command quicpipe connects two machines with one QUIC connection through a
+// Quicpipe relay and pipes data over it, like netcat with end-to-end
+// encryption and NAT traversal.
+//
+// On one machine:
+//
+//	quicpipe listen
+//
+// prints a ticket (and its QR code on a terminal) and waits. On the other:
+//
+//	quicpipe connect <ticket>
+//
+// Then standard input on each side comes out on the other side's standard
+// output. With no -relay, listen runs a relay inside its own process on
+// loopback, so the two commands work on one machine with nothing else
+// running; across machines, run "quicpipe relay" on a host both can reach
+// and pass its address and key to listen.
+//
+// Subcommands:
+//
+//	quicpipe listen [flags]            print a ticket, accept a dial, pipe stdin/stdout
+//	quicpipe connect [flags] TICKET    dial a ticket, pipe stdin/stdout
+//	quicpipe relay [flags]             run a relay
+//	quicpipe key [flags]               print the public key of an identity
+//
+// "quicpipe SUBCOMMAND -h" lists each one's flags. Human-readable messages go
+// to standard error; standard output carries only piped data (or, for relay
+// and key, the lines scripts read). Exit status: 0 on success and after
+// Ctrl-C, 1 on errors, 2 on usage errors.
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/quicpipe/quicpipe"
+)
+
+// errUsage marks errors that exit with status 2; the message was printed.
+var errUsage = errors.New("usage")
+
+// env is what a subcommand runs with: its arguments and standard streams.
+type env struct {
+	args   []string
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	// stderrFile is standard error if it is a file, to tell whether it is
+	// a terminal.
+	stderrFile *os.File
+}
+
+func main() {
+	e := &env{args: os.Args[1:], stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, stderrFile: os.Stderr}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// After the first Ctrl-C, which closes cleanly, a second one kills.
+	context.AfterFunc(ctx, stop)
+	code := run(ctx, e)
+	stop()
+	os.Exit(code)
+}
+
+const usage = `usage: quicpipe <command> [flags] [arguments]
+
+commands:
+  listen               print a ticket, accept a dial through the relay, pipe stdin/stdout
+  connect TICKET       dial the listener a ticket names, pipe stdin/stdout
+  relay                run a relay
+  key                  print the public key of your identity
+
+"quicpipe <command> -h" shows the flags of a command.
+`
+
+// run runs one command line and returns the exit status.
+func run(ctx context.Context, e *env) int {
+	if len(e.args) == 0 {
+		fmt.Fprint(e.stderr, usage)
+		return 2
+	}
+	cmds := map[string]func(context.Context, *env) error{
+		"listen":  cmdListen,
+		"connect": cmdConnect,
+		"relay":   cmdRelay,
+		"key":     cmdKey,
+	}
+	name := e.args[0]
+	if name == "-h" || name == "-help" || name == "--help" || name == "help" {
+		fmt.Fprint(e.stderr, usage)
+		return 0
+	}
+	cmd, ok := cmds[name]
+	if !ok {
+		fmt.Fprintf(e.stderr, "quicpipe: unknown command %q\n\n%s", name, usage)
+		return 2
+	}
+	e.args = e.args[1:]
+	err := cmd(ctx, e)
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	default:
+		fmt.Fprintf(e.stderr, "quicpipe %s: %v\n", name, err)
+		return 1
+	}
+}
+
+// newFlagSet returns a flag set that reports to e.stderr and returns errors.
+func newFlagSet(e *env, name, args, doc string) *flag.FlagSet {
+	fs := flag.NewFlagSet("quicpipe "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "usage: quicpipe %s [flags]%s\n\n%s\nflags:\n", name, args, doc)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses e.args; wrong flags are usage errors.
+func parseFlags(fs *flag.FlagSet, e *env) error {
+	if err := fs.Parse(e.args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage // the flag package printed the error and usage
+	}
+	return nil
+}
+
+// usageError prints msg and the usage of fs.
+func usageError(fs *flag.FlagSet, e *env, format string, args ...any) error {
+	fmt.Fprintf(e.stderr, "%s: %s\n", fs.Name(), fmt.Sprintf(format, args...))
+	fs.Usage()
+	return errUsage
+}
+
+// logger returns the library logger: warnings by default, everything with
+// -v, as text on standard error.
+func logger(e *env, verbose bool) *slog.Logger {
+	level := slog.LevelWarn
+	if verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// defaultIdentity returns the default path of the identity file called
+// name, or "" if there is no user configuration directory.
+func defaultIdentity(name string) string {
+	p, err := quicpipe.DefaultIdentityPath(name)
+	if err != nil {
+		return ""
+	}
+	return p
+}
+
+// loadIdentity loads or creates the identity file at path and says so when
+// it creates one.
+func loadIdentity(e *env, path string) (ed25519.PrivateKey, error) {
+	if path == "" {
+		return nil, errors.New("no identity file: give one with -identity")
+	}
+	_, statErr := os.Stat(path)
+	key, err := quicpipe.LoadOrCreateIdentity(path)
+	if err != nil {
+		return nil, err
+	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		fmt.Fprintf(e.stderr, "quicpipe: created identity %s\n", path)
+	}
+	return key, nil
+}
+
+// cmdKey prints the public key of an identity, creating it if needed.
+func cmdKey(_ context.Context, e *env) error {
+	fs := newFlagSet(e, "key", "",
+		"Prints the public key of your identity (created if missing) on standard output.\n"+
+			"Give it to a listener's -allow flag to connect with tickets that carry no secret.\n")
+	identity := fs.String("identity", defaultIdentity("identity"), "identity `file`")
+	if err := parseFlags(fs, e); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usageError(fs, e, "unexpected arguments %q", fs.Args())
+	}
+	key, err := loadIdentity(e, *identity)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, quicpipe.EncodeKey(publicKey(key)))
+	return nil
+}
+
+func publicKey(k ed25519.PrivateKey) ed25519.PublicKey { return k.Public().(ed25519.PublicKey) }

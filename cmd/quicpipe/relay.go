@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/quicpipe/quicpipe"
+	"github.com/quicpipe/quicpipe/xdp"
+)
+
+// cmdRelay runs a relay until Ctrl-C.
+func cmdRelay(ctx context.Context, e *env) error {
+	fs := newFlagSet(e, "relay", "",
+		"Runs a relay: it forwards peers' packets by connection ID, without decrypting them,\n"+
+			"and delivers dialers' first flights to listeners' mailboxes. It prints its address\n"+
+			"and public key on standard output; listeners pass them as -relay and -relay-key.\n")
+	listen := fs.String("listen", ":4433", "UDP `address` to listen on")
+	identity := fs.String("identity", defaultIdentity("relay"), "identity `file` of the relay (created if missing)")
+	metrics := fs.String("metrics", "", "serve Prometheus metrics on this TCP `address` (e.g. 127.0.0.1:9090)")
+	tokenSecret := fs.String("token-secret-file", "", "require bearer tokens signed with the secret in this `file` (see quicpipe.NewToken)")
+	allowPrivate := fs.Bool("allow-private", false, "let peers register private and loopback addresses whatever address they reached the relay at")
+	mailbox := fs.Bool("mailbox", true, "serve mailboxes (dials delivered through the relay)")
+	xdpIface := fs.String("xdp", "", "forward on this network `interface` with the XDP fast path (Linux, root)")
+	xdpMode := fs.String("xdp-mode", "auto", "XDP attach `mode`: auto, native or generic")
+	var cfg quicpipe.RelayConfig
+	var mcfg quicpipe.MailboxConfig
+	fs.DurationVar(&cfg.RegistrationTTL, "ttl", 0, "registration lifetime unless refreshed (0: 60s)")
+	fs.IntVar(&cfg.MaxRegistrations, "max-registrations", 0, "registrations in total (0: 100000)")
+	fs.IntVar(&cfg.MaxRegistrationsPerSource, "max-per-source", 0, "registrations per source IP (0: 64)")
+	fs.IntVar(&cfg.MaxCIDs, "max-cids", 0, "connection IDs in total (0: 4194304)")
+	fs.IntVar(&cfg.MaxCIDsPerRegistration, "max-cids-per-registration", 0, "connection IDs per registration (0: 8192)")
+	fs.Int64Var(&cfg.MaxBodyBytes, "max-body", 0, "API request body size in bytes (0: 4096)")
+	fs.Int64Var(&cfg.MaxPacketsPerSecond, "max-pps", 0, "packets per second forwarded to one registration (0: 100000, -1: unlimited)")
+	fs.Int64Var(&cfg.MaxBytesPerSecond, "max-bps", 0, "bytes per second forwarded to one registration (0: 125000000, -1: unlimited)")
+	fs.Int64Var(&cfg.MaxTotalPacketsPerSecond, "max-total-pps", 0, "packets per second forwarded in total (0: no cap)")
+	fs.Int64Var(&cfg.MaxTotalBytesPerSecond, "max-total-bps", 0, "bytes per second forwarded in total (0: no cap)")
+	fs.Float64Var(&mcfg.PostRate, "mailbox-rate", 0, "mailbox posts per second per source IP (0: 5)")
+	fs.IntVar(&mcfg.PostBurst, "mailbox-burst", 0, "mailbox posts a source IP may make at once (0: 20)")
+	fs.IntVar(&mcfg.MaxMailboxes, "max-mailboxes", 0, "mailboxes open at once (0: 100000)")
+	verbose := fs.Bool("v", false, "log everything, not only warnings")
+	if err := parseFlags(fs, e); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usageError(fs, e, "unexpected arguments %q", fs.Args())
+	}
+	if *xdpIface != "" {
+		modes := map[string]xdp.Mode{"auto": xdp.ModeAuto, "native": xdp.ModeNative, "generic": xdp.ModeGeneric}
+		mode, ok := modes[*xdpMode]
+		if !ok {
+			return usageError(fs, e, "-xdp-mode must be auto, native or generic")
+		}
+		cfg.XDP = &quicpipe.XDPConfig{Interface: *xdpIface, Mode: mode}
+	}
+	key, err := loadIdentity(e, *identity)
+	if err != nil {
+		return err
+	}
+	cfg.Identity = key
+	cfg.MetricsAddr = *metrics
+	cfg.AllowPrivateTargets = *allowPrivate
+	cfg.Logger = logger(e, *verbose)
+	if *mailbox {
+		cfg.Mailbox = &mcfg
+	}
+	if *tokenSecret != "" {
+		secret, err := os.ReadFile(*tokenSecret)
+		if err != nil {
+			return err
+		}
+		secret = []byte(strings.TrimSpace(string(secret)))
+		if len(secret) < 16 {
+			return fmt.Errorf("token secret in %s is %d bytes; it must be at least 16", *tokenSecret, len(secret))
+		}
+		cfg.Authorizer = &quicpipe.TokenAuthorizer{Secret: secret}
+	}
+	relay, err := quicpipe.ListenRelay(*listen, &cfg)
+	if err != nil {
+		return err
+	}
+	pub := quicpipe.EncodeKey(publicKey(key))
+	// Standard output: two lines for scripts.
+	fmt.Fprintf(e.stdout, "relay listening on %s\nrelay key %s\n", relay.Addr(), pub)
+	addr := relay.Addr().String()
+	if relay.Addr().IP.IsUnspecified() {
+		addr = fmt.Sprintf("<this host's address>:%d", relay.Addr().Port)
+	}
+	fmt.Fprintf(e.stderr, "quicpipe: listeners use this relay with\n\n    quicpipe listen -relay %s -relay-key %s\n\n", addr, pub)
+	if *metrics != "" {
+		fmt.Fprintf(e.stderr, "quicpipe: metrics on http://%s/metrics\n", *metrics)
+	}
+	// Serve returns nil once ctx is done (Ctrl-C).
+	return relay.Serve(ctx)
+}

@@ -1,0 +1,523 @@
+package quicpipe
+
+import (
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// The mailbox delivers dialers' first flights through the relay. An accepter
+// opens the mailbox named by its public key over its HTTP/3 connection to the
+// relay (GET /v1/mailbox/<key>, signed with its private key) and keeps the
+// request open; a dialer posts its first flight (POST /v1/mailbox/<key>) and
+// the relay writes it at once into the open response. The relay stores
+// nothing: a post to a mailbox nobody holds is refused, and a delivered
+// flight is forgotten. docs/PROTOCOL.md specifies the API and
+// docs/decisions/0005-mailbox.md explains the choices.
+
+// MailboxPath is the prefix of the mailbox endpoints: MailboxPath followed by
+// EncodeKey of the accepter's public key.
+const MailboxPath = "/v1/mailbox/"
+
+// MailboxSignatureHeader carries the accepter's signature when it opens its
+// mailbox (unpadded URL-safe base64 of the 64-byte Ed25519 signature).
+const MailboxSignatureHeader = "Quicpipe-Signature"
+
+// MailboxContentType is the content type of a mailbox post (the binary form
+// of a first flight) and of the open mailbox's stream of frames.
+const MailboxContentType = "application/octet-stream"
+
+const (
+	// mailboxExporterLabel is the TLS exporter label (RFC 8446 section
+	// 7.5) whose value, on the HTTP/3 connection carrying the open, the
+	// accepter signs.
+	mailboxExporterLabel = "EXPORTER-quicpipe-mailbox"
+	// mailboxSignContext starts the signed message.
+	mailboxSignContext = "quicpipe mailbox open v1\x00"
+	// mailboxExporterLen is the length of the exporter value.
+	mailboxExporterLen = 32
+)
+
+// Frame types on an open mailbox: type (1 byte) | length (2 bytes, big
+// endian) | payload.
+const (
+	mailboxFrameFlight = 1 // payload: a first flight in binary form
+	mailboxFrameClosed = 2 // payload: why the relay closed the mailbox (UTF-8)
+)
+
+// MailboxConfig configures a relay's mailbox. The zero value of each field
+// selects the documented default.
+type MailboxConfig struct {
+	// MaxPostBytes bounds the body of a post. If zero, 16384 is used: a
+	// first flight in binary form is at most 5 + 8×1502 bytes.
+	MaxPostBytes int64
+	// PostRate is how many posts per second one source may make over time,
+	// and PostBurst how many it may make at once: a token bucket per source
+	// IP address (per /64 prefix for IPv6). If zero, 5 per second and a
+	// burst of 20 are used.
+	PostRate  float64
+	PostBurst int
+	// MaxSources bounds the sources whose buckets are tracked; when all are
+	// busy, posts from new sources are refused as rate-limited. If zero,
+	// 65536 is used.
+	MaxSources int
+	// MaxMailboxes bounds the mailboxes open at once. If zero, 100000 is
+	// used.
+	MaxMailboxes int
+	// QueueLen is how many posts to one mailbox may wait for their turn to
+	// be written; more are refused as busy. If zero, 8 is used.
+	QueueLen int
+	// DeliveryTimeout bounds how long a post waits for its flight to be
+	// written to the accepter's open request. If zero, 5s is used.
+	DeliveryTimeout time.Duration
+}
+
+func populateMailboxConfig(c *MailboxConfig) (*MailboxConfig, error) {
+	cfg := *c
+	if cfg.MaxPostBytes == 0 {
+		cfg.MaxPostBytes = 16384
+	}
+	if cfg.PostRate == 0 {
+		cfg.PostRate = 5
+	}
+	if cfg.PostBurst == 0 {
+		cfg.PostBurst = 20
+	}
+	if cfg.MaxSources == 0 {
+		cfg.MaxSources = 65536
+	}
+	if cfg.MaxMailboxes == 0 {
+		cfg.MaxMailboxes = 100000
+	}
+	if cfg.QueueLen == 0 {
+		cfg.QueueLen = 8
+	}
+	if cfg.DeliveryTimeout == 0 {
+		cfg.DeliveryTimeout = 5 * time.Second
+	}
+	switch {
+	case cfg.MaxPostBytes < 1 || cfg.MaxPostBytes > math.MaxUint16:
+		return nil, fmt.Errorf("quicpipe: MailboxConfig.MaxPostBytes must be 1 to %d", math.MaxUint16)
+	case cfg.PostRate < 0 || math.IsNaN(cfg.PostRate) || math.IsInf(cfg.PostRate, 0),
+		cfg.PostBurst < 1, cfg.MaxSources < 1, cfg.MaxMailboxes < 1, cfg.QueueLen < 1,
+		cfg.DeliveryTimeout < 0:
+		return nil, errors.New("quicpipe: MailboxConfig limits must be positive")
+	}
+	return &cfg, nil
+}
+
+// mailboxRejectCodes are the codes of refused mailbox requests.
+var mailboxRejectCodes = []string{
+	"bad_method", "unauthorized", "bad_key", "bad_signature", "bad_flight", "body_too_large",
+	"no_mailbox", "rate_limited", "mailbox_busy", "limit_mailboxes", "closing", "no_address",
+}
+
+// MailboxStats is a snapshot of a relay's mailbox counters.
+type MailboxStats struct {
+	// Open is the number of mailboxes held now.
+	Open int
+	// Opened counts successful opens (including takeovers).
+	Opened uint64
+	// Delivered and DeliveredBytes count first flights written to an
+	// accepter (bytes of the binary form).
+	Delivered, DeliveredBytes uint64
+	// Rejected counts refused requests by the code of their error answer:
+	// "bad_method", "unauthorized", "bad_key", "bad_signature", "bad_flight",
+	// "body_too_large", "no_mailbox", "rate_limited", "mailbox_busy",
+	// "limit_mailboxes", "closing", "no_address".
+	Rejected map[string]uint64
+}
+
+// MailboxStats returns a snapshot of the mailbox counters; all zero if the
+// mailbox is off (RelayConfig.Mailbox is nil).
+func (r *Relay) MailboxStats() MailboxStats {
+	s := MailboxStats{Rejected: make(map[string]uint64, len(mailboxRejectCodes))}
+	m := r.mailbox
+	if m == nil {
+		return s
+	}
+	s.Opened = m.opened.Load()
+	s.Delivered = m.delivered.Load()
+	s.DeliveredBytes = m.deliveredBytes.Load()
+	for code, n := range m.rejected {
+		s.Rejected[code] = n.Load()
+	}
+	m.mu.Lock()
+	s.Open = len(m.boxes)
+	m.mu.Unlock()
+	return s
+}
+
+// mailboxServer serves the mailbox API of one relay.
+type mailboxServer struct {
+	r   *Relay
+	cfg *MailboxConfig
+
+	mu    sync.Mutex
+	boxes map[string]*mailbox // by public key
+
+	limiter sourceLimiter
+
+	opened, delivered, deliveredBytes atomic.Uint64
+	rejected                          map[string]*atomic.Uint64
+}
+
+// mailbox is one open mailbox: the request of the accepter holding it.
+type mailbox struct {
+	queue    chan *mailboxPost
+	gone     chan struct{} // closed when the holder's request ends
+	replaced chan struct{} // closed when a newer holder takes over
+}
+
+type mailboxPost struct {
+	frame []byte
+	done  chan error // buffered: the holder never waits on it
+}
+
+func newMailboxServer(r *Relay, cfg *MailboxConfig) *mailboxServer {
+	m := &mailboxServer{
+		r:        r,
+		cfg:      cfg,
+		boxes:    make(map[string]*mailbox),
+		rejected: make(map[string]*atomic.Uint64, len(mailboxRejectCodes)),
+		limiter: sourceLimiter{
+			rate:    cfg.PostRate,
+			burst:   float64(cfg.PostBurst),
+			max:     cfg.MaxSources,
+			buckets: make(map[netip.Addr]*tokenBucket),
+		},
+	}
+	for _, code := range mailboxRejectCodes {
+		m.rejected[code] = new(atomic.Uint64)
+	}
+	return m
+}
+
+// fail writes a JSON error answer, the same shape as the registration API's,
+// and counts it.
+func (m *mailboxServer) fail(w http.ResponseWriter, status int, code, msg string) {
+	if n, ok := m.rejected[code]; ok {
+		n.Add(1)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(ErrorResponse{Error: msg, Code: code})
+}
+
+func (m *mailboxServer) handle(w http.ResponseWriter, req *http.Request) {
+	if req.Method != http.MethodGet && req.Method != http.MethodPost {
+		w.Header().Set("Allow", "GET, POST")
+		m.fail(w, http.StatusMethodNotAllowed, "bad_method", "method "+req.Method+" not allowed")
+		return
+	}
+	if a := m.r.cfg.Authorizer; a != nil {
+		op := OpMailboxOpen
+		if req.Method == http.MethodPost {
+			op = OpMailboxPost
+		}
+		if err := a.Authorize(req, op); err != nil {
+			m.fail(w, http.StatusUnauthorized, "unauthorized", err.Error())
+			return
+		}
+	}
+	enc := strings.TrimPrefix(req.URL.Path, MailboxPath)
+	key, err := base64.RawURLEncoding.DecodeString(enc)
+	if err != nil || len(key) != ed25519.PublicKeySize {
+		m.fail(w, http.StatusBadRequest, "bad_key",
+			"the path must end with a 32-byte public key in unpadded URL-safe base64 (43 characters)")
+		return
+	}
+	qc, _ := req.Context().Value(quicConnKey{}).(*quic.Conn)
+	if qc == nil {
+		m.fail(w, http.StatusInternalServerError, "no_address", "cannot tell the connection of this request")
+		return
+	}
+	if req.Method == http.MethodGet {
+		m.open(w, req, qc, ed25519.PublicKey(key))
+	} else {
+		m.post(w, req, qc, key)
+	}
+}
+
+// mailboxMessage is what an accepter signs to open its mailbox: a fixed
+// context string, its public key and the exporter value of the connection.
+func mailboxMessage(key ed25519.PublicKey, ekm []byte) []byte {
+	msg := make([]byte, 0, len(mailboxSignContext)+len(key)+len(ekm))
+	msg = append(msg, mailboxSignContext...)
+	msg = append(msg, key...)
+	return append(msg, ekm...)
+}
+
+// mailboxExporter returns the exporter value an open on qc must sign.
+func mailboxExporter(qc *quic.Conn, key ed25519.PublicKey) ([]byte, error) {
+	cs := qc.ConnectionState().TLS
+	return cs.ExportKeyingMaterial(mailboxExporterLabel, key, mailboxExporterLen)
+}
+
+// open serves GET: it checks the signature, takes the mailbox (replacing an
+// older holder) and writes each posted flight into the response until the
+// request or the relay ends.
+func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.Conn, key ed25519.PublicKey) {
+	if m.isClosing() {
+		m.fail(w, http.StatusServiceUnavailable, "closing", "relay is shutting down")
+		return
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(req.Header.Get(MailboxSignatureHeader))
+	if err != nil || len(sig) != ed25519.SignatureSize {
+		m.fail(w, http.StatusForbidden, "bad_signature",
+			"opening a mailbox needs a "+MailboxSignatureHeader+" header: an Ed25519 signature in unpadded URL-safe base64")
+		return
+	}
+	ekm, err := mailboxExporter(qc, key)
+	if err != nil || !ed25519.Verify(key, mailboxMessage(key, ekm), sig) {
+		m.fail(w, http.StatusForbidden, "bad_signature", "the signature does not prove possession of this key on this connection")
+		return
+	}
+	mb := &mailbox{
+		queue:    make(chan *mailboxPost, m.cfg.QueueLen),
+		gone:     make(chan struct{}),
+		replaced: make(chan struct{}),
+	}
+	m.mu.Lock()
+	old := m.boxes[string(key)]
+	if old == nil && len(m.boxes) >= m.cfg.MaxMailboxes {
+		m.mu.Unlock()
+		m.fail(w, http.StatusServiceUnavailable, "limit_mailboxes",
+			fmt.Sprintf("relay holds the maximum of %d mailboxes", m.cfg.MaxMailboxes))
+		return
+	}
+	if old != nil {
+		close(old.replaced)
+	}
+	m.boxes[string(key)] = mb
+	m.mu.Unlock()
+	m.opened.Add(1)
+	defer func() {
+		m.mu.Lock()
+		if m.boxes[string(key)] == mb {
+			delete(m.boxes, string(key))
+		}
+		m.mu.Unlock()
+		close(mb.gone)
+	}()
+
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", MailboxContentType)
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	for {
+		select {
+		case p := <-mb.queue:
+			rc.SetWriteDeadline(time.Now().Add(m.cfg.DeliveryTimeout))
+			_, err := w.Write(p.frame)
+			if err == nil {
+				err = rc.Flush()
+			}
+			p.done <- err
+			if err != nil {
+				return
+			}
+			rc.SetWriteDeadline(time.Time{})
+		case <-mb.replaced:
+			// Tell the old holder, so that it does not take the mailbox
+			// back (two accepters with one key would take turns forever).
+			rc.SetWriteDeadline(time.Now().Add(time.Second))
+			w.Write(mailboxFrame(mailboxFrameClosed, []byte("replaced: another connection opened this mailbox")))
+			rc.Flush()
+			return
+		case <-req.Context().Done():
+			return
+		case <-m.r.closed:
+			return
+		}
+	}
+}
+
+// post serves POST: it hands one first flight to the holder of the mailbox
+// and answers 204 once it is written into the holder's request.
+func (m *mailboxServer) post(w http.ResponseWriter, req *http.Request, qc *quic.Conn, key []byte) {
+	if m.isClosing() {
+		m.fail(w, http.StatusServiceUnavailable, "closing", "relay is shutting down")
+		return
+	}
+	ua, _ := qc.RemoteAddr().(*net.UDPAddr)
+	if ua == nil {
+		m.fail(w, http.StatusInternalServerError, "no_address", "cannot tell the address of this connection")
+		return
+	}
+	if ok, wait := m.limiter.allow(ua.AddrPort().Addr(), time.Now()); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(wait.Seconds())))))
+		m.fail(w, http.StatusTooManyRequests, "rate_limited",
+			fmt.Sprintf("too many posts from this address (%g per second, bursts of %d)", m.cfg.PostRate, m.cfg.PostBurst))
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, m.cfg.MaxPostBytes))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			m.fail(w, http.StatusRequestEntityTooLarge, "body_too_large",
+				fmt.Sprintf("post body exceeds %d bytes", m.cfg.MaxPostBytes))
+			return
+		}
+		m.fail(w, http.StatusBadRequest, "bad_flight", "reading the body: "+err.Error())
+		return
+	}
+	var f FirstFlight
+	if err := f.UnmarshalBinary(body); err != nil {
+		m.fail(w, http.StatusBadRequest, "bad_flight", err.Error())
+		return
+	}
+	m.mu.Lock()
+	mb := m.boxes[string(key)]
+	m.mu.Unlock()
+	if mb == nil {
+		m.fail(w, http.StatusNotFound, "no_mailbox", "nobody holds this mailbox: the accepter is not listening at this relay")
+		return
+	}
+	p := &mailboxPost{frame: mailboxFrame(mailboxFrameFlight, body), done: make(chan error, 1)}
+	select {
+	case mb.queue <- p:
+	default:
+		m.fail(w, http.StatusServiceUnavailable, "mailbox_busy", "the mailbox has too many flights waiting")
+		return
+	}
+	t := time.NewTimer(m.cfg.DeliveryTimeout)
+	defer t.Stop()
+	var werr error
+	select {
+	case werr = <-p.done:
+	case <-mb.gone:
+		// The holder may have written it just before leaving.
+		select {
+		case werr = <-p.done:
+		default:
+			werr = errors.New("gone")
+		}
+	case <-t.C:
+		m.fail(w, http.StatusServiceUnavailable, "mailbox_busy", "the accepter did not take the flight in time")
+		return
+	}
+	if werr != nil {
+		m.fail(w, http.StatusNotFound, "no_mailbox", "the accepter left before the flight was delivered")
+		return
+	}
+	m.delivered.Add(1)
+	m.deliveredBytes.Add(uint64(len(body)))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// isClosing reports whether the relay is closing or draining (Shutdown).
+func (m *mailboxServer) isClosing() bool {
+	select {
+	case <-m.r.closed:
+		return true
+	default:
+	}
+	m.r.regMu.Lock()
+	defer m.r.regMu.Unlock()
+	return m.r.closing
+}
+
+// mailboxFrame encodes one frame of an open mailbox.
+func mailboxFrame(typ byte, payload []byte) []byte {
+	b := make([]byte, 0, 3+len(payload))
+	b = append(b, typ)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(payload)))
+	return append(b, payload...)
+}
+
+// readMailboxFrame reads one frame of an open mailbox into buf.
+func readMailboxFrame(r io.Reader, buf []byte) (typ byte, payload []byte, err error) {
+	var hdr [3]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := int(binary.BigEndian.Uint16(hdr[1:]))
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	return hdr[0], buf, nil
+}
+
+// sourceLimiter is a token bucket per source: an IPv4 address or an IPv6
+// /64 prefix. A bucket that has refilled completely is the same as none, so
+// full buckets are swept when the table reaches its bound.
+type sourceLimiter struct {
+	rate, burst float64
+	max         int
+
+	mu      sync.Mutex
+	buckets map[netip.Addr]*tokenBucket
+}
+
+type tokenBucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// allow takes a token for ip, or tells how long until one is available.
+func (l *sourceLimiter) allow(ip netip.Addr, now time.Time) (bool, time.Duration) {
+	ip = ip.Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		ip = p.Addr()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.buckets[ip]
+	if b == nil {
+		if len(l.buckets) >= l.max {
+			l.sweep(now)
+			if len(l.buckets) >= l.max {
+				return false, time.Second
+			}
+		}
+		b = &tokenBucket{tokens: l.burst, last: now}
+		l.buckets[ip] = b
+	}
+	if dt := now.Sub(b.last).Seconds(); dt > 0 {
+		b.tokens = min(l.burst, b.tokens+dt*l.rate)
+	}
+	b.last = now
+	if b.tokens >= 1 {
+		b.tokens--
+		return true, 0
+	}
+	if l.rate <= 0 {
+		return false, time.Hour
+	}
+	return false, time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
+}
+
+// sweep forgets the buckets that are full again. l.mu must be held.
+func (l *sourceLimiter) sweep(now time.Time) {
+	for ip, b := range l.buckets {
+		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
+			delete(l.buckets, ip)
+		}
+	}
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package quicpipe
+
+const raceEnabled = false
