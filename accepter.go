@@ -152,18 +152,26 @@ func (a *Accepter) Accept(ctx context.Context, flight *FirstFlight) (*quic.Conn,
 	}
 	a.waiting[key] = ch
 	a.mu.Unlock()
+	// The connection's own copy of the relay's address keys its direct
+	// path (see connRoute): quic-go takes the first datagram's source as
+	// the connection's remote address.
+	remote := a.p.newRemote()
+	route := a.p.direct.prepare(remote)
 	for _, d := range flight.Datagrams {
-		a.p.pconn.inject(d, a.p.relayAddr)
+		a.p.pconn.inject(d, remote)
 	}
 	select {
 	case r := <-ch:
 		if r.err != nil {
+			a.p.direct.abandon(remote)
 			return nil, fmt.Errorf("quicpipe: accept: handshake failed: %w", r.err)
 		}
+		a.p.direct.start(r.conn, remote, route, false)
 		return r.conn, nil
 	case <-ctx.Done():
 	case <-a.done:
 	}
+	a.p.direct.abandon(remote)
 	a.mu.Lock()
 	if a.waiting[key] == ch {
 		delete(a.waiting, key)
@@ -184,6 +192,14 @@ func (a *Accepter) Accept(ctx context.Context, flight *FirstFlight) (*quic.Conn,
 
 // Registration returns the Accepter's current registration with the relay.
 func (a *Accepter) Registration() Registration { return a.p.sess.registration() }
+
+// Path returns the path conn uses now. It reports false if conn is not an
+// open connection of a, or if direct paths are off (Config.DisableDirect):
+// then every connection is relayed.
+func (a *Accepter) Path(conn *quic.Conn) (PathInfo, bool) { return a.p.direct.path(conn) }
+
+// DirectStats returns the counters of a's direct-path work.
+func (a *Accepter) DirectStats() DirectStats { return a.p.direct.stats() }
 
 // LocalAddr returns the address of the Accepter's socket.
 func (a *Accepter) LocalAddr() net.Addr { return a.p.conn.LocalAddr() }

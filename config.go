@@ -69,8 +69,21 @@ type Config struct {
 	// or a relay restart goes unnoticed. If zero, 2s is used.
 	RelayKeepAlive time.Duration
 
+	// DisableDirect keeps every connection on the relay. If false (the
+	// default), the peers exchange their addresses over each connection,
+	// probe for a direct UDP path, move the connection onto it while it
+	// works and back to the relay when it stops (see Dialer.Path).
+	DisableDirect bool
+	// OnPathChange, if not nil, is called whenever a connection moves
+	// between the relay and a direct path (or between direct paths). Calls
+	// come from one goroutine of the Dialer or Accepter, one at a time, in
+	// order; a slow callback delays later calls, never the connections.
+	OnPathChange func(conn *quic.Conn, path PathInfo)
+
 	// Logger receives logs. If nil, nothing is logged.
 	Logger *slog.Logger
+
+	directTiming *directTiming // tests shorten the direct-path timers
 }
 
 func populateConfig(c *Config, accepter bool) (*Config, error) {

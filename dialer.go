@@ -85,6 +85,17 @@ func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver Deliv
 		}
 	}()
 
+	// The connection's own copy of the relay's address keys its direct
+	// path (see connRoute).
+	remote := d.p.newRemote()
+	route := d.p.direct.prepare(remote)
+	established := false
+	defer func() {
+		if !established {
+			d.p.direct.abandon(remote)
+		}
+	}()
+
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
@@ -93,7 +104,7 @@ func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver Deliv
 	}
 	res := make(chan result, 1)
 	go func() {
-		c, err := d.p.tr.Dial(dctx, d.p.relayAddr, tlsConf, qconf)
+		c, err := d.p.tr.Dial(dctx, remote, tlsConf, qconf)
 		res <- result{c, err}
 	}()
 	select {
@@ -122,6 +133,8 @@ func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver Deliv
 		}
 		return nil, fmt.Errorf("quicpipe: handshake with the accepter: %w", r.err)
 	}
+	established = true
+	d.p.direct.start(r.conn, remote, route, true)
 	return r.conn, nil
 }
 
@@ -130,6 +143,14 @@ func (d *Dialer) Registration() Registration { return d.p.sess.registration() }
 
 // LocalAddr returns the address of the Dialer's socket.
 func (d *Dialer) LocalAddr() net.Addr { return d.p.conn.LocalAddr() }
+
+// Path returns the path conn uses now. It reports false if conn is not an
+// open connection of d, or if direct paths are off (Config.DisableDirect):
+// then every connection is relayed.
+func (d *Dialer) Path(conn *quic.Conn) (PathInfo, bool) { return d.p.direct.path(conn) }
+
+// DirectStats returns the counters of d's direct-path work.
+func (d *Dialer) DirectStats() DirectStats { return d.p.direct.stats() }
 
 // Close unregisters from the relay, closes every connection of the Dialer
 // and its socket (unless Config.Conn was given). It is safe to call more
@@ -163,6 +184,9 @@ func Dial(ctx context.Context, cfg *Config, peer ed25519.PublicKey, deliver Deli
 	}()
 	return &Conn{Conn: qc, d: d}, nil
 }
+
+// Path returns the path the connection uses now (see Dialer.Path).
+func (c *Conn) Path() (PathInfo, bool) { return c.d.Path(c.Conn) }
 
 // Close closes the connection (application error 0) and its Dialer.
 func (c *Conn) Close() error {

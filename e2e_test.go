@@ -60,6 +60,9 @@ func (e *testEnv) config(id ed25519.PrivateKey, trusted ...ed25519.PrivateKey) *
 		RelayAddr: e.relay.Addr().String(),
 		RelayKey:  e.relayID.Public().(ed25519.PublicKey),
 		Identity:  id,
+		// These tests exercise the relay; direct_test.go turns direct
+		// paths back on.
+		DisableDirect: true,
 	}
 	for _, k := range trusted {
 		c.TrustedPeers = append(c.TrustedPeers, k.Public().(ed25519.PublicKey))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 
 	"github.com/quic-go/quic-go"
@@ -23,6 +24,7 @@ type peer struct {
 	gen       *CIDGenerator
 	relayAddr *net.UDPAddr
 	sess      *relaySession
+	direct    *directManager // nil if Config.DisableDirect
 
 	closeOnce sync.Once
 	closeErr  error
@@ -65,7 +67,7 @@ func newPeer(ctx context.Context, cfg *Config) (*peer, error) {
 		p.closeSocket()
 		return nil, err
 	}
-	p.pconn = newPeerConn(p.conn, relayAddr.AddrPort())
+	p.pconn = newPeerConn(p.conn, relayAddr.AddrPort(), !cfg.DisableDirect)
 	p.tr = &quic.Transport{
 		Conn:                  p.pconn,
 		ConnectionIDGenerator: p.gen,
@@ -74,6 +76,11 @@ func newPeer(ctx context.Context, cfg *Config) (*peer, error) {
 	if err := p.sess.start(ctx); err != nil {
 		p.close()
 		return nil, err
+	}
+	if !cfg.DisableDirect {
+		p.direct = newDirectManager(p.pconn, relayAddr.AddrPort(), func() netip.AddrPort {
+			return p.sess.registration().Observed
+		}, cfg)
 	}
 	return p, nil
 }
@@ -89,6 +96,7 @@ func (p *peer) closeSocket() error {
 // the socket if the peer opened it.
 func (p *peer) close() error {
 	p.closeOnce.Do(func() {
+		p.direct.close()
 		if p.sess != nil {
 			p.sess.close()
 		}

@@ -26,6 +26,13 @@ import (
 //     out of band.
 //   - injection (accepter): datagrams of a first flight are handed to quic-go
 //     as if they had arrived from the relay.
+//   - direct paths (both, unless Config.DisableDirect): quic-go always sees
+//     the relay as the remote address of every peer connection. On the way
+//     out, a connection whose manager moved it onto a direct path has its
+//     datagrams sent to the other peer's address instead; on the way in,
+//     every QUIC datagram gets the relay's address as its source, and path
+//     control datagrams (probes, candidates) are taken out of the batch for
+//     the direct-path manager. See docs/decisions/0010-direct-path.md.
 //
 // The *net.UDPConn is held in a field, not embedded: quic-go must see only
 // the methods declared here.
@@ -42,6 +49,90 @@ type peerConn struct {
 	injected     []injectedPacket
 	userDeadline bool // quic-go set a read deadline: timeouts are its own
 	woken        bool // a read deadline was set to wake the reader
+
+	// Direct paths; ctrl is nil when they are off.
+	relayUDP *net.UDPAddr    // the source quic-go sees on every datagram
+	ctrl     chan ctrlPacket // control datagrams for the direct manager
+	ctrlDrop atomic.Uint64   // control datagrams dropped here
+	routesMu sync.Mutex      // serializes updates of routes
+	routes   atomic.Pointer[map[*net.UDPAddr]*connRoute]
+}
+
+// ctrlPacket is a path control datagram taken out of a batch.
+type ctrlPacket struct {
+	b    []byte
+	from netip.AddrPort
+}
+
+// connRoute says where one connection's datagrams go. quic-go passes every
+// datagram of a connection to WriteMsgUDP with the same *net.UDPAddr, the
+// connection's remote address (Conn.RemoteAddr returns it), so that pointer
+// is the key: each peer connection is given its own copy of the relay's
+// address. The route is read on every send: atomics only.
+type connRoute struct {
+	direct   atomic.Pointer[netip.AddrPort] // nil: through the relay
+	wantDCID atomic.Bool                    // record the next short-header DCID
+	failed   atomic.Bool                    // a send on the direct path failed
+	keepLast atomic.Bool                    // record the last datagram sent (see lastSent)
+
+	mu      sync.Mutex
+	dcid    CID // the other peer's CID, as last seen in an outgoing packet
+	hasDCID bool
+	last    []byte // the last datagram sent while keepLast was set
+}
+
+// recordLast keeps a copy of the last datagram of a send (the last segment
+// of a GSO batch). Only done while the direct path is suspect.
+func (r *connRoute) recordLast(b, oob []byte) {
+	if seg := gsoSegmentSize(oob); seg > 0 && seg < len(b) {
+		b = b[(len(b)-1)/seg*seg:]
+	}
+	r.mu.Lock()
+	r.last = append(r.last[:0], b...)
+	r.mu.Unlock()
+}
+
+// takeLast returns the recorded datagram, if any, and stops recording.
+func (r *connRoute) takeLast() []byte {
+	r.keepLast.Store(false)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.last) == 0 {
+		return nil
+	}
+	b := bytes.Clone(r.last)
+	r.last = r.last[:0]
+	return b
+}
+
+// captureDCID records the destination CID of an outgoing 1-RTT, Handshake
+// or Initial packet: a CID of the other peer that its relay registration
+// maps. (Only the dialer's first Initials carry another, random one; they
+// are held back and never come here.)
+func (r *connRoute) captureDCID(b []byte) {
+	var dcid []byte
+	switch {
+	case len(b) >= 1+CIDLen && b[0]&0xc0 == 0x40: // short header
+		dcid = b[1 : 1+CIDLen]
+	case len(b) >= 6+CIDLen && (b[0]&0xf0 == 0xc0 || b[0]&0xf0 == 0xe0) && b[5] == CIDLen: // Initial, Handshake
+		dcid = b[6 : 6+CIDLen]
+	default:
+		return
+	}
+	r.mu.Lock()
+	copy(r.dcid[:], dcid)
+	r.hasDCID = true
+	r.mu.Unlock()
+	r.wantDCID.Store(false)
+}
+
+// peerDCID returns the last recorded CID of the other peer and asks for a
+// fresh one (quic-go rotates them).
+func (r *connRoute) peerDCID() (CID, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.wantDCID.Store(true)
+	return r.dcid, r.hasDCID
 }
 
 type injectedPacket struct {
@@ -49,13 +140,61 @@ type injectedPacket struct {
 	from net.Addr
 }
 
-func newPeerConn(c *net.UDPConn, relay netip.AddrPort) *peerConn {
-	return &peerConn{
+// newPeerConn wraps c. If direct is true, direct paths are on: control
+// datagrams are taken out for the direct manager and QUIC datagrams get the
+// relay's address as their source.
+func newPeerConn(c *net.UDPConn, relay netip.AddrPort, direct bool) *peerConn {
+	pc := &peerConn{
 		conn:  c,
 		pc:    ipv4.NewPacketConn(c),
 		relay: netAddrPort(relay),
 		holds: make(map[string]*capture),
 	}
+	if direct {
+		pc.relayUDP = net.UDPAddrFromAddrPort(relay)
+		pc.ctrl = make(chan ctrlPacket, 64)
+	}
+	return pc
+}
+
+// addRoute starts routing the datagrams quic-go sends to remote by r.
+func (c *peerConn) addRoute(remote *net.UDPAddr, r *connRoute) {
+	c.routesMu.Lock()
+	defer c.routesMu.Unlock()
+	m := map[*net.UDPAddr]*connRoute{remote: r}
+	if old := c.routes.Load(); old != nil {
+		for k, v := range *old {
+			m[k] = v
+		}
+	}
+	c.routes.Store(&m)
+}
+
+// removeRoute stops routing datagrams to remote.
+func (c *peerConn) removeRoute(remote *net.UDPAddr) {
+	c.routesMu.Lock()
+	defer c.routesMu.Unlock()
+	old := c.routes.Load()
+	if old == nil {
+		return
+	}
+	if _, ok := (*old)[remote]; !ok {
+		return
+	}
+	m := make(map[*net.UDPAddr]*connRoute, len(*old))
+	for k, v := range *old {
+		if k != remote {
+			m[k] = v
+		}
+	}
+	c.routes.Store(&m)
+}
+
+// writeCtrl sends a control datagram to "to", with optional control
+// messages (a low TTL).
+func (c *peerConn) writeCtrl(b, oob []byte, to netip.AddrPort) error {
+	_, _, err := c.conn.WriteMsgUDPAddrPort(b, oob, to)
+	return err
 }
 
 // capture collects the held-back datagrams of one dial until they hold a
@@ -127,12 +266,51 @@ func (c *peerConn) captureFor(d []byte) *capture {
 	return c.holds[string(dcid)]
 }
 
-// WriteMsgUDP is how quic-go sends. Held-back packets are captured instead.
+// WriteMsgUDP is how quic-go sends. Held-back packets are captured instead;
+// datagrams of a connection on a direct path go to the other peer.
 func (c *peerConn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
-	if c.holding.Load() == 0 || len(b) == 0 || b[0]&0x80 == 0 || addr == nil ||
-		netAddrPort(addr.AddrPort()) != c.relay {
-		return c.conn.WriteMsgUDP(b, oob, addr)
+	if c.holding.Load() != 0 && len(b) > 0 && b[0]&0x80 != 0 && addr != nil &&
+		netAddrPort(addr.AddrPort()) == c.relay {
+		return c.writeHolding(b, oob, addr)
 	}
+	return c.writeUnheld(b, oob, addr)
+}
+
+// writeUnheld sends datagrams that are not held back.
+func (c *peerConn) writeUnheld(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
+	if m := c.routes.Load(); m != nil {
+		if r := (*m)[addr]; r != nil {
+			return c.writeRoute(r, b, oob, addr)
+		}
+	}
+	return c.conn.WriteMsgUDP(b, oob, addr)
+}
+
+// writeRoute sends the datagrams of a connection with a route.
+func (c *peerConn) writeRoute(r *connRoute, b, oob []byte, addr *net.UDPAddr) (int, int, error) {
+	if r.wantDCID.Load() {
+		r.captureDCID(b)
+	}
+	if d := r.direct.Load(); d != nil {
+		if r.keepLast.Load() {
+			r.recordLast(b, oob)
+		}
+		n, oobn, err := c.conn.WriteMsgUDPAddrPort(b, oob, *d)
+		if err == nil {
+			return n, oobn, nil
+		}
+		// quic-go closes the connection on a send error (other than
+		// "message too long"). The direct path is failing: send over the
+		// relay and let the manager fall back.
+		r.failed.Store(true)
+	}
+	// Through the relay. WriteMsgUDPAddrPort does not allocate a sockaddr
+	// as WriteMsgUDP does.
+	return c.conn.WriteMsgUDPAddrPort(b, oob, netAddrPort(addr.AddrPort()))
+}
+
+// writeHolding sends while a dial holds back its first flight.
+func (c *peerConn) writeHolding(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
 	// With GSO, b holds several datagrams of segSize bytes (the last may be
 	// shorter), all of one connection.
 	segSize := gsoSegmentSize(oob)
@@ -140,18 +318,23 @@ func (c *peerConn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, e
 		segSize = len(b)
 	}
 	var rest [][]byte
+	held := false
 	for off := 0; off < len(b); off += segSize {
 		d := b[off:min(off+segSize, len(b))]
 		if cp := c.captureFor(d); cp != nil {
 			cp.add(d)
+			held = true
 		} else {
 			rest = append(rest, d)
 		}
 	}
+	if !held {
+		return c.writeUnheld(b, oob, addr)
+	}
 	for _, d := range rest {
 		// Rare: a batch that mixes held and other packets. Send the others
 		// one by one, without the GSO control message.
-		if _, _, err := c.conn.WriteMsgUDP(d, nil, addr); err != nil {
+		if _, _, err := c.writeUnheld(d, nil, addr); err != nil {
 			return 0, 0, err
 		}
 	}
@@ -186,7 +369,54 @@ func (c *peerConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			}
 			c.injMu.Unlock()
 		}
+		if err == nil && n > 0 && c.ctrl != nil {
+			if n = c.sortBatch(ms[:n]); n == 0 {
+				continue // only control datagrams
+			}
+		}
 		return n, err
+	}
+}
+
+// sortBatch takes the control datagrams out of a batch and gives every
+// other datagram the relay's address as its source, so that quic-go sees
+// one remote address whichever path a packet took (and never starts a path
+// validation of its own). quic-go pairs message i with its packet buffer i,
+// so the remaining datagrams are copied down into the lowest slots, never
+// reordered or given another slot's buffer. It returns how many remain.
+func (c *peerConn) sortBatch(ms []ipv4.Message) int {
+	k := 0
+	for i := range ms {
+		m := &ms[i]
+		if isCtrl(m.Buffers[0][:m.N]) {
+			c.takeCtrl(m)
+			continue
+		}
+		if k != i {
+			d := &ms[k]
+			d.N = copy(d.Buffers[0], m.Buffers[0][:m.N])
+			d.NN = copy(d.OOB, m.OOB[:m.NN])
+			d.Flags = m.Flags
+		}
+		ms[k].Addr = c.relayUDP
+		k++
+	}
+	return k
+}
+
+// takeCtrl hands a control datagram to the direct manager, or drops it if
+// the manager is behind.
+func (c *peerConn) takeCtrl(m *ipv4.Message) {
+	ua, ok := m.Addr.(*net.UDPAddr)
+	if _, valid := ctrlTag(m.Buffers[0][:m.N]); !ok || !valid {
+		c.ctrlDrop.Add(1)
+		return
+	}
+	p := ctrlPacket{b: bytes.Clone(m.Buffers[0][:m.N]), from: netAddrPort(ua.AddrPort())}
+	select {
+	case c.ctrl <- p:
+	default:
+		c.ctrlDrop.Add(1)
 	}
 }
 

@@ -99,7 +99,20 @@ func (r *Relay) xdpReput(cid []byte, d *dest, now int64) {
 		clear(r.xdp.reput)
 	}
 	r.xdp.reput[c] = now
-	r.xdp.prog.Put(c, d.ap, netip.AddrPort{})
+	if r.xdp.prog.Put(c, d.ap, netip.AddrPort{}) != nil {
+		return
+	}
+	// The registration may have changed since the caller looked the CID up
+	// and loaded d: removed (its CIDs deleted from the map) or moved (its
+	// CIDs put again with the new address). Then this put brought back an
+	// entry that nothing would ever delete or correct. Those changes update
+	// the table and the destination before the map, so a check after the
+	// put sees them: take the entry out again, and let the next packet miss
+	// and come here with the current destination.
+	if reg := r.table.lookup(cid); reg == nil || reg.dest.Load().ap != d.ap {
+		r.xdp.prog.Delete(c)
+		delete(r.xdp.reput, c)
+	}
 }
 
 // xdpStats returns the program's counters, or nil.

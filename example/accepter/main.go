@@ -69,7 +69,10 @@ func run() error {
 		RelayKey:     demo.Public(demo.RelayKey),
 		Identity:     demo.AccepterKey,
 		TrustedPeers: []ed25519.PublicKey{demo.Public(demo.DialerKey)},
-		Logger:       logger,
+		// The examples show the relay path (and XDP on the server);
+		// QUICPIPE_DIRECT=1 lets the peers move to a direct path.
+		DisableDirect: os.Getenv("QUICPIPE_DIRECT") == "",
+		Logger:        logger,
 	})
 	if err != nil {
 		return err

@@ -58,7 +58,10 @@ func run() error {
 		RelayAddr: relay,
 		RelayKey:  demo.Public(demo.RelayKey),
 		Identity:  demo.DialerKey,
-		Logger:    logger,
+		// The examples show the relay path (and XDP on the server);
+		// QUICPIPE_DIRECT=1 lets the peers move to a direct path.
+		DisableDirect: os.Getenv("QUICPIPE_DIRECT") == "",
+		Logger:        logger,
 	}
 	deliver := func(_ context.Context, flight *quicpipe.FirstFlight) error {
 		line, err := flight.MarshalJSON()

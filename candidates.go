@@ -1,0 +1,121 @@
+package quicpipe
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/quicpipe/quicpipe/internal/netns"
+)
+
+// candidateCache gathers a peer's own candidates: the addresses of its
+// socket on each interface and the public address the relay observed. It
+// lists interfaces at most every ttl.
+type candidateCache struct {
+	conn  *net.UDPConn
+	relay netip.AddrPort
+	obs   func() netip.AddrPort
+	ttl   time.Duration
+
+	mu    sync.Mutex
+	at    time.Time
+	cands []candidate
+}
+
+const candidateRefresh = 5 * time.Second
+
+// get returns the current candidates; the slice is never modified after
+// it is returned.
+func (c *candidateCache) get(now time.Time) []candidate {
+	obs := c.obs()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cands != nil && now.Sub(c.at) < c.ttl &&
+		(!obs.IsValid() || slices.Contains(c.cands, candidate{candObserved, netAddrPort(obs)})) {
+		return c.cands
+	}
+	c.at = now
+	c.cands = gatherCandidates(c.conn, c.relay, obs)
+	return c.cands
+}
+
+// gatherCandidates lists the candidates of socket conn, of the relay's
+// address family only: the relay's family is the one the socket was opened
+// for, and quic-go's control messages (ECN) are built for it.
+func gatherCandidates(conn *net.UDPConn, relay, observed netip.AddrPort) []candidate {
+	v4 := relay.Addr().Unmap().Is4()
+	out := []candidate{}
+	add := func(kind uint8, ap netip.AddrPort) {
+		ap = netAddrPort(ap)
+		a := ap.Addr()
+		if a.Is4() != v4 || ap.Port() == 0 || !usableCandidate(a) || len(out) >= maxCandidates {
+			return
+		}
+		for _, c := range out {
+			if c.addr == ap {
+				return
+			}
+		}
+		out = append(out, candidate{kind, ap})
+	}
+	if observed.IsValid() {
+		add(candObserved, observed)
+	}
+	la, ok := conn.LocalAddr().(*net.UDPAddr)
+	if !ok {
+		return out
+	}
+	lap := netAddrPort(la.AddrPort())
+	if !lap.Addr().IsUnspecified() {
+		add(candLocal, lap)
+		return out
+	}
+	for _, a := range interfaceAddrs(conn) {
+		if !a.IsLoopback() {
+			add(candLocal, netip.AddrPortFrom(a, lap.Port()))
+		}
+	}
+	return out
+}
+
+// usableCandidate reports whether a can be a direct-path address: unicast,
+// not unspecified, and not IPv6 link-local (which needs a zone).
+func usableCandidate(a netip.Addr) bool {
+	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() &&
+		!a.IsLinkLocalUnicast() && !a.IsInterfaceLocalMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// interfaceAddrs lists the interface addresses of the network namespace the
+// socket lives in, which is not always the caller's (a socket created in
+// another namespace keeps it).
+func interfaceAddrs(conn *net.UDPConn) []netip.Addr {
+	var addrs []net.Addr
+	list := func() error {
+		var err error
+		addrs, err = net.InterfaceAddrs()
+		return err
+	}
+	if ns, err := netns.Of(conn); err == nil {
+		defer ns.Close()
+		if cur, err := netns.IsCurrent(ns); err == nil && !cur {
+			if netns.Do(ns, list) != nil {
+				return nil
+			}
+		} else if list() != nil {
+			return nil
+		}
+	} else if list() != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if p, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(p.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,505 @@
+package quicpipe
+
+import (
+	"crypto/rand"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// pathConn runs the direct path of one connection. mu guards info, which
+// Path reads; everything after info is owned by the connection's goroutine
+// (run). The socket's write path reads only route.
+//
+// The protocol (docs/PROTOCOL.md, "Direct paths"): each side announces its
+// candidates through the relay, encrypted with keys exported from the
+// connection's TLS session. Announcing starts a punch round on both sides:
+// each probes every candidate of the other from its one socket. The first
+// probe to a candidate has a low TTL: it opens the local NAT mapping
+// without reaching the remote NAT, where an unsolicited packet could create
+// a conntrack entry that collides with the mapping the remote peer is about
+// to make. Normal probes follow at a paced interval once the peer has
+// acknowledged our candidates: a side sends its low-TTL probes before it
+// acknowledges, so by then both mappings are open. A pong from the address
+// a ping went to proves that path in both directions; the connection moves
+// onto the best such path.
+// While direct, a probe every second keeps the NAT mappings open and the
+// path watched; when pongs stop, the connection goes back to the relay and
+// punching is retried with backoff.
+type pathConn struct {
+	m      *directManager
+	qc     *quic.Conn
+	remote *net.UDPAddr
+	route  *connRoute
+	keys   *pathKeys
+	in     chan ctrlPacket
+
+	mu   sync.Mutex
+	info PathInfo
+
+	// Candidates.
+	local     []candidate // last announced
+	remoteC   []candidate // the other peer's, as announced (plus reflexive)
+	round     uint32      // rounds this side started
+	peerRound uint32      // highest round of the peer seen
+	peerAck   uint32      // highest of our rounds the peer acknowledged
+	candSent  int         // announcements sent this round
+	nextCands time.Time   // next announcement; zero: none due
+	lastReply time.Time   // last announcement sent in reply
+	nextCheck time.Time   // next check of own candidates
+
+	// Punching.
+	punching  bool
+	roundEnd  time.Time
+	succeeded bool // this round moved the connection onto a direct path
+	targets   []*target
+	pings     map[[8]byte]pingRec // ours, unanswered
+	seen      [64][8]byte         // txids of the last pings answered
+	seenN     int
+	nextRetry time.Time
+	backoff   time.Duration
+
+	// The direct path, when Kind is PathDirect.
+	direct        *target
+	lastPong      time.Time
+	nextKeepalive time.Time
+}
+
+// target is a candidate being probed.
+type target struct {
+	addr    netip.AddrPort
+	next    time.Time // next probe
+	lowSent bool
+	lowAt   time.Time // when the low-TTL probe went
+	sent    int
+	ok      bool // answered this round (or since it became the path)
+	rtt     time.Duration
+}
+
+type pingRec struct {
+	to   netip.AddrPort
+	sent time.Time
+}
+
+// candReflexive marks a candidate learned from where a probe came from.
+const candReflexive = 3
+
+func (c *pathConn) run() {
+	defer c.stop()
+	t := &c.m.timing
+	now := time.Now()
+	c.pings = make(map[[8]byte]pingRec)
+	c.backoff = t.retryMin
+	c.nextCheck = now.Add(t.refresh)
+	c.startRound(now, true)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-c.qc.Context().Done():
+			return
+		case <-c.m.done:
+			return
+		case p := <-c.in:
+			c.handle(p, time.Now())
+		case <-timer.C:
+		}
+		now := time.Now()
+		next := c.step(now)
+		timer.Reset(max(next.Sub(now), time.Millisecond))
+	}
+}
+
+// stop removes the connection's route and registrations.
+func (c *pathConn) stop() {
+	c.route.direct.Store(nil)
+	c.m.remove(c)
+}
+
+// startRound starts a punch round. ours says whether this side starts it
+// (then the peer is asked to join) rather than joining the peer's.
+func (c *pathConn) startRound(now time.Time, ours bool) {
+	t := &c.m.timing
+	c.m.attempts.Add(1)
+	c.punching = true
+	c.succeeded = false
+	c.roundEnd = now.Add(t.pingInterval*time.Duration(t.pingsPerCand) + t.ackWait)
+	c.local = c.m.cands.get(now)
+	c.targets = c.targets[:0]
+	for _, rc := range c.remoteC {
+		c.addTarget(now, rc)
+	}
+	if ours {
+		c.round++
+		c.candSent = 0
+		c.nextCands = now
+	}
+	c.nextRetry = time.Time{}
+}
+
+func (c *pathConn) addTarget(now time.Time, rc candidate) {
+	if !c.usable(rc.addr) {
+		return
+	}
+	for _, tg := range c.targets {
+		if tg.addr == rc.addr {
+			return
+		}
+	}
+	tg := &target{addr: rc.addr, next: now}
+	if c.direct != nil && c.direct.addr == rc.addr {
+		tg = c.direct
+		tg.sent, tg.lowSent, tg.lowAt = 0, true, now
+	}
+	c.targets = append(c.targets, tg)
+}
+
+// usable reports whether this socket can probe a as a direct path.
+func (c *pathConn) usable(a netip.AddrPort) bool {
+	a = netAddrPort(a)
+	return a.IsValid() && a.Port() != 0 && a != c.m.relay && usableCandidate(a.Addr()) &&
+		a.Addr().Is4() == c.m.relay.Addr().Is4()
+}
+
+// step does what is due at now and returns when it next has work.
+func (c *pathConn) step(now time.Time) time.Time {
+	t := &c.m.timing
+	next := now.Add(time.Hour)
+	soon := func(at time.Time) {
+		if !at.IsZero() && at.Before(next) {
+			next = at
+		}
+	}
+
+	if c.route.failed.Swap(false) && c.direct != nil {
+		c.fallback(now, "send failed")
+	}
+
+	// Own candidates changed (an interface, or the relay-observed
+	// address): announce them in a new round.
+	if !now.Before(c.nextCheck) {
+		c.nextCheck = now.Add(t.refresh)
+		if !slices.Equal(c.m.cands.get(now), c.local) {
+			c.startRound(now, true)
+		}
+	}
+	soon(c.nextCheck)
+
+	// Probes of the round. They come before announcements: a side sends
+	// its low-TTL probes before it acknowledges the other's candidates.
+	if c.punching {
+		// Normal probes wait until the peer has our current candidates
+		// (and so has opened its NAT's mapping towards us), or ackWait.
+		ready := c.peerAck >= c.round
+		for _, tg := range c.targets {
+			if tg.ok || tg.sent >= t.pingsPerCand {
+				continue
+			}
+			if !tg.lowSent {
+				tg.lowSent, tg.lowAt = true, now
+				c.sendPing(now, tg.addr, true)
+			}
+			if !ready && now.Sub(tg.lowAt) < t.ackWait {
+				soon(tg.lowAt.Add(t.ackWait))
+				continue
+			}
+			if !now.Before(tg.next) {
+				c.sendPing(now, tg.addr, false)
+				tg.sent++
+				tg.next = now.Add(t.pingInterval)
+			}
+			soon(tg.next)
+		}
+		if !now.Before(c.roundEnd) {
+			c.punching = false
+			if c.direct == nil {
+				c.nextRetry = now.Add(c.backoff)
+				c.backoff = min(2*c.backoff, t.retryMax)
+			}
+		} else {
+			soon(c.roundEnd)
+		}
+	}
+
+	// Announcements: until the peer acknowledges our round.
+	if !c.nextCands.IsZero() && !now.Before(c.nextCands) {
+		c.nextCands = time.Time{}
+		if !c.sendCandidates(now) {
+			c.nextCands = now.Add(20 * time.Millisecond) // no CID of the peer yet
+		} else if c.peerAck < c.round {
+			c.candSent++
+			if c.candSent < t.candSends {
+				c.nextCands = now.Add(t.candResend)
+			}
+		}
+	}
+	soon(c.nextCands)
+
+	// The direct path: keepalive probes, and fallback when they stop
+	// being answered. Once a pong is overdue, the send path keeps a copy
+	// of the connection's last datagram (see fallback).
+	if c.direct != nil {
+		if since := now.Sub(c.lastPong); since > t.deadAfter {
+			c.fallback(now, "no answer")
+		} else {
+			if suspect := c.lastPong.Add(t.keepalive + t.keepalive/2); !now.Before(suspect) {
+				c.route.keepLast.Store(true)
+			} else {
+				soon(suspect)
+			}
+			if !now.Before(c.nextKeepalive) {
+				c.sendPing(now, c.direct.addr, false)
+				c.nextKeepalive = now.Add(t.keepalive)
+			}
+			soon(c.nextKeepalive)
+			soon(c.lastPong.Add(t.deadAfter + time.Millisecond))
+		}
+	}
+
+	// Retry while relayed.
+	if c.direct == nil && !c.punching && !c.nextRetry.IsZero() {
+		if !now.Before(c.nextRetry) {
+			c.startRound(now, true)
+			return now // announce and probe at once
+		}
+		soon(c.nextRetry)
+	}
+
+	// Forget unanswered pings.
+	for id, p := range c.pings {
+		if now.Sub(p.sent) > 10*time.Second {
+			delete(c.pings, id)
+		}
+	}
+	return next
+}
+
+// fallback moves the connection back to the relay.
+//
+// quic-go does not know that the path changed: packets it sent on the dead
+// path are lost, and it notices only when its probe timeout fires, which
+// has backed off exponentially during the outage (seconds). So the last
+// datagram sent on the dead path is sent again through the relay at once:
+// the other side acknowledges it (or, if it carried an acknowledgment,
+// learns from it), and quic-go's loss recovery resumes within a round trip.
+// QUIC discards a duplicate if the original did arrive.
+func (c *pathConn) fallback(now time.Time, why string) {
+	c.m.fallbacks.Add(1)
+	lost := c.direct.addr
+	c.direct.ok = false
+	c.direct = nil
+	c.route.direct.Store(nil)
+	last := c.route.takeLast()
+	if last != nil {
+		c.m.pc.writeCtrl(last, nil, c.m.relay)
+	}
+	c.m.log.Info("direct path lost; back to the relay", "peer", lost.String(), "why", why, "resent", len(last))
+	c.setInfo(PathInfo{Kind: PathRelayed, Remote: c.m.relay, Relay: c.m.relay, Since: now})
+	c.backoff = c.m.timing.retryMin
+	c.nextRetry = now.Add(c.backoff)
+}
+
+// use moves the connection onto tg.
+func (c *pathConn) use(now time.Time, tg *target) {
+	if c.direct == nil && c.punching && !c.succeeded {
+		c.succeeded = true
+		c.m.successes.Add(1)
+	}
+	c.direct = tg
+	c.route.keepLast.Store(false)
+	c.lastPong = now
+	c.nextKeepalive = now.Add(c.m.timing.keepalive)
+	c.backoff = c.m.timing.retryMin
+	c.nextRetry = time.Time{}
+	a := tg.addr
+	c.route.direct.Store(&a)
+	c.m.log.Info("direct path", "peer", a.String(), "rtt", tg.rtt)
+	c.setInfo(PathInfo{Kind: PathDirect, Remote: a, Relay: c.m.relay, RTT: tg.rtt, Since: now})
+}
+
+func (c *pathConn) setInfo(info PathInfo) {
+	c.mu.Lock()
+	c.info = info
+	c.mu.Unlock()
+	c.m.notify(c.qc, info)
+}
+
+// choose moves the connection onto the best answered target: the first
+// one found, or one clearly faster than the current path.
+func (c *pathConn) choose(now time.Time) {
+	var best *target
+	for _, tg := range c.targets {
+		if tg.ok && (best == nil || tg.rtt < best.rtt) {
+			best = tg
+		}
+	}
+	if c.direct != nil && c.direct.ok {
+		if best == nil || best == c.direct || best.rtt*10 >= c.direct.rtt*7 {
+			return
+		}
+	}
+	if best != nil {
+		c.use(now, best)
+	}
+}
+
+// handle processes one control datagram.
+func (c *pathConn) handle(p ctrlPacket, now time.Time) {
+	body, err := c.keys.open(p.b)
+	if err != nil {
+		c.m.dropped.Add(1)
+		return
+	}
+	msg, err := parseBody(body)
+	if err != nil {
+		c.m.dropped.Add(1)
+		return
+	}
+	switch msg := msg.(type) {
+	case *probeMsg:
+		c.m.recv.Add(1)
+		if msg.typ == msgPing {
+			c.onPing(now, p.from, msg)
+		} else {
+			c.onPong(now, p.from, msg)
+		}
+	case *candidatesMsg:
+		c.onCandidates(now, msg)
+	}
+}
+
+func (c *pathConn) onPing(now time.Time, from netip.AddrPort, m *probeMsg) {
+	if from == c.m.relay {
+		return // probes never travel through the relay
+	}
+	// Every ping has a fresh txid: a repeated one is a replay (by someone
+	// who saw it on a direct path), not worth an answer.
+	if slices.Contains(c.seen[:min(c.seenN, len(c.seen))], m.txid) {
+		return
+	}
+	c.seen[c.seenN%len(c.seen)] = m.txid
+	c.seenN++
+	pong := probeMsg{typ: msgPong, txid: m.txid, addr: from}
+	if c.m.pc.writeCtrl(c.keys.seal(nil, pong.marshal()), nil, from) == nil {
+		c.m.sent.Add(1)
+	}
+	// A ping from an address we do not know is a path the other side
+	// found (a peer-reflexive candidate): probe it too.
+	if !c.usable(from) || slices.ContainsFunc(c.remoteC, func(rc candidate) bool { return rc.addr == from }) {
+		return
+	}
+	if len(c.remoteC) < 2*maxCandidates {
+		c.remoteC = append(c.remoteC, candidate{candReflexive, from})
+	}
+	if c.punching {
+		c.addTarget(now, candidate{candReflexive, from})
+	} else if c.direct == nil {
+		c.startRound(now, false)
+	}
+}
+
+func (c *pathConn) onPong(now time.Time, from netip.AddrPort, m *probeMsg) {
+	rec, ok := c.pings[m.txid]
+	if !ok || rec.to != from {
+		return // not our probe, or not from where it went
+	}
+	delete(c.pings, m.txid)
+	rtt := now.Sub(rec.sent)
+	for _, tg := range c.targets {
+		if tg.addr == from {
+			tg.ok, tg.rtt = true, rtt
+		}
+	}
+	if c.direct != nil && c.direct.addr == from {
+		c.direct.ok, c.direct.rtt = true, rtt
+		c.lastPong = now
+		if c.route.keepLast.Load() {
+			c.route.takeLast() // the path answers again
+		}
+		c.mu.Lock()
+		c.info.RTT = rtt
+		c.mu.Unlock()
+	}
+	c.choose(now)
+}
+
+func (c *pathConn) onCandidates(now time.Time, m *candidatesMsg) {
+	newRound := m.round > c.peerRound
+	if newRound {
+		c.peerRound = m.round
+	}
+	if m.ack > c.peerAck && m.ack <= c.round {
+		c.peerAck = m.ack
+	}
+	// Keep reflexive candidates learned from pings beside the announced.
+	var cands []candidate
+	for _, rc := range m.cands {
+		if c.usable(rc.addr) {
+			cands = append(cands, candidate{rc.kind, netAddrPort(rc.addr)})
+		}
+	}
+	for _, rc := range c.remoteC {
+		if rc.kind == candReflexive && !slices.ContainsFunc(cands, func(x candidate) bool { return x.addr == rc.addr }) {
+			cands = append(cands, rc)
+		}
+	}
+	c.remoteC = cands
+	switch {
+	case newRound && !c.punching:
+		c.startRound(now, false)
+	case c.punching:
+		for _, rc := range cands {
+			c.addTarget(now, rc)
+		}
+	}
+	// The peer waits for our acknowledgment (and learns our candidates
+	// from it). Its retransmissions are paced; so are our answers.
+	if m.needAck && now.Sub(c.lastReply) > 100*time.Millisecond {
+		c.lastReply = now
+		c.nextCands = now
+	}
+}
+
+// sendCandidates announces our candidates through the relay. It returns
+// false if no CID of the peer is known yet.
+func (c *pathConn) sendCandidates(now time.Time) bool {
+	dcid, ok := c.route.peerDCID()
+	if !ok {
+		return false
+	}
+	if c.local == nil {
+		c.local = c.m.cands.get(now)
+	}
+	msg := candidatesMsg{round: c.round, ack: c.peerRound, needAck: c.peerAck < c.round, cands: c.local}
+	c.m.pc.writeCtrl(c.keys.seal(dcid[:], msg.marshal()), nil, c.m.relay)
+	return true
+}
+
+// sendPing probes to. low asks for the low TTL; then nothing is sent if the
+// socket cannot set it.
+func (c *pathConn) sendPing(now time.Time, to netip.AddrPort, low bool) {
+	var oob []byte
+	if low {
+		oob = c.m.lowTTL4
+		if !to.Addr().Unmap().Is4() {
+			oob = c.m.lowTTL6
+		}
+		if oob == nil {
+			return
+		}
+	}
+	var id [8]byte
+	rand.Read(id[:])
+	m := probeMsg{typ: msgPing, txid: id, addr: to}
+	if err := c.m.pc.writeCtrl(c.keys.seal(nil, m.marshal()), oob, to); err != nil {
+		return
+	}
+	c.m.sent.Add(1)
+	if !low { // a low-TTL probe is never answered
+		c.pings[id] = pingRec{to: to, sent: now}
+	}
+}
