@@ -321,3 +321,48 @@ func FuzzRelayDatagram(f *testing.F) {
 		}
 	})
 }
+
+// TestForwardSegments forwards runs of datagrams for one destination, which
+// the relay sends as UDP GSO messages where the kernel allows: every
+// datagram must arrive whole, in order, with its own length.
+func TestForwardSegments(t *testing.T) {
+	g := newForwardRig(t, 1200)
+	sizes := []int{1200, 1200, 1200, 700, 1200, 1200, 13, 1200}
+	sent := make([][]byte, len(sizes))
+	for i, n := range sizes {
+		p := make([]byte, n)
+		copy(p, g.pkt[:1+CIDLen])
+		for j := 1 + CIDLen; j < n; j++ {
+			p[j] = byte(i*31 + j)
+		}
+		sent[i] = p
+		if _, err := g.sender.WriteToUDPAddrPort(p, g.to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for done := 0; done < len(sizes); {
+		k, err := g.rc.io.read(g.ms, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done += k
+		if kept := g.r.route(g.ms[:k], &g.rc.io); kept != 0 {
+			t.Fatalf("%d datagrams kept for quic-go, want 0", kept)
+		}
+	}
+	buf := make([]byte, 2000)
+	g.sink.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for i, want := range sent {
+		n, _, err := g.sink.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		if string(buf[:n]) != string(want) {
+			t.Fatalf("datagram %d: got %d bytes, want %d (contents differ: %v)", i, n, len(want), n == len(want))
+		}
+	}
+	if st := g.r.Stats(); st.Forwarded != uint64(len(sizes)) {
+		t.Fatalf("Forwarded = %d, want %d", st.Forwarded, len(sizes))
+	}
+	t.Logf("UDP GSO in use: %v", g.rc.io.gso)
+}

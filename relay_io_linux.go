@@ -35,7 +35,15 @@ type batchIO struct {
 
 	keep []int // indexes of datagrams kept for quic-go
 
-	resets  [][64]byte // per-slot buffers for stateless resets
+	resets [][64]byte // per-slot buffers for stateless resets
+
+	// UDP GSO: consecutive forwarded datagrams for one destination leave
+	// as one message whose segments the kernel splits late, which costs
+	// far less than one trip through the stack per datagram.
+	gso     bool       // the socket supports UDP_SEGMENT and it has not failed
+	niov    int        // iovecs used by the queued messages
+	smeta   []sendMeta // per queued message
+	scmsg   [][]byte   // UDP_SEGMENT control message per queued message
 	hmacBuf [32]byte
 
 	// State for the bound syscall functions.
@@ -45,6 +53,22 @@ type batchIO struct {
 	serr       error
 	recvF      func(fd uintptr) bool
 	sendF      func(fd uintptr) bool
+}
+
+// maxGSOSegments and maxGSOBytes bound one GSO message (the kernel's limits
+// are 64 segments and 64 KiB).
+const (
+	maxGSOSegments = 64
+	maxGSOBytes    = 65000
+)
+
+// sendMeta describes one queued message.
+type sendMeta struct {
+	d      *dest // nil for a stateless reset
+	seg    int   // segment size
+	segs   int   // datagrams in the message
+	bytes  int
+	closed bool // a shorter last segment was added: nothing more may follow
 }
 
 // rawAddr is a destination encoded for the relay socket's family.
@@ -70,6 +94,10 @@ func (io *batchIO) init(c *net.UDPConn) error {
 	io.rc = rc
 	io.recvF = io.recvmmsg
 	io.sendF = io.sendmmsg
+	rc.Control(func(fd uintptr) {
+		_, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
+		io.gso = err == nil
+	})
 	return nil
 }
 
@@ -84,6 +112,11 @@ func (io *batchIO) grow(n int) {
 	io.siovs = make([]unix.Iovec, n)
 	io.keep = make([]int, 0, n)
 	io.resets = make([][64]byte, n)
+	io.smeta = make([]sendMeta, n)
+	io.scmsg = make([][]byte, n)
+	for i := range io.scmsg {
+		io.scmsg[i] = make([]byte, unix.CmsgSpace(2))
+	}
 }
 
 // encode returns ap as a destination for the relay socket, or false if the
@@ -187,13 +220,36 @@ func zoneName(index int) string {
 	return ""
 }
 
-// queue adds datagram b for d to the send batch.
+// queue adds datagram b for d to the send batch: as one more segment of the
+// last message if that goes to d too and GSO allows, else as a new message.
 func (io *batchIO) queue(b []byte, d *dest) {
+	v := io.niov
+	io.siovs[v].Base = unsafe.SliceData(b)
+	io.siovs[v].SetLen(len(b))
+	io.niov++
+	if io.gso && io.ns > 0 {
+		m := &io.smeta[io.ns-1]
+		if m.d == d && !m.closed && len(b) <= m.seg && m.segs < maxGSOSegments && m.bytes+len(b) <= maxGSOBytes {
+			m.segs++
+			m.bytes += len(b)
+			m.closed = len(b) < m.seg
+			h := &io.shdrs[io.ns-1].Hdr
+			h.Iovlen++
+			c := io.scmsg[io.ns-1]
+			ch := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+			ch.Level = unix.IPPROTO_UDP
+			ch.Type = unix.UDP_SEGMENT
+			ch.SetLen(unix.CmsgLen(2))
+			binary.NativeEndian.PutUint16(c[unix.CmsgLen(0):], uint16(m.seg))
+			h.Control = &c[0]
+			h.SetControllen(len(c))
+			return
+		}
+	}
 	i := io.ns
-	io.siovs[i].Base = unsafe.SliceData(b)
-	io.siovs[i].SetLen(len(b))
+	io.smeta[i] = sendMeta{d: d, seg: len(b), segs: 1, bytes: len(b)}
 	h := &io.shdrs[i].Hdr
-	h.Iov = &io.siovs[i]
+	h.Iov = &io.siovs[v]
 	h.Iovlen = 1
 	h.Name = (*byte)(unsafe.Pointer(&d.raw.sa))
 	h.Namelen = d.raw.len
@@ -209,10 +265,13 @@ func (io *batchIO) resetBuf(i int) []byte { return io.resets[i][:] }
 // datagram i.
 func (io *batchIO) queueTo(b []byte, i int) {
 	n := io.ns
-	io.siovs[n].Base = unsafe.SliceData(b)
-	io.siovs[n].SetLen(len(b))
+	v := io.niov
+	io.niov++
+	io.smeta[n] = sendMeta{seg: len(b), segs: 1, bytes: len(b), closed: true}
+	io.siovs[v].Base = unsafe.SliceData(b)
+	io.siovs[v].SetLen(len(b))
 	h := &io.shdrs[n].Hdr
-	h.Iov = &io.siovs[n]
+	h.Iov = &io.siovs[v]
 	h.Iovlen = 1
 	h.Name = (*byte)(unsafe.Pointer(&io.names[i]))
 	h.Namelen = io.rhdrs[i].Hdr.Namelen
@@ -222,24 +281,35 @@ func (io *batchIO) queueTo(b []byte, i int) {
 }
 
 // flush sends the queued datagrams without ever waiting for the socket: what
-// the kernel does not take at once is dropped. It returns how many were sent.
+// the kernel does not take at once is dropped. It returns how many datagrams
+// were sent and how many were dropped.
 func (io *batchIO) flush() (sent, failed int) {
+	segs := func(from, to int) (n int) {
+		for _, m := range io.smeta[from:to] {
+			n += m.segs
+		}
+		return n
+	}
 	for io.sfrom = 0; io.sfrom < io.ns; {
 		io.sn, io.serr = 0, nil
 		if err := io.rc.Write(io.sendF); err != nil {
-			failed += io.ns - io.sfrom
+			failed += segs(io.sfrom, io.ns)
 			break
 		}
-		sent += io.sn
+		sent += segs(io.sfrom, io.sfrom+io.sn)
 		io.sfrom += io.sn
 		if io.serr != nil {
-			// The datagram at sfrom failed (e.g. EAGAIN, EMSGSIZE,
-			// unreachable): drop it and carry on with the rest.
-			failed++
+			// The message at sfrom failed (e.g. EAGAIN, EMSGSIZE,
+			// unreachable): drop it and carry on with the rest. A
+			// device that cannot segment (EIO) turns GSO off for good.
+			if io.smeta[io.sfrom].segs > 1 && (io.serr == unix.EIO || io.serr == unix.EINVAL) {
+				io.gso = false
+			}
+			failed += io.smeta[io.sfrom].segs
 			io.sfrom++
 		}
 	}
-	io.ns = 0
+	io.ns, io.niov = 0, 0
 	return sent, failed
 }
 
