@@ -1,0 +1,399 @@
+package main
+
+// Comparison 1: relay forwarding capacity.
+//
+// The load generator in A (pinned to CPU 0) sends 1200-byte datagrams as fast
+// as it can to the relay in R (pinned to CPU 1), which forwards them to the
+// sink port in B, where nftables counts and drops them (sink.go). The same
+// payload size reaches the sink in every case: Quicpipe relays forward QUIC
+// packets unchanged; the TURN servers strip the 4-byte ChannelData header of
+// a bound channel; the XDP reflector rewrites addresses only.
+//
+// Per measurement window: forwarded datagrams (at the sink), the relay
+// process's CPU time (/proc/PID/stat: user + system, which includes the
+// softirq work done in its system calls), busy time of every CPU
+// (/proc/stat) and, for the Quicpipe relay, its heap allocations.
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+const (
+	capRelayCPU = 1
+	capGenCPU   = 0
+	relayPort   = 4433
+	turnPort    = 3478
+)
+
+type capCase struct {
+	name     string
+	kind     string // quicpipe, quicpipe-xdp, coturn, pionturn, reflector
+	baseline bool
+	xdp      bool // forwarding happens in the kernel: no relay process CPU
+}
+
+var capCases = []capCase{
+	{name: "Quicpipe relay (userspace)", kind: "quicpipe"},
+	{name: "Quicpipe relay (XDP)", kind: "quicpipe-xdp", xdp: true},
+	{name: "coturn", kind: "coturn", baseline: true},
+	{name: "pion/turn", kind: "pionturn", baseline: true},
+	{name: "bare XDP_TX reflector", kind: "reflector", baseline: true, xdp: true},
+	{name: "reference: recvmmsg+sendmmsg loop", kind: "bare-sendmmsg"},
+	{name: "reference: recvmmsg+GSO loop", kind: "bare-gso"},
+}
+
+// capServer is whatever forwards in one case.
+type capServer struct {
+	relay   *proc // the process whose CPU counts as the relay's (nil for the reflector)
+	genArgs []string
+	stats   func() (relayStats, bool)
+	stop    func()
+	inodes  map[uint64]bool // the lab's namespaces
+}
+
+type capSample struct {
+	at       time.Time
+	fwd      float64
+	cpu      cpuTimes
+	lab      labCPU
+	relayCPU float64
+	mallocs  uint64
+	hasAlloc bool
+}
+
+var cidKeyHex = hex.EncodeToString([]byte("quicpipe bench CID key, 32 byte"))
+
+func runCapacity(ctx context.Context, res *Results, opt options, outDir string) error {
+	lab, err := newRelayLab()
+	if err != nil {
+		return err
+	}
+	defer lab.Close()
+	// Datagrams sent with UDP GSO (the generator's, and a relay's that
+	// uses it) are segmented in software before they leave their namespace,
+	// as with a NIC without segmentation offload: every datagram crosses
+	// the links, the router and the relay's socket on its own.
+	for _, p := range [][2]string{{"a", "a0"}, {"r", "r0"}} {
+		if err := lab.run(p[0], "ethtool", "-K", p[1], "tx-udp-segmentation", "off"); err != nil {
+			return err
+		}
+	}
+	tmp, err := tempDir(lab, "capacity-")
+	if err != nil {
+		return err
+	}
+
+	pps := res.figure("capacity_pps", "capacity", "Datagrams forwarded per second (relay on one core, one load-generator core)",
+		"veth, 1200-byte datagrams", "datagrams/s", true)
+	perCPU := res.figure("capacity_per_cpu", "capacity", "Datagrams forwarded per CPU-second of the relay process",
+		"veth, 1200-byte datagrams", "datagrams per relay CPU-second", true)
+	machine := res.figure("capacity_machine_cpu", "capacity", "Machine CPU time per forwarded datagram (both cores: generator, router, relay, sink)",
+		"veth, 1200-byte datagrams", "ns per datagram", false)
+	relayCore := res.figure("capacity_relay_core", "capacity", "Busy share of the relay's core (CPU 1)",
+		"veth, 1200-byte datagrams", "% of CPU 1", false)
+	allocs := res.figure("capacity_allocs", "capacity", "Heap allocations per forwarded datagram (Quicpipe relay, runtime.MemStats)",
+		"veth, 1200-byte datagrams", "allocations per datagram", false)
+	foreign := res.figure("capacity_foreign", "capacity", "CPU used by other processes on the machine during the windows",
+		"veth, 1200-byte datagrams", "% of one CPU", false)
+	foreign.Explanation = "Busy time in /proc/stat not accounted to the lab's processes or kernel threads: other work on a shared machine. Windows where it exceeded 10% were measured again (at most twice)."
+	relayCore.NoRatios, allocs.NoRatios, foreign.NoRatios = true, true, true
+	pps.Explanation = "Flat out: the generator sends as fast as one core allows. Where the relay's core stays below 100% the generator, not the relay, is the limit (see the relay-core figure)."
+	perCPU.Explanation = "Forwarded datagrams divided by the relay process's user+system CPU time (including the kernel's softirq work done inside its system calls). Only meaningful for userspace relays."
+	machine.Explanation = "CPU time of the lab's processes and of kernel threads on both cores (other processes on the machine left out, see below), divided by forwarded datagrams. It includes the generator, the router namespace, the sink's nftables drop and the relay: the difference between cases is the cost of forwarding. With XDP the generator's core does all of it and is saturated."
+
+	for i, c := range capCases {
+		if caseFilter != "" && !strings.Contains(c.name, caseFilter) {
+			continue
+		}
+		logf("capacity: %s", c.name)
+		srv, err := startCapServer(lab, c, tmp, false)
+		if err != nil {
+			res.missing("capacity: "+c.name, err)
+			continue
+		}
+		err = func() error {
+			defer srv.stop()
+			genArgs := append([]string{"-bind", fmt.Sprintf("%s:%d", addrA, 7000+i)}, srv.genArgs...)
+			genArgs = append(genArgs, "-gso")
+			gen, err := lab.startRole("generator", "a", capGenCPU, "gen", genArgs...)
+			if err != nil {
+				return err
+			}
+			defer gen.stop()
+			if err := lab.sinkOn(); err != nil {
+				return err
+			}
+			defer lab.sinkOff()
+			// Warm up: heaps grow, caches fill, neighbours resolve.
+			if _, err := capWindow(lab, gen, srv, 0.5, 0); err != nil {
+				return err
+			}
+			for rep := 0; rep < opt.reps; rep++ {
+				var m capMeasure
+				// On a shared machine, wait for quiet and measure again
+				// (twice at most) if others took more than a tenth of a CPU.
+				for try := 0; ; try++ {
+					if f := lab.waitQuiet(0.1, 20*time.Second); f >= 0.1 {
+						logf("  the machine is busy: other processes use %.2f CPUs", f)
+					}
+					m, err = capWindow(lab, gen, srv, opt.capWindow, 0)
+					if err != nil {
+						return err
+					}
+					if m.foreign/m.secs < 0.1 || try == 2 {
+						break
+					}
+					logf("  other processes used %.2f CPUs during the window: measuring again", m.foreign/m.secs)
+				}
+				foreign.add(c.name, c.baseline, m.foreign/m.secs*100)
+				if m.fwd < 1000 {
+					return fmt.Errorf("only %.0f datagrams reached the sink in %.1fs (offered %.0f/s)", m.fwd, m.secs, m.offered)
+				}
+				pps.add(c.name, c.baseline, m.fwd/m.secs)
+				machine.add(c.name, c.baseline, m.machineCPU/m.fwd*1e9)
+				relayCore.add(c.name, c.baseline, m.core[capRelayCPU]/m.secs*100)
+				if !c.xdp {
+					perCPU.add(c.name, c.baseline, m.fwd/m.relayCPU)
+				}
+				if m.hasAlloc && !c.xdp {
+					allocs.add(c.name, c.baseline, float64(m.mallocs)/m.fwd)
+				}
+				logf("  %-28s %9.0f/s  relay CPU %5.1f%%  %6.0f/relay-CPU-s  machine %5.0f ns/datagram  offered %9.0f/s  CPU0 %3.0f%% CPU1 %3.0f%% foreign %3.0f%%",
+					c.name, m.fwd/m.secs, m.relayCPU/m.secs*100, m.fwd/m.relayCPU, m.machineCPU/m.fwd*1e9, m.offered,
+					m.core[capGenCPU]/m.secs*100, m.core[capRelayCPU]/m.secs*100, m.foreign/m.secs*100)
+			}
+			if opt.profile && (c.kind == "quicpipe" || c.kind == "coturn") {
+				if err := profileCase(lab, res, gen, srv, c, 2, outDir, tmp); err != nil {
+					res.missing("capacity: profile of "+c.name, err)
+				}
+			}
+			return nil
+		}()
+		if err != nil {
+			res.missing("capacity: "+c.name, err)
+		}
+	}
+	if err := runInstructions(lab, res, opt, tmp); err != nil {
+		res.missing("capacity: instructions per datagram", err)
+	}
+	return nil
+}
+
+type capMeasure struct {
+	secs, fwd, relayCPU, machineCPU, offered float64
+	rawCPU, foreign                          float64 // all of /proc/stat; other processes
+	core                                     []float64
+	mallocs                                  uint64
+	hasAlloc                                 bool
+}
+
+// capWindow runs the generator flat out (or at rate) and measures a window
+// of secs seconds in the middle of its run.
+func capWindow(lab *Lab, gen *proc, srv *capServer, secs, rate float64) (capMeasure, error) {
+	const lead = 0.4
+	if err := gen.call(10*time.Second, nil, "run", fmt.Sprintf("%.2f", secs+2*lead), 0, rate); err != nil {
+		return capMeasure{}, err
+	}
+	time.Sleep(time.Duration(lead * float64(time.Second)))
+	s0, err := capTake(lab, srv)
+	if err != nil {
+		return capMeasure{}, err
+	}
+	time.Sleep(time.Duration(secs * float64(time.Second)))
+	s1, err := capTake(lab, srv)
+	if err != nil {
+		return capMeasure{}, err
+	}
+	var ev struct {
+		Sent int64
+		Secs float64
+	}
+	if err := gen.event(time.Duration(secs+30)*time.Second, &ev); err != nil {
+		return capMeasure{}, err
+	}
+	d := s1.cpu.sub(s0.cpu)
+	labCPU := s1.lab.sub(s0.lab)
+	m := capMeasure{
+		secs:       s1.at.Sub(s0.at).Seconds(),
+		fwd:        s1.fwd - s0.fwd,
+		relayCPU:   s1.relayCPU - s0.relayCPU,
+		machineCPU: labCPU,
+		rawCPU:     d.total,
+		foreign:    max(d.total-labCPU, 0),
+		core:       d.per,
+		offered:    float64(ev.Sent) / ev.Secs,
+	}
+	if s0.hasAlloc && s1.hasAlloc {
+		m.mallocs, m.hasAlloc = s1.mallocs-s0.mallocs, true
+	}
+	return m, nil
+}
+
+func capTake(lab *Lab, srv *capServer) (capSample, error) {
+	var s capSample
+	var err error
+	// The sink's counter first and last: the nft process it takes to read
+	// it runs outside the window of the CPU readings.
+	if s.fwd, err = lab.sinkCount(); err != nil {
+		return s, err
+	}
+	if srv.stats != nil {
+		if st, ok := srv.stats(); ok {
+			s.mallocs, s.hasAlloc = st.Mallocs, true
+		}
+	}
+	s.at = time.Now()
+	if s.cpu, err = readCPUTimes(); err != nil {
+		return s, err
+	}
+	s.lab = readLabCPU(srv.inodes)
+	if srv.relay != nil {
+		if s.relayCPU, err = procCPU(srv.relay.pid()); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+// startCapServer starts the forwarder of case c in R, under callgrind if cg
+// is not empty (the callgrind output file).
+func startCapServer(lab *Lab, c capCase, tmp string, valgrind bool) (*capServer, error) {
+	var procs []*proc
+	srv := &capServer{inodes: lab.nsInodes()}
+	srv.stop = func() {
+		for i := len(procs) - 1; i >= 0; i-- {
+			procs[i].stop()
+		}
+	}
+	fail := func(err error) (*capServer, error) {
+		srv.stop()
+		return nil, err
+	}
+	prefix := func(argv ...string) []string {
+		if !valgrind {
+			return argv
+		}
+		// Go's asynchronous preemption signals trip an assertion in
+		// callgrind's signal handling: turn them off under valgrind.
+		return append([]string{"env", "GODEBUG=asyncpreemptoff=1", "valgrind", "--tool=callgrind", "--vgdb=yes",
+			"--callgrind-out-file=" + filepath.Join(tmp, "callgrind.%p.out")}, argv...)
+	}
+	relayAddr := fmt.Sprintf("%s:%d", addrR, relayPort)
+	readyTimeout := 60 * time.Second
+	if valgrind {
+		readyTimeout = 180 * time.Second
+	}
+	startRole := func(name, ns string, cpu int, role string, args ...string) (*proc, error) {
+		argv := prefix(append([]string{selfExe, "-role", role}, args...)...)
+		p, err := lab.start(name, ns, cpu, argv...)
+		if err != nil {
+			return nil, err
+		}
+		procs = append(procs, p)
+		if _, err := p.expect("ready", readyTimeout); err != nil {
+			return nil, err
+		}
+		return p, nil
+	}
+	switch c.kind {
+	case "quicpipe", "quicpipe-xdp":
+		args := []string{"-listen", relayAddr}
+		if c.kind == "quicpipe-xdp" {
+			if _, err := startRole("xdp-pass", "g", -1, "xdpprog", "-kind", "pass", "-iface", "g2"); err != nil {
+				return fail(err)
+			}
+			args = append(args, "-xdp", "r0", "-xdpmode", "native")
+		}
+		r, err := startRole("quicpipe-relay", "r", capRelayCPU, "relay", args...)
+		if err != nil {
+			return fail(err)
+		}
+		srv.relay = r
+		srv.stats = func() (relayStats, bool) {
+			var st relayStats
+			return st, r.call(10*time.Second, &st, "stats") == nil
+		}
+		if c.kind == "quicpipe-xdp" {
+			srv.relay = nil // the relay process does not forward; the kernel does
+		}
+		// Register the sink's CIDs through the relay's API, from the sink's
+		// own address, then kill the registrar so that nobody reads them.
+		reg, err := lab.startRole("registrar", "b", capGenCPU, "registrar",
+			"-relay", relayAddr, "-relaykey", hex.EncodeToString(pub(benchKey("relay"))),
+			"-bind", fmt.Sprintf("%s:%d", addrB, sinkPort), "-cidkey", cidKeyHex)
+		if err != nil {
+			return fail(fmt.Errorf("registering the sink: %w", err))
+		}
+		reg.kill()
+		srv.genArgs = []string{"-to", relayAddr, "-mode", "cids", "-cidkey", cidKeyHex, "-ncids", "64"}
+	case "coturn":
+		if err := haveCoturn(); err != nil {
+			return fail(err)
+		}
+		dir, err := os.MkdirTemp(tmp, "coturn-")
+		if err != nil {
+			return fail(err)
+		}
+		conf, err := coturnConfig(dir, addrR, coturnThreads)
+		if err != nil {
+			return fail(err)
+		}
+		p, err := lab.start("coturn", "r", capRelayCPU, prefix("turnserver", "-c", conf)...)
+		if err != nil {
+			return fail(err)
+		}
+		procs = append(procs, p)
+		srv.relay = p
+		srv.genArgs = []string{"-to", fmt.Sprintf("%s:%d", addrR, turnPort), "-mode", "turn",
+			"-peer", fmt.Sprintf("%s:%d", addrB, sinkPort)}
+	case "pionturn":
+		p, err := startRole("pion-turn", "r", capRelayCPU, "pionturn",
+			"-listen", fmt.Sprintf("%s:%d", addrR, turnPort), "-relayip", addrR)
+		if err != nil {
+			return fail(err)
+		}
+		srv.relay = p
+		srv.genArgs = []string{"-to", fmt.Sprintf("%s:%d", addrR, turnPort), "-mode", "turn",
+			"-peer", fmt.Sprintf("%s:%d", addrB, sinkPort)}
+	case "bare-sendmmsg", "bare-gso":
+		args := []string{"-listen", relayAddr, "-to", fmt.Sprintf("%s:%d", addrB, sinkPort)}
+		if c.kind == "bare-gso" {
+			args = append(args, "-gso")
+		}
+		p, err := startRole("bare-loop", "r", capRelayCPU, "bareloop", args...)
+		if err != nil {
+			return fail(err)
+		}
+		srv.relay = p
+		srv.genArgs = []string{"-to", relayAddr, "-mode", "raw"}
+	case "reflector":
+		if _, err := startRole("xdp-pass", "g", -1, "xdpprog", "-kind", "pass", "-iface", "g2"); err != nil {
+			return fail(err)
+		}
+		// The reflector's checksum patch is computed for the generator's
+		// address, which depends on the case's index: pass it as "from".
+		idx := 0
+		for i, cc := range capCases {
+			if cc.kind == c.kind {
+				idx = i
+			}
+		}
+		if _, err := startRole("xdp-reflector", "r", -1, "xdpprog", "-kind", "reflector", "-iface", "r0",
+			"-from", fmt.Sprintf("%s:%d", addrA, 7000+idx), "-via", relayAddr,
+			"-to", fmt.Sprintf("%s:%d", addrB, sinkPort)); err != nil {
+			return fail(err)
+		}
+		srv.genArgs = []string{"-to", relayAddr, "-mode", "raw"}
+	default:
+		return fail(fmt.Errorf("unknown case %q", c.kind))
+	}
+	return srv, nil
+}
+
+var coturnThreads = 0 // see the -coturn-threads flag

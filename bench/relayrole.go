@@ -1,0 +1,177 @@
+package main
+
+// Roles around the Quicpipe relay: the relay itself, and a registrar that
+// registers a CID window for a sink address through the relay's public API
+// (a real quicpipe.Accepter on the sink's socket) and is then killed, so
+// that the registration stays without anyone reading the sink's port.
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"time"
+
+	"github.com/quicpipe/quicpipe"
+	"github.com/quicpipe/quicpipe/xdp"
+)
+
+func init() {
+	roles["relay"] = relayRole
+	roles["registrar"] = registrarRole
+}
+
+// benchSeed makes the relay's and peers' identities reproducible.
+func benchKey(name string) ed25519.PrivateKey {
+	seed := make([]byte, ed25519.SeedSize)
+	copy(seed, "quicpipe bench "+name)
+	return ed25519.NewKeyFromSeed(seed)
+}
+
+func pub(k ed25519.PrivateKey) ed25519.PublicKey { return k.Public().(ed25519.PublicKey) }
+
+type relayStats struct {
+	Forwarded  uint64            `json:"forwarded"`
+	Dropped    map[string]uint64 `json:"dropped"`
+	XDP        map[string]uint64 `json:"xdp,omitempty"`
+	Mallocs    uint64            `json:"mallocs"`
+	HeapAlloc  uint64            `json:"heap_alloc"`
+	CIDs       int               `json:"cids"`
+	Regs       int               `json:"registrations"`
+	RSS        int64             `json:"rss"`
+	XDPMode    string            `json:"xdp_mode,omitempty"`
+	Registered uint64            `json:"registered"`
+}
+
+func relayRole(args []string) error {
+	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+	listen := fs.String("listen", "", "UDP address")
+	xdpIf := fs.String("xdp", "", "attach the XDP fast path to this interface")
+	xdpMode := fs.String("xdpmode", "native", "native or generic")
+	mailbox := fs.Bool("mailbox", false, "turn the mailbox on")
+	big := fs.Bool("big", false, "raise the table limits for the memory comparison")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg := &quicpipe.RelayConfig{
+		Identity:        benchKey("relay"),
+		RegistrationTTL: time.Hour,
+		// The per-registration and total forwarding caps are policy, not
+		// cost: lift them so that one registration can carry the load.
+		MaxPacketsPerSecond:       -1,
+		MaxBytesPerSecond:         -1,
+		MaxRegistrationsPerSource: 100000,
+	}
+	if *mailbox {
+		// The per-source posting cap is policy too: a setup run dials from
+		// one address many times a second.
+		cfg.Mailbox = &quicpipe.MailboxConfig{PostRate: 10000, PostBurst: 10000}
+	}
+	if *big {
+		cfg.MaxCIDsPerRegistration = 1 << 21
+		cfg.MaxCIDs = 1 << 23
+		cfg.MaxRegistrations = 1 << 20
+		cfg.MaxRegistrationsPerSource = 1 << 20
+		cfg.MaxBodyBytes = 1 << 16
+	}
+	if *xdpIf != "" {
+		m := xdp.ModeNative
+		if *xdpMode == "generic" {
+			m = xdp.ModeGeneric
+		}
+		cfg.XDP = &quicpipe.XDPConfig{Interface: *xdpIf, Mode: m}
+	}
+	r, err := quicpipe.ListenRelay(*listen, cfg)
+	if err != nil {
+		return err
+	}
+	go r.Serve(context.Background())
+	ready := map[string]any{"addr": r.Addr().String(), "key": hex.EncodeToString(pub(cfg.Identity))}
+	if m, ok := r.XDPMode(); ok {
+		ready["xdp_mode"] = m.String()
+	}
+	say("ready", ready)
+	serveCommands(func(cmd string, a []string) (any, error) {
+		switch cmd {
+		case "stats":
+			return snapshotRelay(r, false), nil
+		case "heap": // after a full collection
+			return snapshotRelay(r, true), nil
+		}
+		return nil, fmt.Errorf("unknown command")
+	})
+	r.Close()
+	return nil
+}
+
+func snapshotRelay(r *quicpipe.Relay, gc bool) relayStats {
+	if gc {
+		runtime.GC()
+		debug.FreeOSMemory()
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	st := r.Stats()
+	s := relayStats{Forwarded: st.Forwarded, Dropped: st.Dropped, Mallocs: ms.Mallocs,
+		HeapAlloc: ms.HeapAlloc, CIDs: st.CIDs, Regs: st.Registrations, Registered: st.Registered}
+	if st.XDP != nil {
+		s.XDP = map[string]uint64{}
+		for k, v := range st.XDP {
+			s.XDP[k] = v.Packets
+		}
+	}
+	s.RSS, _ = procRSS(os.Getpid())
+	return s
+}
+
+func registrarRole(args []string) error {
+	fs := flag.NewFlagSet("registrar", flag.ContinueOnError)
+	relay := fs.String("relay", "", "relay address")
+	relayKey := fs.String("relaykey", "", "relay public key, hex")
+	bind := fs.String("bind", "", "local address whose port receives the forwarded packets")
+	cidKey := fs.String("cidkey", "", "CID key, hex")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	rk, err := hex.DecodeString(*relayKey)
+	if err != nil {
+		return err
+	}
+	key, err := hex.DecodeString(*cidKey)
+	if err != nil {
+		return err
+	}
+	ua, err := net.ResolveUDPAddr("udp", *bind)
+	if err != nil {
+		return err
+	}
+	conn, err := net.ListenUDP("udp4", ua)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a, err := quicpipe.NewAccepter(ctx, &quicpipe.Config{
+		RelayAddr:     *relay,
+		RelayKey:      rk,
+		Identity:      benchKey("sink"),
+		TrustedPeers:  []ed25519.PublicKey{pub(benchKey("gen"))},
+		CIDKey:        key,
+		Conn:          conn,
+		DisableDirect: true,
+	})
+	if err != nil {
+		return err
+	}
+	reg := a.Registration()
+	say("ready", map[string]any{"registration": fmt.Sprintf("%+v", reg)})
+	// Wait to be killed: closing the Accepter would unregister.
+	serveCommands(func(string, []string) (any, error) { return nil, nil })
+	os.Exit(0)
+	return nil
+}

@@ -1,0 +1,79 @@
+package main
+
+// The sink of the capacity comparison is not a process: nftables in B counts
+// and drops every datagram forwarded to the sink port, so that receiving
+// costs the same for every relay and no socket can fall behind.
+//
+// Counting is exact even if a relay sends with UDP GSO: a super-packet of n
+// segments reaches B as one packet whose UDP length covers all of them, so
+// it is counted apart and its segments are recovered from its bytes.
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+const (
+	sinkPort    = 9000
+	payloadSize = 1200
+)
+
+func (l *Lab) sinkOn() error {
+	rules := fmt.Sprintf(`table ip qpb {
+	counter relayed { }
+	counter gso { }
+	chain in {
+		type filter hook input priority -200; policy accept;
+		udp dport %[1]d udp length %[2]d counter name relayed drop
+		udp dport %[1]d udp length > %[2]d counter name gso drop
+		udp dport %[1]d drop
+	}
+}
+`, sinkPort, payloadSize+8)
+	ns := l.ns["b"]
+	cmd := []string{"netns", "exec", ns, "nft", "-f", "-"}
+	return runWithInput("ip", cmd, rules)
+}
+
+func (l *Lab) sinkOff() error {
+	out, _ := l.output("b", "nft", "list", "tables")
+	if !strings.Contains(out, "qpb") {
+		return nil
+	}
+	return l.run("b", "nft", "delete", "table", "ip", "qpb")
+}
+
+// sinkCount returns how many payloadSize datagrams the sink has dropped.
+func (l *Lab) sinkCount() (float64, error) {
+	out, err := l.output("b", "nft", "-j", "list", "counters", "table", "ip", "qpb")
+	if err != nil {
+		return 0, err
+	}
+	var doc struct {
+		Nftables []struct {
+			Counter *struct {
+				Name    string `json:"name"`
+				Packets float64
+				Bytes   float64
+			} `json:"counter"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		return 0, fmt.Errorf("nft counters: %w", err)
+	}
+	var n float64
+	for _, e := range doc.Nftables {
+		c := e.Counter
+		if c == nil {
+			continue
+		}
+		switch c.Name {
+		case "relayed":
+			n += c.Packets
+		case "gso":
+			n += (c.Bytes - 28*c.Packets) / payloadSize // IPv4 + UDP headers once per super-packet
+		}
+	}
+	return n, nil
+}
