@@ -103,8 +103,6 @@ func NewCIDKey() []byte {
 // connection IDs in order: DeriveCID(key, 1), DeriveCID(key, 2), ...
 // It is safe for concurrent use.
 type CIDGenerator struct {
-	key []byte
-
 	mu     sync.Mutex
 	d      *deriver
 	issued uint32
@@ -114,7 +112,7 @@ type CIDGenerator struct {
 var _ quic.ConnectionIDGenerator = (*CIDGenerator)(nil)
 
 // NewCIDGenerator returns a generator for key, which must be MinCIDKeyLen to
-// MaxCIDKeyLen bytes long. The generator keeps its own copy of key.
+// MaxCIDKeyLen bytes long. Later changes to key do not affect the generator.
 func NewCIDGenerator(key []byte) (*CIDGenerator, error) {
 	if len(key) < MinCIDKeyLen || len(key) > MaxCIDKeyLen {
 		return nil, ErrCIDKeyLength
@@ -123,7 +121,7 @@ func NewCIDGenerator(key []byte) (*CIDGenerator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &CIDGenerator{key: append([]byte(nil), key...), d: d}, nil
+	return &CIDGenerator{d: d}, nil
 }
 
 // GenerateConnectionID issues the next connection ID.

@@ -8,7 +8,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/net/ipv4"
@@ -34,10 +33,10 @@ import (
 //     control datagrams (probes, candidates) are taken out of the batch for
 //     the direct-path manager. See docs/decisions/0010-direct-path.md.
 //
-// The *net.UDPConn is held in a field, not embedded: quic-go must see only
-// the methods declared here.
+// The *net.UDPConn is held in udpSocket, not embedded: quic-go must see only
+// the methods declared here and udpSocket's pass-throughs.
 type peerConn struct {
-	conn  *net.UDPConn
+	udpSocket
 	pc    *ipv4.PacketConn
 	relay netip.AddrPort
 
@@ -145,10 +144,10 @@ type injectedPacket struct {
 // relay's address as their source.
 func newPeerConn(c *net.UDPConn, relay netip.AddrPort, direct bool) *peerConn {
 	pc := &peerConn{
-		conn:  c,
-		pc:    ipv4.NewPacketConn(c),
-		relay: netAddrPort(relay),
-		holds: make(map[string]*capture),
+		udpSocket: udpSocket{c},
+		pc:        ipv4.NewPacketConn(c),
+		relay:     netAddrPort(relay),
+		holds:     make(map[string]*capture),
 	}
 	if direct {
 		pc.relayUDP = net.UDPAddrFromAddrPort(relay)
@@ -457,7 +456,6 @@ func (c *peerConn) SetDeadline(t time.Time) error {
 	return c.conn.SetWriteDeadline(t)
 }
 
-func (c *peerConn) ReadFrom(b []byte) (int, net.Addr, error) { return c.conn.ReadFrom(b) }
 func (c *peerConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	ua, ok := addr.(*net.UDPAddr)
 	if !ok {
@@ -465,15 +463,4 @@ func (c *peerConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	}
 	n, _, err := c.WriteMsgUDP(b, nil, ua)
 	return n, err
-}
-func (c *peerConn) Close() error                       { return c.conn.Close() }
-func (c *peerConn) LocalAddr() net.Addr                { return c.conn.LocalAddr() }
-func (c *peerConn) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
-func (c *peerConn) SyscallConn() (syscall.RawConn, error) {
-	return c.conn.SyscallConn()
-}
-func (c *peerConn) SetReadBuffer(n int) error  { return c.conn.SetReadBuffer(n) }
-func (c *peerConn) SetWriteBuffer(n int) error { return c.conn.SetWriteBuffer(n) }
-func (c *peerConn) ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr, err error) {
-	return c.conn.ReadMsgUDP(b, oob)
 }

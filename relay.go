@@ -284,7 +284,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	if c.StatelessResetKey != nil {
 		r.resetter = hmac.New(sha256.New, c.StatelessResetKey[:])
 	}
-	r.rconn = &relayConn{conn: conn, relay: r}
+	r.rconn = &relayConn{udpSocket: udpSocket{conn}, relay: r}
 	if err := r.rconn.io.init(conn); err != nil {
 		return nil, fmt.Errorf("quicpipe: relay socket: %w", err)
 	}
@@ -410,22 +410,22 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	r.log.Info("relay draining")
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
-	for {
-		r.regMu.Lock()
-		n := len(r.regs)
-		r.regMu.Unlock()
-		if n == 0 {
-			break
-		}
+	for r.registrations() > 0 {
 		select {
 		case <-ctx.Done():
+			return r.Close()
 		case <-r.closed:
+			return r.Close()
 		case <-t.C:
-			continue
 		}
-		break
 	}
 	return r.Close()
+}
+
+func (r *Relay) registrations() int {
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	return len(r.regs)
 }
 
 // route forwards the datagrams of one batch that belong to peers and
@@ -729,9 +729,7 @@ func (r *Relay) Stats() RelayStats {
 	for code, n := range c.rejected {
 		s.Rejected[code] = n.Load()
 	}
-	r.regMu.Lock()
-	s.Registrations = len(r.regs)
-	r.regMu.Unlock()
+	s.Registrations = r.registrations()
 	s.XDP = r.xdpStats()
 	return s
 }

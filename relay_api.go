@@ -228,7 +228,7 @@ func (r *Relay) addRange(reg *registration, from, to uint64) {
 	for _, c := range cids {
 		r.table.insert(c, reg)
 	}
-	r.xdpPutRange(reg, from, to)
+	r.xdpPut(cids, reg.dest.Load())
 }
 
 func (r *Relay) removeRange(reg *registration, from, to uint64) {
@@ -239,7 +239,7 @@ func (r *Relay) removeRange(reg *registration, from, to uint64) {
 	for _, c := range cids {
 		r.table.remove(c, reg)
 	}
-	r.xdpDeleteRange(reg, from, to)
+	r.xdpDelete(cids)
 }
 
 // removeLocked deletes a registration and its CIDs. r.regMu must be held.

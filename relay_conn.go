@@ -1,26 +1,21 @@
 package quicpipe
 
-import (
-	"net"
-	"syscall"
-	"time"
-
-	"golang.org/x/net/ipv4"
-)
+import "golang.org/x/net/ipv4"
 
 // relayConn is the relay's socket as quic-go sees it. It implements
 // quic.OOBCapablePacketConn and ReadBatch, so quic-go keeps batched reads,
 // ECN and GSO, and reads through relayConn.ReadBatch. There, every datagram
 // whose destination CID is registered is forwarded at once (one sendmmsg per
-// batch on Linux) and only the rest is returned to quic-go's HTTP/3 server.
+// batch on Linux, runs for one destination as UDP GSO messages) and only the
+// rest is returned to quic-go's HTTP/3 server.
 //
 // quic-go pairs messages[i] with its own buffer i, so ReadBatch never
 // reorders messages or swaps their buffers: forwarded datagrams are sent
 // first, then the datagrams for quic-go are copied down into the lowest slots.
 type relayConn struct {
-	conn  *net.UDPConn // owned by the Relay's caller or the Relay; see Relay
-	relay *Relay
-	io    batchIO
+	udpSocket // the socket, owned by the Relay's caller or the Relay; see Relay
+	relay     *Relay
+	io        batchIO
 }
 
 // verdict is what the relay does with one datagram.
@@ -98,25 +93,4 @@ func (c *relayConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			return k, nil
 		}
 	}
-}
-
-func (c *relayConn) ReadFrom(b []byte) (int, net.Addr, error) { return c.conn.ReadFrom(b) }
-func (c *relayConn) WriteTo(b []byte, addr net.Addr) (int, error) {
-	return c.conn.WriteTo(b, addr)
-}
-func (c *relayConn) Close() error                       { return c.conn.Close() }
-func (c *relayConn) LocalAddr() net.Addr                { return c.conn.LocalAddr() }
-func (c *relayConn) SetDeadline(t time.Time) error      { return c.conn.SetDeadline(t) }
-func (c *relayConn) SetReadDeadline(t time.Time) error  { return c.conn.SetReadDeadline(t) }
-func (c *relayConn) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
-func (c *relayConn) SyscallConn() (syscall.RawConn, error) {
-	return c.conn.SyscallConn()
-}
-func (c *relayConn) SetReadBuffer(n int) error  { return c.conn.SetReadBuffer(n) }
-func (c *relayConn) SetWriteBuffer(n int) error { return c.conn.SetWriteBuffer(n) }
-func (c *relayConn) ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr, err error) {
-	return c.conn.ReadMsgUDP(b, oob)
-}
-func (c *relayConn) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
-	return c.conn.WriteMsgUDP(b, oob, addr)
 }

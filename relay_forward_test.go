@@ -41,7 +41,7 @@ func newForwardRig(tb testing.TB, size int) *forwardRig {
 		return c
 	}
 	g := &forwardRig{r: r, sock: listen(), sender: listen(), sink: listen()}
-	g.rc = &relayConn{conn: g.sock, relay: r}
+	g.rc = &relayConn{udpSocket: udpSocket{g.sock}, relay: r}
 	if err := g.rc.io.init(g.sock); err != nil {
 		tb.Fatal(err)
 	}

@@ -21,6 +21,7 @@ type batchIO struct {
 
 	resets  [][64]byte
 	hmacBuf [32]byte
+	gso     bool // always false: UDP GSO exists only on Linux
 }
 
 type queued struct {

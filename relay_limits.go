@@ -64,7 +64,7 @@ var (
 
 func (c addrClass) String() string { return classNames[c] }
 
-func classify(a netip.Addr) addrClass {
+func scopeOf(a netip.Addr) addrClass {
 	a = a.Unmap()
 	switch {
 	case !a.IsValid(), a.IsUnspecified(), a.IsMulticast(), a == limitedBC, a.Is4() && thisNet.Contains(a):
@@ -89,7 +89,7 @@ var errTarget = errors.New("forwarding target refused")
 // private network serves that network) or allowPrivate is set. Invalid
 // addresses and the relay's own address are never allowed.
 func checkTarget(target netip.AddrPort, local netip.AddrPort, allowPrivate bool) error {
-	tc := classify(target.Addr())
+	tc := scopeOf(target.Addr())
 	switch {
 	case tc == classInvalid || target.Port() == 0:
 		return fmt.Errorf("%w: %s is not a unicast address", errTarget, target)
@@ -97,11 +97,11 @@ func checkTarget(target netip.AddrPort, local netip.AddrPort, allowPrivate bool)
 		return fmt.Errorf("%w: %s is the relay itself", errTarget, target)
 	case tc == classPublic || allowPrivate:
 		return nil
-	case local.IsValid() && classify(local.Addr()) == tc:
+	case local.IsValid() && scopeOf(local.Addr()) == tc:
 		return nil
 	}
 	return fmt.Errorf("%w: %s target %s, but the relay serves %s addresses there",
-		errTarget, tc, target, classify(local.Addr()))
+		errTarget, tc, target, scopeOf(local.Addr()))
 }
 
 // StatelessResetKeyFromIdentity derives a relay's stateless reset key from

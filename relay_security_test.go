@@ -301,79 +301,6 @@ func TestRelayRestart(t *testing.T) {
 	}
 }
 
-// natProxy is a one-client UDP NAT on loopback: it forwards the client's
-// datagrams to the relay from an outside socket and the answers back. rebind
-// switches to a new outside socket (a new public port), as a NAT does when
-// its mapping expires.
-type natProxy struct {
-	inside *net.UDPConn
-	relay  *net.UDPAddr
-	mu     sync.Mutex
-	client *net.UDPAddr
-	out    *net.UDPConn
-	wg     sync.WaitGroup
-}
-
-func newNATProxy(t *testing.T, relay *net.UDPAddr) *natProxy {
-	in, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &natProxy{inside: in, relay: relay}
-	p.rebind(t)
-	p.wg.Go(func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := in.ReadFromUDP(buf)
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			p.client = from
-			out := p.out
-			p.mu.Unlock()
-			out.WriteToUDP(buf[:n], p.relay)
-		}
-	})
-	t.Cleanup(func() {
-		in.Close()
-		p.mu.Lock()
-		p.out.Close()
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *natProxy) rebind(t *testing.T) {
-	out, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.mu.Lock()
-	old := p.out
-	p.out = out
-	p.mu.Unlock()
-	if old != nil {
-		old.Close() // the old mapping is gone: answers to it are lost
-	}
-	p.wg.Go(func() {
-		buf := make([]byte, 2048)
-		for {
-			n, _, err := out.ReadFromUDP(buf)
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			c := p.client
-			p.mu.Unlock()
-			if c != nil {
-				p.inside.WriteToUDP(buf[:n], c)
-			}
-		}
-	})
-}
-
 // TestNATRebinding moves the dialer's public address in the middle of a
 // transfer: the relay follows its migrated connection, and the pipe
 // continues without losing a byte.
@@ -381,7 +308,7 @@ func TestNATRebinding(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	e := newTestEnv(t, "127.0.0.1:0", nil)
-	nat := newNATProxy(t, e.relay.Addr())
+	nat := newImpairNAT(t, e.relay.Addr(), 0, 0)
 	a, err := NewAccepter(ctx, e.config(e.bID, e.aID))
 	if err != nil {
 		t.Fatal(err)
@@ -412,7 +339,7 @@ func TestNATRebinding(t *testing.T) {
 	if err := echo(ctx, dc.Conn, 256<<10, 4); err != nil {
 		t.Fatal(err)
 	}
-	nat.rebind(t)
+	nat.rebindAll(t)
 	start := time.Now()
 	if err := echo(ctx, dc.Conn, 4<<20, 5); err != nil {
 		t.Fatalf("pipe across the rebinding: %v", err)

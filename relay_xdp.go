@@ -66,8 +66,15 @@ func (r *Relay) xdpPutRange(reg *registration, from, to uint64) {
 	if r.xdp == nil || from >= to {
 		return
 	}
-	d := reg.dest.Load()
 	cids, _ := deriveRange(nil, []byte(reg.key), uint32(from), int(to-from))
+	r.xdpPut(cids, reg.dest.Load())
+}
+
+// xdpPut caches cids, forwarding to d, in the program's map.
+func (r *Relay) xdpPut(cids []CID, d *dest) {
+	if r.xdp == nil {
+		return
+	}
 	for _, c := range cids {
 		if err := r.xdp.prog.Put(c, d.ap, netip.AddrPort{}); err != nil {
 			r.log.Debug("XDP map update failed", "err", err)
@@ -76,12 +83,11 @@ func (r *Relay) xdpPutRange(reg *registration, from, to uint64) {
 	}
 }
 
-// xdpDeleteRange removes CIDs [from, to) of reg from the program's map.
-func (r *Relay) xdpDeleteRange(reg *registration, from, to uint64) {
-	if r.xdp == nil || from >= to {
+// xdpDelete removes cids from the program's map.
+func (r *Relay) xdpDelete(cids []CID) {
+	if r.xdp == nil {
 		return
 	}
-	cids, _ := deriveRange(nil, []byte(reg.key), uint32(from), int(to-from))
 	for _, c := range cids {
 		r.xdp.prog.Delete(c)
 	}

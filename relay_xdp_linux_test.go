@@ -36,7 +36,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -52,6 +51,7 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
+	"github.com/quicpipe/quicpipe/internal/netlab"
 	"github.com/quicpipe/quicpipe/xdp"
 )
 
@@ -130,78 +130,33 @@ func xdpCommand(name string, args ...string) (string, error) {
 	return string(out), nil
 }
 
-func xdpRun(tb testing.TB, name string, args ...string) string {
-	tb.Helper()
-	out, err := xdpCommand(name, args...)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return out
-}
+// xdpNetns is a namespace of an internal/netlab lab (deleted at the end of
+// the test, failed or not) with the helpers these tests use.
+type xdpNetns struct{ *netlab.NS }
 
-// xdpNetns is a network namespace that the test created and deletes at its
-// end, failed or not.
-type xdpNetns struct{ name string }
-
-func newXDPNetns(tb testing.TB, role string) xdpNetns {
+func newXDPNetns(tb testing.TB, lab *netlab.Lab, role string) xdpNetns {
 	tb.Helper()
-	var r [4]byte
-	rand.Read(r[:])
-	n := xdpNetns{fmt.Sprintf("qpxe-%d-%x-%s", os.Getpid(), r, role)}
-	xdpRun(tb, "ip", "netns", "add", n.name)
-	tb.Cleanup(func() {
-		if _, err := xdpCommand("ip", "netns", "del", n.name); err != nil {
-			tb.Error(err)
-		}
-	})
+	n := xdpNetns{lab.NS(role)}
 	// Addresses, link-local ones included, are usable at once.
 	n.exec(tb, "sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-	n.ip(tb, "link", "set", "lo", "up")
 	return n
 }
 
 func (n xdpNetns) ip(tb testing.TB, args ...string) string {
 	tb.Helper()
-	return xdpRun(tb, "ip", append([]string{"-n", n.name}, args...)...)
+	return n.Run(append([]string{"ip"}, args...)...)
 }
 
 func (n xdpNetns) exec(tb testing.TB, args ...string) string {
 	tb.Helper()
-	return xdpRun(tb, "ip", append([]string{"netns", "exec", n.name}, args...)...)
-}
-
-// do runs fn on an OS thread inside the namespace: sockets it opens,
-// interface names it resolves and programs it attaches are the namespace's.
-// The thread is never given back to the scheduler; it exits with its
-// goroutine.
-func (n xdpNetns) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // no unlock: the thread dies with this goroutine
-		f, err := os.Open("/run/netns/" + n.name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", n.name, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
+	return n.Run(args...)
 }
 
 // listenUDP opens a UDP socket on addr inside the namespace, closed at the
 // end of the test.
 func (n xdpNetns) listenUDP(tb testing.TB, addr netip.AddrPort) *net.UDPConn {
 	tb.Helper()
-	var c *net.UDPConn
-	err := n.do(func() (err error) {
-		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
-		return err
-	})
+	c, err := n.ListenUDP("udp", addr.String())
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -214,21 +169,9 @@ func (n xdpNetns) listenUDP(tb testing.TB, addr netip.AddrPort) *net.UDPConn {
 // /proc/net/snmp6.
 func (n xdpNetns) udpSNMP(tb testing.TB) map[string]uint64 {
 	tb.Helper()
-	m := make(map[string]uint64)
-	lines := strings.Split(n.exec(tb, "cat", "/proc/net/snmp"), "\n")
-	for i := 0; i+1 < len(lines); i++ { // a line of names, a line of values
-		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-		if len(names) > 0 && names[0] == "Udp:" && len(values) == len(names) {
-			for j := 1; j < len(names); j++ {
-				m["Udp:"+names[j]], _ = strconv.ParseUint(values[j], 10, 64)
-			}
-			break
-		}
-	}
-	for _, line := range strings.Split(n.exec(tb, "cat", "/proc/net/snmp6"), "\n") {
-		if f := strings.Fields(line); len(f) == 2 && strings.HasPrefix(f[0], "Udp6") {
-			m[f[0]], _ = strconv.ParseUint(f[1], 10, 64)
-		}
+	m, err := n.UDPCounters()
+	if err != nil {
+		tb.Fatal(err)
 	}
 	return m
 }
@@ -241,9 +184,10 @@ type xdpLab struct {
 
 func newXDPLab(tb testing.TB, mode xdp.Mode) *xdpLab {
 	tb.Helper()
+	nl := netlab.New(tb)
 	lab := &xdpLab{
-		a: newXDPNetns(tb, "a"), g: newXDPNetns(tb, "g"),
-		r: newXDPNetns(tb, "r"), b: newXDPNetns(tb, "b"),
+		a: newXDPNetns(tb, nl, "a"), g: newXDPNetns(tb, nl, "g"),
+		r: newXDPNetns(tb, nl, "r"), b: newXDPNetns(tb, nl, "b"),
 		mode: mode,
 	}
 	for _, l := range []struct {
@@ -256,7 +200,7 @@ func newXDPLab(tb testing.TB, mode xdp.Mode) *xdpLab {
 		{"g2", "r0", lab.r, func(f xdpFamily) string { return f.gwR }, func(f xdpFamily) netip.Addr { return f.r }},
 		{"g3", "b0", lab.b, func(f xdpFamily) string { return f.gwB }, func(f xdpFamily) netip.Addr { return f.b }},
 	} {
-		lab.g.ip(tb, "link", "add", l.gw, "type", "veth", "peer", "name", l.dev, "netns", l.ns.name)
+		lab.g.ip(tb, "link", "add", l.gw, "type", "veth", "peer", "name", l.dev, "netns", l.ns.Name)
 		for _, f := range xdpFamilies {
 			var nodad []string
 			if f.a.Is6() {
@@ -296,7 +240,7 @@ func xdpAttachPass(tb testing.TB, ns xdpNetns, dev string) {
 	}
 	tb.Cleanup(func() { prog.Close() })
 	var l link.Link
-	err = ns.do(func() error {
+	err = ns.Do(func() error {
 		ifi, err := net.InterfaceByName(dev)
 		if err != nil {
 			return err
@@ -324,7 +268,7 @@ func (lab *xdpLab) startRelay(tb testing.TB, addr netip.Addr, cfg RelayConfig, w
 	}
 	var r *Relay
 	var conn *net.UDPConn
-	err := lab.r.do(func() error {
+	err := lab.r.Do(func() error {
 		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, xdpRelayPort)))
 		if err != nil {
 			return err
@@ -380,8 +324,8 @@ func (lab *xdpLab) diagnose(tb testing.TB, r *Relay) {
 		{lab.a, []string{"grep", "-hE", "^Udp:|^Udp6(InDatagrams|InCsumErrors)", "/proc/net/snmp", "/proc/net/snmp6"}},
 		{lab.b, []string{"grep", "-hE", "^Udp:|^Udp6(InDatagrams|InCsumErrors)", "/proc/net/snmp", "/proc/net/snmp6"}},
 	} {
-		out, err := xdpCommand("ip", append([]string{"netns", "exec", c.ns.name}, c.args...)...)
-		tb.Logf("%s in %s: %v\n%s", strings.Join(c.args, " "), c.ns.name, err, out)
+		out, err := xdpCommand("ip", append([]string{"netns", "exec", c.ns.Name}, c.args...)...)
+		tb.Logf("%s in %s: %v\n%s", strings.Join(c.args, " "), c.ns.Name, err, out)
 	}
 }
 
@@ -714,7 +658,7 @@ func (lab *xdpLab) load(b *testing.B, withXDP bool) xdpLoad {
 	copy(pkt[1:], cids[0][:])
 
 	var send *net.UDPConn
-	err = lab.a.do(func() (err error) {
+	err = lab.a.Do(func() (err error) {
 		send, err = net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(fam.a, 0)), net.UDPAddrFromAddrPort(relayAddr))
 		return err
 	})
@@ -863,11 +807,11 @@ func xdpForceBuffer(tb testing.TB, c *net.UDPConn, opt, size int) {
 // (BPF_PROG_TEST_RUN), attached to loopback in a namespace.
 func TestRelayXDPReputRace(t *testing.T) {
 	xdpSkipUnlessAble(t)
-	ns := newXDPNetns(t, "x")
+	ns := newXDPNetns(t, netlab.New(t), "x")
 	relayAddr := netip.MustParseAddrPort("127.0.0.1:4433")
 	var r *Relay
 	var conn *net.UDPConn
-	err := ns.do(func() error {
+	err := ns.Do(func() error {
 		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(relayAddr))
 		if err != nil {
 			return err

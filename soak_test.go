@@ -277,7 +277,8 @@ func TestSoak(t *testing.T) {
 // impairNAT is a userspace NAT on loopback in front of the relay: each
 // inside client gets its own outside socket (its "public port"), and every
 // datagram in either direction is delayed and, with probability loss,
-// dropped. rebindAll gives every client a new outside port.
+// dropped (both may be zero). rebindAll gives every client a new outside
+// port, as a NAT does when its mappings expire.
 type impairNAT struct {
 	inside *net.UDPConn
 	relay  *net.UDPAddr
@@ -331,14 +332,22 @@ func newImpairNAT(t *testing.T, relay *net.UDPAddr, delay time.Duration, loss fl
 	return n
 }
 
-// later sends b after the delay unless it is lost.
+// later sends b after the delay unless it is lost. Without delay it sends
+// at once, keeping the order of the datagrams.
 func (n *impairNAT) later(b []byte, send func([]byte)) {
-	n.mu.Lock()
-	lost := n.rng.Float64() < n.loss
-	n.mu.Unlock()
-	if !lost {
-		time.AfterFunc(n.delay, func() { send(b) })
+	if n.loss > 0 {
+		n.mu.Lock()
+		lost := n.rng.Float64() < n.loss
+		n.mu.Unlock()
+		if lost {
+			return
+		}
 	}
+	if n.delay == 0 {
+		send(b)
+		return
+	}
+	time.AfterFunc(n.delay, func() { send(b) })
 }
 
 func (n *impairNAT) client(t *testing.T, from netip.AddrPort) *natClient {

@@ -15,23 +15,13 @@ import (
 	"sync"
 	"testing"
 	"time"
-)
 
-// raceBuild is set by race_test.go when the test runs with -race: the
-// example programs are then built with the race detector too.
-var raceBuild bool
-
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
+	"github.com/quicpipe/quicpipe/internal/testbin"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
+	testbin.RemoveAll()
 	os.Exit(code)
 }
 
@@ -39,36 +29,15 @@ func TestMain(m *testing.M) {
 // directory.
 func binaries(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() { binDir, buildErr = build() })
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binDir
-}
-
-func build() (string, error) {
-	goBin, err := exec.LookPath("go")
+	dir, err := testbin.Build(
+		"github.com/quicpipe/quicpipe/example/server",
+		"github.com/quicpipe/quicpipe/example/dialer",
+		"github.com/quicpipe/quicpipe/example/accepter",
+	)
 	if err != nil {
-		return "", fmt.Errorf("cannot build the examples: %w", err)
+		t.Fatal(err)
 	}
-	dir, err := os.MkdirTemp("", "quicpipe-examples-")
-	if err != nil {
-		return "", err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	args := []string{"build", "-o", dir + string(filepath.Separator)}
-	if raceBuild {
-		args = append(args, "-race")
-	}
-	args = append(args, "./example/server", "./example/dialer", "./example/accepter")
-	cmd := exec.CommandContext(ctx, goBin, args...)
-	cmd.Dir = ".." // the module root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		os.RemoveAll(dir)
-		return "", fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return dir, nil
+	return dir
 }
 
 // proc is a running example program.
@@ -203,9 +172,9 @@ func cleanEnv() []string {
 			env = append(env, kv)
 		}
 	}
-	if raceBuild {
-		env = append(env, strings.TrimSpace("GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	}
+	// Race-enabled binaries (see testbin) would sleep a second at exit;
+	// other binaries ignore GORACE.
+	env = append(env, strings.TrimSpace("GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	return env
 }
 

@@ -3,42 +3,26 @@
 package xdp
 
 import (
-	"crypto/rand"
-	"encoding/hex"
-	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
-	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/quicpipe/quicpipe/internal/netlab"
 )
 
-// netns is a network namespace created by a test and deleted at its end.
-type netns struct {
-	name string
-}
+// netns is a network namespace of an internal/netlab lab, deleted at the end
+// of the test, with the helpers these tests use.
+type netns struct{ *netlab.NS }
 
-// newNetns creates a uniquely named namespace with its loopback up.
+// newNetns creates a uniquely named namespace with its loopback up and
+// without duplicate address detection, so that addresses, link-local ones
+// included, are usable at once.
 func newNetns(t *testing.T, role string) netns {
 	t.Helper()
-	var r [4]byte
-	rand.Read(r[:])
-	n := netns{fmt.Sprintf("qpxdp-%d-%s-%s", os.Getpid(), hex.EncodeToString(r[:]), role)}
-	run(t, "ip", "netns", "add", n.name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", n.name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", n.name, err, out)
-		}
-	})
-	// No duplicate address detection: addresses, link-local ones included,
-	// are usable at once.
+	n := netns{netlab.New(t).NS(role)}
 	n.exec(t, "sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-	n.ip(t, "link", "set", "lo", "up")
 	return n
 }
 
@@ -55,45 +39,19 @@ func run(t *testing.T, name string, args ...string) string {
 // ip runs ip(8) in the namespace.
 func (n netns) ip(t *testing.T, args ...string) string {
 	t.Helper()
-	return run(t, "ip", append([]string{"-n", n.name}, args...)...)
+	return n.Run(append([]string{"ip"}, args...)...)
 }
 
 // exec runs a command in the namespace.
 func (n netns) exec(t *testing.T, args ...string) string {
 	t.Helper()
-	return run(t, "ip", append([]string{"netns", "exec", n.name}, args...)...)
-}
-
-// do runs fn on an OS thread that has entered the namespace. Sockets, links
-// and XDP attachments made by fn belong to the namespace. The thread is
-// never handed back to the Go scheduler: it ends with the goroutine.
-func (n netns) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // no unlock: the thread dies with this goroutine
-		f, err := os.Open("/run/netns/" + n.name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", n.name, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
+	return n.Run(args...)
 }
 
 // listenUDP opens a UDP socket on addr in the namespace.
 func (n netns) listenUDP(t *testing.T, addr netip.AddrPort) *net.UDPConn {
 	t.Helper()
-	var c *net.UDPConn
-	err := n.do(func() (err error) {
-		c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(addr))
-		return err
-	})
+	c, err := n.ListenUDP("udp", addr.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,26 +63,9 @@ func (n netns) listenUDP(t *testing.T, addr netip.AddrPort) *net.UDPConn {
 // "Udp6InCsumErrors", ...).
 func (n netns) snmp(t *testing.T) map[string]uint64 {
 	t.Helper()
-	m := make(map[string]uint64)
-	// /proc/net/snmp: a header line of names, then a line of values.
-	lines := strings.Split(n.exec(t, "cat", "/proc/net/snmp"), "\n")
-	for i := 0; i+1 < len(lines); i++ {
-		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-		if len(names) == 0 || names[0] != "Udp:" || len(values) != len(names) {
-			continue
-		}
-		for j := 1; j < len(names); j++ {
-			v, _ := strconv.ParseUint(values[j], 10, 64)
-			m["Udp:"+names[j]] = v
-		}
-		break
-	}
-	// /proc/net/snmp6: one "name value" per line.
-	for _, line := range strings.Split(n.exec(t, "cat", "/proc/net/snmp6"), "\n") {
-		if f := strings.Fields(line); len(f) == 2 && strings.HasPrefix(f[0], "Udp6") {
-			v, _ := strconv.ParseUint(f[1], 10, 64)
-			m[f[0]] = v
-		}
+	m, err := n.UDPCounters()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return m
 }

@@ -17,6 +17,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	netnsfd "github.com/quicpipe/quicpipe/internal/netns"
 )
 
 // The end-to-end tests run the program on a veth interface, in network
@@ -67,7 +69,7 @@ func newRelayNet(t *testing.T) *relayNet {
 		{"g2", "r0", n.r, gwR4, gwR6, relay4.Addr(), relay6.Addr(), gwR4, gwR6},
 		{"g3", "b0", n.b, gwB4, gwB6, peerB4.Addr(), peerB6.Addr(), gwB4, gwB6},
 	} {
-		n.g.ip(t, "link", "add", l.gw, "type", "veth", "peer", "name", l.peer, "netns", l.ns.name)
+		n.g.ip(t, "link", "add", l.gw, "type", "veth", "peer", "name", l.peer, "netns", l.ns.Name)
 		n.g.ip(t, "addr", "add", l.gw4+"/24", "dev", l.gw)
 		n.g.ip(t, "addr", "add", l.gw6+"/64", "dev", l.gw, "nodad")
 		n.g.ip(t, "link", "set", l.gw, "up")
@@ -86,7 +88,7 @@ func newRelayNet(t *testing.T) *relayNet {
 func (n *relayNet) attach(t *testing.T, mode Mode) *Program {
 	t.Helper()
 	var p *Program
-	err := n.r.do(func() (err error) {
+	err := n.r.Do(func() (err error) {
 		p, err = Attach(Config{Interface: "r0", Ports: []uint16{relayPort}, Mode: mode})
 		return err
 	})
@@ -114,7 +116,7 @@ func attachPass(t *testing.T, ns netns, dev string) {
 	}
 	t.Cleanup(func() { prog.Close() })
 	var l link.Link
-	err = ns.do(func() error {
+	err = ns.Do(func() error {
 		ifi, err := net.InterfaceByName(dev)
 		if err != nil {
 			return err
@@ -301,7 +303,7 @@ func sendBadChecksum(t *testing.T, ns netns, src, dst netip.AddrPort, payload []
 		ck = 0xfffe
 	}
 	binary.BigEndian.PutUint16(udp[6:], ck)
-	err := ns.do(func() error {
+	err := ns.Do(func() error {
 		family, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Addr: dst.Addr().As16()})
 		if dst.Addr().Is4() {
 			family, sa = unix.AF_INET, &unix.SockaddrInet4{Addr: dst.Addr().As4()}
@@ -341,7 +343,7 @@ func TestAttachModes(t *testing.T) {
 	} {
 		t.Run(tc.dev+" "+tc.mode.String(), func(t *testing.T) {
 			var p *Program
-			err := ns.do(func() (err error) {
+			err := ns.Do(func() (err error) {
 				p, err = Attach(Config{Interface: tc.dev, Ports: []uint16{relayPort}, Mode: tc.mode})
 				return err
 			})
@@ -375,15 +377,18 @@ func TestAttachGoneOnExit(t *testing.T) {
 	const env = "QUICPIPE_XDP_TEST_CHILD_NETNS"
 	if name := os.Getenv(env); name != "" {
 		// The child: attach, check, and exit without Close.
-		ns := netns{name}
-		err := ns.do(func() error {
+		f, err := netnsfd.Open("/run/netns/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = netnsfd.Do(f, func() error {
 			_, err := Attach(Config{Interface: "v0", Ports: []uint16{relayPort}, Mode: ModeNative})
 			return err
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if out := ns.ip(t, "link", "show", "v0"); !strings.Contains(out, " xdp ") {
+		if out := run(t, "ip", "-n", name, "link", "show", "v0"); !strings.Contains(out, " xdp ") {
 			t.Fatalf("not attached:\n%s", out)
 		}
 		os.Stdout.WriteString("child attached\n")
@@ -396,7 +401,7 @@ func TestAttachGoneOnExit(t *testing.T) {
 	ns := newNetns(t, "x")
 	ns.ip(t, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
 	cmd := exec.Command(os.Args[0], "-test.run=^TestAttachGoneOnExit$", "-test.count=1")
-	cmd.Env = append(os.Environ(), env+"="+ns.name)
+	cmd.Env = append(os.Environ(), env+"="+ns.Name)
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "child attached") {
 		t.Fatalf("child: %v\n%s", err, out)

@@ -8,7 +8,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
@@ -24,23 +23,13 @@ import (
 	"sync"
 	"testing"
 	"time"
-)
 
-// raceBuild is set by race_test.go when the test runs with -race: the
-// command is then built with the race detector too.
-var raceBuild bool
-
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
+	"github.com/quicpipe/quicpipe/internal/testbin"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if binPath != "" {
-		os.RemoveAll(filepath.Dir(binPath))
-	}
+	testbin.RemoveAll()
 	os.Exit(code)
 }
 
@@ -50,30 +39,11 @@ func binary(t *testing.T) string {
 	if runtime.GOOS == "windows" {
 		t.Skip("the tests use SIGINT")
 	}
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "quicpipe-cmd-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		args := []string{"build", "-o", filepath.Join(dir, "quicpipe")}
-		if raceBuild {
-			args = append(args, "-race")
-		}
-		cmd := exec.CommandContext(ctx, "go", append(args, ".")...)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			os.RemoveAll(dir)
-			buildErr = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-			return
-		}
-		binPath = filepath.Join(dir, "quicpipe")
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
+	dir, err := testbin.Build("github.com/quicpipe/quicpipe/cmd/quicpipe")
+	if err != nil {
+		t.Fatal(err)
 	}
-	return binPath
+	return filepath.Join(dir, "quicpipe")
 }
 
 // proc is a running quicpipe process.
@@ -216,9 +186,9 @@ func cleanEnv() []string {
 			env = append(env, kv)
 		}
 	}
-	if raceBuild {
-		env = append(env, strings.TrimSpace("GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	}
+	// Race-enabled binaries (see testbin) would sleep a second at exit;
+	// other binaries ignore GORACE.
+	env = append(env, strings.TrimSpace("GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	return env
 }
 

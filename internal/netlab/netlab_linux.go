@@ -238,3 +238,37 @@ func run(stdin []byte, args ...string) (string, error) {
 	out, err := cmd.CombinedOutput()
 	return strings.TrimSpace(string(out)), err
 }
+
+// UDPCounters returns the namespace's UDP counters by name: "Udp:InErrors",
+// "Udp:InCsumErrors" and the like from /proc/net/snmp, "Udp6InCsumErrors"
+// and the like from /proc/net/snmp6.
+func (n *NS) UDPCounters() (map[string]uint64, error) {
+	m := make(map[string]uint64)
+	snmp, err := n.Try("cat", "/proc/net/snmp")
+	if err != nil {
+		return nil, err
+	}
+	// /proc/net/snmp: a line of names, then a line of values.
+	lines := strings.Split(snmp, "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != "Udp:" || len(values) != len(names) {
+			continue
+		}
+		for j := 1; j < len(names); j++ {
+			m["Udp:"+names[j]], _ = strconv.ParseUint(values[j], 10, 64)
+		}
+		break
+	}
+	snmp6, err := n.Try("cat", "/proc/net/snmp6")
+	if err != nil {
+		return nil, err
+	}
+	// /proc/net/snmp6: one "name value" per line.
+	for _, line := range strings.Split(snmp6, "\n") {
+		if f := strings.Fields(line); len(f) == 2 && strings.HasPrefix(f[0], "Udp6") {
+			m[f[0]], _ = strconv.ParseUint(f[1], 10, 64)
+		}
+	}
+	return m, nil
+}
