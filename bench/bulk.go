@@ -9,6 +9,15 @@ package main
 //     forwarded is reported beside the throughput;
 //   - links shaped to 200 Mbit/s (tbf on both ends of every link) with 25 ms
 //     of one-way delay per path (delay.go): the network is the bottleneck.
+//     Two controls run there only: direct quic-go connections whose path
+//     is delayed twice as long, so that they have the relayed path's
+//     round-trip time, the second also with Quicpipe's packet parameters
+//     (1280-byte datagrams, 12-byte connection IDs). They separate what the
+//     relay costs from what a longer path and smaller datagrams cost;
+//   - the same, with the relay's own link (g2, r0) shaped to 1 Gbit/s: on
+//     the first shaped condition the relay's link carries one direction's
+//     data and the other direction's acknowledgments at the peers' rate,
+//     which direct paths never do; here only the peers' links limit.
 //
 // Throughput is bytes over the time from the dialer's stream opening
 // (after the handshake) to the accepter's reading of the last byte. Peers
@@ -21,36 +30,66 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
 
 type bulkCase struct {
 	name     string
-	kind     string // setup kind: quicpipe or quic
+	kind     string // setup kind: quicpipe, quic or quic-qp
 	xdp      bool
 	direct   bool // Quicpipe may move the pipe onto a direct path
 	baseline bool
+	// delayFactor multiplies the delay per crossing (shaped links only;
+	// 0 means 1); shapedOnly cases run on shaped links only.
+	delayFactor int
+	shapedOnly  bool
 }
+
+// bulkCond is one network condition of the bulk comparison.
+type bulkCond struct {
+	id        string
+	shaped    bool
+	relayRate string   // rate of the relay's link if not the peers' rate
+	cases     []string // the cases that run (nil: all)
+}
+
+var bulkConds = []bulkCond{
+	{id: "bulk_bare"},
+	{id: "bulk_shaped", shaped: true},
+	{id: "bulk_shaped_fastrelay", shaped: true, relayRate: "1000mbit",
+		cases: []string{"Quicpipe via relay (userspace)", bulkSameRTTPkt}},
+}
+
+// Names of the bulk cases that the targets refer to.
+const (
+	bulkDirect     = "direct quic-go"
+	bulkSameRTT    = "control: quic-go at the relayed path's RTT"
+	bulkSameRTTPkt = "control: quic-go at the relayed path's RTT, Quicpipe's packets"
+)
 
 var bulkCases = []bulkCase{
 	{name: "Quicpipe via relay (userspace)", kind: "quicpipe"},
 	{name: "Quicpipe via relay (XDP)", kind: "quicpipe", xdp: true},
 	{name: "Quicpipe, direct path", kind: "quicpipe", direct: true},
-	{name: "direct quic-go", kind: "quic", baseline: true},
+	{name: bulkDirect, kind: "quic", baseline: true},
+	{name: bulkSameRTT, kind: "quic", delayFactor: 2, shapedOnly: true},
+	{name: bulkSameRTTPkt, kind: "quic-qp", delayFactor: 2, shapedOnly: true, baseline: true},
 }
 
 func runBulk(ctx context.Context, res *Results, opt options, outDir string) error {
-	for _, shaped := range []bool{false, true} {
-		if err := bulkCondition(res, opt, shaped); err != nil {
-			res.missing(fmt.Sprintf("bulk (shaped=%v)", shaped), err)
+	for _, bc := range bulkConds {
+		if err := bulkCondition(res, opt, bc); err != nil {
+			res.missing(fmt.Sprintf("bulk (%s)", bc.id), err)
 		}
 		closeAllLabs()
 	}
 	return nil
 }
 
-func bulkCondition(res *Results, opt options, shaped bool) error {
+func bulkCondition(res *Results, opt options, bc bulkCond) error {
+	shaped := bc.shaped
 	lab, err := newRelayLab()
 	if err != nil {
 		return err
@@ -60,16 +99,24 @@ func bulkCondition(res *Results, opt options, shaped bool) error {
 		return err
 	}
 	cond, size := "bare veth, 2 cores shared by peers and relay", opt.bulkBare
-	id := "bulk_bare"
+	id := bc.id
+	var delay *proc
 	if shaped {
-		if err := lab.shape(opt.shapeRate); err != nil {
+		relayRate := bc.relayRate
+		if relayRate == "" {
+			relayRate = opt.shapeRate
+		}
+		if err := lab.shape(opt.shapeRate, relayRate); err != nil {
 			return err
 		}
-		if _, err := lab.startDelay(opt.delay); err != nil {
+		if delay, err = lab.startDelay(opt.delay); err != nil {
 			return err
 		}
-		cond, size = fmt.Sprintf("links shaped to %s (tbf), %v one-way delay per path", strings.Replace(opt.shapeRate, "mbit", " Mbit/s", 1), opt.delay), opt.bulkShaped
-		id = "bulk_shaped"
+		cond, size = fmt.Sprintf("links shaped to %s (tbf), %v one-way delay per path", mbit(opt.shapeRate), opt.delay), opt.bulkShaped
+		if bc.relayRate != "" {
+			cond = fmt.Sprintf("peers' links shaped to %s, the relay's to %s (tbf), %v one-way delay per path",
+				mbit(opt.shapeRate), mbit(bc.relayRate), opt.delay)
+		}
 	}
 	tput := res.figure(id, "bulk", "Bulk throughput of one pipe", cond, "Mbit/s", true)
 	tput.Explanation = fmt.Sprintf("One stream of %d MiB per repetition, from stream open to the last byte read (slow start included).", size>>20)
@@ -86,8 +133,17 @@ func bulkCondition(res *Results, opt options, shaped bool) error {
 		dialIface: "a0", accIface: "b0"}
 	ino := lab.nsInodes()
 	for _, c := range bulkCases {
+		if c.shapedOnly && !shaped || bc.cases != nil && !slices.Contains(bc.cases, c.name) {
+			continue
+		}
 		logf("bulk (%s): %s", cond, c.name)
 		err := func() error {
+			if delay != nil {
+				d := opt.delay * time.Duration(max(c.delayFactor, 1))
+				if err := delay.call(10*time.Second, nil, "set", d); err != nil {
+					return err
+				}
+			}
 			dial, acc, stop, err := startPeers(n, c.kind, c.xdp, c.direct)
 			if err != nil {
 				return err
@@ -156,4 +212,9 @@ func bulkCondition(res *Results, opt options, shaped bool) error {
 		}
 	}
 	return nil
+}
+
+// mbit turns a tc rate such as "200mbit" into "200 Mbit/s".
+func mbit(rate string) string {
+	return strings.Replace(rate, "mbit", " Mbit/s", 1)
 }

@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -39,6 +40,9 @@ func delayRole(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	// The delay can change between measurements ("set DURATION").
+	var delay atomic.Int64
+	delay.Store(int64(*d))
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open /dev/net/tun: %w", err)
@@ -84,7 +88,7 @@ func delayRole(args []string) error {
 				}
 				return
 			}
-			due := time.Now().Add(*d)
+			due := time.Now().Add(time.Duration(delay.Load()))
 			mu.Lock()
 			if len(queue) >= *maxQueued {
 				dropped++
@@ -121,7 +125,15 @@ func delayRole(args []string) error {
 		}
 	}()
 	say("ready", nil)
-	serveCommands(func(cmd string, _ []string) (any, error) {
+	serveCommands(func(cmd string, a []string) (any, error) {
+		if cmd == "set" && len(a) == 1 {
+			v, err := time.ParseDuration(a[0])
+			if err != nil || v < 0 {
+				return nil, fmt.Errorf("set: bad delay %q", a[0])
+			}
+			delay.Store(int64(v))
+			return map[string]string{"delay": v.String()}, nil
+		}
 		if cmd == "stats" {
 			mu.Lock()
 			defer mu.Unlock()

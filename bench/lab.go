@@ -173,11 +173,20 @@ func (l *Lab) checksumOffloadOff() error {
 	return nil
 }
 
-// shape limits every link to rate in both directions with tbf.
-func (l *Lab) shape(rate string) error {
+// shapeLatency bounds each tbf queue: it holds this long of data at the
+// shaped rate.
+const shapeLatency = 50 * time.Millisecond
+
+// shape limits every link in both directions with tbf: the peers' links
+// to rate, the relay's link (g2-r0) to relayRate.
+func (l *Lab) shape(rate, relayRate string) error {
 	for _, p := range [][2]string{{"a", "a0"}, {"g", "g1"}, {"g", "g2"}, {"r", "r0"}, {"g", "g3"}, {"b", "b0"}} {
+		r := rate
+		if p[1] == "g2" || p[1] == "r0" {
+			r = relayRate
+		}
 		if err := l.run(p[0], "tc", "qdisc", "replace", "dev", p[1], "root", "tbf",
-			"rate", rate, "burst", "64kb", "latency", "50ms"); err != nil {
+			"rate", r, "burst", "64kb", "latency", shapeLatency.String()); err != nil {
 			return err
 		}
 	}

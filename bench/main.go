@@ -185,7 +185,7 @@ func run(opt options, outDir string) int {
 		closeAllLabs()
 		logf("== %s done in %v", c.name, time.Since(t).Round(time.Second))
 	}
-	evaluateTargets(res)
+	evaluateTargets(res, opt.delay)
 	res.Duration = time.Since(start).Seconds()
 
 	failed := false

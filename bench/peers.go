@@ -50,6 +50,10 @@ type peerFlags struct {
 	listen, to       string
 	signal, iface    string
 	loopback, direct bool
+	// qpParams gives a plain quic-go connection Quicpipe's packet
+	// parameters: 12-byte connection IDs and no path MTU discovery
+	// (1280-byte datagrams).
+	qpParams bool
 }
 
 // streamEvent is what the accepter reports per stream.
@@ -87,6 +91,7 @@ func peerRole(args []string) error {
 	fs.StringVar(&f.iface, "iface", "", "the one interface ICE may use (webrtc)")
 	fs.BoolVar(&f.loopback, "loopback", false, "allow loopback ICE candidates (webrtc)")
 	fs.BoolVar(&f.direct, "direct", false, "let Quicpipe move the pipe onto a direct path")
+	fs.BoolVar(&f.qpParams, "qpparams", false, "quic: 12-byte connection IDs, no path MTU discovery, like Quicpipe")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -290,7 +295,17 @@ func quicAccept(ctx context.Context, f peerFlags) error {
 	if err != nil {
 		return err
 	}
-	ln, err := quic.ListenAddr(f.listen, tlsConf, &quic.Config{})
+	laddr, err := net.ResolveUDPAddr("udp", f.listen)
+	if err != nil {
+		return err
+	}
+	conn, err := net.ListenUDP("udp", laddr)
+	if err != nil {
+		return err
+	}
+	tr := f.quicTransport(conn)
+	defer tr.Close()
+	ln, err := tr.Listen(tlsConf, f.quicConfig())
 	if err != nil {
 		return err
 	}
@@ -323,7 +338,7 @@ func quicDial(ctx context.Context, f peerFlags) error {
 	if err != nil {
 		return err
 	}
-	tr := &quic.Transport{Conn: conn}
+	tr := f.quicTransport(conn)
 	defer tr.Close()
 	say("ready", nil)
 	serveCommands(func(cmd string, a []string) (any, error) {
@@ -335,7 +350,7 @@ func quicDial(ctx context.Context, f peerFlags) error {
 		defer cancel()
 		var r dialResult
 		r.T0 = monoNow()
-		qc, err := tr.Dial(ctx, to, tlsConf, &quic.Config{})
+		qc, err := tr.Dial(ctx, to, tlsConf, f.quicConfig())
 		if err != nil {
 			return nil, err
 		}
@@ -606,4 +621,18 @@ func signalRole(args []string) error {
 	serveCommands(func(string, []string) (any, error) { return nil, errors.New("no commands") })
 	srv.Close()
 	return nil
+}
+
+// quicTransport is the transport of a plain quic-go peer.
+func (f peerFlags) quicTransport(conn *net.UDPConn) *quic.Transport {
+	tr := &quic.Transport{Conn: conn}
+	if f.qpParams {
+		tr.ConnectionIDLength = quicpipe.CIDLen
+	}
+	return tr
+}
+
+// quicConfig is the configuration of a plain quic-go peer's connection.
+func (f peerFlags) quicConfig() *quic.Config {
+	return &quic.Config{DisablePathMTUDiscovery: f.qpParams}
 }

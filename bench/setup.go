@@ -130,6 +130,8 @@ func startPeers(n setupNet, kind string, xdp bool, direct bool) (dial, acc *proc
 		}
 	case "quic":
 		common = []string{"-kind", "quic"}
+	case "quic-qp":
+		common = []string{"-kind", "quic", "-qpparams"}
 	case "webrtc":
 		if _, err := start("signalling", n.relayNS, "signal", "-listen", fmt.Sprintf("%s:8080", n.relayIP)); err != nil {
 			return fail(err)

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestSummary renders the targets, the summary and the plots of a
@@ -25,9 +26,14 @@ func TestSummary(t *testing.T) {
 	s := res.figure("setup_delay", "setup", "setup", "25 ms", "ms", false)
 	s.add("Quicpipe via relay mailbox", false, 158)
 	s.add("direct quic-go", true, 79)
+	b := res.figure("bulk_shaped", "bulk", "bulk", "shaped", "Mbit/s", true)
+	b.add("Quicpipe via relay (userspace)", false, 170)
+	b.add(bulkDirect, true, 185)
+	b.add(bulkSameRTT, false, 175)
+	b.add(bulkSameRTTPkt, true, 171)
 	// No WebRTC value: its target must say "not measured".
 	res.missing("setup: WebRTC", os.ErrNotExist)
-	evaluateTargets(res)
+	evaluateTargets(res, 25*time.Millisecond)
 
 	if s := f.get("Quicpipe relay (userspace)"); s.Median != 310e3 || s.Min != 300e3 || s.Max != 320e3 {
 		t.Fatalf("summary of series: %+v", s)
@@ -41,6 +47,9 @@ func TestSummary(t *testing.T) {
 	}
 	if tg := byName["userspace relay vs pion/turn"]; tg.Met || tg.Why == "" {
 		t.Fatalf("pion/turn target should be missed with a reason: %+v", tg)
+	}
+	if tg := byName["shaped bulk: Quicpipe via relay (userspace)"]; tg.Met || !strings.Contains(tg.Why, "0.99× that last control") || strings.Contains(tg.Why, "faster") || !strings.Contains(tg.Why, "100 ms against 50 ms") {
+		t.Fatalf("shaped bulk target: %+v", tg)
 	}
 	if tg := byName["setup vs WebRTC (25 ms per path)"]; tg.Measured {
 		t.Fatalf("WebRTC target measured without data: %+v", tg)
