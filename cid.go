@@ -107,6 +107,10 @@ type CIDGenerator struct {
 	d      *deriver
 	issued uint32
 	notify func(issued uint32)
+	// pins holds, for each live connection, the lowest index it may use
+	// (see pin and floor).
+	pins    map[uint64]uint64
+	nextPin uint64
 }
 
 var _ quic.ConnectionIDGenerator = (*CIDGenerator)(nil)
@@ -151,6 +155,40 @@ func (g *CIDGenerator) Issued() uint32 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.issued
+}
+
+// pin records that a connection is about to be created: it uses no index
+// issued before the call. Until unpin is called, floor stays at or below
+// that index. unpin may be called more than once.
+func (g *CIDGenerator) pin() (unpin func()) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.pins == nil {
+		g.pins = make(map[uint64]uint64)
+	}
+	id := g.nextPin
+	g.nextPin++
+	g.pins[id] = uint64(g.issued) + 1
+	return sync.OnceFunc(func() {
+		g.mu.Lock()
+		delete(g.pins, id)
+		g.mu.Unlock()
+	})
+}
+
+// floor returns the lowest index a live connection may use: the lowest
+// pinned index, or the next index to issue when nothing is pinned. Indexes
+// below it belong to connections that are gone (or to connections that
+// were never pinned, such as the one to the relay, which the relay does not
+// route by CID).
+func (g *CIDGenerator) floor() uint32 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	f := uint64(g.issued) + 1
+	for _, p := range g.pins {
+		f = min(f, p)
+	}
+	return uint32(min(f, math.MaxUint32))
 }
 
 // setNotify installs a function called (outside the lock) after each issue.

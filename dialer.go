@@ -96,6 +96,14 @@ func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver Deliv
 		}
 	}()
 
+	// The connection's CIDs stay registered for as long as it lives.
+	unpin := d.p.gen.pin()
+	defer func() {
+		if !established {
+			unpin()
+		}
+	}()
+
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
@@ -134,6 +142,7 @@ func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver Deliv
 		return nil, fmt.Errorf("quicpipe: handshake with the accepter: %w", r.err)
 	}
 	established = true
+	context.AfterFunc(r.conn.Context(), unpin)
 	d.p.direct.start(r.conn, remote, route, true)
 	return r.conn, nil
 }

@@ -330,6 +330,44 @@ func TestDialCanceled(t *testing.T) {
 	}
 }
 
+// echoPipe dials from d to a through the relay, makes the accepted side echo
+// one stream, and checks 64 KiB through it.
+func echoPipe(t *testing.T, ctx context.Context, e *testEnv, d *Dialer, a *Accepter, i int) (dialed, accepted *quic.Conn) {
+	t.Helper()
+	acc := make(chan *quic.Conn, 1)
+	dc, err := d.Dial(ctx, e.bID.Public().(ed25519.PublicKey), func(ctx context.Context, f *FirstFlight) error {
+		go func() {
+			c, err := a.Accept(ctx, f)
+			if err != nil {
+				t.Errorf("accept %d: %v", i, err)
+			}
+			acc <- c
+		}()
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("dial %d: %v", i, err)
+	}
+	ac := <-acc
+	if ac == nil {
+		t.FailNow()
+	}
+	go func() {
+		for {
+			s, err := ac.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			io.Copy(s, s)
+			s.Close()
+		}
+	}()
+	if err := echo(ctx, dc, 64<<10, byte(i)); err != nil {
+		t.Fatalf("dial %d: %v", i, err)
+	}
+	return dc, ac
+}
+
 // TestRegistrationKeepsAhead serves many dials from one accepter with a tiny
 // registration window: every CID quic-go issues must be registered before
 // the other side can use it.
@@ -349,36 +387,10 @@ func TestRegistrationKeepsAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
+	var live []*quic.Conn // kept open, so that the window cannot slide
 	for i := range 12 {
-		accepted := make(chan *quic.Conn, 1)
-		dc, err := d.Dial(ctx, e.bID.Public().(ed25519.PublicKey), func(ctx context.Context, f *FirstFlight) error {
-			go func() {
-				c, err := a.Accept(ctx, f)
-				if err != nil {
-					t.Error(err)
-				}
-				accepted <- c
-			}()
-			return nil
-		})
-		if err != nil {
-			t.Fatalf("dial %d: %v", i, err)
-		}
-		ac := <-accepted
-		if ac == nil {
-			t.FailNow()
-		}
-		go func() {
-			s, err := ac.AcceptStream(ctx)
-			if err == nil {
-				io.Copy(s, s)
-				s.Close()
-			}
-		}()
-		if err := echo(ctx, dc, 64<<10, byte(i)); err != nil {
-			t.Fatalf("dial %d: %v", i, err)
-		}
-		dc.CloseWithError(0, "")
+		dc, _ := echoPipe(t, ctx, e, d, a, i)
+		live = append(live, dc)
 	}
 	reg := a.Registration()
 	if issued := a.p.gen.Issued(); reg.First+reg.Num-1 < issued {
@@ -387,6 +399,66 @@ func TestRegistrationKeepsAhead(t *testing.T) {
 	if reg.Num <= 8 {
 		t.Fatalf("registration window never grew: %+v", reg)
 	}
+	for _, c := range live {
+		c.CloseWithError(0, "")
+	}
+}
+
+// TestRegistrationSlides dials far more pipes, one after another, than the
+// relay's per-registration limit could hold if windows only grew: the
+// window's start follows the oldest live connection. A connection that
+// stays open pins it, and keeps working through the relay while others
+// come and go.
+func TestRegistrationSlides(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	const limit = 64
+	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{MaxCIDsPerRegistration: limit})
+	acfg := e.config(e.bID, e.aID)
+	acfg.RegistrationWindow = 8
+	a, err := NewAccepter(ctx, acfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	dcfg := e.config(e.aID)
+	dcfg.RegistrationWindow = 8
+	d, err := NewDialer(ctx, dcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+
+	// A long-lived pipe, then a few short ones: the window may not pass
+	// the long-lived pipe's CIDs.
+	pinnedAt := a.p.gen.Issued() + 1
+	long, _ := echoPipe(t, ctx, e, d, a, 0)
+	for i := 1; i <= 4; i++ {
+		dc, _ := echoPipe(t, ctx, e, d, a, i)
+		dc.CloseWithError(0, "")
+	}
+	if reg := a.Registration(); reg.First > pinnedAt {
+		t.Fatalf("window %+v passed index %d of a live connection", reg, pinnedAt)
+	}
+	if err := echo(ctx, long, 64<<10, 0xee); err != nil {
+		t.Fatalf("long-lived pipe: %v", err)
+	}
+	long.CloseWithError(0, "")
+
+	// Then many more short pipes than the limit allows without sliding.
+	n := 0
+	for i := 5; a.p.gen.Issued() < 4*limit || d.p.gen.Issued() < 4*limit; i++ {
+		dc, _ := echoPipe(t, ctx, e, d, a, i)
+		dc.CloseWithError(0, "")
+		n++
+	}
+	for _, p := range []*peer{a.p, d.p} {
+		reg := p.sess.registration()
+		if reg.First <= pinnedAt || reg.Num > limit || reg.First+reg.Num-1 < p.gen.Issued() {
+			t.Errorf("after %d more pipes, %d CIDs issued: registration %+v", n, p.gen.Issued(), reg)
+		}
+	}
+	t.Logf("%d pipes; accepter issued %d CIDs, registration %+v", n+5, a.p.gen.Issued(), a.Registration())
 }
 
 // TestRelayOnCallerSocket builds a relay on a socket the caller owns: Close

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -213,12 +214,17 @@ func (s *relaySession) closeConnLocked() {
 	}
 }
 
-// register registers (or refreshes) the window [1, issued+window].
+// register registers (or refreshes) the window [floor, issued+window]: from
+// the lowest index a live connection may use (see CIDGenerator.floor) to a
+// window beyond the last index issued. The window slides as connections
+// close, so its size follows the connections alive at once, not all the
+// connections a peer ever made.
 func (s *relaySession) register(ctx context.Context) error {
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
-	num := s.gen.Issued() + s.window
-	body, _ := json.Marshal(RegisterRequest{Key: s.key, Num: num})
+	first := s.gen.floor()
+	end := min(uint64(s.gen.Issued())+uint64(s.window), math.MaxUint32)
+	body, _ := json.Marshal(RegisterRequest{Key: s.key, First: first, Num: uint32(end - uint64(first) + 1)})
 	var resp RegisterResponse
 	err := s.doLocked(ctx, http.MethodPost, body, &resp, true)
 	if err != nil {
