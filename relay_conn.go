@@ -52,10 +52,17 @@ func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
 		if len(b) < 6+CIDLen || b[5] != CIDLen {
 			return r.classifyLongUnknown(b), nil
 		}
-		if IsRelayCID(b[6 : 6+CIDLen]) {
-			return toServer, nil
-		}
 		cid = b[6 : 6+CIDLen]
+		if IsRelayCID(cid) {
+			if cid[1] == r.epoch[0] && cid[2] == r.epoch[1] && cid[3] == r.epoch[2] {
+				return toServer, nil
+			}
+			// A client picks its first DCID at random: one in 26 of
+			// quic-go's is 12 bytes with the high bit set and looks like
+			// a relay CID of another run. It gets the same first-flight
+			// check as any unknown DCID.
+			return r.classifyLongUnknown(b), nil
+		}
 	}
 	reg := r.table.lookup(cid)
 	if reg == nil {
