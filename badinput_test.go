@@ -45,6 +45,9 @@ func TestBadConfig(t *testing.T) {
 		{"relay address without host", func(c *Config) { c.RelayAddr = ":4433" }, "needs a host and a port", nil},
 		{"relay address bad port", func(c *Config) { c.RelayAddr = "127.0.0.1:http3" }, `relay address "127.0.0.1:http3"`, nil},
 		{"registration window 4", func(c *Config) { c.RegistrationWindow = 4 }, "RegistrationWindow 4 is outside 8..4096", nil},
+		{"QUIC config with GetConfigForClient", func(c *Config) {
+			c.QUICConfig = &quic.Config{GetConfigForClient: func(*quic.ClientInfo) (*quic.Config, error) { return nil, nil }}
+		}, "GetConfigForClient is not supported", nil},
 		{"trusted peer wrong size", func(c *Config) { c.TrustedPeers = append(c.TrustedPeers, make([]byte, 16)) }, "Config.TrustedPeers[1] must be a 32-byte", nil},
 	} {
 		for _, side := range []string{"Dialer", "Accepter"} {

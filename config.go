@@ -56,6 +56,7 @@ type Config struct {
 	// are used. Quicpipe always disables path MTU discovery (relayed paths
 	// must not probe), and a Dialer raises HandshakeIdleTimeout so that the
 	// handshake may wait as long as the Dial context allows.
+	// GetConfigForClient must be nil.
 	QUICConfig *quic.Config
 
 	// RegistrationWindow is how many CIDs are registered with the relay
@@ -121,6 +122,12 @@ func populateConfig(c *Config, accepter bool) (*Config, error) {
 	}
 	if cfg.RegistrationWindow < 8 || cfg.RegistrationWindow > 4096 {
 		return nil, fmt.Errorf("quicpipe: Config.RegistrationWindow %d is outside 8..4096", cfg.RegistrationWindow)
+	}
+	if cfg.QUICConfig != nil && cfg.QUICConfig.GetConfigForClient != nil {
+		// quic-go would take the configuration it returns, without the
+		// Tracer that ties an accepted connection to its first flight and
+		// keeps its CIDs registered.
+		return nil, errors.New("quicpipe: Config.QUICConfig.GetConfigForClient is not supported")
 	}
 	if cfg.RelayTimeout == 0 {
 		cfg.RelayTimeout = 10 * time.Second

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -452,7 +453,8 @@ func TestRegistrationSlides(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	const limit = 64
-	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{MaxCIDsPerRegistration: limit})
+	const ttl = 2 * time.Second
+	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{MaxCIDsPerRegistration: limit, RegistrationTTL: ttl})
 	acfg := e.config(e.bID, e.aID)
 	acfg.RegistrationWindow = 8
 	a, err := NewAccepter(ctx, acfg)
@@ -498,6 +500,57 @@ func TestRegistrationSlides(t *testing.T) {
 		}
 	}
 	t.Logf("%d pipes; accepter issued %d CIDs, registration %+v", n+5, a.p.gen.Issued(), a.Registration())
+
+	// A pipe kept open while more than the limit's worth of CIDs are issued
+	// pins the window: registrations then fail, on whichever side reaches
+	// the limit first, with an error that says why, and the pipe that pins
+	// the window stays registered and keeps working after the TTL.
+	keep, _ := echoPipe(t, ctx, e, d, a, 1000)
+	defer keep.CloseWithError(0, "")
+	var refusal error
+	for i := 0; refusal == nil && i < 100; i++ {
+		accErr := make(chan error, 1)
+		delivered := false
+		dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+		dc, err := d.Dial(dctx, e.bID.Public().(ed25519.PublicKey), func(_ context.Context, f *FirstFlight) error {
+			delivered = true
+			go func() {
+				actx, acancel := context.WithTimeout(ctx, 5*time.Second)
+				defer acancel()
+				c, err := a.Accept(actx, f)
+				if err == nil {
+					c.CloseWithError(0, "")
+				}
+				accErr <- err
+			}()
+			return nil
+		})
+		dcancel()
+		if err == nil {
+			dc.CloseWithError(0, "")
+		}
+		errs := []error{err}
+		if delivered {
+			errs = append(errs, <-accErr)
+		}
+		var re *RelayError
+		for _, err := range errs {
+			if errors.As(err, &re) && re.Code == "num_range" {
+				refusal = err
+			}
+		}
+	}
+	if refusal == nil || !strings.Contains(refusal.Error(), "oldest live connection") {
+		t.Fatalf("dialing beside a pinned window: %v, want a num_range refusal that explains it", refusal)
+	}
+	t.Log(refusal)
+	time.Sleep(ttl + ttl/2)
+	if st := e.relay.Stats(); st.Registrations != 2 || st.Expired != 0 {
+		t.Errorf("after the TTL the relay holds %d registrations and expired %d, want 2 and 0", st.Registrations, st.Expired)
+	}
+	if err := echo(ctx, keep, 64<<10, 0xaa); err != nil {
+		t.Fatalf("the pipe that pins the window, after the TTL: %v", err)
+	}
 }
 
 // TestRelayOnCallerSocket builds a relay on a socket the caller owns: Close

@@ -167,6 +167,14 @@ func (s *relaySession) run() {
 		}()
 		err := s.register(ctx)
 		cancel()
+		var full *windowFullError
+		if errors.As(err, &full) {
+			// Registered, but no room for new connections: say so and
+			// carry on at the usual pace.
+			s.log.Warn("relay refused a larger registration window; live connections stay registered, new ones cannot be", "relay", s.addr.String(), "err", err)
+			backoff = 0
+			continue
+		}
 		if err != nil {
 			select {
 			case <-s.closed:
@@ -227,9 +235,44 @@ func (s *relaySession) register(ctx context.Context) error {
 	body, _ := json.Marshal(RegisterRequest{Key: s.key, First: first, Num: uint32(end - uint64(first) + 1)})
 	var resp RegisterResponse
 	err := s.doLocked(ctx, http.MethodPost, body, &resp, true)
+	var re *RelayError
+	if errors.As(err, &re) && re.Code == "num_range" {
+		err = fmt.Errorf("quicpipe: the window of CIDs %d to %d (from the oldest live connection's to %d beyond the last issued) is larger than the relay allows; close long-lived connections or raise the relay's MaxCIDsPerRegistration: %w",
+			first, end, s.window, err)
+		// New connections cannot be registered, but the live ones must not
+		// lose theirs when the registration expires: refresh the window
+		// from the floor to the end the relay last accepted.
+		s.mu.Lock()
+		prev := s.reg
+		s.mu.Unlock()
+		prevEnd := uint64(prev.First) + uint64(prev.Num) - 1
+		if prev.Num == 0 || prevEnd < uint64(first) {
+			return err
+		}
+		body, _ := json.Marshal(RegisterRequest{Key: s.key, First: first, Num: uint32(prevEnd - uint64(first) + 1)})
+		if s.doLocked(ctx, http.MethodPost, body, &resp, true) != nil {
+			return err
+		}
+		if aerr := s.apply(resp); aerr != nil {
+			return aerr
+		}
+		return &windowFullError{err}
+	}
 	if err != nil {
 		return err
 	}
+	return s.apply(resp)
+}
+
+// windowFullError reports that the relay refused a larger window, while
+// the current one was refreshed.
+type windowFullError struct{ err error }
+
+func (e *windowFullError) Error() string { return e.err.Error() }
+func (e *windowFullError) Unwrap() error { return e.err }
+
+// apply records a registration the relay accepted. s.regMu must be held.
+func (s *relaySession) apply(resp RegisterResponse) error {
 	observed, perr := netip.ParseAddrPort(resp.Addr)
 	if perr != nil {
 		return fmt.Errorf("quicpipe: relay answered a bad address %q: %w", resp.Addr, perr)
