@@ -69,8 +69,8 @@ func NewAccepter(ctx context.Context, cfg *Config) (*Accepter, error) {
 		if h, ok := ctx.Value(odcidKey{}).(*odcidHolder); ok && !isClient {
 			h.odcid = cid.Bytes()
 			// quic-go issues the connection's first CID after this call;
-			// they stay registered until the connection ends.
-			context.AfterFunc(ctx, p.gen.pin())
+			// they stay registered until a while after the connection ends.
+			p.gen.releaseAfter(ctx, p.gen.pin())
 			// The context ends when the handshake fails (or, later, when
 			// the connection closes): tell a waiting Accept why.
 			a.wg.Go(func() {

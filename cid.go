@@ -1,6 +1,7 @@
 package quicpipe
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"hash"
 	"math"
 	"sync"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"golang.org/x/crypto/blake2b"
@@ -111,6 +113,8 @@ type CIDGenerator struct {
 	// (see pin and floor).
 	pins    map[uint64]uint64
 	nextPin uint64
+	// linger is how long a connection's pin outlives it (see releaseAfter).
+	linger time.Duration
 }
 
 var _ quic.ConnectionIDGenerator = (*CIDGenerator)(nil)
@@ -174,6 +178,31 @@ func (g *CIDGenerator) pin() (unpin func()) {
 		delete(g.pins, id)
 		g.mu.Unlock()
 	})
+}
+
+// releaseAfter calls unpin a while after ctx, a connection's context, is
+// done: the connection's CIDs stay registered for that long, so that a peer
+// that missed its CONNECTION_CLOSE still reaches it through the relay and
+// gets the close again (or a stateless reset) instead of waiting for its
+// idle timeout.
+func (g *CIDGenerator) releaseAfter(ctx context.Context, unpin func()) {
+	g.mu.Lock()
+	linger := g.linger
+	g.mu.Unlock()
+	context.AfterFunc(ctx, func() {
+		if linger <= 0 {
+			unpin()
+			return
+		}
+		time.AfterFunc(linger, unpin)
+	})
+}
+
+// setLinger sets how long pins outlive their connections (see releaseAfter).
+func (g *CIDGenerator) setLinger(d time.Duration) {
+	g.mu.Lock()
+	g.linger = d
+	g.mu.Unlock()
 }
 
 // floor returns the lowest index a live connection may use: the lowest

@@ -142,7 +142,7 @@ func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver Deliv
 		return nil, fmt.Errorf("quicpipe: handshake with the accepter: %w", r.err)
 	}
 	established = true
-	context.AfterFunc(r.conn.Context(), unpin)
+	d.p.gen.releaseAfter(r.conn.Context(), unpin)
 	d.p.direct.start(r.conn, remote, route, true)
 	return r.conn, nil
 }

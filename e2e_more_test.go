@@ -469,6 +469,10 @@ func TestRegistrationSlides(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
+	// Pins end with their connections here (TestRegistrationLingers covers
+	// the delay), so that the window follows at once.
+	a.p.gen.setLinger(0)
+	d.p.gen.setLinger(0)
 
 	// A long-lived pipe, then a few short ones: the window may not pass
 	// the long-lived pipe's CIDs.
@@ -550,6 +554,48 @@ func TestRegistrationSlides(t *testing.T) {
 	}
 	if err := echo(ctx, keep, 64<<10, 0xaa); err != nil {
 		t.Fatalf("the pipe that pins the window, after the TTL: %v", err)
+	}
+}
+
+// TestRegistrationLingers checks that a closed connection's CIDs stay
+// registered for a while, then leave the window.
+func TestRegistrationLingers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	a, err := NewAccepter(ctx, e.config(e.bID, e.aID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	d, err := NewDialer(ctx, e.config(e.aID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	const linger = 500 * time.Millisecond
+	a.p.gen.setLinger(linger)
+	pinnedAt := a.p.gen.Issued() + 1
+	dc, ac := echoPipe(t, ctx, e, d, a, 0)
+	dc.CloseWithError(0, "")
+	select {
+	case <-ac.Context().Done():
+	case <-ctx.Done():
+		t.Fatal("the accepted connection did not see the close")
+	}
+	closed := time.Now()
+	if err := a.p.sess.register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if reg := a.Registration(); reg.First > pinnedAt && time.Since(closed) < linger {
+		t.Fatalf("window %+v dropped index %d right after its connection closed", reg, pinnedAt)
+	}
+	time.Sleep(time.Until(closed.Add(linger + 200*time.Millisecond)))
+	if err := a.p.sess.register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if reg := a.Registration(); reg.First <= pinnedAt {
+		t.Fatalf("window %+v still holds index %d %v after its connection closed", reg, pinnedAt, time.Since(closed).Round(time.Millisecond))
 	}
 }
 

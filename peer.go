@@ -7,9 +7,15 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/quic-go/quic-go"
 )
+
+// closedCIDLinger is how long a connection's CIDs stay registered after it
+// ends: several of the other side's probe timeouts, so that a lost
+// CONNECTION_CLOSE is answered again through the relay.
+const closedCIDLinger = 10 * time.Second
 
 // peer is what a Dialer and an Accepter share: one UDP socket, one
 // quic.Transport whose connection IDs derive from the peer's CID key, and a
@@ -67,6 +73,7 @@ func newPeer(ctx context.Context, cfg *Config) (*peer, error) {
 		p.closeSocket()
 		return nil, err
 	}
+	p.gen.setLinger(closedCIDLinger)
 	p.pconn = newPeerConn(p.conn, relayAddr.AddrPort(), !cfg.DisableDirect)
 	p.tr = &quic.Transport{
 		Conn:                  p.pconn,
