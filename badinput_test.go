@@ -253,16 +253,7 @@ func TestUntrustedPeer(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			a, err := NewAccepter(ctx, e.config(e.bID, tc.trusted))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer a.Close()
-			d, err := NewDialer(ctx, e.config(e.aID))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer d.Close()
+			d, a := newEndpoints(t, ctx, e.config(e.bID, tc.trusted), e.config(e.aID))
 			start := time.Now()
 			res := runDial(t, ctx, d, a, tc.pinned, nil)
 			t.Logf("after %v: Dial: %v; Accept: %v", time.Since(start).Round(time.Millisecond), res.dialErr, res.acceptEr)

@@ -97,16 +97,14 @@ func interfaceAddrs(conn *net.UDPConn) []netip.Addr {
 		addrs, err = net.InterfaceAddrs()
 		return err
 	}
+	run := list
 	if ns, err := netns.Of(conn); err == nil {
 		defer ns.Close()
 		if cur, err := netns.IsCurrent(ns); err == nil && !cur {
-			if netns.Do(ns, list) != nil {
-				return nil
-			}
-		} else if list() != nil {
-			return nil
+			run = func() error { return netns.Do(ns, list) }
 		}
-	} else if list() != nil {
+	}
+	if run() != nil {
 		return nil
 	}
 	var out []netip.Addr

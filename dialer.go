@@ -178,11 +178,17 @@ type Conn struct {
 // and returns a Conn that closes the Dialer when it is closed, or when the
 // connection ends.
 func Dial(ctx context.Context, cfg *Config, peer ed25519.PublicKey, deliver DeliverFunc) (*Conn, error) {
+	return dialOwned(ctx, cfg, func(d *Dialer) (*quic.Conn, error) { return d.Dial(ctx, peer, deliver) })
+}
+
+// dialOwned creates a Dialer, opens one connection with dial and ties the
+// Dialer's life to it.
+func dialOwned(ctx context.Context, cfg *Config, dial func(*Dialer) (*quic.Conn, error)) (*Conn, error) {
 	d, err := NewDialer(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	qc, err := d.Dial(ctx, peer, deliver)
+	qc, err := dial(d)
 	if err != nil {
 		d.Close()
 		return nil, err

@@ -133,9 +133,8 @@ type directManager struct {
 }
 
 type pendingCtrl struct {
-	p   ctrlPacket
-	tag [8]byte
-	at  time.Time
+	p  ctrlPacket
+	at time.Time
 }
 
 // Limits of the pending control datagrams.
@@ -274,7 +273,7 @@ func (m *directManager) dispatch() {
 			kept := m.pending[:0]
 			for _, pc := range m.pending {
 				switch {
-				case m.deliver(pc.tag, pc.p):
+				case m.deliver(pc.p):
 				case now.Sub(pc.at) < pendingTTL:
 					kept = append(kept, pc)
 				default:
@@ -284,27 +283,22 @@ func (m *directManager) dispatch() {
 			clear(m.pending[len(kept):])
 			m.pending = kept
 		case p := <-m.pc.ctrl:
-			tag, ok := ctrlTag(p.b)
-			if !ok {
-				m.dropped.Add(1)
-				continue
-			}
-			if m.deliver(tag, p) {
+			if m.deliver(p) {
 				continue
 			}
 			if len(m.pending) == maxPending {
 				m.dropped.Add(1)
 				m.pending = append(m.pending[:0], m.pending[1:]...)
 			}
-			m.pending = append(m.pending, pendingCtrl{p, tag, time.Now()})
+			m.pending = append(m.pending, pendingCtrl{p, time.Now()})
 		}
 	}
 }
 
-// deliver hands p to the connection with the tag, if there is one.
-func (m *directManager) deliver(tag [8]byte, p ctrlPacket) bool {
+// deliver hands p to the connection with its tag, if there is one.
+func (m *directManager) deliver(p ctrlPacket) bool {
 	m.mu.Lock()
-	c := m.byTag[tag]
+	c := m.byTag[p.tag]
 	m.mu.Unlock()
 	if c == nil {
 		return false

@@ -107,16 +107,7 @@ func newNATLab(t *testing.T, ka, kb natKind, sameLAN bool, uplink netlab.Shape) 
 		t.Fatal(err)
 	}
 	l.relay = r
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("relay: %v", err)
-		}
-		conn.Close()
-	})
+	serveRelay(t, r, func() { conn.Close() })
 	return l
 }
 

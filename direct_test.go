@@ -63,12 +63,11 @@ func isRelayed(p PathInfo) bool { return p.Kind == PathRelayed }
 // directPeers are a Dialer and an Accepter with direct paths on, and one
 // connection between them.
 type directPeers struct {
-	d            *Dialer
-	a            *Accepter
-	dc, ac       *quic.Conn
-	dw, aw       *pathWatch
-	established  time.Time
-	dialerConfig *Config
+	d           *Dialer
+	a           *Accepter
+	dc, ac      *quic.Conn
+	dw, aw      *pathWatch
+	established time.Time
 }
 
 // dialDirect connects a new Dialer and Accepter with direct paths on.
@@ -94,43 +93,10 @@ func dialDirect(t testing.TB, ctx context.Context, relayAddr string, relayID, aI
 	}
 	ac := base(acfg, bID, p.aw)
 	ac.TrustedPeers = []ed25519.PublicKey{aID.Public().(ed25519.PublicKey)}
-	a, err := NewAccepter(ctx, ac)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	p.dialerConfig = base(dcfg, aID, p.dw)
-	d, err := NewDialer(ctx, p.dialerConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	acc := make(chan *quic.Conn, 1)
-	errc := make(chan error, 1)
-	deliver := func(ctx context.Context, f *FirstFlight) error {
-		go func() {
-			time.Sleep(flightDelay)
-			c, err := a.Accept(ctx, f)
-			if err != nil {
-				errc <- err
-				return
-			}
-			acc <- c
-		}()
-		return nil
-	}
-	dc, err := d.Dial(ctx, bID.Public().(ed25519.PublicKey), deliver)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, a := newEndpoints(t, ctx, ac, base(dcfg, aID, p.dw))
+	dc, accepted := dialAccept(t, ctx, d, a, bID.Public().(ed25519.PublicKey), nil, flightDelay)
 	p.established = time.Now()
-	select {
-	case p.ac = <-acc:
-	case err := <-errc:
-		t.Fatal(err)
-	case <-ctx.Done():
-		t.Fatal(ctx.Err())
-	}
+	p.ac = accepted
 	p.d, p.a, p.dc = d, a, dc
 	return p
 }
@@ -290,8 +256,9 @@ func TestDirectOneSideDisabled(t *testing.T) {
 	if err := transfer(ctx, p.dc, p.ac, 1<<20, nil); err != nil {
 		t.Fatal(err)
 	}
-	if info, _ := p.d.Path(p.dc); info.Kind != PathRelayed {
-		t.Errorf("path %+v, want relayed", info)
+	// PathRelayed is the zero Kind: ok tells a relayed path from none.
+	if info, ok := p.d.Path(p.dc); !ok || info.Kind != PathRelayed {
+		t.Errorf("Dialer.Path = %+v, %v; want relayed", info, ok)
 	}
 	if st := p.d.DirectStats(); st.PunchAttempts < 2 || st.PunchSuccesses != 0 {
 		t.Errorf("stats %+v: want retried rounds and no success", st)

@@ -417,16 +417,7 @@ func TestRegistrationKeepsAhead(t *testing.T) {
 	e := newTestEnv(t, "127.0.0.1:0", nil)
 	acfg := e.config(e.bID, e.aID)
 	acfg.RegistrationWindow = 8
-	a, err := NewAccepter(ctx, acfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	d, err := NewDialer(ctx, e.config(e.aID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d, a := newEndpoints(t, ctx, acfg, e.config(e.aID))
 	var live []*quic.Conn // kept open, so that the window cannot slide
 	for i := range 12 {
 		dc, _ := echoPipe(t, ctx, e, d, a, i)
@@ -457,18 +448,9 @@ func TestRegistrationSlides(t *testing.T) {
 	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{MaxCIDsPerRegistration: limit, RegistrationTTL: ttl})
 	acfg := e.config(e.bID, e.aID)
 	acfg.RegistrationWindow = 8
-	a, err := NewAccepter(ctx, acfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
 	dcfg := e.config(e.aID)
 	dcfg.RegistrationWindow = 8
-	d, err := NewDialer(ctx, dcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d, a := newEndpoints(t, ctx, acfg, dcfg)
 	// Pins end with their connections here (TestRegistrationLingers covers
 	// the delay), so that the window follows at once.
 	a.p.gen.setLinger(0)
@@ -563,16 +545,7 @@ func TestRegistrationLingers(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	e := newTestEnv(t, "127.0.0.1:0", nil)
-	a, err := NewAccepter(ctx, e.config(e.bID, e.aID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	d, err := NewDialer(ctx, e.config(e.aID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d, a := e.endpoints(t, ctx)
 	const linger = 500 * time.Millisecond
 	a.p.gen.setLinger(linger)
 	pinnedAt := a.p.gen.Issued() + 1

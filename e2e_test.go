@@ -17,9 +17,8 @@ import (
 
 // testEnv is a relay on loopback with one dialer and one accepter identity.
 type testEnv struct {
-	relay                *Relay
-	relayID, aID, bID    ed25519.PrivateKey
-	network, relayListen string
+	relay             *Relay
+	relayID, aID, bID ed25519.PrivateKey
 }
 
 func testLogger(t testing.TB) *slog.Logger {
@@ -43,15 +42,7 @@ func newTestEnv(t testing.TB, listen string, rcfg *RelayConfig) *testEnv {
 		t.Fatal(err)
 	}
 	e.relay = r
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	serveRelay(t, r, nil)
 	return e
 }
 
@@ -74,19 +65,8 @@ func (e *testEnv) config(id ed25519.PrivateKey, trusted ...ed25519.PrivateKey) *
 // the first flight through its binary or JSON form.
 func (e *testEnv) pipe(t testing.TB, ctx context.Context, binary bool) (dialed, accepted *quic.Conn, d *Dialer, a *Accepter) {
 	t.Helper()
-	a, err := NewAccepter(ctx, e.config(e.bID, e.aID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	d, err = NewDialer(ctx, e.config(e.aID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	acc := make(chan *quic.Conn, 1)
-	errc := make(chan error, 1)
-	deliver := func(ctx context.Context, f *FirstFlight) error {
+	d, a = e.endpoints(t, ctx)
+	dialed, accepted = dialAccept(t, ctx, d, a, e.bID.Public().(ed25519.PublicKey), func(f *FirstFlight) (*FirstFlight, error) {
 		var b []byte
 		var err error
 		if binary {
@@ -95,34 +75,10 @@ func (e *testEnv) pipe(t testing.TB, ctx context.Context, binary bool) (dialed, 
 			b, err = f.MarshalJSON()
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
-		go func() {
-			g, err := ParseFirstFlight(b)
-			if err != nil {
-				errc <- err
-				return
-			}
-			c, err := a.Accept(ctx, g)
-			if err != nil {
-				errc <- err
-				return
-			}
-			acc <- c
-		}()
-		return nil
-	}
-	dialed, err = d.Dial(ctx, e.bID.Public().(ed25519.PublicKey), deliver)
-	if err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case accepted = <-acc:
-	case err := <-errc:
-		t.Fatal(err)
-	case <-ctx.Done():
-		t.Fatal(ctx.Err())
-	}
+		return ParseFirstFlight(b)
+	}, 0)
 	return dialed, accepted, d, a
 }
 

@@ -79,16 +79,7 @@ func liveFlight(t testing.TB) *FirstFlight {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	e := newTestEnv(t, "127.0.0.1:0", nil)
-	a, err := NewAccepter(ctx, e.config(e.bID, e.aID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	d, err := NewDialer(ctx, e.config(e.aID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d, a := e.endpoints(t, ctx)
 	res := runDial(t, ctx, d, a, e.bID.Public().(ed25519.PublicKey), nil)
 	if res.dialErr != nil || res.acceptEr != nil {
 		t.Fatalf("dial: got errors %v / %v, want none", res.dialErr, res.acceptEr)
@@ -325,8 +316,11 @@ func TestParseFirstFlightErrors(t *testing.T) {
 		t.Fatalf("live flight: got %d datagrams, want 2 (X25519MLKEM768)", len(f.Datagrams))
 	}
 	d0, d1 := f.Datagrams[0], f.Datagrams[1]
-	bin, _ := f.MarshalBinary()
-	js, _ := f.MarshalJSON()
+	bin := mustBinary(t, f)
+	js, err := f.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
 	nine := slices.Repeat([][]byte{d0}, 9)
 	short := d0[:1199]
 	// Zero bytes after the Initial packet are ignored (see
@@ -334,7 +328,9 @@ func TestParseFirstFlightErrors(t *testing.T) {
 	long := append(bytes.Clone(d0), make([]byte, 1453-len(d0))...)
 	flip := func(d []byte, i int) []byte { d = bytes.Clone(d); d[i] ^= 0x01; return d }
 	var jsonMap map[string]any
-	json.Unmarshal(js, &jsonMap)
+	if err := json.Unmarshal(js, &jsonMap); err != nil {
+		t.Fatal(err)
+	}
 	withField := func(k string, v any) []byte {
 		m := map[string]any{}
 		for kk, vv := range jsonMap {
@@ -564,7 +560,10 @@ func TestSealedFlight(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ParseFirstFlight: got %v, want success", err)
 			}
-			got, _ := h.check()
+			got, err := h.check()
+			if err != nil {
+				t.Fatalf("check: got %v, want success", err)
+			}
 			if !bytes.Equal(got.ODCID, tc.dcid) || !bytes.Equal(got.SCID, info.SCID) {
 				t.Errorf("CIDs: got %x/%x, want %x/%x", got.ODCID, got.SCID, tc.dcid, info.SCID)
 			}
@@ -604,16 +603,7 @@ func TestFirstFlightDuplicates(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		e := newTestEnv(t, "127.0.0.1:0", nil)
-		a, err := NewAccepter(ctx, e.config(e.bID, e.aID))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer a.Close()
-		d, err := NewDialer(ctx, e.config(e.aID))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer d.Close()
+		d, a := e.endpoints(t, ctx)
 		res := runDial(t, ctx, d, a, e.bID.Public().(ed25519.PublicKey), func(f *FirstFlight) *FirstFlight {
 			ds := f.Datagrams
 			return &FirstFlight{Datagrams: [][]byte{ds[1], ds[0], ds[1], ds[0]}}
@@ -722,7 +712,6 @@ func TestAcceptBadFlight(t *testing.T) {
 			_, err := a.Accept(actx, rec)
 			first <- err
 		}()
-		info, _ := rec.check()
 		for pending := false; !pending; time.Sleep(5 * time.Millisecond) {
 			if actx.Err() != nil {
 				t.Fatal("the first Accept never became pending")

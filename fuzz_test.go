@@ -29,9 +29,12 @@ func FuzzParseFirstFlight(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	bin, _ := rec.MarshalBinary()
+	bin := mustBinary(f, rec)
 	d0, d1 := rec.Datagrams[0], rec.Datagrams[1]
-	info, _ := rec.check()
+	info, err := rec.check()
+	if err != nil {
+		f.Fatal(err)
+	}
 	hello := clientHelloOf(f, rec)
 	for _, seed := range [][]byte{
 		mustBinary(f, sealFlight(f, []byte("8 bytes!"), info.SCID, hello, 1200)),

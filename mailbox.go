@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -146,16 +145,15 @@ type MailboxStats struct {
 // MailboxStats returns a snapshot of the mailbox counters; all zero if the
 // mailbox is off (RelayConfig.Mailbox is nil).
 func (r *Relay) MailboxStats() MailboxStats {
-	s := MailboxStats{Rejected: make(map[string]uint64, len(mailboxRejectCodes))}
 	m := r.mailbox
 	if m == nil {
-		return s
+		return MailboxStats{Rejected: make(map[string]uint64)}
 	}
-	s.Opened = m.opened.Load()
-	s.Delivered = m.delivered.Load()
-	s.DeliveredBytes = m.deliveredBytes.Load()
-	for code, n := range m.rejected {
-		s.Rejected[code] = n.Load()
+	s := MailboxStats{
+		Opened:         m.opened.Load(),
+		Delivered:      m.delivered.Load(),
+		DeliveredBytes: m.deliveredBytes.Load(),
+		Rejected:       m.rejected.snapshot(),
 	}
 	m.mu.Lock()
 	s.Open = len(m.boxes)
@@ -174,7 +172,7 @@ type mailboxServer struct {
 	limiter sourceLimiter
 
 	opened, delivered, deliveredBytes atomic.Uint64
-	rejected                          map[string]*atomic.Uint64
+	rejected                          rejectCounters
 }
 
 // mailbox is one open mailbox: the request of the accepter holding it.
@@ -194,7 +192,7 @@ func newMailboxServer(r *Relay, cfg *MailboxConfig) *mailboxServer {
 		r:        r,
 		cfg:      cfg,
 		boxes:    make(map[string]*mailbox),
-		rejected: make(map[string]*atomic.Uint64, len(mailboxRejectCodes)),
+		rejected: newRejectCounters(mailboxRejectCodes),
 		limiter: sourceLimiter{
 			rate:    cfg.PostRate,
 			burst:   float64(cfg.PostBurst),
@@ -202,21 +200,13 @@ func newMailboxServer(r *Relay, cfg *MailboxConfig) *mailboxServer {
 			buckets: make(map[netip.Addr]*tokenBucket),
 		},
 	}
-	for _, code := range mailboxRejectCodes {
-		m.rejected[code] = new(atomic.Uint64)
-	}
 	return m
 }
 
 // fail writes a JSON error answer, the same shape as the registration API's,
 // and counts it.
 func (m *mailboxServer) fail(w http.ResponseWriter, status int, code, msg string) {
-	if n, ok := m.rejected[code]; ok {
-		n.Add(1)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(ErrorResponse{Error: msg, Code: code})
+	m.rejected.fail(w, status, code, msg)
 }
 
 func (m *mailboxServer) handle(w http.ResponseWriter, req *http.Request) {
@@ -423,13 +413,9 @@ func (m *mailboxServer) post(w http.ResponseWriter, req *http.Request, qc *quic.
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// isClosing reports whether the relay is closing or draining (Shutdown).
+// isClosing reports whether the relay is closing or draining (Shutdown):
+// Close sets r.closing too, before it closes r.closed.
 func (m *mailboxServer) isClosing() bool {
-	select {
-	case <-m.r.closed:
-		return true
-	default:
-	}
 	m.r.regMu.Lock()
 	defer m.r.regMu.Unlock()
 	return m.r.closing

@@ -399,20 +399,7 @@ func (d *Dialer) DialMailbox(ctx context.Context, peer ed25519.PublicKey) (*quic
 // DialMailbox is a convenience for one connection through a mailbox, as Dial
 // is for one connection: the returned Conn closes its Dialer when closed.
 func DialMailbox(ctx context.Context, cfg *Config, peer ed25519.PublicKey) (*Conn, error) {
-	d, err := NewDialer(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	qc, err := d.DialMailbox(ctx, peer)
-	if err != nil {
-		d.Close()
-		return nil, err
-	}
-	go func() {
-		<-qc.Context().Done()
-		d.Close()
-	}()
-	return &Conn{Conn: qc, d: d}, nil
+	return dialOwned(ctx, cfg, func(d *Dialer) (*quic.Conn, error) { return d.DialMailbox(ctx, peer) })
 }
 
 // relayErrorOf turns an error answer of the relay into a *RelayError and

@@ -36,15 +36,7 @@ func newMailboxEnv(t *testing.T, mcfg *MailboxConfig) *mailboxEnv {
 		t.Fatal(err)
 	}
 	e.relay = r
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	serveRelay(t, r, nil)
 	return e
 }
 
@@ -76,6 +68,24 @@ func (e *mailboxEnv) dialer(t *testing.T, ctx context.Context, id ed25519.Privat
 	}
 	t.Cleanup(func() { d.Close() })
 	return d
+}
+
+// mailboxAccepter is an accepter with its mailbox open.
+func (e *mailboxEnv) mailboxAccepter(t *testing.T, ctx context.Context, id ed25519.PrivateKey, trusted ...ed25519.PublicKey) *Accepter {
+	t.Helper()
+	a := e.accepter(t, ctx, id, trusted...)
+	if err := a.OpenMailbox(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// echoMailbox accepts one connection from a's mailbox and echoes one
+// stream on it.
+func echoMailbox(ctx context.Context, a *Accepter) {
+	if qc, err := a.AcceptMailbox(ctx); err == nil {
+		echoOnce(qc)
+	}
 }
 
 // rawClient opens a bare HTTP/3 connection to the relay, as any client
@@ -175,10 +185,7 @@ func TestMailboxDial(t *testing.T) {
 	defer cancel()
 	e := newMailboxEnv(t, nil)
 	aID, bID := GenerateIdentity(), GenerateIdentity()
-	a := e.accepter(t, ctx, bID, pub(aID))
-	if err := a.OpenMailbox(ctx); err != nil {
-		t.Fatal(err)
-	}
+	a := e.mailboxAccepter(t, ctx, bID, pub(aID))
 	if err := a.OpenMailbox(ctx); err != nil { // already open: no-op
 		t.Fatal(err)
 	}
@@ -278,18 +285,11 @@ func TestMailboxAuthentication(t *testing.T) {
 	// With the victim's mailbox held by a real Accepter, the attacker's
 	// attempts change nothing: the victim still gets the dial.
 	dID := GenerateIdentity()
-	a := e.accepter(t, ctx, victim, pub(dID))
-	if err := a.OpenMailbox(ctx); err != nil {
-		t.Fatal(err)
-	}
+	a := e.mailboxAccepter(t, ctx, victim, pub(dID))
 	if status, code := do(t, cc2, http.MethodGet, pub(victim), sign(attacker, qc1, pub(victim)), nil); status != http.StatusForbidden {
 		t.Fatalf("attacker's open: %d %s, want 403", status, code)
 	}
-	go func() {
-		if qc, err := a.AcceptMailbox(ctx); err == nil {
-			echoOnce(qc)
-		}
-	}()
+	go echoMailbox(ctx, a)
 	qc, err := e.dialer(t, ctx, dID).DialMailbox(ctx, pub(victim))
 	if err != nil {
 		t.Fatal(err)
@@ -304,10 +304,7 @@ func TestMailboxUntrustedDialer(t *testing.T) {
 	defer cancel()
 	e := newMailboxEnv(t, nil)
 	bID := GenerateIdentity()
-	a := e.accepter(t, ctx, bID, pub(GenerateIdentity()))
-	if err := a.OpenMailbox(ctx); err != nil {
-		t.Fatal(err)
-	}
+	a := e.mailboxAccepter(t, ctx, bID, pub(GenerateIdentity()))
 	got := make(chan error, 1)
 	go func() {
 		_, err := a.AcceptMailbox(ctx)
@@ -413,19 +410,13 @@ func TestMailboxTakeover(t *testing.T) {
 	defer cancel()
 	e := newMailboxEnv(t, nil)
 	aID, bID := GenerateIdentity(), GenerateIdentity()
-	first := e.accepter(t, ctx, bID, pub(aID))
-	if err := first.OpenMailbox(ctx); err != nil {
-		t.Fatal(err)
-	}
+	first := e.mailboxAccepter(t, ctx, bID, pub(aID))
 	firstErr := make(chan error, 1)
 	go func() {
 		_, err := first.AcceptMailbox(ctx)
 		firstErr <- err
 	}()
-	second := e.accepter(t, ctx, bID, pub(aID))
-	if err := second.OpenMailbox(ctx); err != nil {
-		t.Fatal(err)
-	}
+	second := e.mailboxAccepter(t, ctx, bID, pub(aID))
 	select {
 	case err := <-firstErr:
 		if !errors.Is(err, ErrMailboxTaken) {
@@ -437,11 +428,7 @@ func TestMailboxTakeover(t *testing.T) {
 	if err := first.OpenMailbox(ctx); !errors.Is(err, ErrMailboxTaken) {
 		t.Fatalf("first accepter reopening: %v, want ErrMailboxTaken", err)
 	}
-	go func() {
-		if qc, err := second.AcceptMailbox(ctx); err == nil {
-			echoOnce(qc)
-		}
-	}()
+	go echoMailbox(ctx, second)
 	qc, err := e.dialer(t, ctx, aID).DialMailbox(ctx, pub(bID))
 	if err != nil {
 		t.Fatal(err)
@@ -459,19 +446,12 @@ func TestMailboxReopen(t *testing.T) {
 	defer cancel()
 	e := newMailboxEnv(t, nil)
 	aID, bID := GenerateIdentity(), GenerateIdentity()
-	a := e.accepter(t, ctx, bID, pub(aID))
-	if err := a.OpenMailbox(ctx); err != nil {
-		t.Fatal(err)
-	}
+	a := e.mailboxAccepter(t, ctx, bID, pub(aID))
 	a.p.sess.regMu.Lock()
 	a.p.sess.qc.CloseWithError(0, "test drops the connection")
 	a.p.sess.regMu.Unlock()
 	waitFor(t, func() bool { s := e.relay.MailboxStats(); return s.Opened == 2 && s.Open == 1 }, "the mailbox is reopened")
-	go func() {
-		if qc, err := a.AcceptMailbox(ctx); err == nil {
-			echoOnce(qc)
-		}
-	}()
+	go echoMailbox(ctx, a)
 	// The accepter's registration heals too (its session re-registers on
 	// the new connection); the dial may race it, so allow a retry.
 	d := e.dialer(t, ctx, aID)
@@ -569,15 +549,8 @@ func TestDialTicket(t *testing.T) {
 	e := newMailboxEnv(t, nil)
 	bID := GenerateIdentity()
 	ticket := &Ticket{Peer: pub(bID), RelayAddr: e.relay.Addr().String(), RelayKey: pub(e.relayID), Secret: NewTicketSecret()}
-	a := e.accepter(t, ctx, bID, pub(ticket.DialerIdentity()))
-	if err := a.OpenMailbox(ctx); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		if qc, err := a.AcceptMailbox(ctx); err == nil {
-			echoOnce(qc)
-		}
-	}()
+	a := e.mailboxAccepter(t, ctx, bID, pub(ticket.DialerIdentity()))
+	go echoMailbox(ctx, a)
 	parsed, err := ParseTicket(ticket.String())
 	if err != nil {
 		t.Fatal(err)

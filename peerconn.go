@@ -17,7 +17,7 @@ import (
 
 // peerConn is a peer's socket as quic-go sees it. It implements
 // quic.OOBCapablePacketConn and ReadBatch, so quic-go keeps batched reads,
-// ECN and GSO. It adds two things beside the plain socket:
+// ECN and GSO. It adds three things beside the plain socket:
 //
 //   - hold-back (dialer): long-header packets to the relay whose destination
 //     CID is the original destination CID of a pending peer dial are never
@@ -61,6 +61,7 @@ type peerConn struct {
 type ctrlPacket struct {
 	b    []byte
 	from netip.AddrPort
+	tag  [8]byte // its connection tag (see ctrlTag)
 }
 
 // connRoute says where one connection's datagrams go. quic-go passes every
@@ -204,7 +205,6 @@ type capture struct {
 	flight    *FirstFlight
 	err       error
 	done      chan struct{} // closed when flight or err is set
-	held      int           // datagrams held back in all
 }
 
 func newCapture() *capture { return &capture{done: make(chan struct{})} }
@@ -212,7 +212,6 @@ func newCapture() *capture { return &capture{done: make(chan struct{})} }
 func (c *capture) add(d []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.held++
 	if c.flight != nil || c.err != nil {
 		return // a retransmission: the flight is already out
 	}
@@ -282,7 +281,13 @@ func (c *peerConn) writeUnheld(b, oob []byte, addr *net.UDPAddr) (n, oobn int, e
 			return c.writeRoute(r, b, oob, addr)
 		}
 	}
-	return c.conn.WriteMsgUDP(b, oob, addr)
+	return c.writeRelay(b, oob, addr)
+}
+
+// writeRelay sends to addr as given. WriteMsgUDPAddrPort does not allocate
+// a sockaddr per send as WriteMsgUDP does.
+func (c *peerConn) writeRelay(b, oob []byte, addr *net.UDPAddr) (int, int, error) {
+	return c.conn.WriteMsgUDPAddrPort(b, oob, netAddrPort(addr.AddrPort()))
 }
 
 // writeRoute sends the datagrams of a connection with a route.
@@ -303,9 +308,7 @@ func (c *peerConn) writeRoute(r *connRoute, b, oob []byte, addr *net.UDPAddr) (i
 		// relay and let the manager fall back.
 		r.failed.Store(true)
 	}
-	// Through the relay. WriteMsgUDPAddrPort does not allocate a sockaddr
-	// as WriteMsgUDP does.
-	return c.conn.WriteMsgUDPAddrPort(b, oob, netAddrPort(addr.AddrPort()))
+	return c.writeRelay(b, oob, addr)
 }
 
 // writeHolding sends while a dial holds back its first flight.
@@ -407,11 +410,12 @@ func (c *peerConn) sortBatch(ms []ipv4.Message) int {
 // the manager is behind.
 func (c *peerConn) takeCtrl(m *ipv4.Message) {
 	ua, ok := m.Addr.(*net.UDPAddr)
-	if _, valid := ctrlTag(m.Buffers[0][:m.N]); !ok || !valid {
+	tag, valid := ctrlTag(m.Buffers[0][:m.N])
+	if !ok || !valid {
 		c.ctrlDrop.Add(1)
 		return
 	}
-	p := ctrlPacket{b: bytes.Clone(m.Buffers[0][:m.N]), from: netAddrPort(ua.AddrPort())}
+	p := ctrlPacket{b: bytes.Clone(m.Buffers[0][:m.N]), from: netAddrPort(ua.AddrPort()), tag: tag}
 	select {
 	case c.ctrl <- p:
 	default:

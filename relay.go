@@ -279,7 +279,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		perIP:  make(map[string]int),
 		closed: make(chan struct{}),
 	}
-	r.stats.init()
+	r.stats.rejected = newRejectCounters(rejectCodes)
 	rand.Read(r.epoch[:])
 	if c.StatelessResetKey != nil {
 		r.resetter = hmac.New(sha256.New, c.StatelessResetKey[:])
@@ -518,8 +518,8 @@ const (
 // with the relay. A registered peer may also open a new HTTP/3 connection to
 // re-register, with the same kind of source CID. The two differ in the ALPN of
 // their ClientHello, which the relay reads from the Initial packet (Initial
-// protection uses public keys).
-func (r *Relay) classifyLongUnknown(b []byte) verdict {
+// protection uses public keys). now is the batch's receive time (unix nano).
+func (r *Relay) classifyLongUnknown(b []byte, now int64) verdict {
 	hdr, err := wire.ParseLongHeader(b)
 	if err != nil || hdr.Type != wire.Initial || len(hdr.SCID) != CIDLen || IsRelayCID(hdr.SCID) {
 		return toServer
@@ -527,7 +527,6 @@ func (r *Relay) classifyLongUnknown(b []byte) verdict {
 	if r.table.lookup(hdr.SCID) == nil {
 		return toServer
 	}
-	now := time.Now().UnixNano()
 	f := &r.initials
 	f.mu.Lock()
 	exp, ok := f.seen[string(hdr.DCID)]
@@ -623,7 +622,7 @@ type relayCounters struct {
 	drops                                           [numVerdicts]atomic.Uint64
 	handshakes, expired, registered, rebinds        atomic.Uint64
 	resets                                          atomic.Uint64
-	rejected                                        map[string]*atomic.Uint64
+	rejected                                        rejectCounters
 }
 
 // rejectCodes are the codes of refused API requests.
@@ -631,13 +630,6 @@ var rejectCodes = []string{
 	"bad_method", "bad_json", "body_too_large", "key_length", "num_range",
 	"limit_total", "limit_source", "limit_cids", "not_found", "no_address", "closing",
 	"unauthorized", "target",
-}
-
-func (c *relayCounters) init() {
-	c.rejected = make(map[string]*atomic.Uint64, len(rejectCodes))
-	for _, code := range rejectCodes {
-		c.rejected[code] = new(atomic.Uint64)
-	}
 }
 
 type batchCounts struct {
@@ -724,10 +716,7 @@ func (r *Relay) Stats() RelayStats {
 			"stale_cid":    c.drops[resetStale].Load(),
 			"send_error":   c.sendErrors.Load(),
 		},
-		Rejected: make(map[string]uint64, len(c.rejected)),
-	}
-	for code, n := range c.rejected {
-		s.Rejected[code] = n.Load()
+		Rejected: c.rejected.snapshot(),
 	}
 	s.Registrations = r.registrations()
 	s.XDP = r.xdpStats()

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -21,14 +22,40 @@ type registerBody struct {
 	First int64  `json:"first"`
 }
 
-// apiError writes a JSON error answer and counts it.
-func (r *Relay) apiError(w http.ResponseWriter, status int, code, msg string) {
-	if n, ok := r.stats.rejected[code]; ok {
+// rejectCounters count refused API requests by the code of their error
+// answer; the registration API and the mailbox each have their own.
+type rejectCounters map[string]*atomic.Uint64
+
+func newRejectCounters(codes []string) rejectCounters {
+	c := make(rejectCounters, len(codes))
+	for _, code := range codes {
+		c[code] = new(atomic.Uint64)
+	}
+	return c
+}
+
+// snapshot returns the current counts.
+func (c rejectCounters) snapshot() map[string]uint64 {
+	s := make(map[string]uint64, len(c))
+	for code, n := range c {
+		s[code] = n.Load()
+	}
+	return s
+}
+
+// fail writes a JSON error answer and counts it.
+func (c rejectCounters) fail(w http.ResponseWriter, status int, code, msg string) {
+	if n, ok := c[code]; ok {
 		n.Add(1)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(ErrorResponse{Error: msg, Code: code})
+}
+
+// apiError writes a JSON error answer and counts it.
+func (r *Relay) apiError(w http.ResponseWriter, status int, code, msg string) {
+	r.stats.rejected.fail(w, status, code, msg)
 }
 
 func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {

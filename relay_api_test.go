@@ -220,6 +220,14 @@ func checkCIDWindow(t testing.TB, r *Relay, key []byte, first, num uint32, addr 
 	}
 }
 
+// checkResponseWindow checks the window a registration returned.
+func checkResponseWindow(t testing.TB, resp RegisterResponse, first, num uint32) {
+	t.Helper()
+	if resp.First != first || resp.Num != num {
+		t.Errorf("window: got first %d num %d, want first %d num %d", resp.First, resp.Num, first, num)
+	}
+}
+
 func fixedKey(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
 
 func TestRelayAPIRegister(t *testing.T) {
@@ -234,9 +242,7 @@ func TestRelayAPIRegister(t *testing.T) {
 		if resp.Addr != c.addr() {
 			t.Errorf("Addr: got %q, want %q", resp.Addr, c.addr())
 		}
-		if resp.First != 1 || resp.Num != 64 {
-			t.Errorf("window: got first %d num %d, want first 1 num 64", resp.First, resp.Num)
-		}
+		checkResponseWindow(t, resp, 1, 64)
 		if resp.TTL != 60 {
 			t.Errorf("TTL: got %d, want 60", resp.TTL)
 		}
@@ -251,9 +257,7 @@ func TestRelayAPIRegister(t *testing.T) {
 	})
 	t.Run("grow", func(t *testing.T) {
 		resp := c.register(t, key, 0, 128)
-		if resp.First != 1 || resp.Num != 128 {
-			t.Errorf("window: got first %d num %d, want first 1 num 128", resp.First, resp.Num)
-		}
+		checkResponseWindow(t, resp, 1, 128)
 		st := r.Stats()
 		if st.CIDs != 128 || st.Registrations != 1 || st.Registered != 2 {
 			t.Errorf("stats: got CIDs %d, Registrations %d, Registered %d; want 128, 1, 2", st.CIDs, st.Registrations, st.Registered)
@@ -262,9 +266,7 @@ func TestRelayAPIRegister(t *testing.T) {
 	})
 	t.Run("shrink", func(t *testing.T) {
 		resp := c.register(t, key, 65, 10)
-		if resp.First != 65 || resp.Num != 10 {
-			t.Errorf("window: got first %d num %d, want first 65 num 10", resp.First, resp.Num)
-		}
+		checkResponseWindow(t, resp, 65, 10)
 		if st := r.Stats(); st.CIDs != 10 || st.Registrations != 1 {
 			t.Errorf("stats: got CIDs %d, Registrations %d; want 10, 1", st.CIDs, st.Registrations)
 		}
@@ -291,9 +293,7 @@ func TestRelayAPIRegister(t *testing.T) {
 	})
 	t.Run("last index", func(t *testing.T) {
 		resp := c.register(t, key, 1<<32-1, 1)
-		if resp.First != 1<<32-1 || resp.Num != 1 {
-			t.Errorf("window: got first %d num %d, want first %d num 1", resp.First, resp.Num, uint32(1<<32-1))
-		}
+		checkResponseWindow(t, resp, 1<<32-1, 1)
 		checkCIDWindow(t, r, key, 1<<32-1, 1, c.addr())
 	})
 	t.Run("new address", func(t *testing.T) {

@@ -43,25 +43,25 @@ func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
 	if b[0]&0x80 == 0 { // short header: the DCID follows the first byte
 		cid = b[1 : 1+CIDLen]
 		if IsRelayCID(cid) {
-			if cid[1] != r.epoch[0] || cid[2] != r.epoch[1] || cid[3] != r.epoch[2] {
+			if [3]byte(cid[1:4]) != r.epoch {
 				return resetStale, nil
 			}
 			return toServer, nil
 		}
 	} else { // long header: version (4 bytes), DCID length, DCID
 		if len(b) < 6+CIDLen || b[5] != CIDLen {
-			return r.classifyLongUnknown(b), nil
+			return r.classifyLongUnknown(b, now), nil
 		}
 		cid = b[6 : 6+CIDLen]
 		if IsRelayCID(cid) {
-			if cid[1] == r.epoch[0] && cid[2] == r.epoch[1] && cid[3] == r.epoch[2] {
+			if [3]byte(cid[1:4]) == r.epoch {
 				return toServer, nil
 			}
 			// A client picks its first DCID at random: one in 26 of
 			// quic-go's is 12 bytes with the high bit set and looks like
 			// a relay CID of another run. It gets the same first-flight
 			// check as any unknown DCID.
-			return r.classifyLongUnknown(b), nil
+			return r.classifyLongUnknown(b, now), nil
 		}
 	}
 	reg := r.table.lookup(cid)
@@ -69,7 +69,7 @@ func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
 		if b[0]&0x80 == 0 {
 			return dropUnknown, nil
 		}
-		return r.classifyLongUnknown(b), nil
+		return r.classifyLongUnknown(b, now), nil
 	}
 	if reg.expires.Load() < now {
 		return dropExpired, nil

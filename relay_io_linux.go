@@ -235,14 +235,16 @@ func (io *batchIO) queue(b []byte, d *dest) {
 			m.closed = len(b) < m.seg
 			h := &io.shdrs[io.ns-1].Hdr
 			h.Iovlen++
-			c := io.scmsg[io.ns-1]
-			ch := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
-			ch.Level = unix.IPPROTO_UDP
-			ch.Type = unix.UDP_SEGMENT
-			ch.SetLen(unix.CmsgLen(2))
-			binary.NativeEndian.PutUint16(c[unix.CmsgLen(0):], uint16(m.seg))
-			h.Control = &c[0]
-			h.SetControllen(len(c))
+			if m.segs == 2 { // the message becomes a GSO message
+				c := io.scmsg[io.ns-1]
+				ch := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+				ch.Level = unix.IPPROTO_UDP
+				ch.Type = unix.UDP_SEGMENT
+				ch.SetLen(unix.CmsgLen(2))
+				binary.NativeEndian.PutUint16(c[unix.CmsgLen(0):], uint16(m.seg))
+				h.Control = &c[0]
+				h.SetControllen(len(c))
+			}
 			return
 		}
 	}

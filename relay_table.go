@@ -65,18 +65,15 @@ func (t *cidTable) lookup(cid []byte) *registration {
 	return r
 }
 
-// insert maps c to r unless c already belongs to another registration, and
-// reports whether it did.
-func (t *cidTable) insert(c CID, r *registration) bool {
+// insert maps c to r unless c already belongs to a registration.
+func (t *cidTable) insert(c CID, r *registration) {
 	s := t.shard(&c)
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if old, ok := s.m[c]; ok {
-		return old == r
+	if _, ok := s.m[c]; !ok {
+		s.m[c] = r
+		t.size.Add(1)
 	}
-	s.m[c] = r
-	t.size.Add(1)
-	return true
+	s.mu.Unlock()
 }
 
 // remove deletes c if it belongs to r.

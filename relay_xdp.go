@@ -24,9 +24,9 @@ type XDPConfig struct {
 	MapSize int
 }
 
-// relayXDP is the relay's handle on its XDP program. Its methods are called
-// with r.regMu held (registration changes) or from the forwarding goroutine
-// (re-puts), never both at once for the same field.
+// relayXDP is the relay's handle on its XDP program. The relay uses it with
+// r.regMu held (registration changes) or from the forwarding goroutine
+// (re-puts).
 type relayXDP struct {
 	prog *xdp.Program
 	// reput remembers when the forwarding path last put a CID back, so that

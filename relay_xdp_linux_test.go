@@ -45,8 +45,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"github.com/quic-go/quic-go"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
@@ -221,37 +219,9 @@ func newXDPLab(tb testing.TB, mode xdp.Mode) *xdpLab {
 	lab.a.exec(tb, "ethtool", "-K", "a0", "tx", "off")
 	lab.b.exec(tb, "ethtool", "-K", "b0", "tx", "off")
 	if mode == xdp.ModeNative {
-		xdpAttachPass(tb, lab.g, "g2")
+		lab.g.AttachXDPPass("g2")
 	}
 	return lab
-}
-
-// xdpAttachPass attaches, in native mode, a program that passes every frame
-// to dev in ns: a veth delivers XDP_TX frames only to a peer that runs XDP.
-func xdpAttachPass(tb testing.TB, ns xdpNetns, dev string) {
-	tb.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         ebpf.XDP,
-		License:      "MIT",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, int32(xdp.ActionPass)), asm.Return()},
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { prog.Close() })
-	var l link.Link
-	err = ns.Do(func() error {
-		ifi, err := net.InterfaceByName(dev)
-		if err != nil {
-			return err
-		}
-		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifi.Index, Flags: link.XDPDriverMode})
-		return err
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { l.Close() })
 }
 
 // startRelay runs a relay in R on addr's family, with the XDP program on r0
@@ -485,40 +455,8 @@ func xdpPipe(t *testing.T, ctx context.Context, relay netip.AddrPort, relayID, a
 	}
 	acfg := config(bID, connB)
 	acfg.TrustedPeers = []ed25519.PublicKey{aID.Public().(ed25519.PublicKey)}
-	a, err := NewAccepter(ctx, acfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	d, err := NewDialer(ctx, config(aID, connA))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	acc := make(chan *quic.Conn, 1)
-	errc := make(chan error, 1)
-	deliver := func(_ context.Context, f *FirstFlight) error {
-		go func() {
-			c, err := a.Accept(ctx, f)
-			if err != nil {
-				errc <- err
-				return
-			}
-			acc <- c
-		}()
-		return nil
-	}
-	dialed, err = d.Dial(ctx, bID.Public().(ed25519.PublicKey), deliver)
-	if err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case accepted = <-acc:
-	case err := <-errc:
-		t.Fatal(err)
-	case <-ctx.Done():
-		t.Fatal(ctx.Err())
-	}
+	d, a := newEndpoints(t, ctx, acfg, config(aID, connA))
+	dialed, accepted = dialAccept(t, ctx, d, a, bID.Public().(ed25519.PublicKey), nil, 0)
 	return dialed, accepted
 }
 

@@ -70,7 +70,7 @@ type relaySession struct {
 	cc    *http3.ClientConn
 	qc    *quic.Conn
 
-	mu  sync.Mutex // guards reg
+	mu  sync.Mutex // guards reg and ttl
 	reg Registration
 	ttl time.Duration
 
@@ -172,8 +172,7 @@ func (s *relaySession) run() {
 			// Registered, but no room for new connections: say so and
 			// carry on at the usual pace.
 			s.log.Warn("relay refused a larger registration window; live connections stay registered, new ones cannot be", "relay", s.addr.String(), "err", err)
-			backoff = 0
-			continue
+			err = nil
 		}
 		if err != nil {
 			select {
@@ -230,11 +229,14 @@ func (s *relaySession) closeConnLocked() {
 func (s *relaySession) register(ctx context.Context) error {
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
+	var resp RegisterResponse
+	post := func(first uint32, end uint64) error {
+		body, _ := json.Marshal(RegisterRequest{Key: s.key, First: first, Num: uint32(end - uint64(first) + 1)})
+		return s.doLocked(ctx, http.MethodPost, body, &resp, true)
+	}
 	first := s.gen.floor()
 	end := min(uint64(s.gen.Issued())+uint64(s.window), math.MaxUint32)
-	body, _ := json.Marshal(RegisterRequest{Key: s.key, First: first, Num: uint32(end - uint64(first) + 1)})
-	var resp RegisterResponse
-	err := s.doLocked(ctx, http.MethodPost, body, &resp, true)
+	err := post(first, end)
 	var re *RelayError
 	if errors.As(err, &re) && re.Code == "num_range" {
 		err = fmt.Errorf("quicpipe: the window of CIDs %d to %d (from the oldest live connection's to %d beyond the last issued) is larger than the relay allows; close long-lived connections or raise the relay's MaxCIDsPerRegistration: %w",
@@ -249,8 +251,7 @@ func (s *relaySession) register(ctx context.Context) error {
 		if prev.Num == 0 || prevEnd < uint64(first) {
 			return err
 		}
-		body, _ := json.Marshal(RegisterRequest{Key: s.key, First: first, Num: uint32(prevEnd - uint64(first) + 1)})
-		if s.doLocked(ctx, http.MethodPost, body, &resp, true) != nil {
+		if post(first, prevEnd) != nil {
 			return err
 		}
 		if aerr := s.apply(resp); aerr != nil {
@@ -302,9 +303,7 @@ func (s *relaySession) doLocked(ctx context.Context, method string, body []byte,
 		rctx, cancel := context.WithTimeout(ctx, s.timeout)
 		req, _ := http.NewRequestWithContext(rctx, method, "https://"+ServerName+RegisterPath, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
-		if s.token != "" {
-			req.Header.Set("Authorization", "Bearer "+s.token)
-		}
+		s.authorize(req)
 		resp, err := cc.RoundTrip(req)
 		if err != nil {
 			cancel()
@@ -315,18 +314,16 @@ func (s *relaySession) doLocked(ctx context.Context, method string, body []byte,
 			}
 			continue
 		}
+		if resp.StatusCode/100 != 2 {
+			err := relayErrorOf(resp)
+			cancel()
+			return err
+		}
 		data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 		cancel()
 		if err != nil {
 			return fmt.Errorf("quicpipe: relay %s: reading answer: %w", s.addr, err)
-		}
-		if resp.StatusCode/100 != 2 {
-			var e ErrorResponse
-			if json.Unmarshal(data, &e) != nil || e.Code == "" {
-				e = ErrorResponse{Code: "unknown", Error: string(bytes.TrimSpace(data))}
-			}
-			return &RelayError{Status: resp.StatusCode, Code: e.Code, Message: e.Error}
 		}
 		if out != nil {
 			if err := json.Unmarshal(data, out); err != nil {

@@ -54,7 +54,10 @@ const ticketMaxLen = 1 + 1 + 2*ed25519.PublicKeySize + TicketSecretLen + 2 + 253
 // ticketDialerInfo is the HKDF info string of the dialer key derivation.
 const ticketDialerInfo = "quicpipe/1 ticket dialer key"
 
-var ticketEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+// ticketAlphabet is the RFC 4648 base32 alphabet in lower case.
+const ticketAlphabet = "abcdefghijklmnopqrstuvwxyz234567"
+
+var ticketEncoding = base32.NewEncoding(ticketAlphabet).WithPadding(base32.NoPadding)
 
 // ErrBadTicket is wrapped by every error about a malformed ticket.
 var ErrBadTicket = errors.New("quicpipe: bad ticket")
@@ -272,7 +275,7 @@ func (t *Ticket) UnmarshalText(text []byte) error {
 	b, err := ticketEncoding.DecodeString(enc)
 	if err != nil {
 		var ce base32.CorruptInputError
-		if errors.As(err, &ce) && int(ce) < len(enc) && !strings.ContainsRune("abcdefghijklmnopqrstuvwxyz234567", rune(enc[ce])) {
+		if errors.As(err, &ce) && int(ce) < len(enc) && !strings.ContainsRune(ticketAlphabet, rune(enc[ce])) {
 			return badTicket("character %q at position %d is not base32", enc[ce], len(TicketPrefix)+int(ce)+1)
 		}
 		return badTicket("%d characters cannot be base32: the ticket is incomplete or has extra characters", len(s))

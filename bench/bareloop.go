@@ -11,8 +11,7 @@ package main
 //     the kernel segments in software on the relay's core, as with a NIC
 //     without USO; the datagrams leave R one by one, as in every other case.
 //
-// DESIGN.md ("Where the CPU goes") measured such loops on loopback; they
-// show what the Quicpipe relay's path could reach.
+// They show what the Quicpipe relay's path could reach.
 
 import (
 	"flag"
@@ -42,18 +41,12 @@ func bareLoopRole(args []string) error {
 	if err != nil {
 		return err
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	fd, err := bindUDP(la, unix.SO_RCVBUF, 4<<20, unix.SO_SNDBUF, 4<<20)
 	if err != nil {
 		return err
 	}
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
-	if err := unix.Bind(fd, sockaddr(la)); err != nil {
-		return err
-	}
-	say("ready", nil)
 	go func() {
-		serveCommands(func(string, []string) (any, error) { return nil, fmt.Errorf("no commands") })
+		serveNothing()
 		unix.Close(fd)
 		unix.Exit(0)
 	}()

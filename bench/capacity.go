@@ -119,17 +119,11 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 		}
 		err = func() error {
 			defer srv.stop()
-			genArgs := append([]string{"-bind", fmt.Sprintf("%s:%d", addrA, 7000+i)}, srv.genArgs...)
-			genArgs = append(genArgs, "-gso")
-			gen, err := lab.startRole("generator", "a", capGenCPU, "gen", genArgs...)
+			gen, stop, err := startCapGen(lab, srv, 7000+i, "-gso")
 			if err != nil {
 				return err
 			}
-			defer gen.stop()
-			if err := lab.sinkOn(); err != nil {
-				return err
-			}
-			defer lab.sinkOff()
+			defer stop()
 			// Warm up: heaps grow, caches fill, neighbours resolve.
 			if _, err := capWindow(lab, gen, srv, 0.5, 0); err != nil {
 				return err
@@ -259,6 +253,21 @@ func capTake(lab *Lab, srv *capServer) (capSample, error) {
 		}
 	}
 	return s, nil
+}
+
+// startCapGen starts the generator on A, bound to port, sending at srv, and
+// turns the sink on. stop undoes both.
+func startCapGen(lab *Lab, srv *capServer, port int, extra ...string) (gen *proc, stop func(), err error) {
+	genArgs := append([]string{"-bind", fmt.Sprintf("%s:%d", addrA, port)}, srv.genArgs...)
+	gen, err = lab.startRole("generator", "a", capGenCPU, "gen", append(genArgs, extra...)...)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := lab.sinkOn(); err != nil {
+		gen.stop()
+		return nil, nil, err
+	}
+	return gen, func() { lab.sinkOff(); gen.stop() }, nil
 }
 
 // startCapServer starts the forwarder of case c in R, under callgrind if cg

@@ -45,16 +45,11 @@ func genRole(args []string) error {
 	if err != nil {
 		return err
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	fd, err := bindUDP(src, unix.SO_SNDBUF, 4<<20, unix.SO_REUSEADDR, 1)
 	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
-	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-	if err := unix.Bind(fd, sockaddr(src)); err != nil {
 		return fmt.Errorf("bind %v: %w", src, err)
 	}
+	defer unix.Close(fd)
 
 	var payloads [][]byte
 	ready := map[string]any{}

@@ -54,16 +54,11 @@ func instructionsCase(lab *Lab, fig *Figure, opt options, tmp string, c capCase,
 		return err
 	}
 	defer srv.stop()
-	genArgs := append([]string{"-bind", fmt.Sprintf("%s:%d", addrA, port)}, srv.genArgs...)
-	gen, err := lab.startRole("generator", "a", capGenCPU, "gen", genArgs...)
+	gen, stop, err := startCapGen(lab, srv, port)
 	if err != nil {
 		return err
 	}
-	defer gen.stop()
-	if err := lab.sinkOn(); err != nil {
-		return err
-	}
-	defer lab.sinkOff()
+	defer stop()
 	pid := srv.relay.pid()
 	runGen := func(secs float64) error {
 		if err := gen.call(10*time.Second, nil, "run", secs, 0, opt.cgRate); err != nil {

@@ -26,7 +26,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -330,8 +329,6 @@ func removeStaleNamespaces() {
 		os.RemoveAll(d)
 	}
 }
-
-var errSkip = errors.New("skipped")
 
 // tempDir makes a temporary directory removed when the lab closes.
 func tempDir(l *Lab, prefix string) (string, error) {

@@ -266,13 +266,7 @@ func memoryTURN(lab *Lab, fig *Figure, opt options, miss func(string, error)) {
 
 // memClientRole registers CIDs with a relay over one HTTP/3 connection.
 func memClientRole(args []string) error {
-	fs := flag.NewFlagSet("memclient", flag.ContinueOnError)
-	relay := fs.String("relay", "", "relay address")
-	relayKey := fs.String("relaykey", "", "relay public key, hex")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	rk, err := hex.DecodeString(*relayKey)
+	relay, rk, err := parseRelayFlags(flag.NewFlagSet("memclient", flag.ContinueOnError), args)
 	if err != nil {
 		return err
 	}
@@ -283,7 +277,7 @@ func memClientRole(args []string) error {
 	tr := &http3.Transport{TLSClientConfig: tlsConf, QUICConfig: &quic.Config{MaxIdleTimeout: 5 * time.Minute, KeepAlivePeriod: 10 * time.Second}}
 	defer tr.Close()
 	client := &http.Client{Transport: tr, Timeout: 60 * time.Second}
-	url := "https://" + *relay + "/v1/register"
+	url := "https://" + relay + "/v1/register"
 	register := func(num int) error {
 		key := make([]byte, 32)
 		rand.Read(key)
@@ -344,13 +338,7 @@ func memClientRole(args []string) error {
 
 // pipesRole opens pipes through a relay and holds them open.
 func pipesRole(args []string) error {
-	fs := flag.NewFlagSet("pipes", flag.ContinueOnError)
-	relay := fs.String("relay", "", "relay address")
-	relayKey := fs.String("relaykey", "", "relay public key, hex")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	rk, err := hex.DecodeString(*relayKey)
+	relay, rk, err := parseRelayFlags(flag.NewFlagSet("pipes", flag.ContinueOnError), args)
 	if err != nil {
 		return err
 	}
@@ -370,7 +358,7 @@ func pipesRole(args []string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
 		defer cancel()
 		dialerKey, accKey := benchKey("dialer"), benchKey("accepter")
-		base := quicpipe.Config{RelayAddr: *relay, RelayKey: rk, DisableDirect: true}
+		base := quicpipe.Config{RelayAddr: relay, RelayKey: rk, DisableDirect: true}
 		var wg sync.WaitGroup
 		var opened atomic.Int64
 		errc := make(chan error, 1)
@@ -463,10 +451,7 @@ func turnAllocRole(args []string) error {
 		for range 32 {
 			wg.Go(func() {
 				for next.Add(1) <= int64(n) {
-					fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-					if err == nil {
-						err = unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
-					}
+					fd, err := bindUDP(netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 0))
 					if err == nil {
 						c := &turnClient{fd: fd, server: srv}
 						_, err = c.allocate(30 * time.Second)

@@ -209,8 +209,7 @@ func quicpipeAccept(ctx context.Context, f peerFlags) error {
 			go acceptQUICStream(ctx, conn)
 		}
 	}()
-	say("ready", nil)
-	serveCommands(func(string, []string) (any, error) { return nil, errors.New("no commands") })
+	serveNothing()
 	return nil
 }
 
@@ -242,19 +241,10 @@ func quicpipeDial(ctx context.Context, f peerFlags) error {
 	}
 	defer d.Close()
 	peer := pub(benchKey("accepter"))
-	say("ready", nil)
-	serveCommands(func(cmd string, a []string) (any, error) {
-		n, err := parseN(a)
-		if err != nil || cmd != "dial" {
-			return nil, fmt.Errorf("usage: dial BYTES")
-		}
-		ctx, cancel := context.WithTimeout(ctx, 600*time.Second)
-		defer cancel()
-		var r dialResult
-		r.T0 = monoNow()
+	serveDials(ctx, func(ctx context.Context, n int64, r *dialResult) error {
 		conn, err := d.DialMailbox(ctx, peer)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		defer conn.CloseWithError(0, "")
 		if f.direct {
@@ -272,9 +262,29 @@ func quicpipeDial(ctx context.Context, f peerFlags) error {
 		if pi, ok := d.Path(conn); ok {
 			r.Path = pi.Kind.String()
 		}
-		return r, dialStream(ctx, conn, n, &r)
+		return dialStream(ctx, conn, n, r)
 	})
 	return nil
+}
+
+// serveDials says ready and answers "dial BYTES" commands: dial runs with a
+// 600 s deadline, and r.T0 is taken just before it.
+func serveDials(ctx context.Context, dial func(ctx context.Context, n int64, r *dialResult) error) {
+	say("ready", nil)
+	serveCommands(func(cmd string, a []string) (any, error) {
+		n, err := parseN(a)
+		if err != nil || cmd != "dial" {
+			return nil, fmt.Errorf("usage: dial BYTES")
+		}
+		ctx, cancel := context.WithTimeout(ctx, 600*time.Second)
+		defer cancel()
+		var r dialResult
+		r.T0 = monoNow()
+		if err := dial(ctx, n, &r); err != nil {
+			return nil, err
+		}
+		return r, nil
+	})
 }
 
 func dialStream(ctx context.Context, conn *quic.Conn, n int64, r *dialResult) error {
@@ -319,8 +329,7 @@ func quicAccept(ctx context.Context, f peerFlags) error {
 			go acceptQUICStream(ctx, conn)
 		}
 	}()
-	say("ready", nil)
-	serveCommands(func(string, []string) (any, error) { return nil, errors.New("no commands") })
+	serveNothing()
 	return nil
 }
 
@@ -340,22 +349,13 @@ func quicDial(ctx context.Context, f peerFlags) error {
 	}
 	tr := f.quicTransport(conn)
 	defer tr.Close()
-	say("ready", nil)
-	serveCommands(func(cmd string, a []string) (any, error) {
-		n, err := parseN(a)
-		if err != nil || cmd != "dial" {
-			return nil, fmt.Errorf("usage: dial BYTES")
-		}
-		ctx, cancel := context.WithTimeout(ctx, 600*time.Second)
-		defer cancel()
-		var r dialResult
-		r.T0 = monoNow()
+	serveDials(ctx, func(ctx context.Context, n int64, r *dialResult) error {
 		qc, err := tr.Dial(ctx, to, tlsConf, f.quicConfig())
 		if err != nil {
-			return nil, err
+			return err
 		}
 		defer qc.CloseWithError(0, "")
-		return r, dialStream(ctx, qc, n, &r)
+		return dialStream(ctx, qc, n, r)
 	})
 	return nil
 }
@@ -468,8 +468,7 @@ func webrtcAccept(ctx context.Context, f peerFlags) error {
 			}()
 		}
 	}()
-	say("ready", nil)
-	serveCommands(func(string, []string) (any, error) { return nil, errors.New("no commands") })
+	serveNothing()
 	return nil
 }
 
@@ -617,8 +616,7 @@ func signalRole(args []string) error {
 	}
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
-	say("ready", nil)
-	serveCommands(func(string, []string) (any, error) { return nil, errors.New("no commands") })
+	serveNothing()
 	srv.Close()
 	return nil
 }

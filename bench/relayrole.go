@@ -129,16 +129,23 @@ func snapshotRelay(r *quicpipe.Relay, gc bool) relayStats {
 	return s
 }
 
-func registrarRole(args []string) error {
-	fs := flag.NewFlagSet("registrar", flag.ContinueOnError)
+// parseRelayFlags adds -relay and -relaykey to fs, parses args and returns the
+// relay's address and its decoded key.
+func parseRelayFlags(fs *flag.FlagSet, args []string) (string, []byte, error) {
 	relay := fs.String("relay", "", "relay address")
 	relayKey := fs.String("relaykey", "", "relay public key, hex")
-	bind := fs.String("bind", "", "local address whose port receives the forwarded packets")
-	cidKey := fs.String("cidkey", "", "CID key, hex")
 	if err := fs.Parse(args); err != nil {
-		return err
+		return "", nil, err
 	}
 	rk, err := hex.DecodeString(*relayKey)
+	return *relay, rk, err
+}
+
+func registrarRole(args []string) error {
+	fs := flag.NewFlagSet("registrar", flag.ContinueOnError)
+	bind := fs.String("bind", "", "local address whose port receives the forwarded packets")
+	cidKey := fs.String("cidkey", "", "CID key, hex")
+	relay, rk, err := parseRelayFlags(fs, args)
 	if err != nil {
 		return err
 	}
@@ -157,7 +164,7 @@ func registrarRole(args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	a, err := quicpipe.NewAccepter(ctx, &quicpipe.Config{
-		RelayAddr:     *relay,
+		RelayAddr:     relay,
 		RelayKey:      rk,
 		Identity:      benchKey("sink"),
 		TrustedPeers:  []ed25519.PublicKey{pub(benchKey("gen"))},

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -74,6 +75,13 @@ func serveCommands(handle func(cmd string, args []string) (any, error)) {
 		}
 		say("ok", v)
 	}
+}
+
+// serveNothing says ready and refuses every command until standard input
+// closes: the lifetime of a role that only serves.
+func serveNothing() {
+	say("ready", nil)
+	serveCommands(func(string, []string) (any, error) { return nil, errors.New("no commands") })
 }
 
 // monoNow is CLOCK_MONOTONIC in nanoseconds: the same clock in every process

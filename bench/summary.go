@@ -102,7 +102,7 @@ func evaluateTargets(res *Results, delay time.Duration) {
 				b, d, sb, sd, sb/sd),
 			fmt.Sprintf("three costs that are not the relay's forwarding. The relayed path is twice as long: every packet "+
 				"crosses two delayed paths, a round trip of %.0f ms against %.0f ms, so slow start needs twice as long to "+
-				"open the window. Quicpipe keeps 1280-byte datagrams with 12-byte connection IDs (DESIGN.md: no path MTU "+
+				"open the window. Quicpipe keeps 1280-byte datagrams with 12-byte connection IDs (docs/PROTOCOL.md: no path MTU "+
 				"discovery on relayed paths) where quic-go grows to the link's MTU. And the relay's link, shaped like the "+
 				"peers', carries one direction's data and the other direction's acknowledgments. Controls measure these "+
 				"without a relay: direct quic-go with the relayed path's round-trip time reaches %.2f× direct quic-go, "+

@@ -6,7 +6,6 @@ package main
 // the same socket. STUN messages are built and parsed with pion/stun.
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -42,6 +41,23 @@ func rawAttr(t stun.AttrType, v []byte) stun.Setter {
 
 func sockaddr(ap netip.AddrPort) unix.Sockaddr {
 	return &unix.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+}
+
+// bindUDP opens an IPv4 UDP socket, sets the SOL_SOCKET options given as
+// option, value pairs, and binds it to addr.
+func bindUDP(addr netip.AddrPort, opts ...int) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+	if err != nil {
+		return -1, err
+	}
+	for i := 0; i+1 < len(opts); i += 2 {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, opts[i], opts[i+1])
+	}
+	if err := unix.Bind(fd, sockaddr(addr)); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
 }
 
 // transact sends a request (adding credentials once a realm and nonce are
@@ -134,5 +150,3 @@ func channelData(payload []byte) []byte {
 	copy(b[4:], payload)
 	return b
 }
-
-var errNoTURN = errors.New("no TURN server")

@@ -2,7 +2,6 @@ package example_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -65,7 +64,8 @@ func start(t *testing.T, name, stdin string, env ...string) *proc {
 		exe += ".exe"
 	}
 	p.cmd = exec.Command(exe)
-	p.cmd.Env = append(cleanEnv(), env...)
+	// Without the variables the examples read, unless env sets them.
+	p.cmd.Env = append(testbin.Env("QHOST=", "QUICPIPE_"), env...)
 	if stdin != "" {
 		p.cmd.Stdin = strings.NewReader(stdin)
 	}
@@ -128,11 +128,13 @@ func (p *proc) line(ctx context.Context, i int) (string, error) {
 		case i < n:
 			return l, nil
 		case eof:
+			// p.err is set only once p.done is closed.
 			select {
 			case <-p.done:
+				return "", fmt.Errorf("%s closed stdout after %d lines (exit: %v)", p.name, n, p.err)
 			case <-ctx.Done():
+				return "", fmt.Errorf("%s closed stdout after %d lines", p.name, n)
 			}
-			return "", fmt.Errorf("%s closed stdout after %d lines (exit: %v)", p.name, n, p.err)
 		}
 		select {
 		case <-p.notify:
@@ -161,39 +163,8 @@ func (p *proc) wait(timeout time.Duration) error {
 	}
 }
 
-// cleanEnv is the test's environment without the variables the examples
-// read. Race-enabled programs skip the race detector's default one-second
-// sleep at exit (a race still makes them exit with status 66).
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "QHOST=") && !strings.HasPrefix(kv, "QUICPIPE_") &&
-			!strings.HasPrefix(kv, "GORACE=") {
-			env = append(env, kv)
-		}
-	}
-	// Race-enabled binaries (see testbin) would sleep a second at exit;
-	// other binaries ignore GORACE.
-	env = append(env, strings.TrimSpace("GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	return env
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
+// syncBuffer holds a process's output while the test reads it.
+type syncBuffer = testbin.Buffer
 
 var listeningRE = regexp.MustCompile(`^listening on (127\.0\.0\.1:[1-9][0-9]*)$`)
 

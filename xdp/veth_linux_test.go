@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	netnsfd "github.com/quicpipe/quicpipe/internal/netns"
@@ -105,31 +104,6 @@ func (n *relayNet) attach(t *testing.T, mode Mode) *Program {
 	return p
 }
 
-// attachPass attaches a program that passes every frame to dev in ns, in
-// native mode. A veth transmits XDP_TX frames only to a peer that runs XDP
-// itself (see README.md).
-func attachPass(t *testing.T, ns netns, dev string) {
-	t.Helper()
-	prog, err := newPassProgram()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { prog.Close() })
-	var l link.Link
-	err = ns.Do(func() error {
-		ifi, err := net.InterfaceByName(dev)
-		if err != nil {
-			return err
-		}
-		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifi.Index, Flags: link.XDPDriverMode})
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-}
-
 func TestVeth(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -150,7 +124,9 @@ func TestVeth(t *testing.T) {
 			n.b.exec(t, "ethtool", "-K", "b0", "tx", "off")
 			p := n.attach(t, tc.mode)
 			if tc.passOnPeer {
-				attachPass(t, n.g, "g2")
+				// A veth transmits XDP_TX frames only to a peer that runs
+				// XDP itself (see README.md).
+				n.g.AttachXDPPass("g2")
 			}
 			for _, fam := range []struct {
 				name                 string
@@ -377,7 +353,7 @@ func TestAttachGoneOnExit(t *testing.T) {
 	const env = "QUICPIPE_XDP_TEST_CHILD_NETNS"
 	if name := os.Getenv(env); name != "" {
 		// The child: attach, check, and exit without Close.
-		f, err := netnsfd.Open("/run/netns/" + name)
+		f, err := os.Open("/run/netns/" + name)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -110,14 +110,14 @@ func (p *Program) put(cid [CIDLen]byte, e *entry) error {
 		Family:  e.family,
 		Flags:   e.flags,
 	}
-	if err := p.k.objs.CidMap.Put(cid, &v); err != nil {
+	if err := p.k.objs.CidMap.Put(&cid, &v); err != nil {
 		return fmt.Errorf("xdp: put: %w", err)
 	}
 	return nil
 }
 
 func (p *Program) delete(cid [CIDLen]byte) error {
-	err := p.k.objs.CidMap.Delete(cid)
+	err := p.k.objs.CidMap.Delete(&cid)
 	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("xdp: delete: %w", err)
 	}

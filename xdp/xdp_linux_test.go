@@ -15,6 +15,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/quicpipe/quicpipe/internal/netlab"
 	"golang.org/x/sys/unix"
 )
 
@@ -614,7 +615,7 @@ func BenchmarkRun(b *testing.B) {
 // the difference is what parsing, lookup and rewriting cost.
 func BenchmarkProgram(b *testing.B) {
 	p := loadWithEntries(b)
-	empty, err := newPassProgram()
+	empty, err := netlab.NewXDPPassProgram()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -640,6 +641,22 @@ func BenchmarkProgram(b *testing.B) {
 	}
 }
 
+// BenchmarkPutDelete measures a relay's work for one CID: Put, then Delete,
+// one system call each.
+func BenchmarkPutDelete(b *testing.B) {
+	p := loadTest(b, Config{})
+	dst := netip.MustParseAddrPort("192.0.2.1:443")
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := p.Put(cidB4, dst, netip.AddrPort{}); err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Delete(cidB4); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 type benchFrame struct {
 	name string
 	in   []byte
@@ -651,13 +668,4 @@ func benchFrames() []benchFrame {
 		{"ipv6 hit", v6(cidB6).bytes()},
 		{"ipv4 miss", v4(cidUnknown).bytes()},
 	}
-}
-
-// newPassProgram loads an XDP program that passes every frame.
-func newPassProgram() (*ebpf.Program, error) {
-	return ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         ebpf.XDP,
-		License:      "MIT",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, int32(ActionPass)), asm.Return()},
-	})
 }

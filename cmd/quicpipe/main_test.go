@@ -69,7 +69,7 @@ func start(t *testing.T, name string, o procOpts, args ...string) *proc {
 	t.Helper()
 	p := &proc{name: name, done: make(chan struct{})}
 	p.cmd = exec.Command(binary(t), args...)
-	p.cmd.Env = append(cleanEnv(), "XDG_CONFIG_HOME="+o.home, "HOME="+o.home)
+	p.cmd.Env = append(testbin.Env("XDG_CONFIG_HOME=", "HOME="), "XDG_CONFIG_HOME="+o.home, "HOME="+o.home)
 	if o.stdin != nil {
 		p.cmd.Stdin = o.stdin
 	} else {
@@ -177,37 +177,8 @@ func (p *proc) ticket(t *testing.T) string {
 	return p.match(t, &p.stderr, ticketRE, 30*time.Second)
 }
 
-// cleanEnv is the test's environment for the processes. Race-enabled
-// programs skip the race detector's one-second sleep at exit.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "XDG_CONFIG_HOME=") && !strings.HasPrefix(kv, "HOME=") && !strings.HasPrefix(kv, "GORACE=") {
-			env = append(env, kv)
-		}
-	}
-	// Race-enabled binaries (see testbin) would sleep a second at exit;
-	// other binaries ignore GORACE.
-	env = append(env, strings.TrimSpace("GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	return env
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
+// syncBuffer holds a process's output while the test reads it.
+type syncBuffer = testbin.Buffer
 
 // randomFile writes n random bytes to a new file and returns it (at offset
 // 0) with their SHA-256.

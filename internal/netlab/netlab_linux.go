@@ -139,7 +139,7 @@ func (l *Lab) NS(role string) *NS {
 	if out, err := run(nil, "ip", "netns", "add", name); err != nil {
 		l.t.Fatalf("netlab: ip netns add %s: %v: %s", name, err, out)
 	}
-	f, err := netns.Open(filepath.Join("/run/netns", name))
+	f, err := os.Open(filepath.Join("/run/netns", name))
 	if err != nil {
 		run(nil, "ip", "netns", "del", name)
 		l.t.Fatalf("netlab: %v", err)

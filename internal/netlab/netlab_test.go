@@ -4,6 +4,7 @@ package netlab
 
 import (
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -88,7 +89,7 @@ func TestLab(t *testing.T) {
 		t.Logf("round trip %v; burst in %v", rtt.Round(time.Microsecond), took.Round(time.Microsecond))
 	})
 	for _, name := range names {
-		if _, err := netns.Open("/run/netns/" + name); err == nil {
+		if _, err := os.Stat("/run/netns/" + name); err == nil {
 			t.Errorf("namespace %s outlived its lab", name)
 		}
 	}

@@ -27,9 +27,6 @@ func Of(c syscall.Conn) (*os.File, error) {
 	return os.NewFile(uintptr(fd), "netns"), nil
 }
 
-// Open opens the namespace file at path, for example /run/netns/NAME.
-func Open(path string) (*os.File, error) { return os.Open(path) }
-
 // IsCurrent reports whether ns is the namespace of the calling thread.
 // Threads that nobody moved share the process's namespace.
 func IsCurrent(ns *os.File) (bool, error) {

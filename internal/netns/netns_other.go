@@ -10,9 +10,6 @@ import (
 // Of returns ErrUnsupported.
 func Of(syscall.Conn) (*os.File, error) { return nil, ErrUnsupported }
 
-// Open returns ErrUnsupported.
-func Open(string) (*os.File, error) { return nil, ErrUnsupported }
-
 // IsCurrent returns ErrUnsupported.
 func IsCurrent(*os.File) (bool, error) { return false, ErrUnsupported }
 
