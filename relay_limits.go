@@ -114,3 +114,16 @@ func StatelessResetKeyFromIdentity(identity ed25519.PrivateKey) quic.StatelessRe
 	copy(k[:], h.Sum(nil))
 	return k
 }
+
+// sourceOf is the unit in which the relay's per-source limits count: an IPv4
+// address, or the /64 that an IPv6 address belongs to (a subscriber's usual
+// allocation), so that one host cannot multiply its quota by spreading over
+// the addresses of its prefix.
+func sourceOf(a netip.Addr) netip.Prefix {
+	a = a.Unmap()
+	if a.Is4() {
+		return netip.PrefixFrom(a, 32)
+	}
+	p, _ := a.Prefix(64)
+	return p
+}
