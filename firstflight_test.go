@@ -770,6 +770,13 @@ func clientHelloOf(t testing.TB, f *FirstFlight) []byte {
 // each filling a datagram of size bytes.
 func sealFlight(t testing.TB, dcid, scid, hello []byte, size int) *FirstFlight {
 	t.Helper()
+	return sealFlightChunks(t, dcid, scid, hello, size, 0)
+}
+
+// sealFlightChunks is sealFlight with at most chunk bytes of hello in each
+// datagram; 0 fills each datagram. size must leave room for the header.
+func sealFlightChunks(t testing.TB, dcid, scid, hello []byte, size, chunk int) *FirstFlight {
+	t.Helper()
 	expand := func(secret []byte, label string, n int) []byte {
 		full := "tls13 " + label
 		info := append([]byte{byte(n >> 8), byte(n), byte(len(full))}, full...)
@@ -808,6 +815,9 @@ func sealFlight(t testing.TB, dcid, scid, hello []byte, size int) *FirstFlight {
 		// One CRYPTO frame (offset and length as 4-byte varints), then
 		// PADDING.
 		n := min(len(hello)-off, payloadLen-9)
+		if chunk > 0 {
+			n = min(n, chunk)
+		}
 		payload := []byte{0x06}
 		payload = binary.BigEndian.AppendUint32(payload, 0x80000000|uint32(off))
 		payload = binary.BigEndian.AppendUint32(payload, 0x80000000|uint32(n))
