@@ -8,6 +8,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
@@ -57,6 +58,9 @@ type proc struct {
 	err    error
 }
 
+// procTimeout bounds the life of every process a test starts.
+const procTimeout = 4 * time.Minute
+
 // procOpts say where a process reads and writes.
 type procOpts struct {
 	home   string   // XDG_CONFIG_HOME and HOME (identity files)
@@ -68,7 +72,10 @@ type procOpts struct {
 func start(t *testing.T, name string, o procOpts, args ...string) *proc {
 	t.Helper()
 	p := &proc{name: name, done: make(chan struct{})}
-	p.cmd = exec.Command(binary(t), args...)
+	// No process outlives procTimeout, even if the test forgets it.
+	ctx, cancel := context.WithTimeout(context.Background(), procTimeout)
+	t.Cleanup(cancel)
+	p.cmd = exec.CommandContext(ctx, binary(t), args...)
 	p.cmd.Env = append(testbin.Env("XDG_CONFIG_HOME=", "HOME="), "XDG_CONFIG_HOME="+o.home, "HOME="+o.home)
 	if o.stdin != nil {
 		p.cmd.Stdin = o.stdin
