@@ -20,8 +20,10 @@ import (
 // first frame). In the stdin/stdout mode, the listener answers with the same
 // header when it takes the session, and only then does the dialer report
 // that it connected. Everything after the headers is the piped bytes; the
-// end of input is the stream's FIN.
-var streamHeader = [4]byte{'Q', 'P', 'S', 1}
+// end of input is the stream's FIN. Version 2 added the listener's answer:
+// a version-1 peer is refused with codeBadStream rather than handed 4 stray
+// bytes.
+var streamHeader = [4]byte{'Q', 'P', 'S', 2}
 
 // Application error codes of streams and connections.
 const (
