@@ -32,9 +32,13 @@ func TestNATFallbackShortIdleTimeout(t *testing.T) {
 	restore := l.cut(t)
 	defer restore()
 	cutAt := time.Now()
-	fb, err := p.dw.wait(ctx, isRelayed)
+	// A connection that dies ends the wait at once.
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	context.AfterFunc(p.dc.Context(), wcancel)
+	fb, err := p.dw.wait(wctx, isRelayed)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("no fallback: %v; the connection: %v", err, context.Cause(p.dc.Context()))
 	}
 	t.Logf("idle connection back on the relay %v after the cut", fb.Since.Sub(cutAt).Round(time.Millisecond))
 	select {
