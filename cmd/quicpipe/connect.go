@@ -58,7 +58,7 @@ func cmdConnect(ctx context.Context, e *env) error {
 		case ctx.Err() != nil:
 			return interrupted(ctx, err, *tcpListen == "")
 		case errors.As(err, &re) && re.Code == "no_mailbox":
-			return errors.New("nobody is listening with this ticket (the listener has stopped, or took its one connection)")
+			return errors.New("nobody is listening with this ticket (the listener has stopped)")
 		case errors.Is(err, context.DeadlineExceeded):
 			return fmt.Errorf("the listener did not answer within %v: %w", *timeout, err)
 		}

@@ -74,7 +74,8 @@ func main() {
 		// After the first signal, which closes in order, a second one
 		// kills.
 		signal.Stop(sigc)
-		cancel(&signalError{sig: sig.(syscall.Signal)})
+		num, _ := sig.(syscall.Signal)
+		cancel(&signalError{sig: num})
 	}()
 	code := run(ctx, e)
 	signal.Stop(sigc)
