@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -38,7 +40,7 @@ func cmdConnect(ctx context.Context, e *env) error {
 		return err
 	}
 	log := logger(e, *verbose)
-	cfg := &quicpipe.Config{RelayToken: *relayToken, Logger: log}
+	cfg := &quicpipe.Config{RelayToken: *relayToken, QUICConfig: peerQUICConfig(), Logger: log}
 	if ticket.Secret == nil {
 		key, err := loadIdentity(e, *identity)
 		if err != nil {
@@ -54,35 +56,67 @@ func cmdConnect(ctx context.Context, e *env) error {
 		var re *quicpipe.RelayError
 		switch {
 		case ctx.Err() != nil:
-			return nil
+			return interrupted(ctx, err, *tcpListen == "")
 		case errors.As(err, &re) && re.Code == "no_mailbox":
-			return errors.New("nobody is listening with this ticket (the listener has stopped, or took its one connection)")
+			return errors.New("nobody is listening with this ticket (the listener has stopped)")
 		case errors.Is(err, context.DeadlineExceeded):
 			return fmt.Errorf("the listener did not answer within %v: %w", *timeout, err)
 		}
-		return err
+		return connError(err)
 	}
 	defer conn.Close()
-	fmt.Fprintf(e.stderr, "quicpipe: connected to %s\n", quicpipe.EncodeKey(ticket.Peer))
 
 	if *tcpListen != "" {
+		fmt.Fprintf(e.stderr, "quicpipe: connected to %s\n", quicpipe.EncodeKey(ticket.Peer))
 		return serveTCPListen(ctx, e, conn, *tcpListen, *verbose)
 	}
-	s, err := conn.OpenStreamSync(ctx)
-	if err == nil {
-		_, err = s.Write(streamHeader[:])
-	}
+	s, err := openSession(ctx, conn, *timeout)
 	if err != nil {
-		if cleanEnd(err) || ctx.Err() != nil {
-			return nil
-		}
 		return err
 	}
+	fmt.Fprintf(e.stderr, "quicpipe: connected to %s\n", quicpipe.EncodeKey(ticket.Peer))
 	prog := newProgress(e.stderr, isTerminal(e.stderrFile))
 	prog.start()
 	err = pipeStdio(ctx, conn.Conn, s, e.stdin, e.stdout, false, prog)
 	prog.finish()
 	return err
+}
+
+// openSession opens the stdin/stdout stream and waits, up to timeout, until
+// the listener takes the session by answering its header. A listener that
+// serves another dialer closes the connection with codeBusy instead.
+func openSession(ctx context.Context, conn *quicpipe.Conn, timeout time.Duration) (*quic.Stream, error) {
+	stop := context.AfterFunc(ctx, func() { conn.CloseWithError(codeInterrupted, "interrupted") })
+	s, err := conn.OpenStreamSync(ctx)
+	if err == nil {
+		_, err = s.Write(streamHeader[:])
+	}
+	if err == nil {
+		s.SetReadDeadline(time.Now().Add(timeout))
+		var h [len(streamHeader)]byte
+		if _, err = io.ReadFull(s, h[:]); err == nil && h != streamHeader {
+			err = fmt.Errorf("the listener answered with % x, not the quicpipe header", h)
+		}
+		s.SetReadDeadline(time.Time{})
+	}
+	if !stop() || ctx.Err() != nil {
+		conn.CloseWithError(codeInterrupted, "interrupted")
+		return nil, stopped(ctx)
+	}
+	if err == nil {
+		return s, nil
+	}
+	if cause := context.Cause(conn.Context()); cause != nil {
+		err = cause // the connection's end explains the stream's failure
+	}
+	conn.CloseWithError(codeError, "")
+	switch {
+	case cleanEnd(err):
+		return nil, errors.New("the listener closed the connection without taking the session (it stopped, or serves another dialer)")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return nil, fmt.Errorf("the listener did not take the session within %v", timeout)
+	}
+	return nil, connError(err)
 }
 
 // serveTCPListen forwards each TCP connection accepted on addr over a new
@@ -119,7 +153,7 @@ func serveTCPListen(ctx context.Context, e *env, conn *quicpipe.Conn, addr strin
 					fmt.Fprintln(e.stderr, "quicpipe: the listener closed the connection")
 					return nil
 				}
-				return fmt.Errorf("connection to the listener: %w", cerr)
+				return fmt.Errorf("connection to the listener: %w", connError(cerr))
 			}
 			return err
 		}

@@ -105,10 +105,12 @@ func cmdListen(ctx context.Context, e *env) error {
 		RelayToken:   *relayToken,
 		Identity:     key,
 		TrustedPeers: trusted,
+		QUICConfig:   peerQUICConfig(),
 		Logger:       log,
 	})
+	pipe := *tcpTarget == ""
 	if err != nil {
-		return interrupted(ctx, err)
+		return interrupted(ctx, err, pipe)
 	}
 	defer a.Close()
 	if err := a.OpenMailbox(ctx); err != nil {
@@ -116,7 +118,7 @@ func cmdListen(ctx context.Context, e *env) error {
 		if errors.As(err, &re) && re.Code == "not_found" {
 			return fmt.Errorf("the relay does not offer mailboxes: %w", err)
 		}
-		return interrupted(ctx, err)
+		return interrupted(ctx, err, pipe)
 	}
 
 	fmt.Fprintf(e.stderr, "quicpipe: listening through %s\n", where)
@@ -130,26 +132,43 @@ func cmdListen(ctx context.Context, e *env) error {
 		}
 	}
 
-	if *tcpTarget != "" {
+	if !pipe {
 		return serveTCP(ctx, e, a, *tcpTarget, *verbose)
 	}
 	qc, err := a.AcceptMailbox(ctx)
 	if err != nil {
-		return interrupted(ctx, err)
+		return interrupted(ctx, err, pipe)
 	}
-	a.CloseMailbox() // one session: later dials are refused
+	// One session: the mailbox stays open so that every later dial is
+	// refused with a clear code rather than left to time out or closed
+	// half-way through its handshake.
+	rctx, stopRefusing := context.WithCancel(ctx)
+	refusing := make(chan struct{})
+	go func() {
+		defer close(refusing)
+		refuseDials(rctx, e, a)
+	}()
+	defer func() {
+		stopRefusing()
+		<-refusing
+	}()
 	fmt.Fprintf(e.stderr, "quicpipe: connected to %s\n", quicpipe.EncodeKey(quicpipe.PeerKey(qc.ConnectionState().TLS)))
+	stop := context.AfterFunc(ctx, func() { qc.CloseWithError(codeInterrupted, "interrupted") })
 	s, err := qc.AcceptStream(ctx)
 	if err == nil {
 		err = readHeader(s)
 	}
+	if err == nil {
+		// Taking the session: the dialer reports the connection now.
+		_, err = s.Write(streamHeader[:])
+	}
+	if !stop() || ctx.Err() != nil {
+		qc.CloseWithError(codeInterrupted, "interrupted")
+		return stopped(ctx)
+	}
 	if err != nil {
-		if cleanEnd(err) || ctx.Err() != nil {
-			qc.CloseWithError(codeOK, "")
-			return nil
-		}
 		qc.CloseWithError(codeError, "")
-		return err
+		return connError(err)
 	}
 	prog := newProgress(e.stderr, isTerminal(e.stderrFile))
 	prog.start()
@@ -158,12 +177,30 @@ func cmdListen(ctx context.Context, e *env) error {
 	return err
 }
 
-// interrupted turns an error caused by Ctrl-C into success.
-func interrupted(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return nil
+// refuseDials closes every connection dialed through a's mailbox with
+// codeBusy, until ctx is done: the listener serves one session.
+func refuseDials(ctx context.Context, e *env, a *quicpipe.Accepter) {
+	for {
+		qc, err := a.AcceptMailbox(ctx)
+		if err != nil {
+			return
+		}
+		qc.CloseWithError(codeBusy, "busy")
+		fmt.Fprintf(e.stderr, "quicpipe: refused another dialer (%s): already connected\n", quicpipe.EncodeKey(quicpipe.PeerKey(qc.ConnectionState().TLS)))
 	}
-	return err
+}
+
+// interrupted turns an error caused by a signal into the signal's error in
+// a stdin/stdout session (pipe), which it leaves incomplete, or into
+// success in the modes that run until stopped.
+func interrupted(ctx context.Context, err error, pipe bool) error {
+	switch {
+	case ctx.Err() == nil:
+		return err
+	case pipe:
+		return stopped(ctx)
+	}
+	return nil
 }
 
 // inProcessRelay is the relay listen runs when no -relay is given.
@@ -215,7 +252,7 @@ func serveTCP(ctx context.Context, e *env, a *quicpipe.Accepter, target string, 
 	for {
 		qc, err := a.AcceptMailbox(ctx)
 		if err != nil {
-			return interrupted(ctx, err)
+			return interrupted(ctx, err, false)
 		}
 		peer := quicpipe.EncodeKey(quicpipe.PeerKey(qc.ConnectionState().TLS))
 		fmt.Fprintf(e.stderr, "quicpipe: connected to %s\n", peer)

@@ -25,8 +25,14 @@
 //
 // "quicpipe SUBCOMMAND -h" lists each one's flags. Human-readable messages go
 // to standard error; standard output carries only piped data (or, for relay
-// and key, the lines scripts read). Exit status: 0 on success and after
-// Ctrl-C, 1 on errors, 2 on usage errors.
+// and key, the lines scripts read).
+//
+// Exit status: 0 when a stdin/stdout session ended in order (both inputs
+// reached their end and everything was delivered); 130 or 143 when SIGINT
+// (Ctrl-C) or SIGTERM stopped listen or connect in that mode; 1 on errors,
+// including the other side being interrupted, vanishing or refusing the
+// session; 2 on usage errors. The relay and the TCP forwarding modes run
+// until stopped and exit 0 after SIGINT or SIGTERM.
 package main
 
 import (
@@ -60,12 +66,38 @@ type env struct {
 
 func main() {
 	e := &env{args: os.Args[1:], stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, stderrFile: os.Stderr}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	// After the first Ctrl-C, which closes cleanly, a second one kills.
-	context.AfterFunc(ctx, stop)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		sig := <-sigc
+		// After the first signal, which closes in order, a second one
+		// kills.
+		signal.Stop(sigc)
+		num, _ := sig.(syscall.Signal)
+		cancel(&signalError{sig: num})
+	}()
 	code := run(ctx, e)
-	stop()
+	signal.Stop(sigc)
 	os.Exit(code)
+}
+
+// signalError is the cause of the command's context when a signal stopped
+// it. A pipe that a signal ends exits with 128 plus the signal's number, as
+// shells report a process killed by it.
+type signalError struct {
+	sig syscall.Signal
+}
+
+func (e *signalError) Error() string { return "interrupted by " + e.sig.String() }
+
+// stopped returns the error a pipe ends with when ctx is done: the
+// signal that stopped it.
+func stopped(ctx context.Context) error {
+	if err := context.Cause(ctx); err != nil {
+		return err
+	}
+	return errors.New("interrupted")
 }
 
 const usage = `usage: quicpipe <command> [flags] [arguments]
@@ -103,9 +135,12 @@ func run(ctx context.Context, e *env) int {
 	}
 	e.args = e.args[1:]
 	err := cmd(ctx, e)
+	var sigErr *signalError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.As(err, &sigErr):
+		return 128 + int(sigErr.sig)
 	case errors.Is(err, errUsage):
 		return 2
 	default:

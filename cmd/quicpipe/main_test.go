@@ -8,6 +8,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
@@ -57,6 +58,9 @@ type proc struct {
 	err    error
 }
 
+// procTimeout bounds the life of every process a test starts.
+const procTimeout = 4 * time.Minute
+
 // procOpts say where a process reads and writes.
 type procOpts struct {
 	home   string   // XDG_CONFIG_HOME and HOME (identity files)
@@ -68,7 +72,10 @@ type procOpts struct {
 func start(t *testing.T, name string, o procOpts, args ...string) *proc {
 	t.Helper()
 	p := &proc{name: name, done: make(chan struct{})}
-	p.cmd = exec.Command(binary(t), args...)
+	// No process outlives procTimeout, even if the test forgets it.
+	ctx, cancel := context.WithTimeout(context.Background(), procTimeout)
+	t.Cleanup(cancel)
+	p.cmd = exec.CommandContext(ctx, binary(t), args...)
 	p.cmd.Env = append(testbin.Env("XDG_CONFIG_HOME=", "HOME="), "XDG_CONFIG_HOME="+o.home, "HOME="+o.home)
 	if o.stdin != nil {
 		p.cmd.Stdin = o.stdin
@@ -253,8 +260,9 @@ func TestPipeBothWays(t *testing.T) {
 	}
 }
 
-// TestInterrupt: Ctrl-C on either side ends the session cleanly on both:
-// exit status 0, and the other side sees the end of the stream.
+// TestInterrupt: Ctrl-C on either side of a chat (stdin left open) ends
+// the session on both, and neither calls it complete: the interrupted side
+// exits 130, the other exits 1 saying that the other side was interrupted.
 func TestInterrupt(t *testing.T) {
 	binary(t)
 	for _, side := range []string{"connect", "listen"} {
@@ -269,12 +277,12 @@ func TestInterrupt(t *testing.T) {
 			l.match(t, &l.stdout, regexp.MustCompile(`(from connect)\n`), 30*time.Second)
 			c.match(t, &c.stdout, regexp.MustCompile(`(from listen)\n`), 30*time.Second)
 			if side == "connect" {
-				// The listener took its one connection and closed its
-				// mailbox: another dial with the ticket is refused at once.
+				// The listener serves one session: another dial with the
+				// ticket is refused at once.
 				again := start(t, "second connect", procOpts{home: dir}, "connect", l.ticket(t))
 				again.stdin.Close()
 				again.expectExit(t, 30*time.Second, 1)
-				if !strings.Contains(again.stderr.String(), "nobody is listening with this ticket") {
+				if !strings.Contains(again.stderr.String(), "the listener is already connected to another peer") {
 					t.Errorf("second connect: %s", again.stderr.String())
 				}
 			}
@@ -283,8 +291,11 @@ func TestInterrupt(t *testing.T) {
 				stopped, other = l, c
 			}
 			stopped.interrupt(t)
-			stopped.expectExit(t, 10*time.Second, 0)
-			other.expectExit(t, 10*time.Second, 0)
+			stopped.expectExit(t, 10*time.Second, 130)
+			other.expectExit(t, 10*time.Second, 1)
+			if !strings.Contains(other.stderr.String(), "the other side was interrupted") {
+				t.Errorf("%s did not say the other side was interrupted:\n%s", other.name, other.stderr.String())
+			}
 		})
 	}
 	t.Run("idle-listen", func(t *testing.T) {
@@ -292,7 +303,7 @@ func TestInterrupt(t *testing.T) {
 		l := start(t, "listen", procOpts{home: t.TempDir()}, "listen")
 		l.ticket(t)
 		l.interrupt(t)
-		l.expectExit(t, 10*time.Second, 0)
+		l.expectExit(t, 10*time.Second, 130)
 	})
 }
 

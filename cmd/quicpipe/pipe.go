@@ -17,17 +17,42 @@ import (
 // stdin/stdout mode, one per TCP connection in the TCP modes) and starts it
 // with streamHeader, so that the listener learns of the stream at once even
 // if the dialer has nothing to send yet (QUIC announces a stream with its
-// first frame). Everything after the header is the piped bytes; the end of
-// input is the stream's FIN.
-var streamHeader = [4]byte{'Q', 'P', 'S', 1}
+// first frame). In the stdin/stdout mode, the listener answers with the same
+// header when it takes the session, and only then does the dialer report
+// that it connected. Everything after the headers is the piped bytes; the
+// end of input is the stream's FIN. Version 2 added the listener's answer:
+// a version-1 peer is refused with codeBadStream rather than handed 4 stray
+// bytes.
+var streamHeader = [4]byte{'Q', 'P', 'S', 2}
 
 // Application error codes of streams and connections.
 const (
-	codeOK          = 0 // normal close, also after Ctrl-C
+	codeOK          = 0 // the session ended in order (both FINs read), or the TCP modes were stopped
 	codeError       = 1 // a local I/O error ended the pipe
 	codeUnreachable = 2 // the listener could not reach its TCP target
 	codeBadStream   = 3 // the stream did not start with streamHeader
+	codeInterrupted = 4 // a signal (Ctrl-C, SIGTERM) stopped a stdin/stdout session before its end
+	codeBusy        = 5 // the listener already serves another dialer
 )
+
+// The peer connections of the command notice a vanished peer within
+// seconds: quic-go sends a PING when nothing arrived for peerKeepAlive and
+// closes after peerIdleTimeout without any packet. The idle timeout must
+// outlast a direct path's fallback to the relay (about 3.5 s without an
+// answer, then a round trip through the relay), or a pipe would die
+// whenever a direct path does. The library's defaults (90 s) are for
+// connections that must survive a relay restart; an interactive pipe would
+// rather say that the other side is gone.
+const (
+	peerKeepAlive   = time.Second
+	peerIdleTimeout = 8 * time.Second
+)
+
+// peerQUICConfig is the QUIC configuration of the command's peer
+// connections.
+func peerQUICConfig() *quic.Config {
+	return &quic.Config{KeepAlivePeriod: peerKeepAlive, MaxIdleTimeout: peerIdleTimeout}
+}
 
 // listenerWait bounds how long a listener that has finished both directions
 // waits for the dialer to close the connection.
@@ -51,23 +76,63 @@ func readHeader(s *quic.Stream) error {
 }
 
 // cleanEnd reports whether err is the peer closing the connection normally
-// (application error 0): the other side ended the session, which is not an
-// error here.
+// (application error 0).
 func cleanEnd(err error) bool {
 	var appErr *quic.ApplicationError
 	return errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == codeOK
 }
 
+// errBusy is what a dialer refused by a busy listener reports.
+var errBusy = errors.New("the listener is already connected to another peer (it serves one session per ticket)")
+
+// connError says why the connection or stream that failed with err ended,
+// when the other side ended it or vanished; other errors are returned
+// unchanged.
+func connError(err error) error {
+	var appErr *quic.ApplicationError
+	var streamErr *quic.StreamError
+	var idleErr *quic.IdleTimeoutError
+	code, remote := quic.ApplicationErrorCode(0), false
+	switch {
+	case errors.As(err, &appErr):
+		code, remote = appErr.ErrorCode, appErr.Remote
+	case errors.As(err, &streamErr):
+		code, remote = quic.ApplicationErrorCode(streamErr.ErrorCode), streamErr.Remote
+	case errors.As(err, &idleErr):
+		return fmt.Errorf("the other side stopped answering (nothing heard for %v): it was killed, or the network between us failed", peerIdleTimeout)
+	}
+	if !remote {
+		return err
+	}
+	switch code {
+	case codeOK:
+		return errors.New("the other side closed the connection before the end of the data")
+	case codeError:
+		return errors.New("the other side stopped on an error")
+	case codeUnreachable:
+		return errors.New("the listener could not reach its TCP service")
+	case codeBadStream:
+		return errors.New("the other side does not speak this quicpipe protocol")
+	case codeInterrupted:
+		return errors.New("the other side was interrupted")
+	case codeBusy:
+		return errBusy
+	}
+	return err
+}
+
 // pipeStdio copies in to the stream and the stream to out until both
-// directions have ended, the peer closes the connection, or ctx is done.
+// directions have ended, the connection ends, or ctx is done.
 //
-// No data may be lost when the connection closes: closing it discards what
-// the other side has not received yet. So the dialer closes the connection,
-// and only once it has read the listener's FIN; the listener sends its FIN
-// only once it has read the dialer's. Hence when the dialer closes, both
-// sides have received everything. A listener that has finished waits for
-// that close (listenerWait at most). Ctrl-C closes the connection at once
-// with code 0, which the other side takes as the end of the session.
+// Only the FIN of each direction is an end: a connection that closes before
+// both were read is an error, whatever its code. No data may be lost when
+// the connection closes: closing it discards what the other side has not
+// received yet. So the dialer closes the connection, and only once it has
+// read the listener's FIN; the listener sends its FIN only once it has read
+// the dialer's. Hence when the dialer closes, both sides have received
+// everything. A listener that has finished waits for that close
+// (listenerWait at most). A signal closes the connection at once with
+// codeInterrupted, which the other side reports.
 func pipeStdio(ctx context.Context, qc *quic.Conn, s *quic.Stream, in io.Reader, out io.Writer, listener bool, prog *progress) error {
 	recvFIN := make(chan struct{})
 	recvc := make(chan error, 1)
@@ -104,15 +169,22 @@ func pipeStdio(ctx context.Context, qc *quic.Conn, s *quic.Stream, in io.Reader,
 		case err = <-recvc:
 			received = true
 		case <-ctx.Done():
-			qc.CloseWithError(codeOK, "interrupted")
-			return nil
+			qc.CloseWithError(codeInterrupted, "interrupted")
+			return stopped(ctx)
 		}
 		if err != nil {
-			if cleanEnd(err) || ctx.Err() != nil {
-				return nil
+			if ctx.Err() != nil {
+				qc.CloseWithError(codeInterrupted, "interrupted")
+				return stopped(ctx)
+			}
+			// The connection's end explains a failed copy better than
+			// the copy's own error.
+			if cause := context.Cause(qc.Context()); cause != nil {
+				err = cause
 			}
 			qc.CloseWithError(codeError, "")
-			return err
+			err = connError(err)
+			return fmt.Errorf("%w (received %d bytes, sent %d)", err, prog.received.Load(), prog.sent.Load())
 		}
 	}
 	if listener {
