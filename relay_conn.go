@@ -22,20 +22,23 @@ type relayConn struct {
 type verdict uint8
 
 const (
-	toServer        verdict = iota // hand to the HTTP/3 server
-	forward                        // send to the registered address
-	dropUnknown                    // short header, CID not registered
-	dropExpired                    // registration lapsed
-	dropPeerInitial                // a peer's first flight sent to the relay
-	dropMalformed                  // too short to carry a QUIC header
-	dropRateLimited                // over a forwarding rate
-	resetStale                     // a relay CID of an earlier run: send a stateless reset
+	toServer          verdict = iota // hand to the HTTP/3 server
+	forward                          // send to the registered address
+	dropUnknown                      // short header, CID not registered
+	dropExpired                      // registration lapsed
+	dropPeerInitial                  // a peer's first flight sent to the relay
+	dropMalformed                    // too short to carry a QUIC header
+	dropRateLimited                  // over a forwarding rate
+	resetStale                       // a relay CID of an earlier run: send a stateless reset
+	dropUnknownSource                // from an address no live registration forwards to
+	dropRelaySCID                    // long header with a relay's source CID
 	numVerdicts
 )
 
-// classify decides what to do with datagram b and, for forward, returns the
-// destination. It does not allocate on any path a forwarded packet takes.
-func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
+// classify decides what to do with datagram b, received from src, and, for
+// forward, returns the destination. It does not allocate on any path a
+// forwarded packet takes.
+func (r *Relay) classify(b []byte, src addrKey, now int64) (verdict, *dest) {
 	if len(b) < 1+CIDLen {
 		return dropMalformed, nil
 	}
@@ -73,6 +76,20 @@ func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
 	}
 	if reg.expires.Load() < now {
 		return dropExpired, nil
+	}
+	// The forwarding rule: only datagrams from an address that a live
+	// registration forwards to are forwarded, so that nothing the relay
+	// sends can come back to it, from itself or another relay, and be
+	// forwarded again (docs/RELAY.md).
+	if !r.targets.has(&src) {
+		r.wakeFollow(reg, now)
+		return dropUnknownSource, nil
+	}
+	// A relay's Initial, Handshake or Retry (its source CID is a relay
+	// CID) is never forwarded: a relay's handshake with a spoofed address
+	// must not complete through another relay's (or its own) forwarding.
+	if b[0]&0x80 != 0 && len(b) >= 7+2*CIDLen && b[6+CIDLen] == CIDLen && IsRelayCID(b[7+CIDLen:]) {
+		return dropRelaySCID, nil
 	}
 	n := int64(len(b))
 	if !reg.packets.allow(1, now, r.cfg.MaxPacketsPerSecond, r.cfg.MaxPacketsPerSecond) ||

@@ -83,6 +83,14 @@ func (r *Relay) xdpPut(cids []CID, d *dest) {
 	}
 }
 
+// xdpSource adds ap to the program's set of sources it forwards from, or
+// removes it.
+func (r *Relay) xdpSource(ap netip.AddrPort, allow bool) {
+	if r.xdp == nil {
+		return
+	}
+}
+
 // xdpDelete removes cids from the program's map.
 func (r *Relay) xdpDelete(cids []CID) {
 	if r.xdp == nil {
