@@ -185,6 +185,7 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 	}
 	if reg == nil {
 		reg = &registration{key: string(key)}
+		r.xdpTakeBucket(reg)
 		r.regs[reg.key] = reg
 	}
 	r.moveIPLocked(reg, ip)
@@ -259,7 +260,7 @@ func (r *Relay) addRange(reg *registration, from, to uint64) {
 	for _, c := range cids {
 		r.table.insert(c, reg)
 	}
-	r.xdpPut(cids, reg.dest.Load())
+	r.xdpPut(cids, reg)
 }
 
 func (r *Relay) removeRange(reg *registration, from, to uint64) {
@@ -277,6 +278,7 @@ func (r *Relay) removeRange(reg *registration, from, to uint64) {
 func (r *Relay) removeLocked(reg *registration) {
 	r.removeRange(reg, uint64(reg.first), uint64(reg.first)+uint64(reg.num))
 	r.setTargetLocked(reg, nil)
+	r.xdpReleaseBucket(reg)
 	delete(r.regs, reg.key)
 	r.perIP[reg.ip]--
 	if r.perIP[reg.ip] <= 0 {

@@ -102,7 +102,7 @@ func (r *Relay) classify(b []byte, src addrKey, now int64) (verdict, *dest) {
 	if r.xdp != nil {
 		// With XDP on, a forwarded packet is one the program missed
 		// (most likely evicted from its map): put its CID back.
-		r.xdpReput(cid, d, now)
+		r.xdpReput(cid, reg, d, now)
 	}
 	return forward, d
 }

@@ -32,6 +32,9 @@ type registration struct {
 	target    addrKey
 	targetAP  netip.AddrPort
 	hasTarget bool
+	// xdpBucket is the registration's rate bucket in the XDP program (0:
+	// none). Set before its CIDs are published, never changed after.
+	xdpBucket uint32
 }
 
 // cidShards must be a power of two. Peer CIDs are BLAKE2b outputs, so any of
