@@ -25,6 +25,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -36,6 +37,8 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"golang.org/x/sys/unix"
+
+	"github.com/quicpipe/quicpipe/xdp"
 )
 
 // spoofConn is the attacker's socket as quic-go sees it: a plain
@@ -51,20 +54,33 @@ type spoofConn struct {
 }
 
 func newSpoofConn(t testing.TB) *spoofConn {
+	return newSpoofConnIn(t, func(f func() error) error { return f() }, netip.MustParseAddr("127.0.0.1"))
+}
+
+// newSpoofConnIn opens the attacker's sockets on addr through do, which runs
+// a function in a network namespace (or not).
+func newSpoofConnIn(t testing.TB, do func(func() error) error, addr netip.Addr) *spoofConn {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("spoofing a source address needs a raw socket (root)")
 	}
-	udp, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	var c *spoofConn
+	err := do(func() error {
+		udp, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
+		if err != nil {
+			return err
+		}
+		raw, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+		if err != nil {
+			udp.Close()
+			return fmt.Errorf("raw socket: %w", err)
+		}
+		c = &spoofConn{udp: udp, raw: raw, spoof: make(map[netip.AddrPort]netip.AddrPort)}
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
-	if err != nil {
-		udp.Close()
-		t.Fatalf("raw socket: %v", err)
-	}
-	c := &spoofConn{udp: udp, raw: raw, spoof: make(map[netip.AddrPort]netip.AddrPort)}
 	t.Cleanup(func() { c.Close() })
 	return c
 }
@@ -135,7 +151,11 @@ type loopAttacker struct {
 
 func newLoopAttacker(t testing.TB) *loopAttacker {
 	t.Helper()
-	sc := newSpoofConn(t)
+	return newLoopAttackerOn(t, newSpoofConn(t))
+}
+
+func newLoopAttackerOn(t testing.TB, sc *spoofConn) *loopAttacker {
+	t.Helper()
 	k0 := NewCIDKey()
 	gen, err := NewCIDGenerator(k0)
 	if err != nil {
@@ -223,6 +243,13 @@ func injectAndCount(t testing.TB, key []byte, to netip.AddrPort, relays ...*loop
 		t.Fatal(err)
 	}
 	defer src.Close()
+	return injectFromAndCount(t, src, key, to, relays...)
+}
+
+// injectFromAndCount is injectAndCount from src; with XDP, what the
+// programs forwarded counts too.
+func injectFromAndCount(t testing.TB, src *net.UDPConn, key []byte, to netip.AddrPort, relays ...*loopRelay) uint64 {
+	t.Helper()
 	// The injector is a registered peer at the first relay, as an
 	// attacker can always be.
 	if _, _, _, err := relays[0].r.register(NewCIDKey(), 1, 1, src.LocalAddr().(*net.UDPAddr), nil); err != nil {
@@ -230,7 +257,8 @@ func injectAndCount(t testing.TB, key []byte, to netip.AddrPort, relays ...*loop
 	}
 	sum := func() (n uint64) {
 		for _, l := range relays {
-			n += l.r.Stats().Forwarded
+			st := l.r.Stats()
+			n += st.Forwarded + xdpStat(st, "forwarded_ipv4") + xdpStat(st, "forwarded_ipv6")
 		}
 		return n
 	}
@@ -356,5 +384,130 @@ func TestForwardingLoopMigration(t *testing.T) {
 	// R2 forwards it once, to the attacker's real address.
 	if fwd > 1 {
 		t.Errorf("the injected datagram was forwarded %d times, want at most 1", fwd)
+	}
+}
+
+// startXDPRelayIn runs a relay on addr:xdpRelayPort in namespace ns of an
+// xdpLab, with its XDP program (generic mode) on dev.
+func startXDPRelayIn(t testing.TB, ns xdpNetns, dev string, addr netip.Addr, cfg RelayConfig) *loopRelay {
+	t.Helper()
+	cfg.Identity = GenerateIdentity()
+	cfg.Logger = testLogger(t)
+	cfg.XDP = &XDPConfig{Interface: dev, Mode: xdp.ModeGeneric}
+	var r *Relay
+	err := ns.Do(func() error {
+		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, xdpRelayPort)))
+		if err != nil {
+			return err
+		}
+		if r, err = NewRelay(c, &cfg); err != nil {
+			c.Close()
+			return err
+		}
+		r.ownConn = true
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveRelay(t, r, nil)
+	return &loopRelay{r: r, id: cfg.Identity, addr: netip.AddrPortFrom(addr, xdpRelayPort)}
+}
+
+// TestForwardingLoopXDP plays the spoofed-handshake attack against two
+// relays whose XDP programs forward in the kernel, each relay in its own
+// namespace of the XDP lab (R1 in R on r0, R2 in B on b0; the attacker in
+// A). Before the forwarding rule, each datagram the userspace relays let
+// through bounced ~63 times (its TTL) in the kernels; now the handshake
+// fails and the injected datagram is not forwarded at all.
+func TestForwardingLoopXDP(t *testing.T) {
+	xdpSkipUnlessAble(t)
+	lab := newXDPLab(t, xdp.ModeGeneric)
+	lab.g.exec(t, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+	fam := xdpFamilies[0]
+	r1 := startXDPRelayIn(t, lab.r, "r0", fam.r, RelayConfig{})
+	r2 := startXDPRelayIn(t, lab.b, "b0", fam.b, RelayConfig{})
+	a := newLoopAttackerOn(t, newSpoofConnIn(t, lab.a.Do, fam.a))
+	for _, r := range []*loopRelay{r1, r2} {
+		c, done := a.client(t, r.addr, r.key())
+		if err := loopRegister(c, a.k0, 8192); err != nil {
+			t.Fatalf("registering K0 at %v from the attacker's real address: %v", r.addr, err)
+		}
+		done()
+	}
+	k := NewCIDKey()
+	err2 := a.spoofedRegister(t, r2, r1.addr, k)
+	err1 := a.spoofedRegister(t, r1, r2.addr, k)
+	t.Logf("registration of K at R2 spoofed from R1: %v; at R1 spoofed from R2: %v", err2, err1)
+	src := lab.a.listenUDP(t, netip.AddrPortFrom(fam.a, 0))
+	if _, _, _, err := r1.r.register(NewCIDKey(), 1, 1, src.LocalAddr().(*net.UDPAddr), nil); err != nil {
+		t.Fatal(err)
+	}
+	fwd := injectFromAndCount(t, src, k, r2.addr, r2, r1)
+	s1, s2 := r1.r.Stats(), r2.r.Stats()
+	t.Logf("one datagram for K became %d forwarded datagrams in 1s\nR1 userspace %d, program %v\nR2 userspace %d, program %v",
+		fwd, s1.Forwarded, s1.XDP, s2.Forwarded, s2.XDP)
+	if err1 == nil || err2 == nil {
+		t.Errorf("a spoofed handshake completed through the other relay's forwarding")
+	}
+	if fwd > 0 {
+		t.Errorf("the injected datagram was forwarded %d times, want 0", fwd)
+	}
+}
+
+// TestRelayXDPRateCap sends 30,000 datagrams per second for 2 s to one
+// registration of a relay capped at 1,000 per second, with its XDP program
+// on: what the program and userspace forward together stays within the cap
+// and its one-second burst.
+func TestRelayXDPRateCap(t *testing.T) {
+	xdpSkipUnlessAble(t)
+	lab := newXDPLab(t, xdp.ModeGeneric)
+	fam := xdpFamilies[0]
+	const pps = 1000
+	r, _ := lab.startRelay(t, fam.r, RelayConfig{Identity: GenerateIdentity(), MaxPacketsPerSecond: pps}, true)
+	recv := lab.b.listenUDP(t, netip.AddrPortFrom(fam.b, 0))
+	key := NewCIDKey()
+	if _, _, _, err := r.register(key, 1, 1, recv.LocalAddr().(*net.UDPAddr), nil); err != nil {
+		t.Fatal(err)
+	}
+	var send *net.UDPConn
+	err := lab.a.Do(func() (err error) {
+		send, err = net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(fam.a, 0)),
+			net.UDPAddrFromAddrPort(netip.AddrPortFrom(fam.r, xdpRelayPort)))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer send.Close()
+	if _, _, _, err := r.register(NewCIDKey(), 1, 1, send.LocalAddr().(*net.UDPAddr), nil); err != nil {
+		t.Fatal(err)
+	}
+	cid, _ := DeriveCID(key, 1)
+	pkt := append([]byte{0x40}, append(cid[:], make([]byte, 1187)...)...)
+	// 300 datagrams every 10 ms for 2 s.
+	start := time.Now()
+	sent := 0
+	for i := range 200 {
+		for range 300 {
+			if _, err := send.Write(pkt); err == nil {
+				sent++
+			}
+		}
+		time.Sleep(time.Until(start.Add(time.Duration(i+1) * 10 * time.Millisecond)))
+	}
+	elapsed := time.Since(start)
+	time.Sleep(200 * time.Millisecond)
+	st := r.Stats()
+	fwd := st.Forwarded + xdpStat(st, fam.forwarded)
+	limit := uint64(pps*elapsed.Seconds()) + pps + 20
+	t.Logf("sent %d in %v at a cap of %d/s: forwarded %d (program %d, userspace %d); dropped by the program %d, by userspace %v",
+		sent, elapsed.Round(time.Millisecond), pps, fwd, xdpStat(st, fam.forwarded), st.Forwarded,
+		xdpStat(st, "rate_limit"), st.Dropped["rate_limit"])
+	if fwd > limit {
+		t.Errorf("forwarded %d datagrams, want at most %d", fwd, limit)
+	}
+	if fwd < pps {
+		t.Errorf("forwarded %d datagrams, want at least the burst of %d", fwd, pps)
 	}
 }
