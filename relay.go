@@ -285,7 +285,6 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		follow: make(chan *registration, 64),
 		closed: make(chan struct{}),
 	}
-	r.locals.refresh()
 	r.stats.rejected = newRejectCounters(rejectCodes)
 	rand.Read(r.epoch[:])
 	if c.StatelessResetKey != nil {
@@ -314,6 +313,14 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 			r.tr.Close()
 			return nil, err
 		}
+	}
+	// Opened here, after the last failure NewRelay may return, so that it
+	// reads the network namespace the relay runs in.
+	if rd, err := newAddrReader(); err != nil {
+		c.Logger.Warn("cannot read the host's addresses: only loopback ones are refused as targets on the relay's port", "err", err)
+	} else {
+		r.locals.rd = rd
+		r.locals.refresh()
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(RegisterPath, r.handleRegister)
@@ -401,6 +408,9 @@ func (r *Relay) Close() error {
 			errs = append(errs, r.conn.Close())
 		}
 		r.wg.Wait()
+		if r.locals.rd != nil {
+			errs = append(errs, r.locals.rd.close())
+		}
 		r.closeErr = errors.Join(errs...)
 	})
 	return r.closeErr

@@ -38,6 +38,7 @@ import (
 	"github.com/quic-go/quic-go/http3"
 	"golang.org/x/sys/unix"
 
+	"github.com/quicpipe/quicpipe/internal/netlab"
 	"github.com/quicpipe/quicpipe/xdp"
 )
 
@@ -509,5 +510,88 @@ func TestRelayXDPRateCap(t *testing.T) {
 	}
 	if fwd < pps {
 		t.Errorf("forwarded %d datagrams, want at least the burst of %d", fwd, pps)
+	}
+}
+
+// TestTargetOnRelayHost: a relay refuses as a target any address of its
+// host on its own port: its interface addresses, read in the relay's network
+// namespace (also when they change, at the next refresh), and any loopback
+// address. The same addresses on other ports are ordinary targets.
+func TestTargetOnRelayHost(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("network namespaces need root")
+	}
+	ns := netlab.New(t).NS("h")
+	ns.Run("ip", "link", "set", "lo", "up")
+	ns.Run("ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1")
+	ns.Run("ip", "addr", "add", "10.99.0.1/24", "dev", "d0")
+	ns.Run("ip", "link", "set", "d0", "up")
+	var r *Relay
+	err := ns.Do(func() (err error) {
+		r, err = ListenRelay("0.0.0.0:4433", &RelayConfig{Identity: GenerateIdentity(), AllowPrivateTargets: true})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	try := func(target string) string {
+		t.Helper()
+		_, _, code, _ := r.register(NewCIDKey(), 1, 1, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(target)), nil)
+		return code
+	}
+	for _, tc := range []struct{ target, code string }{
+		{"10.99.0.1:4433", "target"},
+		{"127.0.0.2:4433", "target"},
+		{"10.99.0.1:4434", ""},
+		{"10.99.0.9:4433", ""},
+	} {
+		if got := try(tc.target); got != tc.code {
+			t.Errorf("target %s: code %q, want %q", tc.target, got, tc.code)
+		}
+	}
+	// An address added later counts after the next refresh, which reads
+	// the relay's namespace whatever thread it runs on.
+	ns.Run("ip", "addr", "add", "10.99.0.2/24", "dev", "d0")
+	r.locals.refresh()
+	if got := try("10.99.0.2:4433"); got != "target" {
+		t.Errorf("target on an address added later: code %q, want \"target\"", got)
+	}
+}
+
+// TestUnknownSourceWakesFollow: a datagram for a registered CID from an
+// unregistered address asks the janitor to follow that registration at once,
+// at most every followWakeEvery.
+func TestUnknownSourceWakesFollow(t *testing.T) {
+	r, err := ListenRelay("127.0.0.1:0", &RelayConfig{Identity: GenerateIdentity()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close() // not served: nothing reads r.follow but this test
+	key := NewCIDKey()
+	if _, _, _, err := r.register(key, 1, 1, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}, nil); err != nil {
+		t.Fatal(err)
+	}
+	cid, _ := DeriveCID(key, 1)
+	pkt := append([]byte{0x40}, append(cid[:], make([]byte, 30)...)...)
+	moved := keyOf(netip.MustParseAddrPort("127.0.0.1:10"))
+	now := time.Now().UnixNano()
+	for i, at := range []int64{now, now + 1e6, now + followWakeEvery + 1} {
+		if v, _ := r.classify(pkt, moved, at); v != dropUnknownSource {
+			t.Fatalf("classify = %d, want %d", v, dropUnknownSource)
+		}
+		select {
+		case reg := <-r.follow:
+			if i == 1 {
+				t.Error("woke the janitor twice within followWakeEvery")
+			}
+			if reg.key != string(key) {
+				t.Error("woke the janitor for another registration")
+			}
+		default:
+			if i != 1 {
+				t.Errorf("datagram %d did not wake the janitor", i)
+			}
+		}
 	}
 }

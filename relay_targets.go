@@ -2,7 +2,6 @@ package quicpipe
 
 import (
 	"encoding/binary"
-	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -141,21 +140,23 @@ func (r *Relay) wakeFollow(reg *registration, now int64) {
 // localAddrs are the addresses of the relay's host. A target on the relay's
 // port at one of them would be the relay itself, or another relay beside it.
 type localAddrs struct {
+	rd  *addrReader // nil if it could not be opened: only loopback counts
 	set atomic.Pointer[map[netip.Addr]struct{}]
 }
 
 // refresh reads the host's interface addresses. It keeps the previous set if
 // they cannot be read.
 func (l *localAddrs) refresh() {
-	as, err := net.InterfaceAddrs()
+	if l.rd == nil {
+		return
+	}
+	as, err := l.rd.read()
 	if err != nil {
 		return
 	}
 	m := make(map[netip.Addr]struct{}, len(as))
 	for _, a := range as {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			m[p.Addr().Unmap().WithZone("")] = struct{}{}
-		}
+		m[a.Unmap().WithZone("")] = struct{}{}
 	}
 	l.set.Store(&m)
 }
