@@ -453,9 +453,11 @@ func (r *Relay) route(ms []ipv4.Message, io *batchIO) int {
 	io.grow(len(ms))
 	io.keep = io.keep[:0]
 	var c batchCounts
+	var src srcCheck // consecutive datagrams from one source: one lookup
 	for i := range ms {
 		b := ms[i].Buffers[0][:ms[i].N]
-		v, d := r.classify(b, io.srcKey(i), now)
+		src.set(io.srcKey(i))
+		v, d := r.classify(b, &src, now)
 		switch v {
 		case forward:
 			io.queue(b, d)

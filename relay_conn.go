@@ -35,10 +35,24 @@ const (
 	numVerdicts
 )
 
+// srcCheck is the forwarding rule's verdict on one source address,
+// remembered across the datagrams of a batch that come from it.
+type srcCheck struct {
+	key   addrKey
+	known int8 // 0: not looked up yet; 1: a live registration's target; -1: not
+}
+
+// set makes src the source checked, forgetting the verdict if it changed.
+func (c *srcCheck) set(src addrKey) {
+	if c.key != src {
+		*c = srcCheck{key: src}
+	}
+}
+
 // classify decides what to do with datagram b, received from src, and, for
 // forward, returns the destination. It does not allocate on any path a
 // forwarded packet takes.
-func (r *Relay) classify(b []byte, src addrKey, now int64) (verdict, *dest) {
+func (r *Relay) classify(b []byte, src *srcCheck, now int64) (verdict, *dest) {
 	if len(b) < 1+CIDLen {
 		return dropMalformed, nil
 	}
@@ -81,7 +95,13 @@ func (r *Relay) classify(b []byte, src addrKey, now int64) (verdict, *dest) {
 	// registration forwards to are forwarded, so that nothing the relay
 	// sends can come back to it, from itself or another relay, and be
 	// forwarded again (docs/RELAY.md).
-	if !r.targets.has(&src) {
+	if src.known == 0 {
+		src.known = -1
+		if r.targets.has(&src.key) {
+			src.known = 1
+		}
+	}
+	if src.known < 0 {
 		r.wakeFollow(reg, now)
 		return dropUnknownSource, nil
 	}

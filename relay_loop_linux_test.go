@@ -577,7 +577,7 @@ func TestUnknownSourceWakesFollow(t *testing.T) {
 	moved := keyOf(netip.MustParseAddrPort("127.0.0.1:10"))
 	now := time.Now().UnixNano()
 	for i, at := range []int64{now, now + 1e6, now + followWakeEvery + 1} {
-		if v, _ := r.classify(pkt, moved, at); v != dropUnknownSource {
+		if v, _ := r.classify(pkt, &srcCheck{key: moved}, at); v != dropUnknownSource {
 			t.Fatalf("classify = %d, want %d", v, dropUnknownSource)
 		}
 		select {
