@@ -77,12 +77,14 @@ type RelayConfig struct {
 	// serves that network, one on a public address serves public addresses.
 	AllowPrivateTargets bool
 	// MaxPacketsPerSecond and MaxBytesPerSecond cap what the relay forwards
-	// to one registration (token buckets with a one-second burst). If zero,
-	// 100000 packets and 125000000 bytes (1 Gbit/s) per second are used; a
-	// negative value means unlimited.
+	// to one registration (token buckets with a one-second burst), in
+	// userspace and in the XDP program alike. If zero, 100000 packets and
+	// 125000000 bytes (1 Gbit/s) per second are used; a negative value
+	// means unlimited.
 	MaxPacketsPerSecond, MaxBytesPerSecond int64
 	// MaxTotalPacketsPerSecond and MaxTotalBytesPerSecond cap what the relay
-	// forwards in total. If zero, there is no global cap.
+	// forwards in total (userspace and the XDP program each apply them to
+	// what they forward). If zero, there is no global cap.
 	MaxTotalPacketsPerSecond, MaxTotalBytesPerSecond int64
 	// StatelessResetKey lets the relay reset, after a restart, the HTTP/3
 	// connections of peers registered before it, so that they notice at once

@@ -19,8 +19,10 @@ type XDPConfig struct {
 	Interface string
 	// Mode is how to attach; the zero value tries native mode, then generic.
 	Mode xdp.Mode
-	// MapSize is the capacity of the program's CID map. If zero,
-	// xdp.DefaultMapSize is used.
+	// MapSize is the capacity of the program's CID map, of its set of
+	// allowed sources, and the number of registrations it caps with a rate
+	// bucket of their own (further ones are forwarded in userspace). If
+	// zero, xdp.DefaultMapSize is used.
 	MapSize int
 }
 
@@ -39,7 +41,7 @@ type relayXDP struct {
 	freeBuckets         []uint32
 }
 
-// takeBucket gives reg a rate bucket of the program, refilled, if one is
+// xdpTakeBucket gives reg a rate bucket of the program, refilled, if one is
 // free. r.regMu must be held.
 func (r *Relay) xdpTakeBucket(reg *registration) {
 	x := r.xdp
