@@ -77,12 +77,14 @@ type RelayConfig struct {
 	// serves that network, one on a public address serves public addresses.
 	AllowPrivateTargets bool
 	// MaxPacketsPerSecond and MaxBytesPerSecond cap what the relay forwards
-	// to one registration (token buckets with a one-second burst). If zero,
-	// 100000 packets and 125000000 bytes (1 Gbit/s) per second are used; a
-	// negative value means unlimited.
+	// to one registration (token buckets with a one-second burst), in
+	// userspace and in the XDP program alike. If zero, 100000 packets and
+	// 125000000 bytes (1 Gbit/s) per second are used; a negative value
+	// means unlimited.
 	MaxPacketsPerSecond, MaxBytesPerSecond int64
 	// MaxTotalPacketsPerSecond and MaxTotalBytesPerSecond cap what the relay
-	// forwards in total. If zero, there is no global cap.
+	// forwards in total (userspace and the XDP program each apply them to
+	// what they forward). If zero, there is no global cap.
 	MaxTotalPacketsPerSecond, MaxTotalBytesPerSecond int64
 	// StatelessResetKey lets the relay reset, after a restart, the HTTP/3
 	// connections of peers registered before it, so that they notice at once
@@ -193,7 +195,12 @@ type Relay struct {
 	h3      *http3.Server
 	log     *slog.Logger
 
-	table *cidTable
+	table   *cidTable
+	targets targetSet  // addresses of live registrations: the only sources forwarded
+	locals  localAddrs // the host's addresses, never a target on the relay's port
+	// follow carries registrations whose peer seems to have moved from the
+	// forwarding path to the janitor (see wakeFollow).
+	follow chan *registration
 
 	regMu    sync.Mutex
 	regs     map[string]*registration
@@ -277,6 +284,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		table:  newCIDTable(),
 		regs:   make(map[string]*registration),
 		perIP:  make(map[string]int),
+		follow: make(chan *registration, 64),
 		closed: make(chan struct{}),
 	}
 	r.stats.rejected = newRejectCounters(rejectCodes)
@@ -307,6 +315,14 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 			r.tr.Close()
 			return nil, err
 		}
+	}
+	// Opened here, after the last failure NewRelay may return, so that it
+	// reads the network namespace the relay runs in.
+	if rd, err := newAddrReader(); err != nil {
+		c.Logger.Warn("cannot read the host's addresses: only loopback ones are refused as targets on the relay's port", "err", err)
+	} else {
+		r.locals.rd = rd
+		r.locals.refresh()
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc(RegisterPath, r.handleRegister)
@@ -394,6 +410,9 @@ func (r *Relay) Close() error {
 			errs = append(errs, r.conn.Close())
 		}
 		r.wg.Wait()
+		if r.locals.rd != nil {
+			errs = append(errs, r.locals.rd.close())
+		}
 		r.closeErr = errors.Join(errs...)
 	})
 	return r.closeErr
@@ -436,9 +455,11 @@ func (r *Relay) route(ms []ipv4.Message, io *batchIO) int {
 	io.grow(len(ms))
 	io.keep = io.keep[:0]
 	var c batchCounts
+	var src srcCheck // consecutive datagrams from one source: one lookup
 	for i := range ms {
 		b := ms[i].Buffers[0][:ms[i].N]
-		v, d := r.classify(b, now)
+		src.set(io.srcKey(i))
+		v, d := r.classify(b, &src, now)
 		switch v {
 		case forward:
 			io.queue(b, d)
@@ -556,18 +577,32 @@ func (r *Relay) classifyLongUnknown(b []byte, now int64) verdict {
 	return toServer
 }
 
+// localAddrsRefresh is how often the relay reads its host's addresses again.
+const localAddrsRefresh = 10 * time.Second
+
 // janitor removes expired registrations and follows registrations whose
-// HTTP/3 connection migrated to a new address (a NAT rebinding).
+// HTTP/3 connection migrated to a new address (a NAT rebinding), at once
+// when the forwarding path asks (see wakeFollow).
 func (r *Relay) janitor() {
 	every := min(max(r.cfg.RegistrationTTL/10, 100*time.Millisecond), 500*time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	refresh := time.NewTicker(localAddrsRefresh)
+	defer refresh.Stop()
 	for {
 		select {
 		case <-r.closed:
 			return
 		case <-t.C:
 			r.expire(time.Now())
+		case reg := <-r.follow:
+			r.regMu.Lock()
+			if r.regs[reg.key] == reg {
+				r.followLocked(reg)
+			}
+			r.regMu.Unlock()
+		case <-refresh.C:
+			r.locals.refresh()
 		}
 	}
 }
@@ -610,6 +645,7 @@ func (r *Relay) followLocked(reg *registration) {
 	}
 	r.moveIPLocked(reg, ap.Addr().String())
 	reg.dest.Store(d)
+	r.setTargetLocked(reg, d)
 	r.xdpPutRange(reg, uint64(reg.first), uint64(reg.first)+uint64(reg.num))
 	r.stats.rebinds.Add(1)
 	r.log.Info("registration followed its peer to a new address", "addr", ap.String())
@@ -669,8 +705,14 @@ type RelayStats struct {
 	// "peer_initial" (a peer's first flight sent to the relay), "malformed"
 	// (too short for a QUIC header), "rate_limit" (over a registration's or
 	// the relay's forwarding rate), "stale_cid" (for a connection of an
-	// earlier run of the relay, when no reset could be sent) and "send_error" (the kernel refused the
-	// forwarded datagram, e.g. a full socket buffer).
+	// earlier run of the relay, when no reset could be sent),
+	// "unknown_source" (for a registered CID, but from an address that no
+	// live registration forwards to: spoofed, another relay, or a peer
+	// whose NAT rebound and whose registration has not followed yet),
+	// "relay_scid" (a long-header packet whose source CID is a relay's:
+	// a relay's handshake is never completed through forwarding) and
+	// "send_error" (the kernel refused the forwarded datagram, e.g. a full
+	// socket buffer).
 	Dropped map[string]uint64
 	// Handshakes counts HTTP/3 connections accepted.
 	Handshakes uint64
@@ -708,13 +750,15 @@ func (r *Relay) Stats() RelayStats {
 		Resets:         c.resets.Load(),
 		CIDs:           int(r.table.size.Load()),
 		Dropped: map[string]uint64{
-			"unknown_cid":  c.drops[dropUnknown].Load(),
-			"expired":      c.drops[dropExpired].Load(),
-			"peer_initial": c.drops[dropPeerInitial].Load(),
-			"malformed":    c.drops[dropMalformed].Load(),
-			"rate_limit":   c.drops[dropRateLimited].Load(),
-			"stale_cid":    c.drops[resetStale].Load(),
-			"send_error":   c.sendErrors.Load(),
+			"unknown_cid":    c.drops[dropUnknown].Load(),
+			"expired":        c.drops[dropExpired].Load(),
+			"peer_initial":   c.drops[dropPeerInitial].Load(),
+			"malformed":      c.drops[dropMalformed].Load(),
+			"rate_limit":     c.drops[dropRateLimited].Load(),
+			"stale_cid":      c.drops[resetStale].Load(),
+			"unknown_source": c.drops[dropUnknownSource].Load(),
+			"relay_scid":     c.drops[dropRelaySCID].Load(),
+			"send_error":     c.sendErrors.Load(),
 		},
 		Rejected: c.rejected.snapshot(),
 	}

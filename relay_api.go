@@ -185,11 +185,13 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 	}
 	if reg == nil {
 		reg = &registration{key: string(key)}
+		r.xdpTakeBucket(reg)
 		r.regs[reg.key] = reg
 	}
 	r.moveIPLocked(reg, ip)
 	reg.local, reg.conn = local, qc
 	old := reg.dest.Swap(d)
+	r.setTargetLocked(reg, d)
 	if old != nil && old.ap != d.ap {
 		// The kept part of the window forwards to the new address too.
 		r.xdpPutRange(reg, max(oldFirst, newFirst), min(oldEnd, newEnd))
@@ -225,6 +227,9 @@ func (r *Relay) newDest(ap netip.AddrPort, local netip.AddrPort) (*dest, error) 
 	if err := checkTarget(ap, local, r.cfg.AllowPrivateTargets); err != nil {
 		return nil, err
 	}
+	if ap.Port() == uint16(r.Addr().Port) && r.locals.has(ap.Addr()) {
+		return nil, fmt.Errorf("%w: %s is an address of the relay's host on the relay's port", errTarget, ap)
+	}
 	raw, ok := r.rconn.io.encode(ap)
 	if !ok {
 		return nil, fmt.Errorf("%w: the relay socket cannot send to %s", errTarget, ap)
@@ -255,7 +260,7 @@ func (r *Relay) addRange(reg *registration, from, to uint64) {
 	for _, c := range cids {
 		r.table.insert(c, reg)
 	}
-	r.xdpPut(cids, reg.dest.Load())
+	r.xdpPut(cids, reg)
 }
 
 func (r *Relay) removeRange(reg *registration, from, to uint64) {
@@ -272,6 +277,8 @@ func (r *Relay) removeRange(reg *registration, from, to uint64) {
 // removeLocked deletes a registration and its CIDs. r.regMu must be held.
 func (r *Relay) removeLocked(reg *registration) {
 	r.removeRange(reg, uint64(reg.first), uint64(reg.first)+uint64(reg.num))
+	r.setTargetLocked(reg, nil)
+	r.xdpReleaseBucket(reg)
 	delete(r.regs, reg.key)
 	r.perIP[reg.ip]--
 	if r.perIP[reg.ip] <= 0 {

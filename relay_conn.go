@@ -22,20 +22,37 @@ type relayConn struct {
 type verdict uint8
 
 const (
-	toServer        verdict = iota // hand to the HTTP/3 server
-	forward                        // send to the registered address
-	dropUnknown                    // short header, CID not registered
-	dropExpired                    // registration lapsed
-	dropPeerInitial                // a peer's first flight sent to the relay
-	dropMalformed                  // too short to carry a QUIC header
-	dropRateLimited                // over a forwarding rate
-	resetStale                     // a relay CID of an earlier run: send a stateless reset
+	toServer          verdict = iota // hand to the HTTP/3 server
+	forward                          // send to the registered address
+	dropUnknown                      // short header, CID not registered
+	dropExpired                      // registration lapsed
+	dropPeerInitial                  // a peer's first flight sent to the relay
+	dropMalformed                    // too short to carry a QUIC header
+	dropRateLimited                  // over a forwarding rate
+	resetStale                       // a relay CID of an earlier run: send a stateless reset
+	dropUnknownSource                // from an address no live registration forwards to
+	dropRelaySCID                    // long header with a relay's source CID
 	numVerdicts
 )
 
-// classify decides what to do with datagram b and, for forward, returns the
-// destination. It does not allocate on any path a forwarded packet takes.
-func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
+// srcCheck is the forwarding rule's verdict on one source address,
+// remembered across the datagrams of a batch that come from it.
+type srcCheck struct {
+	key   addrKey
+	known int8 // 0: not looked up yet; 1: a live registration's target; -1: not
+}
+
+// set makes src the source checked, forgetting the verdict if it changed.
+func (c *srcCheck) set(src addrKey) {
+	if c.key != src {
+		*c = srcCheck{key: src}
+	}
+}
+
+// classify decides what to do with datagram b, received from src, and, for
+// forward, returns the destination. It does not allocate on any path a
+// forwarded packet takes.
+func (r *Relay) classify(b []byte, src *srcCheck, now int64) (verdict, *dest) {
 	if len(b) < 1+CIDLen {
 		return dropMalformed, nil
 	}
@@ -74,6 +91,26 @@ func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
 	if reg.expires.Load() < now {
 		return dropExpired, nil
 	}
+	// The forwarding rule: only datagrams from an address that a live
+	// registration forwards to are forwarded, so that nothing the relay
+	// sends can come back to it, from itself or another relay, and be
+	// forwarded again (docs/RELAY.md).
+	if src.known == 0 {
+		src.known = -1
+		if r.targets.has(&src.key) {
+			src.known = 1
+		}
+	}
+	if src.known < 0 {
+		r.wakeFollow(reg, now)
+		return dropUnknownSource, nil
+	}
+	// A relay's Initial, Handshake or Retry (its source CID is a relay
+	// CID) is never forwarded: a relay's handshake with a spoofed address
+	// must not complete through another relay's (or its own) forwarding.
+	if b[0]&0x80 != 0 && len(b) >= 7+2*CIDLen && b[6+CIDLen] == CIDLen && IsRelayCID(b[7+CIDLen:]) {
+		return dropRelaySCID, nil
+	}
 	n := int64(len(b))
 	if !reg.packets.allow(1, now, r.cfg.MaxPacketsPerSecond, r.cfg.MaxPacketsPerSecond) ||
 		!reg.bytes.allow(n, now, r.cfg.MaxBytesPerSecond, r.cfg.MaxBytesPerSecond) ||
@@ -85,7 +122,7 @@ func (r *Relay) classify(b []byte, now int64) (verdict, *dest) {
 	if r.xdp != nil {
 		// With XDP on, a forwarded packet is one the program missed
 		// (most likely evicted from its map): put its CID back.
-		r.xdpReput(cid, d, now)
+		r.xdpReput(cid, reg, d, now)
 	}
 	return forward, d
 }

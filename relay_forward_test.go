@@ -49,6 +49,11 @@ func newForwardRig(tb testing.TB, size int) *forwardRig {
 	if _, _, _, err := r.register(key, 1, 64, g.sink.LocalAddr().(*net.UDPAddr), nil); err != nil {
 		tb.Fatal(err)
 	}
+	// The sender is a registered peer too: the relay forwards only from
+	// the addresses of live registrations.
+	if _, _, _, err := r.register(NewCIDKey(), 1, 1, g.sender.LocalAddr().(*net.UDPAddr), nil); err != nil {
+		tb.Fatal(err)
+	}
 	cid, _ := DeriveCID(key, 7)
 	g.pkt = make([]byte, size)
 	g.pkt[0] = 0x40 // short header
@@ -156,6 +161,7 @@ func TestClassify(t *testing.T) {
 	}
 	reg, _ := DeriveCID(key, 3)
 	unknown, _ := DeriveCID(key, 9)
+	peer := keyOf(netip.MustParseAddrPort("127.0.0.1:9")) // the registered peer's address
 	short := func(cid CID) []byte { return append([]byte{0x40}, append(cid[:], make([]byte, 30)...)...) }
 	long := func(cid []byte) []byte {
 		b := []byte{0xc0, 0, 0, 0, 1, byte(len(cid))}
@@ -189,7 +195,7 @@ func TestClassify(t *testing.T) {
 		{"long truncated DCID", long(reg[:])[:15], toServer},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, d := r.classify(tc.b, now)
+			got, d := r.classify(tc.b, &srcCheck{key: peer}, now)
 			if got != tc.want {
 				t.Fatalf("classify = %d, want %d", got, tc.want)
 			}
@@ -198,9 +204,22 @@ func TestClassify(t *testing.T) {
 			}
 		})
 	}
+	// The forwarding rule: a registered CID from an address that no live
+	// registration forwards to is dropped.
+	stranger := keyOf(netip.MustParseAddrPort("127.0.0.1:10"))
+	if got, _ := r.classify(short(reg), &srcCheck{key: stranger}, now); got != dropUnknownSource {
+		t.Fatalf("classify from an unknown source = %d, want %d", got, dropUnknownSource)
+	}
+	// A relay's handshake packet (its SCID is a relay CID) is never
+	// forwarded, even from a registered address.
+	relayReply := append([]byte{0xc0, 0, 0, 0, 1, CIDLen}, reg[:]...)
+	relayReply = append(append(append(relayReply, CIDLen), relayOwn[:]...), make([]byte, 30)...)
+	if got, _ := r.classify(relayReply, &srcCheck{key: peer}, now); got != dropRelaySCID {
+		t.Fatalf("classify of a relay's handshake packet = %d, want %d", got, dropRelaySCID)
+	}
 	// An expired registration stops forwarding at once, before the janitor
 	// removes it.
-	if got, _ := r.classify(short(reg), now+int64(2*time.Hour)); got != dropExpired {
+	if got, _ := r.classify(short(reg), &srcCheck{key: peer}, now+int64(2*time.Hour)); got != dropExpired {
 		t.Fatalf("classify after expiry = %d, want %d", got, dropExpired)
 	}
 }
@@ -255,10 +274,14 @@ func BenchmarkClassify(b *testing.B) {
 		pkts[i] = append([]byte{0x40}, append(cid[:], make([]byte, 1187)...)...)
 	}
 	now := time.Now().UnixNano()
+	src := keyOf(netip.MustParseAddrPort("127.0.0.1:9"))
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		if v, _ := r.classify(pkts[i&1023], now); v != forward {
+		// A fresh check each time: the source is looked up for every
+		// datagram, as for a batch whose datagrams all come from different
+		// sources.
+		if v, _ := r.classify(pkts[i&1023], &srcCheck{key: src}, now); v != forward {
 			b.Fatal("not forwarded")
 		}
 		i++
@@ -304,7 +327,7 @@ func FuzzRelayDatagram(f *testing.F) {
 		if len(b) > 1500 {
 			b = b[:1500]
 		}
-		v, d := g.r.classify(b, time.Now().UnixNano())
+		v, d := g.r.classify(b, &srcCheck{key: keyOf(g.sender.LocalAddr().(*net.UDPAddr).AddrPort())}, time.Now().UnixNano())
 		if v == forward {
 			if d == nil || d.ap != g.sink.LocalAddr().(*net.UDPAddr).AddrPort() {
 				t.Fatalf("forwarded to %v", d)
@@ -368,4 +391,34 @@ func TestForwardSegments(t *testing.T) {
 		t.Fatalf("Forwarded = %d, want %d", st.Forwarded, len(sizes))
 	}
 	t.Logf("UDP GSO in use: %v", g.rc.io.gso)
+}
+
+// TestForwardSourceRule: in one batch, datagrams for a registered CID from
+// the registered sender are forwarded and those from an unregistered socket
+// are dropped (unknown_source), whatever their order.
+func TestForwardSourceRule(t *testing.T) {
+	g := newForwardRig(t, 200)
+	stranger, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	for _, c := range []*net.UDPConn{g.sender, stranger, stranger, g.sender, stranger, g.sender, g.sender, stranger} {
+		if _, err := c.WriteToUDPAddrPort(g.pkt, g.to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for done := 0; done < 8; {
+		k, err := g.rc.io.read(g.ms, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done += k
+		if n := g.r.route(g.ms[:k], &g.rc.io); n != 0 {
+			t.Fatalf("%d datagrams kept for quic-go, want 0", n)
+		}
+	}
+	if st := g.r.Stats(); st.Forwarded != 4 || st.Dropped["unknown_source"] != 4 {
+		t.Fatalf("forwarded %d, unknown_source %d; want 4 and 4", st.Forwarded, st.Dropped["unknown_source"])
+	}
 }

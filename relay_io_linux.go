@@ -213,6 +213,24 @@ func (io *batchIO) addr(i int) net.Addr {
 	return &net.UDPAddr{}
 }
 
+// srcKey returns the source address of received datagram i as the
+// forwarding rule compares it, without allocating.
+func (io *batchIO) srcKey(i int) addrKey {
+	var k addrKey
+	sa := &io.names[i]
+	switch sa.Family {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		k[10], k[11] = 0xff, 0xff
+		copy(k[12:16], sa4.Addr[:])
+		*(*[2]byte)(k[16:]) = *(*[2]byte)(unsafe.Pointer(&sa4.Port))
+	case unix.AF_INET6:
+		copy(k[:16], sa.Addr[:])
+		*(*[2]byte)(k[16:]) = *(*[2]byte)(unsafe.Pointer(&sa.Port))
+	}
+	return k
+}
+
 func zoneName(index int) string {
 	if ifi, err := net.InterfaceByIndex(index); err == nil {
 		return ifi.Name

@@ -60,6 +60,15 @@ func (io *batchIO) read(ms []ipv4.Message, flags int) (int, error) {
 
 func (io *batchIO) addr(i int) net.Addr { return io.addrs[i] }
 
+// srcKey returns the source address of received datagram i as the
+// forwarding rule compares it.
+func (io *batchIO) srcKey(i int) addrKey {
+	if ua, ok := io.addrs[i].(*net.UDPAddr); ok {
+		return keyOf(ua.AddrPort())
+	}
+	return addrKey{}
+}
+
 func (io *batchIO) queue(b []byte, d *dest) { io.out = append(io.out, queued{b, d}) }
 
 func (io *batchIO) resetBuf(i int) []byte { return io.resets[i][:] }

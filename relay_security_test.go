@@ -215,6 +215,11 @@ func TestForwardingFloodContained(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer src.Close()
+	// The flooder is a registered peer: the relay forwards only from the
+	// addresses of live registrations.
+	if _, _, _, err := e.relay.register(NewCIDKey(), 1, 1, src.LocalAddr().(*net.UDPAddr), nil); err != nil {
+		t.Fatal(err)
+	}
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	wg.Go(func() {

@@ -19,12 +19,22 @@ type registration struct {
 
 	// Forwarding rate caps, touched only on the forwarding path.
 	packets, bytes rateLimiter
+	// wake is when the forwarding path last asked the janitor to follow
+	// this registration (unix nanoseconds); see Relay.wakeFollow.
+	wake atomic.Int64
 
 	// Guarded by Relay.regMu.
 	first, num uint32
 	ip         string         // addr's IP, for per-source accounting
 	local      netip.AddrPort // where the registering connection reached the relay
 	conn       *quic.Conn     // the HTTP/3 connection of the last registration
+	// The address this registration vouches for in Relay.targets.
+	target    addrKey
+	targetAP  netip.AddrPort
+	hasTarget bool
+	// xdpBucket is the registration's rate bucket in the XDP program (0:
+	// none). Set before its CIDs are published, never changed after.
+	xdpBucket uint32
 }
 
 // cidShards must be a power of two. Peer CIDs are BLAKE2b outputs, so any of

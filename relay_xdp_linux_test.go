@@ -604,6 +604,11 @@ func (lab *xdpLab) load(b *testing.B, withXDP bool) xdpLoad {
 		b.Fatal(err)
 	}
 	defer send.Close()
+	// The sender is a registered peer: the relay and its program forward
+	// only from the addresses of live registrations.
+	if _, _, _, err := r.register(NewCIDKey(), 1, 1, send.LocalAddr().(*net.UDPAddr), nil); err != nil {
+		b.Fatal(err)
+	}
 
 	// The path works (and neighbours are resolved) before the clock starts.
 	buf := make([]byte, 2048)
@@ -770,6 +775,11 @@ func TestRelayXDPReputRace(t *testing.T) {
 	})
 	oldAddr := netip.MustParseAddrPort("127.0.0.2:5555")
 	newAddr := netip.MustParseAddrPort("127.0.0.3:6666")
+	// The test frames come from 127.0.0.9:40000: a registered peer, as the
+	// program forwards only from the addresses of live registrations.
+	if _, _, _, err := r.register(NewCIDKey(), 1, 1, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 9), Port: 40000}, nil); err != nil {
+		t.Fatal(err)
+	}
 
 	// run returns where the program sends a datagram for cid, or false if it
 	// passes it to the stack.
@@ -785,7 +795,7 @@ func TestRelayXDPReputRace(t *testing.T) {
 		dst := netip.AddrFrom4([4]byte(out[30:34]))
 		return netip.AddrPortFrom(dst, uint16(out[36])<<8|uint16(out[37])), true
 	}
-	register := func(key []byte, to netip.AddrPort) (CID, *dest) {
+	register := func(key []byte, to netip.AddrPort) (CID, *registration, *dest) {
 		t.Helper()
 		if _, _, _, err := r.register(key, 1, 1, net.UDPAddrFromAddrPort(to), nil); err != nil {
 			t.Fatal(err)
@@ -797,26 +807,27 @@ func TestRelayXDPReputRace(t *testing.T) {
 		if got, ok := run(cids[0]); !ok || got != to {
 			t.Fatalf("after registering: program sends to %v (%v), want %v", got, ok, to)
 		}
-		return cids[0], r.table.lookup(cids[0][:]).dest.Load()
+		reg := r.table.lookup(cids[0][:])
+		return cids[0], reg, reg.dest.Load()
 	}
 
 	t.Run("unregistered", func(t *testing.T) {
 		key := NewCIDKey()
-		cid, d := register(key, oldAddr)
+		cid, reg, d := register(key, oldAddr)
 		r.unregister(key)
 		if got, ok := run(cid); ok {
 			t.Fatalf("after unregistering: program sends to %v", got)
 		}
-		r.xdpReput(cid[:], d, time.Now().UnixNano()) // the late put
+		r.xdpReput(cid[:], reg, d, time.Now().UnixNano()) // the late put
 		if got, ok := run(cid); ok {
 			t.Errorf("a CID whose registration is gone stays in the map, forwarding to %v", got)
 		}
 	})
 	t.Run("moved", func(t *testing.T) {
 		key := NewCIDKey()
-		cid, d := register(key, oldAddr)
+		cid, reg, d := register(key, oldAddr)
 		register(key, newAddr)
-		r.xdpReput(cid[:], d, time.Now().UnixNano()) // the late put
+		r.xdpReput(cid[:], reg, d, time.Now().UnixNano()) // the late put
 		if got, ok := run(cid); ok && got != newAddr {
 			t.Errorf("a moved registration's CID forwards to %v, want %v or a miss", got, newAddr)
 		}

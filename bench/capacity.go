@@ -52,9 +52,13 @@ var capCases = []capCase{
 type capServer struct {
 	relay   *proc // the process whose CPU counts as the relay's (nil for the reflector)
 	genArgs []string
-	stats   func() (relayStats, bool)
-	stop    func()
-	inodes  map[uint64]bool // the lab's namespaces
+	// registerGen, if not nil, registers the generator's address with the
+	// relay before it starts: a Quicpipe relay forwards only datagrams from
+	// the addresses of live registrations.
+	registerGen func(bind string) error
+	stats       func() (relayStats, bool)
+	stop        func()
+	inodes      map[uint64]bool // the lab's namespaces
 }
 
 type capSample struct {
@@ -68,6 +72,9 @@ type capSample struct {
 }
 
 var cidKeyHex = hex.EncodeToString([]byte("quicpipe bench CID key, 32 byte"))
+
+// genCIDKeyHex is the key the generator registers its own address with.
+var genCIDKeyHex = hex.EncodeToString([]byte("quicpipe bench generator CID key"))
 
 func runCapacity(ctx context.Context, res *Results, opt options, outDir string) error {
 	lab, err := newRelayLab()
@@ -258,7 +265,13 @@ func capTake(lab *Lab, srv *capServer) (capSample, error) {
 // startCapGen starts the generator on A, bound to port, sending at srv, and
 // turns the sink on. stop undoes both.
 func startCapGen(lab *Lab, srv *capServer, port int, extra ...string) (gen *proc, stop func(), err error) {
-	genArgs := append([]string{"-bind", fmt.Sprintf("%s:%d", addrA, port)}, srv.genArgs...)
+	bind := fmt.Sprintf("%s:%d", addrA, port)
+	if srv.registerGen != nil {
+		if err := srv.registerGen(bind); err != nil {
+			return nil, nil, fmt.Errorf("registering the generator: %w", err)
+		}
+	}
+	genArgs := append([]string{"-bind", bind}, srv.genArgs...)
 	gen, err = lab.startRole("generator", "a", capGenCPU, "gen", append(genArgs, extra...)...)
 	if err != nil {
 		return nil, nil, err
@@ -340,6 +353,18 @@ func startCapServer(lab *Lab, c capCase, tmp string, valgrind bool) (*capServer,
 			return fail(fmt.Errorf("registering the sink: %w", err))
 		}
 		reg.kill()
+		// The generator plays a registered peer: register its address the
+		// same way, with a key of its own, before it binds that port.
+		srv.registerGen = func(bind string) error {
+			reg, err := lab.startRole("registrar-gen", "a", capGenCPU, "registrar",
+				"-relay", relayAddr, "-relaykey", hex.EncodeToString(pub(benchKey("relay"))),
+				"-bind", bind, "-cidkey", genCIDKeyHex)
+			if err != nil {
+				return err
+			}
+			reg.kill()
+			return nil
+		}
 		srv.genArgs = []string{"-to", relayAddr, "-mode", "cids", "-cidkey", cidKeyHex, "-ncids", "64"}
 	case "coturn":
 		if err := haveCoturn(); err != nil {

@@ -10,8 +10,9 @@
  * registered peer, the source becomes the relay, the MAC addresses are
  * swapped, the checksums are updated, and the frame leaves through the
  * interface it came in on (XDP_TX). Everything else goes up the stack
- * unchanged (XDP_PASS): the userspace relay stays authoritative and the
- * program never drops a frame. Each decision is counted in counter_map.
+ * unchanged (XDP_PASS): the userspace relay stays authoritative. The only
+ * frames the program drops are those over a forwarding rate cap (token
+ * buckets in bucket_map). Each decision is counted in counter_map.
  *
  * The rules, in order, are documented in README.md beside this file; the
  * outcome enum below names each of them.
@@ -43,10 +44,22 @@
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
-/* struct config is the single entry of config_map, written by the loader. */
+#define NS_PER_SEC 1000000000ULL
+
+/* config flags */
+#define CONFIG_FILTER_SOURCES 1 /* forward only from sources in src_map */
+
+/*
+ * struct config is the single entry of config_map, written by the loader.
+ * Rates are per second; 0 means unlimited. The reg_ rates apply to each
+ * bucket a dest names, the total_ rates to everything forwarded.
+ */
 struct config {
 	__u16 ports[MAX_PORTS]; /* the relay's UDP ports, host byte order */
 	__u32 num_ports;        /* how many of ports are in use; 0: none */
+	__u32 flags;            /* CONFIG_* */
+	__u64 reg_pps, reg_bps;
+	__u64 total_pps, total_bps;
 };
 
 /* dest flags */
@@ -66,6 +79,29 @@ struct dest {
 	__u8 family; /* 4 or 6 */
 	__u8 flags;  /* DEST_* */
 	__u8 pad[2];
+	__u32 bucket; /* index in bucket_map of the registration's caps; 0: none */
+};
+
+/*
+ * struct src_key is a source address and port that may be forwarded from
+ * (src_map), with the layout of struct dest's addresses.
+ */
+struct src_key {
+	__u8 addr[16];
+	__u8 port[2];
+	__u8 pad[2];
+};
+
+/*
+ * struct bucket is a pair of token buckets, for packets and bytes, in
+ * nanosecond-scaled tokens: one packet costs NS_PER_SEC, one byte too, and
+ * each elapsed nanosecond adds the rate. Entry 0 of bucket_map caps the total.
+ * CPUs update a bucket without locks: a race lets a few more frames through.
+ */
+struct bucket {
+	__u64 last; /* bpf_ktime_get_ns of the last refill; 0: never used, full */
+	__s64 pkts;
+	__s64 bytes;
 };
 
 /*
@@ -91,6 +127,9 @@ enum outcome {
 	OUTCOME_PASS_MISS,            /* DCID not in cid_map */
 	OUTCOME_PASS_FAMILY_MISMATCH, /* entry and packet differ in IP version */
 	OUTCOME_PASS_TTL,             /* TTL or hop limit would reach 0 */
+	OUTCOME_PASS_UNKNOWN_SOURCE,  /* source not in src_map (with CONFIG_FILTER_SOURCES) */
+	OUTCOME_PASS_RELAY_SCID,      /* long header whose source CID is a relay's */
+	OUTCOME_DROP_RATE_LIMIT,      /* over a rate cap: XDP_DROP */
 	OUTCOME_LEN
 };
 
@@ -113,6 +152,20 @@ struct {
 	__type(value, struct dest);
 	__uint(max_entries, 65536); /* the loader sets Config.MapSize */
 } cid_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct src_key);
+	__type(value, __u8);
+	__uint(max_entries, 65536); /* the loader sets Config.MapSize */
+} src_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct bucket);
+	__uint(max_entries, 65537); /* the loader sets Config.Buckets + 1 */
+} bucket_map SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -240,7 +293,84 @@ static __always_inline enum outcome lookup(__u8 *p, __u32 plen, void *data_end, 
 	*d = bpf_map_lookup_elem(&cid_map, key);
 	if (!*d)
 		return OUTCOME_PASS_MISS;
+	/*
+	 * A relay's Initial, Handshake or Retry (its source CID, after the
+	 * DCID, is 12 bytes with the high bit set) is never forwarded.
+	 */
+	if ((p[0] & 0x80) && plen >= 7 + 2 * CID_LEN && (void *)(p + 7 + 2 * CID_LEN) <= data_end &&
+	    p[6 + CID_LEN] == CID_LEN && (p[7 + CID_LEN] & 0x80))
+		return OUTCOME_PASS_RELAY_SCID;
 	return OUTCOME_LEN; /* found */
+}
+
+/*
+ * source_known reports whether the datagram's source may be forwarded from:
+ * always, unless the loader asked to filter sources; then only if it is in
+ * src_map. words and saddr are as for rewrite.
+ */
+static __always_inline int source_known(const struct config *cfg, const __u16 *saddr, const int words, __be16 sport)
+{
+	struct src_key k = {};
+
+	if (!(cfg->flags & CONFIG_FILTER_SOURCES))
+		return 1;
+	if (words == 2) {
+		k.addr[10] = 0xff;
+		k.addr[11] = 0xff;
+		__builtin_memcpy(k.addr + 12, saddr, 4);
+	} else {
+		__builtin_memcpy(k.addr, saddr, 16);
+	}
+	__builtin_memcpy(k.port, &sport, 2);
+	return bpf_map_lookup_elem(&src_map, &k) != 0;
+}
+
+/* take takes one frame of len bytes from bucket idx, or reports it is over the caps. */
+static __always_inline int take(__u32 idx, __u64 pps, __u64 bps, __u64 len, __u64 now)
+{
+	struct bucket *b;
+	__s64 pkts, bytes, elapsed;
+
+	if (!pps && !bps)
+		return 1;
+	b = bpf_map_lookup_elem(&bucket_map, &idx);
+	if (!b)
+		return 1;
+	if (!b->last) {
+		pkts = pps * NS_PER_SEC;
+		bytes = bps * NS_PER_SEC;
+	} else {
+		elapsed = now - b->last;
+		if (elapsed < 0)
+			elapsed = 0;
+		if (elapsed > NS_PER_SEC)
+			elapsed = NS_PER_SEC;
+		pkts = b->pkts + elapsed * pps;
+		bytes = b->bytes + elapsed * bps;
+		if (pkts > (__s64)(pps * NS_PER_SEC))
+			pkts = pps * NS_PER_SEC;
+		if (bytes > (__s64)(bps * NS_PER_SEC))
+			bytes = bps * NS_PER_SEC;
+	}
+	b->last = now;
+	if ((pps && pkts < (__s64)NS_PER_SEC) || (bps && bytes < (__s64)(len * NS_PER_SEC))) {
+		b->pkts = pkts;
+		b->bytes = bytes;
+		return 0;
+	}
+	b->pkts = pps ? pkts - NS_PER_SEC : 0;
+	b->bytes = bps ? bytes - len * NS_PER_SEC : 0;
+	return 1;
+}
+
+/* within_caps takes a frame of len bytes from d's bucket and the total's. */
+static __always_inline int within_caps(const struct config *cfg, const struct dest *d, __u64 len)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	if (d->bucket && !take(d->bucket, cfg->reg_pps, cfg->reg_bps, len, now))
+		return 0;
+	return take(0, cfg->total_pps, cfg->total_bps, len, now);
 }
 
 /*
@@ -327,10 +457,14 @@ static __always_inline enum outcome handle_ip4(const struct config *cfg, struct 
 	o = lookup((__u8 *)(udp + 1), ulen - sizeof(*udp), data_end, &d);
 	if (o != OUTCOME_LEN)
 		return o;
+	if (!source_known(cfg, ip->saddr, 2, udp->source))
+		return OUTCOME_PASS_UNKNOWN_SOURCE;
 	if (d->family != 4)
 		return OUTCOME_PASS_FAMILY_MISMATCH;
 	if (ip->ttl <= 1)
 		return OUTCOME_PASS_TTL;
+	if (!within_caps(cfg, d, ulen - sizeof(*udp)))
+		return OUTCOME_DROP_RATE_LIMIT;
 
 	rewrite(ip->saddr, ip->daddr, 2, udp, d);
 	ip->ttl--;
@@ -385,10 +519,14 @@ static __always_inline enum outcome handle_ip6(const struct config *cfg, struct 
 	o = lookup((__u8 *)(udp + 1), ulen - sizeof(*udp), data_end, &d);
 	if (o != OUTCOME_LEN)
 		return o;
+	if (!source_known(cfg, ip->saddr, 8, udp->source))
+		return OUTCOME_PASS_UNKNOWN_SOURCE;
 	if (d->family != 6)
 		return OUTCOME_PASS_FAMILY_MISMATCH;
 	if (ip->hop_limit <= 1)
 		return OUTCOME_PASS_TTL;
+	if (!within_caps(cfg, d, ulen - sizeof(*udp)))
+		return OUTCOME_DROP_RATE_LIMIT;
 
 	rewrite(ip->saddr, ip->daddr, 8, udp, d);
 	ip->hop_limit--;
@@ -437,6 +575,8 @@ int quicpipe_xdp(struct xdp_md *ctx)
 		s->packets++;
 		s->bytes += data_end - data;
 	}
+	if (o == OUTCOME_DROP_RATE_LIMIT)
+		return XDP_DROP;
 	return o <= OUTCOME_FORWARDED_IPV6 ? XDP_TX : XDP_PASS;
 }
 

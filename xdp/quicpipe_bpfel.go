@@ -13,10 +13,22 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type quicpipeBucket struct {
+	_     structs.HostLayout
+	Last  uint64
+	Pkts  int64
+	Bytes int64
+}
+
 type quicpipeConfig struct {
 	_        structs.HostLayout
 	Ports    [8]uint16
 	NumPorts uint32
+	Flags    uint32
+	RegPps   uint64
+	RegBps   uint64
+	TotalPps uint64
+	TotalBps uint64
 }
 
 type quicpipeDest struct {
@@ -28,6 +40,7 @@ type quicpipeDest struct {
 	Family  uint8
 	Flags   uint8
 	Pad     [2]uint8
+	Bucket  uint32
 }
 
 type quicpipeOutcome uint32
@@ -50,8 +63,18 @@ const (
 	quicpipeOutcomeOUTCOME_PASS_MISS            quicpipeOutcome = 14
 	quicpipeOutcomeOUTCOME_PASS_FAMILY_MISMATCH quicpipeOutcome = 15
 	quicpipeOutcomeOUTCOME_PASS_TTL             quicpipeOutcome = 16
-	quicpipeOutcomeOUTCOME_LEN                  quicpipeOutcome = 17
+	quicpipeOutcomeOUTCOME_PASS_UNKNOWN_SOURCE  quicpipeOutcome = 17
+	quicpipeOutcomeOUTCOME_PASS_RELAY_SCID      quicpipeOutcome = 18
+	quicpipeOutcomeOUTCOME_DROP_RATE_LIMIT      quicpipeOutcome = 19
+	quicpipeOutcomeOUTCOME_LEN                  quicpipeOutcome = 20
 )
+
+type quicpipeSrcKey struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+	Port [2]uint8
+	Pad  [2]uint8
+}
 
 type quicpipeStat struct {
 	_       structs.HostLayout
@@ -63,9 +86,11 @@ type quicpipeStat struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	quicpipeMapBucketMap    = "bucket_map"
 	quicpipeMapCidMap       = "cid_map"
 	quicpipeMapConfigMap    = "config_map"
 	quicpipeMapCounterMap   = "counter_map"
+	quicpipeMapSrcMap       = "src_map"
 	quicpipeProgQuicpipeXdp = "quicpipe_xdp"
 )
 
@@ -118,9 +143,11 @@ type quicpipeProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type quicpipeMapSpecs struct {
+	BucketMap  *ebpf.MapSpec `ebpf:"bucket_map"`
 	CidMap     *ebpf.MapSpec `ebpf:"cid_map"`
 	ConfigMap  *ebpf.MapSpec `ebpf:"config_map"`
 	CounterMap *ebpf.MapSpec `ebpf:"counter_map"`
+	SrcMap     *ebpf.MapSpec `ebpf:"src_map"`
 }
 
 // quicpipeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -149,16 +176,20 @@ func (o *quicpipeObjects) Close() error {
 //
 // It can be passed to loadQuicpipeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type quicpipeMaps struct {
+	BucketMap  *ebpf.Map `ebpf:"bucket_map"`
 	CidMap     *ebpf.Map `ebpf:"cid_map"`
 	ConfigMap  *ebpf.Map `ebpf:"config_map"`
 	CounterMap *ebpf.Map `ebpf:"counter_map"`
+	SrcMap     *ebpf.Map `ebpf:"src_map"`
 }
 
 func (m *quicpipeMaps) Close() error {
 	return _QuicpipeClose(
+		m.BucketMap,
 		m.CidMap,
 		m.ConfigMap,
 		m.CounterMap,
+		m.SrcMap,
 	)
 }
 

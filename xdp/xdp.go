@@ -88,9 +88,28 @@ type Config struct {
 	Mode Mode
 	// MapSize is the capacity of the CID map, a least-recently-used hash:
 	// when it is full, inserting a CID evicts the one unused for longest,
-	// whose packets then go to userspace. If zero, DefaultMapSize is used.
+	// whose packets then go to userspace. It is also the capacity of the
+	// source set (see FilterSources). If zero, DefaultMapSize is used.
 	MapSize int
+	// FilterSources makes the program forward only datagrams whose source
+	// address and port were allowed with AllowSource; the others go to
+	// userspace (PassUnknownSource). If false, any source is forwarded.
+	FilterSources bool
+	// Buckets is the number of rate buckets, numbered 1 to Buckets, that
+	// PutBucket may name. If zero, DefaultMapSize is used.
+	Buckets int
+	// MaxPacketsPerSecond and MaxBytesPerSecond cap what the program
+	// forwards for the CIDs of one bucket (token buckets with a
+	// one-second burst); MaxTotalPacketsPerSecond and
+	// MaxTotalBytesPerSecond cap what it forwards in total. Frames over a
+	// cap are dropped (DropRateLimit). Zero or negative means unlimited;
+	// values above MaxRate are refused.
+	MaxPacketsPerSecond, MaxBytesPerSecond           int64
+	MaxTotalPacketsPerSecond, MaxTotalBytesPerSecond int64
 }
+
+// MaxRate is the highest rate the program can enforce, per second.
+const MaxRate = 1 << 33
 
 // populate validates c and fills in defaults, without changing c.
 func (c Config) populate(attach bool) (Config, error) {
@@ -116,6 +135,18 @@ func (c Config) populate(attach bool) (Config, error) {
 	}
 	if c.MapSize < 1 || c.MapSize > maxMapSize {
 		return c, fmt.Errorf("xdp: Config.MapSize %d is outside 1 to %d", c.MapSize, maxMapSize)
+	}
+	if c.Buckets == 0 {
+		c.Buckets = DefaultMapSize
+	}
+	if c.Buckets < 1 || c.Buckets > maxMapSize {
+		return c, fmt.Errorf("xdp: Config.Buckets %d is outside 1 to %d", c.Buckets, maxMapSize)
+	}
+	for _, r := range []*int64{&c.MaxPacketsPerSecond, &c.MaxBytesPerSecond, &c.MaxTotalPacketsPerSecond, &c.MaxTotalBytesPerSecond} {
+		if *r > MaxRate {
+			return c, fmt.Errorf("xdp: rate %d per second is above MaxRate", *r)
+		}
+		*r = max(*r, 0)
 	}
 	return c, nil
 }
@@ -152,6 +183,9 @@ const (
 	PassMiss                          // DCID not in the map
 	PassFamilyMismatch                // entry and packet differ in IP version
 	PassTTL                           // TTL or hop limit of 1 or 0
+	PassUnknownSource                 // source not allowed (Config.FilterSources)
+	PassRelaySCID                     // long header whose source CID is a relay's
+	DropRateLimit                     // over a rate cap (Config.Max*PerSecond): XDP_DROP
 
 	// NumOutcomes is the number of outcomes.
 	NumOutcomes = iota
@@ -161,7 +195,7 @@ var outcomeNames = [NumOutcomes]string{
 	"forwarded_ipv4", "forwarded_ipv6",
 	"not_ip", "vlan", "multicast", "malformed", "not_udp", "ip_options",
 	"fragment", "ipv6_ext", "wrong_port", "short", "dcid_len", "relay_cid",
-	"miss", "family_mismatch", "ttl",
+	"miss", "family_mismatch", "ttl", "unknown_source", "relay_scid", "rate_limit",
 }
 
 // String returns the outcome's name in snake case, for example "miss".
@@ -175,6 +209,9 @@ func (o Outcome) String() string {
 // Forwarded reports whether o is an XDP_TX outcome.
 func (o Outcome) Forwarded() bool { return o <= ForwardedIPv6 }
 
+// Dropped reports whether o is an XDP_DROP outcome.
+func (o Outcome) Dropped() bool { return o == DropRateLimit }
+
 // Stat counts frames and their bytes (whole frames, Ethernet header
 // included).
 type Stat struct {
@@ -186,15 +223,20 @@ type Stat struct {
 type Counters [NumOutcomes]Stat
 
 // Forwarded sums the forwarded outcomes.
-func (c *Counters) Forwarded() Stat { return c.sum(true) }
+func (c *Counters) Forwarded() Stat { return c.sum(Outcome.Forwarded) }
 
 // Passed sums the outcomes passed to the kernel's stack.
-func (c *Counters) Passed() Stat { return c.sum(false) }
+func (c *Counters) Passed() Stat {
+	return c.sum(func(o Outcome) bool { return !o.Forwarded() && !o.Dropped() })
+}
 
-func (c *Counters) sum(forwarded bool) Stat {
+// Dropped sums the dropped outcomes.
+func (c *Counters) Dropped() Stat { return c.sum(Outcome.Dropped) }
+
+func (c *Counters) sum(match func(Outcome) bool) Stat {
 	var s Stat
 	for o, v := range c {
-		if Outcome(o).Forwarded() == forwarded {
+		if match(Outcome(o)) {
 			s.Packets += v.Packets
 			s.Bytes += v.Bytes
 		}
@@ -216,10 +258,11 @@ func (c *Counters) Map() map[string]Stat {
 // program and its maps belong to the process: Close detaches and frees them,
 // and so does the process's exit, so a program never outlives its relay.
 type Program struct {
-	mu     sync.RWMutex
-	closed bool
-	mode   Mode   // ModeAuto until attached
-	k      kernel // per OS: the loaded objects and the link
+	mu      sync.RWMutex
+	closed  bool
+	mode    Mode   // ModeAuto until attached
+	buckets uint32 // Config.Buckets
+	k       kernel // per OS: the loaded objects and the link
 }
 
 // Load loads the program and its maps into the kernel without attaching
@@ -276,16 +319,72 @@ func (p *Program) Close() error {
 // IPv4-mapped IPv6 addresses are treated as IPv4. A packet whose IP version
 // differs from dst's is passed to userspace. Put replaces an existing entry.
 func (p *Program) Put(cid [CIDLen]byte, dst, src netip.AddrPort) error {
+	return p.PutBucket(cid, dst, src, 0)
+}
+
+// PutBucket is Put, with the CID's frames also counted against rate bucket
+// bucket (1 to Config.Buckets; 0 for none), which CIDs of one registration
+// share.
+func (p *Program) PutBucket(cid [CIDLen]byte, dst, src netip.AddrPort, bucket uint32) error {
 	e, err := makeEntry(cid, dst, src)
 	if err != nil {
 		return err
 	}
+	if bucket > p.buckets {
+		return fmt.Errorf("xdp: bucket %d is above Config.Buckets (%d)", bucket, p.buckets)
+	}
+	e.bucket = bucket
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed {
 		return errClosed
 	}
 	return p.put(cid, &e)
+}
+
+// ResetBucket refills rate bucket bucket, for a registration that takes it
+// over from another.
+func (p *Program) ResetBucket(bucket uint32) error {
+	if bucket == 0 || bucket > p.buckets {
+		return fmt.Errorf("xdp: bucket %d is outside 1 to %d", bucket, p.buckets)
+	}
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return errClosed
+	}
+	return p.resetBucket(bucket)
+}
+
+// AllowSource lets the program forward datagrams from src (with
+// Config.FilterSources). IPv4-mapped addresses are treated as IPv4.
+func (p *Program) AllowSource(src netip.AddrPort) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return errClosed
+	}
+	return p.allowSource(srcKey(src))
+}
+
+// RemoveSource undoes AllowSource. Removing a source that is not there is
+// not an error.
+func (p *Program) RemoveSource(src netip.AddrPort) error {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return errClosed
+	}
+	return p.removeSource(srcKey(src))
+}
+
+// srcKey is a source as the program looks it up: the address as 16 bytes
+// (IPv4-mapped for IPv4) and the port, in network byte order.
+func srcKey(ap netip.AddrPort) (k [18]byte) {
+	a := ap.Addr().Unmap().As16()
+	copy(k[:16], a[:])
+	k[16], k[17] = byte(ap.Port()>>8), byte(ap.Port())
+	return k
 }
 
 // Delete removes cid from the map. Deleting a CID that is not there is not
@@ -329,6 +428,7 @@ type entry struct {
 	dstPort, srcPort [2]byte  // network byte order
 	family           uint8    // 4 or 6
 	flags            uint8
+	bucket           uint32
 }
 
 // entry flags, as DEST_* in quicpipe.c

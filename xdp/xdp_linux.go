@@ -13,7 +13,7 @@ import (
 
 // Regenerating needs clang, llvm-strip and nothing else: the libbpf headers
 // are vendored under include/ (see README.md).
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel,bpfeb -tags linux -type config -type dest -type stat -type outcome quicpipe quicpipe.c -- -I./include
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror" -target bpfel,bpfeb -tags linux -type config -type dest -type src_key -type bucket -type stat -type outcome quicpipe quicpipe.c -- -I./include
 
 // The Go constants must match quicpipe.c: these fail to compile otherwise.
 var (
@@ -44,14 +44,23 @@ func load(c Config) (*Program, error) {
 // loadSpec loads spec, the embedded program or a test's variant of it.
 func loadSpec(spec *ebpf.CollectionSpec, c Config) (*Program, error) {
 	spec.Maps[quicpipeMapCidMap].MaxEntries = uint32(c.MapSize)
-	p := new(Program)
+	spec.Maps[quicpipeMapSrcMap].MaxEntries = uint32(c.MapSize)
+	spec.Maps[quicpipeMapBucketMap].MaxEntries = uint32(c.Buckets) + 1
+	p := &Program{buckets: uint32(c.Buckets)}
 	if err := spec.LoadAndAssign(&p.k.objs, nil); err != nil {
 		if ve, ok := errors.AsType[*ebpf.VerifierError](err); ok {
 			err = &verifierError{ve}
 		}
 		return nil, fmt.Errorf("xdp: load: %w", err)
 	}
-	cfg := quicpipeConfig{NumPorts: uint32(len(c.Ports))}
+	cfg := quicpipeConfig{
+		NumPorts: uint32(len(c.Ports)),
+		RegPps:   uint64(c.MaxPacketsPerSecond), RegBps: uint64(c.MaxBytesPerSecond),
+		TotalPps: uint64(c.MaxTotalPacketsPerSecond), TotalBps: uint64(c.MaxTotalBytesPerSecond),
+	}
+	if c.FilterSources {
+		cfg.Flags |= configFilterSources
+	}
 	copy(cfg.Ports[:], c.Ports)
 	if err := p.k.objs.ConfigMap.Put(uint32(0), &cfg); err != nil {
 		p.k.objs.Close()
@@ -109,9 +118,39 @@ func (p *Program) put(cid [CIDLen]byte, e *entry) error {
 		SrcPort: e.srcPort,
 		Family:  e.family,
 		Flags:   e.flags,
+		Bucket:  e.bucket,
 	}
 	if err := p.k.objs.CidMap.Put(&cid, &v); err != nil {
 		return fmt.Errorf("xdp: put: %w", err)
+	}
+	return nil
+}
+
+// configFilterSources is CONFIG_FILTER_SOURCES in quicpipe.c.
+const configFilterSources = 1
+
+func (p *Program) resetBucket(bucket uint32) error {
+	if err := p.k.objs.BucketMap.Put(bucket, &quicpipeBucket{}); err != nil {
+		return fmt.Errorf("xdp: reset bucket: %w", err)
+	}
+	return nil
+}
+
+func (p *Program) allowSource(k [18]byte) error {
+	v := quicpipeSrcKey{Port: [2]uint8(k[16:])}
+	copy(v.Addr[:], k[:16])
+	if err := p.k.objs.SrcMap.Put(&v, uint8(1)); err != nil {
+		return fmt.Errorf("xdp: allow source: %w", err)
+	}
+	return nil
+}
+
+func (p *Program) removeSource(k [18]byte) error {
+	v := quicpipeSrcKey{Port: [2]uint8(k[16:])}
+	copy(v.Addr[:], k[:16])
+	err := p.k.objs.SrcMap.Delete(&v)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("xdp: remove source: %w", err)
 	}
 	return nil
 }

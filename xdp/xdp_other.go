@@ -12,3 +12,6 @@ func (p *Program) put([CIDLen]byte, *entry) error     { return ErrNotSupported }
 func (p *Program) delete([CIDLen]byte) error          { return ErrNotSupported }
 func (p *Program) counters() (Counters, error)        { return Counters{}, ErrNotSupported }
 func (p *Program) run([]byte) (uint32, []byte, error) { return 0, nil, ErrNotSupported }
+func (p *Program) resetBucket(uint32) error           { return ErrNotSupported }
+func (p *Program) allowSource([18]byte) error         { return ErrNotSupported }
+func (p *Program) removeSource([18]byte) error        { return ErrNotSupported }

@@ -26,6 +26,10 @@ func TestConfigPopulate(t *testing.T) {
 		{"bad mode", Config{Mode: Mode(7)}, false, false},
 		{"negative map size", Config{MapSize: -1}, false, false},
 		{"huge map size", Config{MapSize: maxMapSize + 1}, false, false},
+		{"negative buckets", Config{Buckets: -1}, false, false},
+		{"rates", Config{MaxPacketsPerSecond: 1000, MaxTotalBytesPerSecond: MaxRate}, false, true},
+		{"negative rate is unlimited", Config{MaxBytesPerSecond: -1}, false, true},
+		{"rate above MaxRate", Config{MaxTotalPacketsPerSecond: MaxRate + 1}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := tc.cfg.populate(tc.attach)
@@ -110,7 +114,7 @@ func TestOutcomeNames(t *testing.T) {
 		t.Fatalf("quicpipe.c has %d outcomes before OUTCOME_LEN, Go has %d", len(names)-1, NumOutcomes)
 	}
 	for i, m := range names[:NumOutcomes] {
-		c := strings.ToLower(strings.TrimPrefix(string(m[1]), "PASS_"))
+		c := strings.ToLower(strings.TrimPrefix(strings.TrimPrefix(string(m[1]), "PASS_"), "DROP_"))
 		if got := Outcome(i).String(); got != c {
 			t.Errorf("outcome %d: Go %q, C %q", i, got, c)
 		}
@@ -129,8 +133,12 @@ func TestCounters(t *testing.T) {
 	if got := c.Forwarded(); got != (Stat{4, 400}) {
 		t.Errorf("Forwarded = %+v", got)
 	}
+	c[DropRateLimit] = Stat{5, 50}
 	if got := c.Passed(); got != (Stat{3, 30}) {
 		t.Errorf("Passed = %+v", got)
+	}
+	if got := c.Dropped(); got != (Stat{5, 50}) {
+		t.Errorf("Dropped = %+v", got)
 	}
 	m := c.Map()
 	if len(m) != int(NumOutcomes) || m["miss"] != (Stat{2, 20}) || m["forwarded_ipv6"] != (Stat{1, 100}) {

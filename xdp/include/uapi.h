@@ -43,6 +43,7 @@ enum xdp_action {
 };
 
 /* enum bpf_map_type: only the values used. */
+#define BPF_MAP_TYPE_HASH 1
 #define BPF_MAP_TYPE_ARRAY 2
 #define BPF_MAP_TYPE_PERCPU_ARRAY 6
 #define BPF_MAP_TYPE_LRU_HASH 9
