@@ -30,16 +30,29 @@ type apiClient struct {
 
 func newAPIClient(t testing.TB, e *testEnv) *apiClient {
 	t.Helper()
-	udp, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return newAPIClientFrom(t, e, "127.0.0.1")
+}
+
+// newAPIClientFrom is newAPIClient on a socket bound to ip (any 127.0.0.0/8
+// address is on the loopback interface).
+func newAPIClientFrom(t testing.TB, e *testEnv, ip string) *apiClient {
+	t.Helper()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newAPIClientOn(t, e.relayID.Public().(ed25519.PublicKey), e.relay.Addr(), udp)
+}
+
+// newAPIClientOn is an apiClient on udp, which it closes at the end of the
+// test, talking to the relay at relayAddr with public key relayKey.
+func newAPIClientOn(t testing.TB, relayKey ed25519.PublicKey, relayAddr *net.UDPAddr, udp *net.UDPConn) *apiClient {
+	t.Helper()
 	tr := &quic.Transport{Conn: udp}
-	tlsConf, err := ClientTLSConfig(nil, e.relayID.Public().(ed25519.PublicKey), http3.NextProtoH3)
+	tlsConf, err := ClientTLSConfig(nil, relayKey, http3.NextProtoH3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	relayAddr := e.relay.Addr()
 	rt := &http3.Transport{
 		TLSClientConfig: http3.ConfigureTLSConfig(tlsConf),
 		QUICConfig:      &quic.Config{HandshakeIdleTimeout: 5 * time.Second},

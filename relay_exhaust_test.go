@@ -1,0 +1,196 @@
+package quicpipe
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// try sends one API request and returns its status and error code (empty on
+// success), or an error if no answer came.
+func (c *apiClient) try(ctx context.Context, method, path string, body []byte) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "https://quicpipe"+path, bytes.NewReader(body))
+	if err != nil {
+		return 0, "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, "", err
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp.StatusCode, "", nil
+	}
+	var e ErrorResponse
+	json.Unmarshal(data, &e)
+	return resp.StatusCode, e.Code, nil
+}
+
+// loopbackSource returns the i-th test source address on IPv4 loopback,
+// from 127.0.1.1 on (127.0.0.1 is left to the relay and honest clients).
+func loopbackSource(i int) string {
+	return fmt.Sprintf("127.0.%d.%d", 1+i/250, 1+i%250)
+}
+
+// fillFromSource registers fresh keys from one client, each with the largest
+// window the relay allows, until the relay refuses one. It returns the CIDs
+// it got registered and the code of the refusal.
+func fillFromSource(t testing.TB, c *apiClient, r *Relay, src int) (int, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	num := r.cfg.MaxCIDsPerRegistration
+	held := 0
+	for k := 0; k < 1000; k++ {
+		key := []byte(fmt.Sprintf("fill-%06d-%06d-padding", src, k))
+		status, code, err := c.try(ctx, http.MethodPost, RegisterPath, regBody(key, 0, int64(num)))
+		if err != nil {
+			t.Fatalf("source %d, registration %d: %v", src, k, err)
+		}
+		if status != http.StatusOK {
+			return held, code
+		}
+		held += num
+	}
+	t.Fatalf("source %d: 1000 registrations accepted", src)
+	return 0, ""
+}
+
+// TestMeasureRelayFill measures how many attacking sources fill the CID
+// table of a relay with the default limits: each source registers windows
+// as large as allowed until refused, source after source, until the relay
+// refuses with limit_cids. It is a measurement, not a check, and takes
+// tens of seconds and hundreds of MB: run it with
+//
+//	QUICPIPE_MEASURE_FILL=1 go test -run TestMeasureRelayFill -v .
+func TestMeasureRelayFill(t *testing.T) {
+	if os.Getenv("QUICPIPE_MEASURE_FILL") == "" {
+		t.Skip("set QUICPIPE_MEASURE_FILL=1 to run this measurement")
+	}
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	r := e.relay
+	start := time.Now()
+	rss0 := rssMB()
+	perSource, filling := 0, 0
+	for src := 0; src < 2000; src++ {
+		c := newAPIClientFrom(t, e, loopbackSource(src))
+		held, code := fillFromSource(t, c, r, src)
+		if src == 0 {
+			perSource = held
+			t.Logf("one source holds %d CIDs (refused with %s)", held, code)
+		}
+		c.rt.Close()
+		if held > 0 {
+			filling++
+		}
+		if code == "limit_cids" {
+			t.Logf("table full (%d CIDs) with %d sources in %v; RSS %d -> %d MB",
+				r.Stats().CIDs, filling, time.Since(start).Round(time.Millisecond), rss0, rssMB())
+			honest := newAPIClient(t, e)
+			status, code, err := honest.try(context.Background(), http.MethodPost, RegisterPath, regBody(fixedKey(0xee), 0, 64))
+			t.Logf("a new listener from another source then gets: %d %s %v", status, code, err)
+			return
+		}
+	}
+	t.Logf("2000 sources did not fill the table: %d CIDs, %d per source", r.Stats().CIDs, perSource)
+}
+
+// rssMB returns the resident set size of this process in MB, or -1.
+func rssMB() int {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
+			return kb / 1024
+		}
+	}
+	return -1
+}
+
+// BenchmarkRegisterUnderWindowAttack measures an honest registration's
+// latency (register a 64-CID window, then delete it) while three attacking
+// sources slide the largest window the relay allows back and forth between
+// two positions, against the same registration on an idle relay. It
+// reports both and their ratio. Run it with a fixed count, for example
+//
+//	go test -run '^$' -bench RegisterUnderWindowAttack -benchtime 20x .
+func BenchmarkRegisterUnderWindowAttack(b *testing.B) {
+	e := newTestEnv(b, "127.0.0.1:0", nil)
+	r := e.relay
+	honest := newAPIClientFrom(b, e, "127.0.0.2")
+	ctx := context.Background()
+	key := fixedKey(0x42)
+	once := func() time.Duration {
+		t0 := time.Now()
+		if status, code, err := honest.try(ctx, http.MethodPost, RegisterPath, regBody(key, 0, 64)); err != nil || status != http.StatusOK {
+			b.Fatalf("honest registration: %d %s %v", status, code, err)
+		}
+		if status, _, err := honest.try(ctx, http.MethodDelete, RegisterPath, regBody(key, 0, 0)); err != nil || status != http.StatusNoContent {
+			b.Fatalf("honest delete: %d %v", status, err)
+		}
+		return time.Since(t0)
+	}
+	once() // handshake
+	const idleRuns = 20
+	var idle time.Duration
+	for range idleRuns {
+		idle += once()
+	}
+	idle /= idleRuns
+
+	actx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	var attacks, refused atomic.Int64
+	num := int64(r.cfg.MaxCIDsPerRegistration)
+	for i := range 3 {
+		c := newAPIClientFrom(b, e, loopbackSource(i))
+		akey := fixedKey(byte(0x90 + i))
+		wg.Go(func() {
+			for j := 0; actx.Err() == nil; j++ {
+				first := 1 + int64(j%2)*num
+				status, _, err := c.try(actx, http.MethodPost, RegisterPath, regBody(akey, first, num))
+				if err != nil {
+					continue
+				}
+				attacks.Add(1)
+				if status != http.StatusOK {
+					refused.Add(1)
+				}
+			}
+		})
+	}
+	time.Sleep(500 * time.Millisecond) // let the attack start
+	b.ResetTimer()
+	var total time.Duration
+	for range b.N {
+		total += once()
+	}
+	b.StopTimer()
+	stop()
+	wg.Wait()
+	attack := total / time.Duration(b.N)
+	b.ReportMetric(float64(idle.Microseconds())/1000, "idle-ms/reg")
+	b.ReportMetric(float64(attack.Microseconds())/1000, "attack-ms/reg")
+	b.ReportMetric(float64(attack)/float64(idle), "ratio")
+	b.ReportMetric(float64(attacks.Load()), "attack-reqs")
+	b.ReportMetric(float64(refused.Load()), "attack-refused")
+	runtime.GC()
+}
