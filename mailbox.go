@@ -197,7 +197,7 @@ func newMailboxServer(r *Relay, cfg *MailboxConfig) *mailboxServer {
 			rate:    cfg.PostRate,
 			burst:   float64(cfg.PostBurst),
 			max:     cfg.MaxSources,
-			buckets: make(map[netip.Addr]*tokenBucket),
+			buckets: make(map[netip.Prefix]*tokenBucket),
 		},
 	}
 	return m
@@ -457,7 +457,7 @@ type sourceLimiter struct {
 	max         int
 
 	mu      sync.Mutex
-	buckets map[netip.Addr]*tokenBucket
+	buckets map[netip.Prefix]*tokenBucket
 }
 
 type tokenBucket struct {
@@ -465,16 +465,18 @@ type tokenBucket struct {
 	last   time.Time
 }
 
-// allow takes a token for ip, or tells how long until one is available.
+// allow takes a token for the source of ip, or tells how long until one is
+// available.
 func (l *sourceLimiter) allow(ip netip.Addr, now time.Time) (bool, time.Duration) {
-	ip = ip.Unmap()
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		ip = p.Addr()
-	}
+	return l.allowN(sourceOf(ip), 1, now)
+}
+
+// allowN takes n tokens for src, or tells how long until n are available.
+// n must not exceed the burst.
+func (l *sourceLimiter) allowN(src netip.Prefix, n float64, now time.Time) (bool, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b := l.buckets[ip]
+	b := l.buckets[src]
 	if b == nil {
 		if len(l.buckets) >= l.max {
 			l.sweep(now)
@@ -483,27 +485,27 @@ func (l *sourceLimiter) allow(ip netip.Addr, now time.Time) (bool, time.Duration
 			}
 		}
 		b = &tokenBucket{tokens: l.burst, last: now}
-		l.buckets[ip] = b
+		l.buckets[src] = b
 	}
 	if dt := now.Sub(b.last).Seconds(); dt > 0 {
 		b.tokens = min(l.burst, b.tokens+dt*l.rate)
 	}
 	b.last = now
-	if b.tokens >= 1 {
-		b.tokens--
+	if b.tokens >= n {
+		b.tokens -= n
 		return true, 0
 	}
 	if l.rate <= 0 {
 		return false, time.Hour
 	}
-	return false, time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
+	return false, time.Duration((n - b.tokens) / l.rate * float64(time.Second))
 }
 
 // sweep forgets the buckets that are full again. l.mu must be held.
 func (l *sourceLimiter) sweep(now time.Time) {
-	for ip, b := range l.buckets {
+	for src, b := range l.buckets {
 		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
-			delete(l.buckets, ip)
+			delete(l.buckets, src)
 		}
 	}
 }

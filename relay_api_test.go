@@ -12,6 +12,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -153,25 +154,26 @@ func checkAPIError(t testing.TB, a apiAnswer, status int, code string) {
 // snapReg is what the relay holds for one registration.
 type snapReg struct {
 	first, num uint32
-	ip, dest   string
+	src        netip.Prefix
+	dest       string
 	expires    int64
 }
 
 // relaySnap is a copy of the relay's table and registrations.
 type relaySnap struct {
-	cids  map[CID]*registration
-	regs  map[string]snapReg
-	perIP map[string]int
+	cids      map[CID]*registration
+	regs      map[string]snapReg
+	perSource map[netip.Prefix]sourceUsage
 }
 
 func relaySnapshot(r *Relay) relaySnap {
 	s := relaySnap{cids: make(map[CID]*registration), regs: make(map[string]snapReg)}
 	r.regMu.Lock()
 	for k, reg := range r.regs {
-		s.regs[k] = snapReg{first: reg.first, num: reg.num, ip: reg.ip,
+		s.regs[k] = snapReg{first: reg.first, num: reg.num, src: reg.src,
 			dest: reg.dest.Load().ap.String(), expires: reg.expires.Load()}
 	}
-	s.perIP = maps.Clone(r.perIP)
+	s.perSource = maps.Clone(r.perSource)
 	for i := range r.table.shards {
 		sh := &r.table.shards[i]
 		sh.mu.RLock()
@@ -190,8 +192,8 @@ func checkUnchanged(t testing.TB, before, after relaySnap) {
 	if !maps.Equal(before.regs, after.regs) {
 		t.Errorf("registrations: got %v, want %v", after.regs, before.regs)
 	}
-	if !maps.Equal(before.perIP, after.perIP) {
-		t.Errorf("per-source counts: got %v, want %v", after.perIP, before.perIP)
+	if !maps.Equal(before.perSource, after.perSource) {
+		t.Errorf("per-source counts: got %v, want %v", after.perSource, before.perSource)
 	}
 }
 
@@ -318,8 +320,8 @@ func TestRelayAPIRegister(t *testing.T) {
 		}
 		checkCIDWindow(t, r, key, 1, 64, c2.addr())
 		s := relaySnapshot(r)
-		if s.perIP["127.0.0.1"] != 1 {
-			t.Errorf("registrations from 127.0.0.1: got %d, want 1", s.perIP["127.0.0.1"])
+		if u := s.perSource[netip.MustParsePrefix("127.0.0.1/32")]; u != (sourceUsage{regs: 1, cids: 64}) {
+			t.Errorf("usage of 127.0.0.1: got %+v, want 1 registration, 64 CIDs", u)
 		}
 	})
 	t.Run("delete", func(t *testing.T) {
@@ -351,8 +353,8 @@ func TestRelayAPIRegister(t *testing.T) {
 		if st := r.Stats(); st.CIDs != 0 || st.Registrations != 0 {
 			t.Errorf("stats after deleting everything: got CIDs %d, Registrations %d; want 0, 0", st.CIDs, st.Registrations)
 		}
-		if s := relaySnapshot(r); len(s.perIP) != 0 {
-			t.Errorf("per-source counts after deleting everything: got %v, want none", s.perIP)
+		if s := relaySnapshot(r); len(s.perSource) != 0 {
+			t.Errorf("per-source counts after deleting everything: got %v, want none", s.perSource)
 		}
 	})
 }
@@ -596,8 +598,8 @@ func TestRelayAPIExpiry(t *testing.T) {
 		}
 	}
 	checkCIDWindow(t, r, kept, 1, 16, c.addr())
-	if s := relaySnapshot(r); s.perIP["127.0.0.1"] != 1 {
-		t.Errorf("registrations from 127.0.0.1: got %d, want 1", s.perIP["127.0.0.1"])
+	if u := relaySnapshot(r).perSource[netip.MustParsePrefix("127.0.0.1/32")]; u != (sourceUsage{regs: 1, cids: 16}) {
+		t.Errorf("usage of 127.0.0.1: got %+v, want 1 registration, 16 CIDs", u)
 	}
 }
 

@@ -22,9 +22,16 @@ type registration struct {
 
 	// Guarded by Relay.regMu.
 	first, num uint32
-	ip         string         // addr's IP, for per-source accounting
+	cids       []CID          // the window's CIDs, cids[i] has index first+i; never modified, only replaced
+	gen        uint64         // counts changes of the window, so that a request can tell it moved meanwhile
+	src        netip.Prefix   // sourceOf(addr), for per-source accounting
 	local      netip.AddrPort // where the registering connection reached the relay
 	conn       *quic.Conn     // the HTTP/3 connection of the last registration
+}
+
+// sourceUsage is what the registrations of one source hold.
+type sourceUsage struct {
+	regs, cids int
 }
 
 // cidShards must be a power of two. Peer CIDs are BLAKE2b outputs, so any of

@@ -61,15 +61,6 @@ func (r *Relay) XDPMode() (xdp.Mode, bool) {
 	return r.xdp.prog.Mode(), true
 }
 
-// xdpPutRange caches CIDs [from, to) of reg in the program's map.
-func (r *Relay) xdpPutRange(reg *registration, from, to uint64) {
-	if r.xdp == nil || from >= to {
-		return
-	}
-	cids, _ := deriveRange(nil, []byte(reg.key), uint32(from), int(to-from))
-	r.xdpPut(cids, reg.dest.Load())
-}
-
 // xdpPut caches cids, forwarding to d, in the program's map.
 func (r *Relay) xdpPut(cids []CID, d *dest) {
 	if r.xdp == nil {
