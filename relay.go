@@ -232,7 +232,7 @@ type Relay struct {
 	// RelayConfig.DerivationsPerSecond); testHookDerived, if set, runs after
 	// a registration's CIDs are derived, before they are applied.
 	derivations     sourceLimiter
-	testHookDerived func()
+	testHookDerived atomic.Pointer[func()]
 	initials        initialFilter
 
 	stats relayCounters

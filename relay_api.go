@@ -188,8 +188,8 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 			}
 		}
 		cids := slideWindow(key, oldFirst, oldCIDs, first, num)
-		if r.testHookDerived != nil {
-			r.testHookDerived()
+		if hook := r.testHookDerived.Load(); hook != nil {
+			(*hook)()
 		}
 
 		r.regMu.Lock()

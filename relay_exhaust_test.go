@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
@@ -193,4 +194,80 @@ func BenchmarkRegisterUnderWindowAttack(b *testing.B) {
 	b.ReportMetric(float64(attacks.Load()), "attack-reqs")
 	b.ReportMetric(float64(refused.Load()), "attack-refused")
 	runtime.GC()
+}
+
+// TestRelaySourceCIDLimit: with the default limits, eight sources that each
+// register as many CIDs as the relay lets them hold a small part of the
+// table, and a new listener from another source still registers.
+func TestRelaySourceCIDLimit(t *testing.T) {
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	r := e.relay
+	if n := r.cfg.MaxCIDs / r.cfg.MaxCIDsPerSource; n < 500 {
+		t.Errorf("defaults: %d sources fill the table, want at least 500", n)
+	}
+	const attackers = 8
+	for src := range attackers {
+		c := newAPIClientFrom(t, e, loopbackSource(src))
+		held, code := fillFromSource(t, c, r, src)
+		if held > r.cfg.MaxCIDsPerSource || code != "limit_source_cids" {
+			t.Fatalf("source %d: holds %d CIDs, refused with %q; want at most %d, limit_source_cids",
+				src, held, code, r.cfg.MaxCIDsPerSource)
+		}
+	}
+	st := r.Stats()
+	if max := attackers * r.cfg.MaxCIDsPerSource; st.CIDs > max {
+		t.Errorf("CIDs: got %d, want at most %d", st.CIDs, max)
+	}
+	if got := st.Rejected["limit_source_cids"]; got != attackers {
+		t.Errorf("Rejected[limit_source_cids]: got %d, want %d", got, attackers)
+	}
+	if st.Rejected["limit_cids"] != 0 {
+		t.Errorf("Rejected[limit_cids]: got %d, want 0", st.Rejected["limit_cids"])
+	}
+	honest := newAPIClient(t, e)
+	honest.register(t, fixedKey(0xee), 0, 64)
+	checkCIDWindow(t, r, fixedKey(0xee), 1, 64, honest.addr())
+	// Usage is given back when registrations go.
+	c := newAPIClientFrom(t, e, loopbackSource(0))
+	for k := range 2 {
+		key := []byte(fmt.Sprintf("fill-%06d-%06d-padding", 0, k))
+		if a := c.do(t, http.MethodDelete, RegisterPath, regBody(key, 0, 0)); a.status != http.StatusNoContent {
+			t.Fatalf("DELETE: got status %d, want 204", a.status)
+		}
+	}
+	if u, ok := relaySnapshot(r).perSource[netip.MustParsePrefix(loopbackSource(0)+"/32")]; ok {
+		t.Errorf("usage of a source after deleting all its registrations: got %+v, want none", u)
+	}
+}
+
+// TestRelaySourceCIDLimitRefresh: at its CID limit, a source may still
+// refresh, slide and shrink its windows, and use exactly the room it freed.
+func TestRelaySourceCIDLimitRefresh(t *testing.T) {
+	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{MaxCIDsPerSource: 300, MaxCIDsPerRegistration: 200, DerivationBurst: 1e6})
+	r := e.relay
+	c := newAPIClient(t, e)
+	a, b := fixedKey(1), fixedKey(2)
+	c.register(t, a, 0, 200)
+	c.register(t, b, 0, 100)
+	checkAPIError(t, c.do(t, http.MethodPost, RegisterPath, regBody(fixedKey(3), 0, 1)), http.StatusTooManyRequests, "limit_source_cids")
+	state := relaySnapshot(r)
+	checkAPIError(t, c.do(t, http.MethodPost, RegisterPath, regBody(b, 0, 101)), http.StatusTooManyRequests, "limit_source_cids")
+	checkUnchanged(t, state, relaySnapshot(r))
+	c.register(t, a, 50, 200) // slides
+	c.register(t, a, 50, 150) // shrinks
+	checkAPIError(t, c.do(t, http.MethodPost, RegisterPath, regBody(fixedKey(3), 0, 51)), http.StatusTooManyRequests, "limit_source_cids")
+	c.register(t, fixedKey(3), 0, 50)
+	checkCIDWindow(t, r, a, 50, 150, c.addr())
+	if u := relaySnapshot(r).perSource[netip.MustParsePrefix("127.0.0.1/32")]; u != (sourceUsage{regs: 3, cids: 300}) {
+		t.Errorf("usage: got %+v, want 3 registrations, 300 CIDs", u)
+	}
+	// Another source has its own quota.
+	c2 := newAPIClientFrom(t, e, "127.0.0.2")
+	c2.register(t, fixedKey(4), 0, 200)
+	// A registration that moves to another source takes its CIDs along.
+	c2.register(t, b, 0, 100)
+	if u := relaySnapshot(r).perSource[netip.MustParsePrefix("127.0.0.1/32")]; u != (sourceUsage{regs: 2, cids: 200}) {
+		t.Errorf("usage of the first source after a move: got %+v, want 2 registrations, 200 CIDs", u)
+	}
+	checkAPIError(t, c2.do(t, http.MethodPost, RegisterPath, regBody(fixedKey(5), 0, 1)), http.StatusTooManyRequests, "limit_source_cids")
 }
