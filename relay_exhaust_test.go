@@ -271,3 +271,102 @@ func TestRelaySourceCIDLimitRefresh(t *testing.T) {
 	}
 	checkAPIError(t, c2.do(t, http.MethodPost, RegisterPath, regBody(fixedKey(5), 0, 1)), http.StatusTooManyRequests, "limit_source_cids")
 }
+
+// TestRegisterDerivationBudget: a source that slides a large window back
+// and forth is refused once it has spent its budget of derived CIDs, with
+// limit_derive and Retry-After, while another source still registers.
+func TestRegisterDerivationBudget(t *testing.T) {
+	// A refill of 1 CID per second: the budget is the burst.
+	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{DerivationsPerSecond: 1})
+	r := e.relay
+	num := int64(r.cfg.MaxCIDsPerRegistration)
+	if r.cfg.DerivationBurst != r.cfg.MaxCIDsPerSource {
+		t.Errorf("default DerivationBurst: got %d, want MaxCIDsPerSource (%d)", r.cfg.DerivationBurst, r.cfg.MaxCIDsPerSource)
+	}
+	attacker := newAPIClientFrom(t, e, loopbackSource(0))
+	key := fixedKey(0xa0)
+	const tries = 10
+	ok := 0
+	cur := int64(0) // the window's first index, 0 before the first
+	for range tries {
+		next := 1 + num // the window disjoint from the current one
+		if cur == next {
+			next = 1
+		}
+		a := attacker.do(t, http.MethodPost, RegisterPath, regBody(key, next, num))
+		if a.status == http.StatusOK {
+			ok++
+			cur = next
+			continue
+		}
+		checkAPIError(t, a, http.StatusTooManyRequests, "limit_derive")
+		if s, err := strconv.Atoi(a.header.Get("Retry-After")); err != nil || s < 1 {
+			t.Errorf("Retry-After: got %q, want a number of seconds", a.header.Get("Retry-After"))
+		}
+	}
+	// The burst (8192) pays for two windows of 4096, then nothing.
+	if want := r.cfg.DerivationBurst / int(num); ok != want {
+		t.Errorf("window moves accepted: got %d of %d, want %d", ok, tries, want)
+	}
+	if got := r.Stats().Rejected["limit_derive"]; got != uint64(tries-ok) {
+		t.Errorf("Rejected[limit_derive]: got %d, want %d", got, tries-ok)
+	}
+	// Refreshing the window in place derives nothing and stays allowed.
+	attacker.register(t, key, cur, num)
+	honest := newAPIClientFrom(t, e, "127.0.0.2")
+	honest.register(t, fixedKey(0xa1), 0, 64)
+	checkCIDWindow(t, r, fixedKey(0xa1), 1, 64, honest.addr())
+}
+
+// TestRegisterDerivesOutsideLock: while one registration's CIDs are being
+// derived, other registrations go on; a request for the same key that
+// changes the registration meanwhile makes the first one start over, and
+// the table ends consistent.
+func TestRegisterDerivesOutsideLock(t *testing.T) {
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	r := e.relay
+	entered, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	hook := func() {
+		if calls.Add(1) == 1 {
+			close(entered)
+			<-release
+		}
+	}
+	r.testHookDerived.Store(&hook)
+	slow := newAPIClientFrom(t, e, "127.0.0.2")
+	key := fixedKey(0xb0)
+	done := make(chan apiAnswer, 1)
+	go func() {
+		// Not c.do: that calls t.Fatal, which must not run off the test's
+		// goroutine.
+		status, code, err := slow.try(context.Background(), http.MethodPost, RegisterPath, regBody(key, 1, 1000))
+		done <- apiAnswer{status: status, body: []byte(code + fmt.Sprint(err))}
+	}()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the registration never reached the derivation hook")
+	}
+	// regMu is free while the first request derives: another source
+	// registers, and the same key is registered with another window.
+	other := newAPIClientFrom(t, e, "127.0.0.3")
+	other.register(t, fixedKey(0xb1), 0, 64)
+	slow.register(t, key, 5000, 10)
+	close(release)
+	a := <-done
+	if a.status != http.StatusOK {
+		t.Fatalf("the held registration: got %d %s, want 200", a.status, a.body)
+	}
+	if n := calls.Load(); n < 4 {
+		t.Errorf("derivations: got %d, want at least 4 (the held request derived again after its key changed)", n)
+	}
+	checkCIDWindow(t, r, key, 1, 1000, slow.addr())
+	checkCIDWindow(t, r, fixedKey(0xb1), 1, 64, other.addr())
+	if st := r.Stats(); st.CIDs != 1064 {
+		t.Errorf("CIDs: got %d, want 1064", st.CIDs)
+	}
+	if u := relaySnapshot(r).perSource[netip.MustParsePrefix("127.0.0.2/32")]; u != (sourceUsage{regs: 1, cids: 1000}) {
+		t.Errorf("usage: got %+v, want 1 registration, 1000 CIDs", u)
+	}
+}
