@@ -334,6 +334,8 @@ func TestRegisterDerivesOutsideLock(t *testing.T) {
 		}
 	}
 	r.testHookDerived.Store(&hook)
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(releaseOnce) // before the relay's cleanup, which may need the request done
 	slow := newAPIClientFrom(t, e, "127.0.0.2")
 	key := fixedKey(0xb0)
 	done := make(chan apiAnswer, 1)
@@ -353,7 +355,7 @@ func TestRegisterDerivesOutsideLock(t *testing.T) {
 	other := newAPIClientFrom(t, e, "127.0.0.3")
 	other.register(t, fixedKey(0xb1), 0, 64)
 	slow.register(t, key, 5000, 10)
-	close(release)
+	releaseOnce()
 	a := <-done
 	if a.status != http.StatusOK {
 		t.Fatalf("the held registration: got %d %s, want 200", a.status, a.body)
