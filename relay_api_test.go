@@ -405,7 +405,7 @@ func TestRelayAPIErrors(t *testing.T) {
 		{"num missing", "POST", RegisterPath, `{"key":"` + k + `"}`, 400, "num_range"},
 		{"num 0", "POST", RegisterPath, string(regBody(key, 0, 0)), 400, "num_range"},
 		{"num negative", "POST", RegisterPath, string(regBody(key, 0, -1)), 400, "num_range"},
-		{"num above MaxCIDsPerRegistration", "POST", RegisterPath, string(regBody(key, 0, 8193)), 400, "num_range"},
+		{"num above MaxCIDsPerRegistration", "POST", RegisterPath, string(regBody(key, 0, 4097)), 400, "num_range"},
 		{"num 2^40", "POST", RegisterPath, string(regBody(key, 0, 1<<40)), 400, "num_range"},
 		{"first negative", "POST", RegisterPath, string(regBody(key, -1, 64)), 400, "num_range"},
 		{"first+num beyond 2^32-1", "POST", RegisterPath, string(regBody(key, 1<<32-1, 2)), 400, "num_range"},

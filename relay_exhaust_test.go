@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -16,6 +18,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 )
 
 // try sends one API request and returns its status and error code (empty on
@@ -371,4 +376,58 @@ func TestRegisterDerivesOutsideLock(t *testing.T) {
 	if u := relaySnapshot(r).perSource[netip.MustParsePrefix("127.0.0.2/32")]; u != (sourceUsage{regs: 1, cids: 1000}) {
 		t.Errorf("usage: got %+v, want 1 registration, 1000 CIDs", u)
 	}
+}
+
+// TestRelaySessionSourceFull: a peer whose window would grow past its
+// source's CID limit keeps the window it had (its live connections stay
+// registered) and is told why, as when the window passes the relay's
+// per-registration limit.
+func TestRelaySessionSourceFull(t *testing.T) {
+	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{MaxCIDsPerSource: 100})
+	cfg, err := populateConfig(e.config(e.aID), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: udp, ConnectionIDLength: CIDLen}
+	defer func() {
+		tr.Close()
+		udp.Close()
+	}()
+	tlsConf, err := ClientTLSConfig(nil, pub(e.relayID), http3.NextProtoH3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := NewCIDKey()
+	gen, err := NewCIDGenerator(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newRelaySession(tr, e.relay.Addr(), tlsConf, key, gen, cfg)
+	defer s.close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A live connection pins the window's start while 50 more CIDs are
+	// issued: the next window (1..114) is more than the source may hold.
+	unpin := gen.pin()
+	defer unpin()
+	for range 50 {
+		gen.GenerateConnectionID()
+	}
+	err = s.register(ctx)
+	var full *windowFullError
+	if !errors.As(err, &full) || !isRelayError(err, http.StatusTooManyRequests, "limit_source_cids") ||
+		!strings.Contains(err.Error(), "MaxCIDsPerSource") {
+		t.Fatalf("register beyond the source's limit: %v, want a windowFullError wrapping limit_source_cids that names MaxCIDsPerSource", err)
+	}
+	if reg := s.registration(); reg.First != 1 || reg.Num != 64 {
+		t.Errorf("registration: got %+v, want the previous window 1..64 refreshed", reg)
+	}
+	checkCIDWindow(t, e.relay, key, 1, 64, udp.LocalAddr().String())
 }

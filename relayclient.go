@@ -238,8 +238,8 @@ func (s *relaySession) register(ctx context.Context) error {
 	end := min(uint64(s.gen.Issued())+uint64(s.window), math.MaxUint32)
 	err := post(first, end)
 	var re *RelayError
-	if errors.As(err, &re) && re.Code == "num_range" {
-		err = fmt.Errorf("quicpipe: the window of CIDs %d to %d (from the oldest live connection's to %d beyond the last issued) is larger than the relay allows; close long-lived connections or raise the relay's MaxCIDsPerRegistration: %w",
+	if errors.As(err, &re) && (re.Code == "num_range" || re.Code == "limit_source_cids") {
+		err = fmt.Errorf("quicpipe: the window of CIDs %d to %d (from the oldest live connection's to %d beyond the last issued) is larger than the relay allows; close long-lived connections or raise the relay's MaxCIDsPerRegistration or MaxCIDsPerSource: %w",
 			first, end, s.window, err)
 		// New connections cannot be registered, but the live ones must not
 		// lose theirs when the registration expires: refresh the window
