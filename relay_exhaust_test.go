@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -430,4 +431,63 @@ func TestRelaySessionSourceFull(t *testing.T) {
 		t.Errorf("registration: got %+v, want the previous window 1..64 refreshed", reg)
 	}
 	checkCIDWindow(t, e.relay, key, 1, 64, udp.LocalAddr().String())
+}
+
+// TestRelayConfigSourceLimits checks the defaults of the per-source limits
+// and their validation.
+func TestRelayConfigSourceLimits(t *testing.T) {
+	id := GenerateIdentity()
+	c, err := populateRelayConfig(&RelayConfig{Identity: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxCIDsPerRegistration != 4096 || c.MaxCIDsPerSource != 8192 || c.DerivationsPerSecond != 512 || c.DerivationBurst != 8192 {
+		t.Errorf("defaults: MaxCIDsPerRegistration %d, MaxCIDsPerSource %d, DerivationsPerSecond %d, DerivationBurst %d; want 4096, 8192, 512, 8192",
+			c.MaxCIDsPerRegistration, c.MaxCIDsPerSource, c.DerivationsPerSecond, c.DerivationBurst)
+	}
+	if c, _ := populateRelayConfig(&RelayConfig{Identity: id, MaxCIDsPerSource: 100}); c.DerivationBurst != 4096 {
+		t.Errorf("DerivationBurst with a small MaxCIDsPerSource: got %d, want MaxCIDsPerRegistration (4096)", c.DerivationBurst)
+	}
+	for _, bad := range []RelayConfig{
+		{Identity: id, MaxCIDsPerSource: -1},
+		{Identity: id, DerivationsPerSecond: -1},
+		{Identity: id, DerivationBurst: 4095},
+	} {
+		if _, err := populateRelayConfig(&bad); err == nil {
+			t.Errorf("%+v: accepted, want an error", bad)
+		}
+	}
+}
+
+// TestSlideWindow checks the CIDs of moved windows against derivation from
+// scratch.
+func TestSlideWindow(t *testing.T) {
+	key := fixedKey(7)
+	for _, tc := range []struct{ oldFirst, oldNum, first, num uint32 }{
+		{0, 0, 1, 10},   // new
+		{1, 10, 1, 10},  // same
+		{1, 10, 5, 10},  // right, overlapping
+		{5, 10, 1, 10},  // left, overlapping
+		{1, 10, 11, 10}, // adjacent
+		{1, 10, 100, 3}, // disjoint
+		{5, 3, 1, 20},   // grows both ways
+		{1, 20, 5, 3},   // shrinks inside
+		{1<<32 - 10, 10, 1<<32 - 3, 3},
+	} {
+		var old []CID
+		if tc.oldNum > 0 {
+			old, _ = deriveRange(nil, key, tc.oldFirst, int(tc.oldNum))
+		}
+		got := slideWindow(key, tc.oldFirst, old, tc.first, tc.num)
+		want, _ := deriveRange(nil, key, tc.first, int(tc.num))
+		if !slices.Equal(got, want) {
+			t.Errorf("%+v: got a window different from deriving it afresh", tc)
+		}
+	}
+	if got := overlap(1, 10, 5, 10); got != 6 {
+		t.Errorf("overlap(1, 10, 5, 10) = %d, want 6", got)
+	}
+	if got := overlap(1, 10, 11, 10); got != 0 {
+		t.Errorf("overlap(1, 10, 11, 10) = %d, want 0", got)
+	}
 }
