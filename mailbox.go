@@ -78,6 +78,12 @@ type MailboxConfig struct {
 	// MaxMailboxes bounds the mailboxes open at once. If zero, 100000 is
 	// used.
 	MaxMailboxes int
+	// MaxMailboxesPerSource bounds the mailboxes held at once by one
+	// source: the IPv4 address, or the IPv6 /64 prefix, of the holder's
+	// connection. If zero, 64 is used (as many as the registrations one
+	// source may hold), so that 1563 sources are needed to take the default
+	// MaxMailboxes.
+	MaxMailboxesPerSource int
 	// QueueLen is how many posts to one mailbox may wait for their turn to
 	// be written; more are refused as busy. If zero, 8 is used.
 	QueueLen int
@@ -103,6 +109,9 @@ func populateMailboxConfig(c *MailboxConfig) (*MailboxConfig, error) {
 	if cfg.MaxMailboxes == 0 {
 		cfg.MaxMailboxes = 100000
 	}
+	if cfg.MaxMailboxesPerSource == 0 {
+		cfg.MaxMailboxesPerSource = 64
+	}
 	if cfg.QueueLen == 0 {
 		cfg.QueueLen = 8
 	}
@@ -113,7 +122,7 @@ func populateMailboxConfig(c *MailboxConfig) (*MailboxConfig, error) {
 	case cfg.MaxPostBytes < 1 || cfg.MaxPostBytes > math.MaxUint16:
 		return nil, fmt.Errorf("quicpipe: MailboxConfig.MaxPostBytes must be 1 to %d", math.MaxUint16)
 	case cfg.PostRate < 0 || math.IsNaN(cfg.PostRate) || math.IsInf(cfg.PostRate, 0),
-		cfg.PostBurst < 1, cfg.MaxSources < 1, cfg.MaxMailboxes < 1, cfg.QueueLen < 1,
+		cfg.PostBurst < 1, cfg.MaxSources < 1, cfg.MaxMailboxes < 1, cfg.MaxMailboxesPerSource < 1, cfg.QueueLen < 1,
 		cfg.DeliveryTimeout < 0:
 		return nil, errors.New("quicpipe: MailboxConfig limits must be positive")
 	}
@@ -124,6 +133,7 @@ func populateMailboxConfig(c *MailboxConfig) (*MailboxConfig, error) {
 var mailboxRejectCodes = []string{
 	"bad_method", "unauthorized", "bad_key", "bad_signature", "bad_flight", "body_too_large",
 	"no_mailbox", "rate_limited", "mailbox_busy", "limit_mailboxes", "closing", "no_address",
+	"limit_source",
 }
 
 // MailboxStats is a snapshot of a relay's mailbox counters.
@@ -138,7 +148,7 @@ type MailboxStats struct {
 	// Rejected counts refused requests by the code of their error answer:
 	// "bad_method", "unauthorized", "bad_key", "bad_signature", "bad_flight",
 	// "body_too_large", "no_mailbox", "rate_limited", "mailbox_busy",
-	// "limit_mailboxes", "closing", "no_address".
+	// "limit_mailboxes", "closing", "no_address", "limit_source".
 	Rejected map[string]uint64
 }
 
@@ -166,8 +176,9 @@ type mailboxServer struct {
 	r   *Relay
 	cfg *MailboxConfig
 
-	mu    sync.Mutex
-	boxes map[string]*mailbox // by public key
+	mu        sync.Mutex
+	boxes     map[string]*mailbox // by public key
+	perSource map[netip.Prefix]int
 
 	limiter sourceLimiter
 
@@ -177,6 +188,7 @@ type mailboxServer struct {
 
 // mailbox is one open mailbox: the request of the accepter holding it.
 type mailbox struct {
+	src      netip.Prefix // the holder's source
 	queue    chan *mailboxPost
 	gone     chan struct{} // closed when the holder's request ends
 	replaced chan struct{} // closed when a newer holder takes over
@@ -189,15 +201,16 @@ type mailboxPost struct {
 
 func newMailboxServer(r *Relay, cfg *MailboxConfig) *mailboxServer {
 	m := &mailboxServer{
-		r:        r,
-		cfg:      cfg,
-		boxes:    make(map[string]*mailbox),
-		rejected: newRejectCounters(mailboxRejectCodes),
+		r:         r,
+		cfg:       cfg,
+		boxes:     make(map[string]*mailbox),
+		perSource: make(map[netip.Prefix]int),
+		rejected:  newRejectCounters(mailboxRejectCodes),
 		limiter: sourceLimiter{
 			rate:    cfg.PostRate,
 			burst:   float64(cfg.PostBurst),
 			max:     cfg.MaxSources,
-			buckets: make(map[netip.Addr]*tokenBucket),
+			buckets: make(map[netip.Prefix]*tokenBucket),
 		},
 	}
 	return m
@@ -278,7 +291,13 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 		m.fail(w, http.StatusForbidden, "bad_signature", "the signature does not prove possession of this key on this connection")
 		return
 	}
+	ua, _ := qc.RemoteAddr().(*net.UDPAddr)
+	if ua == nil {
+		m.fail(w, http.StatusInternalServerError, "no_address", "cannot tell the address of this connection")
+		return
+	}
 	mb := &mailbox{
+		src:      sourceOf(ua.AddrPort().Addr()),
 		queue:    make(chan *mailboxPost, m.cfg.QueueLen),
 		gone:     make(chan struct{}),
 		replaced: make(chan struct{}),
@@ -291,16 +310,26 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 			fmt.Sprintf("relay holds the maximum of %d mailboxes", m.cfg.MaxMailboxes))
 		return
 	}
+	// Taking over a mailbox the same source holds adds none to its count.
+	if (old == nil || old.src != mb.src) && m.perSource[mb.src] >= m.cfg.MaxMailboxesPerSource {
+		m.mu.Unlock()
+		m.fail(w, http.StatusTooManyRequests, "limit_source",
+			fmt.Sprintf("%s holds the maximum of %d mailboxes per source", mb.src, m.cfg.MaxMailboxesPerSource))
+		return
+	}
 	if old != nil {
 		close(old.replaced)
+		m.releaseLocked(old)
 	}
 	m.boxes[string(key)] = mb
+	m.perSource[mb.src]++
 	m.mu.Unlock()
 	m.opened.Add(1)
 	defer func() {
 		m.mu.Lock()
 		if m.boxes[string(key)] == mb {
 			delete(m.boxes, string(key))
+			m.releaseLocked(mb)
 		}
 		m.mu.Unlock()
 		close(mb.gone)
@@ -338,6 +367,14 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 		case <-m.r.closed:
 			return
 		}
+	}
+}
+
+// releaseLocked takes mb, which has just left m.boxes, out of its source's
+// count. m.mu must be held.
+func (m *mailboxServer) releaseLocked(mb *mailbox) {
+	if m.perSource[mb.src]--; m.perSource[mb.src] <= 0 {
+		delete(m.perSource, mb.src)
 	}
 }
 
@@ -457,7 +494,7 @@ type sourceLimiter struct {
 	max         int
 
 	mu      sync.Mutex
-	buckets map[netip.Addr]*tokenBucket
+	buckets map[netip.Prefix]*tokenBucket
 }
 
 type tokenBucket struct {
@@ -465,16 +502,18 @@ type tokenBucket struct {
 	last   time.Time
 }
 
-// allow takes a token for ip, or tells how long until one is available.
+// allow takes a token for the source of ip, or tells how long until one is
+// available.
 func (l *sourceLimiter) allow(ip netip.Addr, now time.Time) (bool, time.Duration) {
-	ip = ip.Unmap()
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		ip = p.Addr()
-	}
+	return l.allowN(sourceOf(ip), 1, now)
+}
+
+// allowN takes n tokens for src, or tells how long until n are available.
+// n must not exceed the burst.
+func (l *sourceLimiter) allowN(src netip.Prefix, n float64, now time.Time) (bool, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b := l.buckets[ip]
+	b := l.buckets[src]
 	if b == nil {
 		if len(l.buckets) >= l.max {
 			l.sweep(now)
@@ -483,27 +522,27 @@ func (l *sourceLimiter) allow(ip netip.Addr, now time.Time) (bool, time.Duration
 			}
 		}
 		b = &tokenBucket{tokens: l.burst, last: now}
-		l.buckets[ip] = b
+		l.buckets[src] = b
 	}
 	if dt := now.Sub(b.last).Seconds(); dt > 0 {
 		b.tokens = min(l.burst, b.tokens+dt*l.rate)
 	}
 	b.last = now
-	if b.tokens >= 1 {
-		b.tokens--
+	if b.tokens >= n {
+		b.tokens -= n
 		return true, 0
 	}
 	if l.rate <= 0 {
 		return false, time.Hour
 	}
-	return false, time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
+	return false, time.Duration((n - b.tokens) / l.rate * float64(time.Second))
 }
 
 // sweep forgets the buckets that are full again. l.mu must be held.
 func (l *sourceLimiter) sweep(now time.Time) {
-	for ip, b := range l.buckets {
+	for src, b := range l.buckets {
 		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
-			delete(l.buckets, ip)
+			delete(l.buckets, src)
 		}
 	}
 }

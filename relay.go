@@ -52,16 +52,31 @@ type RelayConfig struct {
 	// always refused.
 	MaxKeyLen int
 	// MaxCIDsPerRegistration bounds the window of CIDs one key may register.
-	// If zero, 8192 is used.
+	// If zero, 4096 is used: a peer's window spans its live connections
+	// (about 5 CIDs each) and 64 more (Config.RegistrationWindow), so that
+	// is hundreds of connections made while its oldest one lives.
 	MaxCIDsPerRegistration int
 	// MaxCIDs bounds the CIDs registered in total. If zero, 1<<22 is used.
 	MaxCIDs int
 	// MaxRegistrations bounds the registrations in total. If zero, 100000
 	// is used.
 	MaxRegistrations int
-	// MaxRegistrationsPerSource bounds the registrations whose observed
-	// address has the same IP. If zero, 64 is used.
+	// MaxRegistrationsPerSource bounds the registrations held by one
+	// source: the IPv4 address, or the IPv6 /64 prefix, of the observed
+	// address. If zero, 64 is used.
 	MaxRegistrationsPerSource int
+	// MaxCIDsPerSource bounds the CIDs held by the registrations of one
+	// source. If zero, 8192 is used: 64 peers with default windows fit, and
+	// 512 sources are needed to fill the default MaxCIDs.
+	MaxCIDsPerSource int
+	// DerivationsPerSecond bounds how many CIDs the relay derives per second
+	// for one source's registrations (new registrations and windows that
+	// slide), and DerivationBurst how many at once: a token bucket per
+	// source. A request over the budget is refused (429, code
+	// "limit_derive", with Retry-After). If zero, 512 per second and a
+	// burst of MaxCIDsPerSource are used. DerivationBurst must be at least
+	// MaxCIDsPerRegistration.
+	DerivationsPerSecond, DerivationBurst int
 	// MaxBodyBytes bounds the size of an API request body. If zero, 4096 is
 	// used.
 	MaxBodyBytes int64
@@ -124,7 +139,7 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 		cfg.MaxKeyLen = MaxCIDKeyLen
 	}
 	if cfg.MaxCIDsPerRegistration == 0 {
-		cfg.MaxCIDsPerRegistration = 8192
+		cfg.MaxCIDsPerRegistration = 4096
 	}
 	if cfg.MaxCIDs == 0 {
 		cfg.MaxCIDs = 1 << 22
@@ -134,6 +149,15 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 	}
 	if cfg.MaxRegistrationsPerSource == 0 {
 		cfg.MaxRegistrationsPerSource = 64
+	}
+	if cfg.MaxCIDsPerSource == 0 {
+		cfg.MaxCIDsPerSource = 8192
+	}
+	if cfg.DerivationsPerSecond == 0 {
+		cfg.DerivationsPerSecond = 512
+	}
+	if cfg.DerivationBurst == 0 {
+		cfg.DerivationBurst = max(cfg.MaxCIDsPerSource, cfg.MaxCIDsPerRegistration)
 	}
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 4096
@@ -164,8 +188,12 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 	case cfg.MaxKeyLen < MinCIDKeyLen || cfg.MaxKeyLen > MaxCIDKeyLen:
 		return nil, fmt.Errorf("quicpipe: MaxKeyLen must be %d to %d", MinCIDKeyLen, MaxCIDKeyLen)
 	case cfg.MaxCIDsPerRegistration < 1, cfg.MaxCIDs < 1, cfg.MaxRegistrations < 1,
-		cfg.MaxRegistrationsPerSource < 1, cfg.MaxBodyBytes < 64:
+		cfg.MaxRegistrationsPerSource < 1, cfg.MaxCIDsPerSource < 1, cfg.DerivationsPerSecond < 1,
+		cfg.MaxBodyBytes < 64:
 		return nil, errors.New("quicpipe: RelayConfig limits must be positive (MaxBodyBytes at least 64)")
+	case cfg.DerivationBurst < cfg.MaxCIDsPerRegistration:
+		return nil, fmt.Errorf("quicpipe: RelayConfig.DerivationBurst %d is below MaxCIDsPerRegistration %d: the largest window could never be registered",
+			cfg.DerivationBurst, cfg.MaxCIDsPerRegistration)
 	}
 	return &cfg, nil
 }
@@ -202,11 +230,17 @@ type Relay struct {
 	// forwarding path to the janitor (see wakeFollow).
 	follow chan *registration
 
-	regMu    sync.Mutex
-	regs     map[string]*registration
-	perIP    map[string]int
-	closing  bool
-	initials initialFilter
+	regMu     sync.Mutex
+	regs      map[string]*registration
+	perSource map[netip.Prefix]sourceUsage
+	closing   bool
+
+	// derivations is the per-source budget of CIDs derived (see
+	// RelayConfig.DerivationsPerSecond); testHookDerived, if set, runs after
+	// a registration's CIDs are derived, before they are applied.
+	derivations     sourceLimiter
+	testHookDerived atomic.Pointer[func()]
+	initials        initialFilter
 
 	stats relayCounters
 
@@ -283,9 +317,16 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		log:    c.Logger,
 		table:  newCIDTable(),
 		regs:   make(map[string]*registration),
-		perIP:  make(map[string]int),
 		follow: make(chan *registration, 64),
 		closed: make(chan struct{}),
+
+		perSource: make(map[netip.Prefix]sourceUsage),
+		derivations: sourceLimiter{
+			rate:    float64(c.DerivationsPerSecond),
+			burst:   float64(c.DerivationBurst),
+			max:     c.MaxRegistrations,
+			buckets: make(map[netip.Prefix]*tokenBucket),
+		},
 	}
 	r.stats.rejected = newRejectCounters(rejectCodes)
 	rand.Read(r.epoch[:])
@@ -643,10 +684,10 @@ func (r *Relay) followLocked(reg *registration) {
 		r.log.Warn("registration's connection moved to a refused address", "addr", ap.String(), "err", err)
 		return
 	}
-	r.moveIPLocked(reg, ap.Addr().String())
+	r.moveSourceLocked(reg, sourceOf(ap.Addr()))
 	reg.dest.Store(d)
 	r.setTargetLocked(reg, d)
-	r.xdpPutRange(reg, uint64(reg.first), uint64(reg.first)+uint64(reg.num))
+	r.xdpPut(reg.cids, reg)
 	r.stats.rebinds.Add(1)
 	r.log.Info("registration followed its peer to a new address", "addr", ap.String())
 }
@@ -665,7 +706,7 @@ type relayCounters struct {
 var rejectCodes = []string{
 	"bad_method", "bad_json", "body_too_large", "key_length", "num_range",
 	"limit_total", "limit_source", "limit_cids", "not_found", "no_address", "closing",
-	"unauthorized", "target",
+	"unauthorized", "target", "limit_source_cids", "limit_derive", "conflict",
 }
 
 type batchCounts struct {

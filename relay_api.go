@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -129,6 +131,9 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 	}
 	reg, status, code, err := r.register(body.Key, uint32(first), uint32(body.Num), observed, qc)
 	if err != nil {
+		if ra, ok := errors.AsType[*retryAfterError](err); ok {
+			w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(ra.wait.Seconds())))))
+		}
 		r.apiError(w, status, code, err.Error())
 		return
 	}
@@ -141,6 +146,10 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 // [first, first+num) forwarding to addr.
 // qc is the HTTP/3 connection that carried the request (nil in tests: the
 // relay's bound address then counts as where the peer reached it).
+//
+// The CIDs new to the window are derived without r.regMu, from a snapshot
+// of the registration taken under it; if the registration changed before
+// they are applied (a concurrent request for the same key), it starts over.
 func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *quic.Conn) (RegisterResponse, int, string, error) {
 	ap := netAddrPort(addr.AddrPort())
 	local := netAddrPort(r.Addr().AddrPort())
@@ -153,68 +162,187 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 	if err != nil {
 		return RegisterResponse{}, http.StatusForbidden, "target", err
 	}
-	ip := ap.Addr().String()
+	src := sourceOf(ap.Addr())
 	ttl := r.cfg.RegistrationTTL
-	expires := time.Now().Add(ttl)
+	for attempt := 0; ; attempt++ {
+		r.regMu.Lock()
+		reg := r.regs[string(key)]
+		if status, code, err := r.checkLimitsLocked(reg, src, num); err != nil {
+			r.regMu.Unlock()
+			return RegisterResponse{}, status, code, err
+		}
+		var gen uint64
+		var oldFirst uint32
+		var oldCIDs []CID
+		if reg != nil {
+			gen, oldFirst, oldCIDs = reg.gen, reg.first, reg.cids
+		}
+		r.regMu.Unlock()
 
-	r.regMu.Lock()
-	defer r.regMu.Unlock()
-	if r.closing {
-		return RegisterResponse{}, http.StatusServiceUnavailable, "closing", errors.New("relay is shutting down")
+		derived := num - overlap(oldFirst, uint32(len(oldCIDs)), first, num)
+		if ok, wait := r.derivations.allowN(src, float64(derived), time.Now()); !ok {
+			return RegisterResponse{}, http.StatusTooManyRequests, "limit_derive", &retryAfterError{
+				wait: wait,
+				err: fmt.Errorf("%s registered too many new CIDs lately (budget %d per second, bursts of %d); this window needs %d",
+					src, r.cfg.DerivationsPerSecond, r.cfg.DerivationBurst, derived),
+			}
+		}
+		cids := slideWindow(key, oldFirst, oldCIDs, first, num)
+		if hook := r.testHookDerived.Load(); hook != nil {
+			(*hook)()
+		}
+
+		r.regMu.Lock()
+		cur := r.regs[string(key)]
+		if cur != reg || (reg != nil && reg.gen != gen) {
+			r.regMu.Unlock()
+			if attempt < 2 {
+				continue
+			}
+			return RegisterResponse{}, http.StatusConflict, "conflict",
+				errors.New("the registration of this key kept changing under concurrent requests; retry")
+		}
+		// Other registrations may have changed the counts meanwhile.
+		if status, code, err := r.checkLimitsLocked(reg, src, num); err != nil {
+			r.regMu.Unlock()
+			return RegisterResponse{}, status, code, err
+		}
+		expires := time.Now().Add(ttl)
+		r.applyLocked(key, reg, src, d, local, qc, first, cids, expires)
+		r.regMu.Unlock()
+		return RegisterResponse{
+			Addr:    ap.String(),
+			First:   first,
+			Num:     num,
+			Expires: expires.UTC().Truncate(time.Millisecond),
+			TTL:     int(ttl / time.Second),
+		}, 0, "", nil
 	}
-	reg := r.regs[string(key)]
-	if reg == nil || reg.ip != ip {
-		if r.perIP[ip] >= r.cfg.MaxRegistrationsPerSource {
-			return RegisterResponse{}, http.StatusTooManyRequests, "limit_source",
-				fmt.Errorf("too many registrations from %s (limit %d)", ip, r.cfg.MaxRegistrationsPerSource)
+}
+
+// checkLimitsLocked decides whether reg (nil for a new key) may hold a
+// window of num CIDs for source src. r.regMu must be held.
+func (r *Relay) checkLimitsLocked(reg *registration, src netip.Prefix, num uint32) (int, string, error) {
+	if r.closing {
+		return http.StatusServiceUnavailable, "closing", errors.New("relay is shutting down")
+	}
+	use := r.perSource[src]
+	var mine, held int // what reg holds already: from src, and in total
+	if reg != nil {
+		held = int(reg.num)
+		if reg.src == src {
+			mine = held
 		}
 	}
+	if (reg == nil || reg.src != src) && use.regs >= r.cfg.MaxRegistrationsPerSource {
+		return http.StatusTooManyRequests, "limit_source",
+			fmt.Errorf("too many registrations from %s (limit %d)", src, r.cfg.MaxRegistrationsPerSource)
+	}
 	if reg == nil && len(r.regs) >= r.cfg.MaxRegistrations {
-		return RegisterResponse{}, http.StatusServiceUnavailable, "limit_total",
+		return http.StatusServiceUnavailable, "limit_total",
 			fmt.Errorf("relay holds the maximum of %d registrations", r.cfg.MaxRegistrations)
 	}
-	var oldFirst, oldEnd uint64
-	if reg != nil {
-		oldFirst, oldEnd = uint64(reg.first), uint64(reg.first)+uint64(reg.num)
+	if int(num) > mine && use.cids-mine+int(num) > r.cfg.MaxCIDsPerSource {
+		return http.StatusTooManyRequests, "limit_source_cids",
+			fmt.Errorf("registrations from %s would hold %d CIDs (limit %d)", src, use.cids-mine+int(num), r.cfg.MaxCIDsPerSource)
 	}
-	newFirst, newEnd := uint64(first), uint64(first)+uint64(num)
-	added := int64(num) - int64(oldEnd-oldFirst)
-	if added > 0 && r.table.size.Load()+added > int64(r.cfg.MaxCIDs) {
-		return RegisterResponse{}, http.StatusServiceUnavailable, "limit_cids",
+	if added := int64(num) - int64(held); added > 0 && r.table.size.Load()+added > int64(r.cfg.MaxCIDs) {
+		return http.StatusServiceUnavailable, "limit_cids",
 			fmt.Errorf("relay holds the maximum of %d CIDs", r.cfg.MaxCIDs)
 	}
+	return 0, "", nil
+}
+
+// applyLocked installs the window cids, starting at index first, for key:
+// reg is its registration (nil for a new one), checked by
+// checkLimitsLocked. r.regMu must be held.
+func (r *Relay) applyLocked(key []byte, reg *registration, src netip.Prefix, d *dest, local netip.AddrPort, qc *quic.Conn,
+	first uint32, cids []CID, expires time.Time) {
 	if reg == nil {
 		reg = &registration{key: string(key)}
 		r.xdpTakeBucket(reg)
 		r.regs[reg.key] = reg
 	}
-	r.moveIPLocked(reg, ip)
+	r.moveSourceLocked(reg, src)
 	reg.local, reg.conn = local, qc
 	old := reg.dest.Swap(d)
 	r.setTargetLocked(reg, d)
+	reg.expires.Store(expires.UnixNano())
+	oldFirst, oldCIDs := reg.first, reg.cids
+	oldEnd, newEnd := uint64(oldFirst)+uint64(len(oldCIDs)), uint64(first)+uint64(len(cids))
 	if old != nil && old.ap != d.ap {
 		// The kept part of the window forwards to the new address too.
-		r.xdpPutRange(reg, max(oldFirst, newFirst), min(oldEnd, newEnd))
+		if lo, hi := max(uint64(oldFirst), uint64(first)), min(oldEnd, newEnd); lo < hi {
+			r.xdpPut(cids[lo-uint64(first):hi-uint64(first)], reg)
+		}
 	}
-	reg.expires.Store(expires.UnixNano())
-	// Move the window: remove what falls out, derive and add what is new.
-	if oldEnd > oldFirst {
-		r.removeRange(reg, oldFirst, min(oldEnd, newFirst))
-		r.removeRange(reg, max(oldFirst, newEnd), oldEnd)
-		r.addRange(reg, newFirst, min(newEnd, oldFirst))
-		r.addRange(reg, max(newFirst, oldEnd), newEnd)
-	} else {
-		r.addRange(reg, newFirst, newEnd)
+	// Move the window: remove what falls out, add what is new.
+	var gone, added []CID
+	for i, c := range oldCIDs {
+		if j := uint64(oldFirst) + uint64(i); j < uint64(first) || j >= newEnd {
+			r.table.remove(c, reg)
+			gone = append(gone, c)
+		}
 	}
-	reg.first, reg.num = first, num
-	return RegisterResponse{
-		Addr:    ap.String(),
-		First:   first,
-		Num:     num,
-		Expires: expires.UTC().Truncate(time.Millisecond),
-		TTL:     int(ttl / time.Second),
-	}, 0, "", nil
+	for i, c := range cids {
+		if j := uint64(first) + uint64(i); j < uint64(oldFirst) || j >= oldEnd {
+			r.table.insert(c, reg)
+			added = append(added, c)
+		}
+	}
+	r.xdpDelete(gone)
+	r.xdpPut(added, reg)
+	u := r.perSource[src]
+	u.cids += len(cids) - len(oldCIDs)
+	r.perSource[src] = u
+	reg.first, reg.num, reg.cids = first, uint32(len(cids)), cids
+	reg.gen++
 }
+
+// overlap returns how many indexes the windows [f1, f1+n1) and [f2, f2+n2)
+// share.
+func overlap(f1, n1, f2, n2 uint32) uint32 {
+	lo := max(uint64(f1), uint64(f2))
+	hi := min(uint64(f1)+uint64(n1), uint64(f2)+uint64(n2))
+	if lo >= hi {
+		return 0
+	}
+	return uint32(hi - lo)
+}
+
+// slideWindow returns the CIDs of key with indexes first..first+num-1,
+// taking those it can from old (the CIDs from index oldFirst on) and
+// deriving the others.
+func slideWindow(key []byte, oldFirst uint32, old []CID, first, num uint32) []CID {
+	cids := make([]CID, 0, num)
+	oldEnd := uint64(oldFirst) + uint64(len(old))
+	end := uint64(first) + uint64(num)
+	for j := uint64(first); j < end; {
+		if j >= uint64(oldFirst) && j < oldEnd {
+			k := min(end, oldEnd)
+			cids = append(cids, old[j-uint64(oldFirst):k-uint64(oldFirst)]...)
+			j = k
+			continue
+		}
+		k := end
+		if j < uint64(oldFirst) {
+			k = min(end, uint64(oldFirst))
+		}
+		// The key's length was checked: deriving cannot fail.
+		cids, _ = deriveRange(cids, key, uint32(j), int(k-j))
+		j = k
+	}
+	return cids
+}
+
+// retryAfterError is a refusal that tells the client when to retry.
+type retryAfterError struct {
+	wait time.Duration
+	err  error
+}
+
+func (e *retryAfterError) Error() string { return e.err.Error() }
+func (e *retryAfterError) Unwrap() error { return e.err }
 
 // netAddrPort normalizes an address as the relay stores it: IPv4-mapped IPv6
 // addresses become IPv4.
@@ -237,53 +365,46 @@ func (r *Relay) newDest(ap netip.AddrPort, local netip.AddrPort) (*dest, error) 
 	return &dest{addr: net.UDPAddrFromAddrPort(ap), ap: ap, raw: raw}, nil
 }
 
-// moveIPLocked accounts reg under a new source IP. r.regMu must be held.
-func (r *Relay) moveIPLocked(reg *registration, ip string) {
-	if reg.ip == ip {
+// moveSourceLocked accounts reg, and the CIDs it holds, under source src.
+// r.regMu must be held.
+func (r *Relay) moveSourceLocked(reg *registration, src netip.Prefix) {
+	if reg.src == src {
 		return
 	}
-	if reg.ip != "" {
-		r.perIP[reg.ip]--
-		if r.perIP[reg.ip] <= 0 {
-			delete(r.perIP, reg.ip)
-		}
+	if reg.src.IsValid() {
+		r.releaseSourceLocked(reg)
 	}
-	reg.ip = ip
-	r.perIP[ip]++
+	reg.src = src
+	u := r.perSource[src]
+	u.regs++
+	u.cids += len(reg.cids)
+	r.perSource[src] = u
 }
 
-func (r *Relay) addRange(reg *registration, from, to uint64) {
-	if from >= to {
-		return
+// releaseSourceLocked takes reg out of its source's usage. r.regMu must be
+// held.
+func (r *Relay) releaseSourceLocked(reg *registration) {
+	u := r.perSource[reg.src]
+	u.regs--
+	u.cids -= len(reg.cids)
+	if u.regs <= 0 {
+		delete(r.perSource, reg.src)
+	} else {
+		r.perSource[reg.src] = u
 	}
-	cids, _ := deriveRange(nil, []byte(reg.key), uint32(from), int(to-from))
-	for _, c := range cids {
-		r.table.insert(c, reg)
-	}
-	r.xdpPut(cids, reg)
-}
-
-func (r *Relay) removeRange(reg *registration, from, to uint64) {
-	if from >= to {
-		return
-	}
-	cids, _ := deriveRange(nil, []byte(reg.key), uint32(from), int(to-from))
-	for _, c := range cids {
-		r.table.remove(c, reg)
-	}
-	r.xdpDelete(cids)
 }
 
 // removeLocked deletes a registration and its CIDs. r.regMu must be held.
 func (r *Relay) removeLocked(reg *registration) {
-	r.removeRange(reg, uint64(reg.first), uint64(reg.first)+uint64(reg.num))
+	for _, c := range reg.cids {
+		r.table.remove(c, reg)
+	}
+	r.xdpDelete(reg.cids)
 	r.setTargetLocked(reg, nil)
 	r.xdpReleaseBucket(reg)
 	delete(r.regs, reg.key)
-	r.perIP[reg.ip]--
-	if r.perIP[reg.ip] <= 0 {
-		delete(r.perIP, reg.ip)
-	}
+	r.releaseSourceLocked(reg)
+	reg.gen++
 }
 
 func (r *Relay) unregister(key []byte) {

@@ -12,6 +12,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -30,16 +31,29 @@ type apiClient struct {
 
 func newAPIClient(t testing.TB, e *testEnv) *apiClient {
 	t.Helper()
-	udp, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return newAPIClientFrom(t, e, "127.0.0.1")
+}
+
+// newAPIClientFrom is newAPIClient on a socket bound to ip (any 127.0.0.0/8
+// address is on the loopback interface).
+func newAPIClientFrom(t testing.TB, e *testEnv, ip string) *apiClient {
+	t.Helper()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return newAPIClientOn(t, e.relayID.Public().(ed25519.PublicKey), e.relay.Addr(), udp)
+}
+
+// newAPIClientOn is an apiClient on udp, which it closes at the end of the
+// test, talking to the relay at relayAddr with public key relayKey.
+func newAPIClientOn(t testing.TB, relayKey ed25519.PublicKey, relayAddr *net.UDPAddr, udp *net.UDPConn) *apiClient {
+	t.Helper()
 	tr := &quic.Transport{Conn: udp}
-	tlsConf, err := ClientTLSConfig(nil, e.relayID.Public().(ed25519.PublicKey), http3.NextProtoH3)
+	tlsConf, err := ClientTLSConfig(nil, relayKey, http3.NextProtoH3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	relayAddr := e.relay.Addr()
 	rt := &http3.Transport{
 		TLSClientConfig: http3.ConfigureTLSConfig(tlsConf),
 		QUICConfig:      &quic.Config{HandshakeIdleTimeout: 5 * time.Second},
@@ -140,25 +154,26 @@ func checkAPIError(t testing.TB, a apiAnswer, status int, code string) {
 // snapReg is what the relay holds for one registration.
 type snapReg struct {
 	first, num uint32
-	ip, dest   string
+	src        netip.Prefix
+	dest       string
 	expires    int64
 }
 
 // relaySnap is a copy of the relay's table and registrations.
 type relaySnap struct {
-	cids  map[CID]*registration
-	regs  map[string]snapReg
-	perIP map[string]int
+	cids      map[CID]*registration
+	regs      map[string]snapReg
+	perSource map[netip.Prefix]sourceUsage
 }
 
 func relaySnapshot(r *Relay) relaySnap {
 	s := relaySnap{cids: make(map[CID]*registration), regs: make(map[string]snapReg)}
 	r.regMu.Lock()
 	for k, reg := range r.regs {
-		s.regs[k] = snapReg{first: reg.first, num: reg.num, ip: reg.ip,
+		s.regs[k] = snapReg{first: reg.first, num: reg.num, src: reg.src,
 			dest: reg.dest.Load().ap.String(), expires: reg.expires.Load()}
 	}
-	s.perIP = maps.Clone(r.perIP)
+	s.perSource = maps.Clone(r.perSource)
 	for i := range r.table.shards {
 		sh := &r.table.shards[i]
 		sh.mu.RLock()
@@ -177,8 +192,8 @@ func checkUnchanged(t testing.TB, before, after relaySnap) {
 	if !maps.Equal(before.regs, after.regs) {
 		t.Errorf("registrations: got %v, want %v", after.regs, before.regs)
 	}
-	if !maps.Equal(before.perIP, after.perIP) {
-		t.Errorf("per-source counts: got %v, want %v", after.perIP, before.perIP)
+	if !maps.Equal(before.perSource, after.perSource) {
+		t.Errorf("per-source counts: got %v, want %v", after.perSource, before.perSource)
 	}
 }
 
@@ -305,8 +320,8 @@ func TestRelayAPIRegister(t *testing.T) {
 		}
 		checkCIDWindow(t, r, key, 1, 64, c2.addr())
 		s := relaySnapshot(r)
-		if s.perIP["127.0.0.1"] != 1 {
-			t.Errorf("registrations from 127.0.0.1: got %d, want 1", s.perIP["127.0.0.1"])
+		if u := s.perSource[netip.MustParsePrefix("127.0.0.1/32")]; u != (sourceUsage{regs: 1, cids: 64}) {
+			t.Errorf("usage of 127.0.0.1: got %+v, want 1 registration, 64 CIDs", u)
 		}
 	})
 	t.Run("delete", func(t *testing.T) {
@@ -338,8 +353,8 @@ func TestRelayAPIRegister(t *testing.T) {
 		if st := r.Stats(); st.CIDs != 0 || st.Registrations != 0 {
 			t.Errorf("stats after deleting everything: got CIDs %d, Registrations %d; want 0, 0", st.CIDs, st.Registrations)
 		}
-		if s := relaySnapshot(r); len(s.perIP) != 0 {
-			t.Errorf("per-source counts after deleting everything: got %v, want none", s.perIP)
+		if s := relaySnapshot(r); len(s.perSource) != 0 {
+			t.Errorf("per-source counts after deleting everything: got %v, want none", s.perSource)
 		}
 	})
 }
@@ -390,7 +405,7 @@ func TestRelayAPIErrors(t *testing.T) {
 		{"num missing", "POST", RegisterPath, `{"key":"` + k + `"}`, 400, "num_range"},
 		{"num 0", "POST", RegisterPath, string(regBody(key, 0, 0)), 400, "num_range"},
 		{"num negative", "POST", RegisterPath, string(regBody(key, 0, -1)), 400, "num_range"},
-		{"num above MaxCIDsPerRegistration", "POST", RegisterPath, string(regBody(key, 0, 8193)), 400, "num_range"},
+		{"num above MaxCIDsPerRegistration", "POST", RegisterPath, string(regBody(key, 0, 4097)), 400, "num_range"},
 		{"num 2^40", "POST", RegisterPath, string(regBody(key, 0, 1<<40)), 400, "num_range"},
 		{"first negative", "POST", RegisterPath, string(regBody(key, -1, 64)), 400, "num_range"},
 		{"first+num beyond 2^32-1", "POST", RegisterPath, string(regBody(key, 1<<32-1, 2)), 400, "num_range"},
@@ -583,8 +598,8 @@ func TestRelayAPIExpiry(t *testing.T) {
 		}
 	}
 	checkCIDWindow(t, r, kept, 1, 16, c.addr())
-	if s := relaySnapshot(r); s.perIP["127.0.0.1"] != 1 {
-		t.Errorf("registrations from 127.0.0.1: got %d, want 1", s.perIP["127.0.0.1"])
+	if u := relaySnapshot(r).perSource[netip.MustParsePrefix("127.0.0.1/32")]; u != (sourceUsage{regs: 1, cids: 16}) {
+		t.Errorf("usage of 127.0.0.1: got %+v, want 1 registration, 16 CIDs", u)
 	}
 }
 

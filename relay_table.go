@@ -25,7 +25,9 @@ type registration struct {
 
 	// Guarded by Relay.regMu.
 	first, num uint32
-	ip         string         // addr's IP, for per-source accounting
+	cids       []CID          // the window's CIDs, cids[i] has index first+i; never modified, only replaced
+	gen        uint64         // counts changes of the window, so that a request can tell it moved meanwhile
+	src        netip.Prefix   // sourceOf(addr), for per-source accounting
 	local      netip.AddrPort // where the registering connection reached the relay
 	conn       *quic.Conn     // the HTTP/3 connection of the last registration
 	// The address this registration vouches for in Relay.targets.
@@ -35,6 +37,11 @@ type registration struct {
 	// xdpBucket is the registration's rate bucket in the XDP program (0:
 	// none). Set before its CIDs are published, never changed after.
 	xdpBucket uint32
+}
+
+// sourceUsage is what the registrations of one source hold.
+type sourceUsage struct {
+	regs, cids int
 }
 
 // cidShards must be a power of two. Peer CIDs are BLAKE2b outputs, so any of

@@ -113,15 +113,6 @@ func (r *Relay) XDPMode() (xdp.Mode, bool) {
 	return r.xdp.prog.Mode(), true
 }
 
-// xdpPutRange caches CIDs [from, to) of reg in the program's map.
-func (r *Relay) xdpPutRange(reg *registration, from, to uint64) {
-	if r.xdp == nil || from >= to {
-		return
-	}
-	cids, _ := deriveRange(nil, []byte(reg.key), uint32(from), int(to-from))
-	r.xdpPut(cids, reg)
-}
-
 // xdpPut caches cids of reg in the program's map. A registration without a
 // rate bucket (all taken) is left to userspace, which caps it.
 func (r *Relay) xdpPut(cids []CID, reg *registration) {

@@ -238,9 +238,14 @@ func (s *relaySession) register(ctx context.Context) error {
 	end := min(uint64(s.gen.Issued())+uint64(s.window), math.MaxUint32)
 	err := post(first, end)
 	var re *RelayError
-	if errors.As(err, &re) && re.Code == "num_range" {
-		err = fmt.Errorf("quicpipe: the window of CIDs %d to %d (from the oldest live connection's to %d beyond the last issued) is larger than the relay allows; close long-lived connections or raise the relay's MaxCIDsPerRegistration: %w",
-			first, end, s.window, err)
+	if errors.As(err, &re) && (re.Code == "num_range" || re.Code == "limit_source_cids") {
+		if re.Code == "num_range" {
+			err = fmt.Errorf("quicpipe: the window of CIDs %d to %d (from the oldest live connection's to %d beyond the last issued) is larger than the relay allows; close long-lived connections or raise the relay's MaxCIDsPerRegistration: %w",
+				first, end, s.window, err)
+		} else {
+			err = fmt.Errorf("quicpipe: the window of CIDs %d to %d does not fit in what the relay allows this peer's source address, shared with other peers behind it; close connections or raise the relay's MaxCIDsPerSource: %w",
+				first, end, err)
+		}
 		// New connections cannot be registered, but the live ones must not
 		// lose theirs when the registration expires: refresh the window
 		// from the floor to the end the relay last accepted.

@@ -53,8 +53,11 @@ func TestSoakRelayMain(t *testing.T) {
 	addr, seedHex, _ := strings.Cut(spec, ",")
 	seed, _ := hex.DecodeString(seedHex)
 	r, err := ListenRelay(addr, &RelayConfig{
-		Identity:                  ed25519.NewKeyFromSeed(seed),
+		Identity: ed25519.NewKeyFromSeed(seed),
+		// Every peer comes from 127.0.0.1: one source.
 		MaxRegistrationsPerSource: 10000,
+		MaxCIDsPerSource:          1 << 22,
+		DerivationBurst:           1 << 22,
 	})
 	if err != nil {
 		fmt.Println("error", err)

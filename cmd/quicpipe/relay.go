@@ -30,7 +30,8 @@ func cmdRelay(ctx context.Context, e *env) error {
 	fs.IntVar(&cfg.MaxRegistrations, "max-registrations", 0, "registrations in total (0: 100000)")
 	fs.IntVar(&cfg.MaxRegistrationsPerSource, "max-per-source", 0, "registrations per source IP (0: 64)")
 	fs.IntVar(&cfg.MaxCIDs, "max-cids", 0, "connection IDs in total (0: 4194304)")
-	fs.IntVar(&cfg.MaxCIDsPerRegistration, "max-cids-per-registration", 0, "connection IDs per registration (0: 8192)")
+	fs.IntVar(&cfg.MaxCIDsPerRegistration, "max-cids-per-registration", 0, "connection IDs per registration (0: 4096)")
+	fs.IntVar(&cfg.MaxCIDsPerSource, "max-cids-per-source", 0, "connection IDs per source (IPv4 address or IPv6 /64) (0: 8192)")
 	fs.Int64Var(&cfg.MaxBodyBytes, "max-body", 0, "API request body size in bytes (0: 4096)")
 	fs.Int64Var(&cfg.MaxPacketsPerSecond, "max-pps", 0, "packets per second forwarded to one registration (0: 100000, -1: unlimited)")
 	fs.Int64Var(&cfg.MaxBytesPerSecond, "max-bps", 0, "bytes per second forwarded to one registration (0: 125000000, -1: unlimited)")
@@ -39,6 +40,7 @@ func cmdRelay(ctx context.Context, e *env) error {
 	fs.Float64Var(&mcfg.PostRate, "mailbox-rate", 0, "mailbox posts per second per source IP (0: 5)")
 	fs.IntVar(&mcfg.PostBurst, "mailbox-burst", 0, "mailbox posts a source IP may make at once (0: 20)")
 	fs.IntVar(&mcfg.MaxMailboxes, "max-mailboxes", 0, "mailboxes open at once (0: 100000)")
+	fs.IntVar(&mcfg.MaxMailboxesPerSource, "max-mailboxes-per-source", 0, "mailboxes open at once per source (IPv4 address or IPv6 /64) (0: 64)")
 	verbose := fs.Bool("v", false, "log everything, not only warnings")
 	if err := parseFlags(fs, e); err != nil {
 		return err
