@@ -65,6 +65,41 @@ type RelayConfig struct {
 	// MaxBodyBytes bounds the size of an API request body. If zero, 4096 is
 	// used.
 	MaxBodyBytes int64
+
+	// MaxConnsPerSource bounds the HTTP/3 connections, established or in
+	// their handshake, from one source (an IPv4 address or an IPv6 /64).
+	// A connection over it is refused at its first packet with
+	// CONNECTION_REFUSED, before the relay keeps any state for it. If zero,
+	// 64 is used.
+	MaxConnsPerSource int
+	// MaxConns bounds the HTTP/3 connections in total. If zero, 100000 is
+	// used.
+	MaxConns int
+	// MaxHandshakes bounds the HTTP/3 handshakes in progress; connections
+	// beyond it are refused. If zero, 1000 is used.
+	MaxHandshakes int
+	// RetryHandshakes is the number of handshakes in progress from which
+	// every new connection must first prove its address with a Retry
+	// (RFC 9000 section 8.1.2), which costs it one round trip and the relay
+	// no state; a source with 4 handshakes in progress gets a Retry too. If
+	// zero, 100 is used; if negative, every connection gets a Retry.
+	RetryHandshakes int
+	// MaxStreamsPerConn bounds the concurrent requests (bidirectional
+	// streams) a client may have open on one connection, and separately its
+	// unidirectional streams, unless QUICConfig sets MaxIncomingStreams or
+	// MaxIncomingUniStreams. If zero, 16 is used.
+	MaxStreamsPerConn int
+	// RequestHeaderTimeout bounds how long a request may take to deliver
+	// its headers, counted from the opening of its stream, and for the
+	// relay's own API (/v1/) its body too; a request over it is reset with
+	// H3_REQUEST_INCOMPLETE. If zero, 5s is used.
+	RequestHeaderTimeout time.Duration
+	// IdleConnTimeout is how long a connection may stay open with no
+	// request in progress and no live registration made over it (an open
+	// mailbox is a request in progress); then the relay closes it.
+	// Keep-alive packets do not count. If zero, 15s is used.
+	IdleConnTimeout time.Duration
+
 	// Authorizer, if not nil, decides whether each API request may proceed
 	// (see TokenAuthorizer for HMAC-signed expiring tokens). If nil, the API
 	// is open to anyone, and the relay logs that when it starts.
@@ -136,6 +171,27 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 4096
 	}
+	if cfg.MaxConnsPerSource == 0 {
+		cfg.MaxConnsPerSource = 64
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = 100000
+	}
+	if cfg.MaxHandshakes == 0 {
+		cfg.MaxHandshakes = 1000
+	}
+	if cfg.RetryHandshakes == 0 {
+		cfg.RetryHandshakes = 100
+	}
+	if cfg.MaxStreamsPerConn == 0 {
+		cfg.MaxStreamsPerConn = 16
+	}
+	if cfg.RequestHeaderTimeout == 0 {
+		cfg.RequestHeaderTimeout = 5 * time.Second
+	}
+	if cfg.IdleConnTimeout == 0 {
+		cfg.IdleConnTimeout = 15 * time.Second
+	}
 	if cfg.MaxPacketsPerSecond == 0 {
 		cfg.MaxPacketsPerSecond = 100000
 	}
@@ -164,6 +220,9 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 	case cfg.MaxCIDsPerRegistration < 1, cfg.MaxCIDs < 1, cfg.MaxRegistrations < 1,
 		cfg.MaxRegistrationsPerSource < 1, cfg.MaxBodyBytes < 64:
 		return nil, errors.New("quicpipe: RelayConfig limits must be positive (MaxBodyBytes at least 64)")
+	case cfg.MaxConnsPerSource < 1, cfg.MaxConns < 1, cfg.MaxHandshakes < 1, cfg.MaxStreamsPerConn < 1,
+		cfg.RequestHeaderTimeout < 0, cfg.IdleConnTimeout < 0:
+		return nil, errors.New("quicpipe: RelayConfig connection limits and timeouts must be positive")
 	}
 	return &cfg, nil
 }
@@ -202,6 +261,14 @@ type Relay struct {
 	initials initialFilter
 
 	stats relayCounters
+	conns *connLimits
+
+	// closeCtx is cancelled when Close starts; connections served by
+	// serveConn close with it.
+	closeCtx    context.Context
+	closeCancel context.CancelFunc
+	connMu      sync.Mutex     // orders connWG.Add after closeCancel
+	connWG      sync.WaitGroup // serveConn goroutines
 
 	mailbox *mailboxServer // nil if RelayConfig.Mailbox is nil
 
@@ -270,6 +337,12 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	if c.QUICConfig != nil {
 		qconf = c.QUICConfig.Clone()
 	}
+	if qconf.MaxIncomingStreams == 0 {
+		qconf.MaxIncomingStreams = int64(c.MaxStreamsPerConn)
+	}
+	if qconf.MaxIncomingUniStreams == 0 {
+		qconf.MaxIncomingUniStreams = int64(c.MaxStreamsPerConn)
+	}
 	r := &Relay{
 		cfg:    c,
 		conn:   conn,
@@ -278,7 +351,9 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		regs:   make(map[string]*registration),
 		perIP:  make(map[string]int),
 		closed: make(chan struct{}),
+		conns:  newConnLimits(c),
 	}
+	r.closeCtx, r.closeCancel = context.WithCancel(context.Background())
 	r.stats.rejected = newRejectCounters(rejectCodes)
 	rand.Read(r.epoch[:])
 	if c.StatelessResetKey != nil {
@@ -295,6 +370,8 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		Conn:                  r.rconn,
 		ConnectionIDGenerator: RelayCIDGenerator{Epoch: r.epoch},
 		StatelessResetKey:     c.StatelessResetKey,
+		ConnContext:           r.connContext,
+		VerifySourceAddress:   r.conns.needRetry,
 	}
 	r.ln, err = r.tr.Listen(tlsConf, qconf)
 	if err != nil {
@@ -318,7 +395,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		r.apiError(w, http.StatusNotFound, "not_found", "no such endpoint: "+req.URL.Path)
 	})
 	if c.Handler != nil {
-		mux.Handle("/", c.Handler)
+		mux.Handle("/", clearReadDeadline(c.Handler))
 	}
 	r.h3 = &http3.Server{
 		Handler: mux,
@@ -350,7 +427,7 @@ func (r *Relay) Serve(ctx context.Context) error {
 			}
 		}
 		done := make(chan error, 1)
-		go func() { done <- r.h3.ServeListener(r.ln) }()
+		go func() { done <- r.acceptConns() }()
 		r.log.Info("relay serving", "addr", r.Addr().String())
 		if r.cfg.Authorizer == nil {
 			r.log.Warn("relay API is open: anyone can register (set RelayConfig.Authorizer to restrict it)")
@@ -383,7 +460,12 @@ func (r *Relay) Close() error {
 		r.closing = true
 		r.regMu.Unlock()
 		close(r.closed)
-		errs := []error{r.h3.Close(), r.ln.Close(), r.tr.Close()}
+		r.connMu.Lock()
+		r.closeCancel()
+		r.connMu.Unlock()
+		errs := []error{r.h3.Close(), r.ln.Close()}
+		r.connWG.Wait() // connections close with closeCtx, then serveConn returns
+		errs = append(errs, r.tr.Close())
 		if r.xdp != nil {
 			errs = append(errs, r.xdp.prog.Close())
 		}
@@ -692,6 +774,23 @@ type RelayStats struct {
 	XDP map[string]xdp.Stat
 	// Registrations and CIDs are the current table sizes.
 	Registrations, CIDs int
+
+	// Conns is the number of HTTP/3 connections, established or in their
+	// handshake; Handshaking counts those still in their handshake.
+	Conns, Handshaking int
+	// ConnsRefused counts connections refused at their first packet, by
+	// limit: "limit_source" (MaxConnsPerSource), "limit_total" (MaxConns),
+	// "limit_handshakes" (MaxHandshakes).
+	ConnsRefused map[string]uint64
+	// Retries counts connection attempts asked to prove their address with
+	// a Retry (see RetryHandshakes).
+	Retries uint64
+	// IdleClosed counts connections closed after IdleConnTimeout without a
+	// request or a live registration.
+	IdleClosed uint64
+	// HeaderTimeouts counts requests reset because their headers (or, for
+	// the API, their body) did not arrive within RequestHeaderTimeout.
+	HeaderTimeouts uint64
 }
 
 // Stats returns a snapshot of the relay's counters.
@@ -719,6 +818,11 @@ func (r *Relay) Stats() RelayStats {
 		Rejected: c.rejected.snapshot(),
 	}
 	s.Registrations = r.registrations()
+	s.Conns, s.Handshaking = r.conns.counts()
+	s.ConnsRefused = r.conns.refused.snapshot()
+	s.Retries = r.conns.retries.Load()
+	s.IdleClosed = r.conns.idleClosed.Load()
+	s.HeaderTimeouts = r.conns.headerTimeouts.Load()
 	s.XDP = r.xdpStats()
 	return s
 }

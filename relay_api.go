@@ -133,6 +133,7 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r.stats.registered.Add(1)
+	connStateOf(req.Context()).holdUntil(reg.Expires)
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(reg)
 }
