@@ -101,7 +101,8 @@ type RelayConfig struct {
 	IdleConnTimeout time.Duration
 
 	// Authorizer, if not nil, decides whether each API request may proceed
-	// (see TokenAuthorizer for HMAC-signed expiring tokens). If nil, the API
+	// (see TokenAuthorizer for HMAC-signed expiring tokens; NewRelay refuses
+	// one whose secret is shorter than MinTokenSecretLen). If nil, the API
 	// is open to anyone, and the relay logs that when it starts.
 	Authorizer Authorizer
 	// AllowPrivateTargets lets peers register loopback, link-local and
@@ -201,6 +202,14 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 	if cfg.StatelessResetKey == nil && cfg.Identity != nil {
 		k := StatelessResetKeyFromIdentity(cfg.Identity)
 		cfg.StatelessResetKey = &k
+	}
+	if ta, ok := cfg.Authorizer.(*TokenAuthorizer); ok {
+		if ta == nil {
+			return nil, errors.New("quicpipe: RelayConfig.Authorizer is a nil *TokenAuthorizer")
+		}
+		if err := ta.check(); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -66,13 +67,9 @@ func cmdRelay(ctx context.Context, e *env) error {
 		cfg.Mailbox = &mcfg
 	}
 	if *tokenSecret != "" {
-		secret, err := os.ReadFile(*tokenSecret)
+		secret, err := readTokenSecret(*tokenSecret)
 		if err != nil {
 			return err
-		}
-		secret = []byte(strings.TrimSpace(string(secret)))
-		if len(secret) < 16 {
-			return fmt.Errorf("token secret in %s is %d bytes; it must be at least 16", *tokenSecret, len(secret))
 		}
 		cfg.Authorizer = &quicpipe.TokenAuthorizer{Secret: secret}
 	}
@@ -93,4 +90,34 @@ func cmdRelay(ctx context.Context, e *env) error {
 	}
 	// Serve returns nil once ctx is done (Ctrl-C).
 	return relay.Serve(ctx)
+}
+
+// readTokenSecret reads the relay's token secret from path. It refuses a
+// file that others than its owner may read (whoever reads the secret mints
+// tokens) and a secret shorter than quicpipe.MinTokenSecretLen.
+func readTokenSecret(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("token secret: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("token secret: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("token secret %s is not a regular file", path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("token secret %s is readable or writable by others (mode %#o); make it private with chmod 600", path, perm)
+	}
+	secret, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return nil, fmt.Errorf("token secret: %w", err)
+	}
+	secret = []byte(strings.TrimSpace(string(secret)))
+	if len(secret) < quicpipe.MinTokenSecretLen {
+		return nil, fmt.Errorf("token secret in %s is %d bytes; it must be at least %d", path, len(secret), quicpipe.MinTokenSecretLen)
+	}
+	return secret, nil
 }
