@@ -404,7 +404,15 @@ func TestPeersThroughRetry(t *testing.T) {
 	if err := echo(ctx, dc, 64<<10, 1); err != nil {
 		t.Fatal(err)
 	}
-	if st := e.relay.Stats(); st.Retries < 2 || st.Registrations < 2 {
-		t.Errorf("stats: %d Retries, %d registrations; want at least 2 of each", st.Retries, st.Registrations)
+	// The peers' sockets cannot be watched; a bare client's can.
+	c := newH3Client(t, "127.0.0.1", e.relayID.Public().(ed25519.PublicKey))
+	if _, err := c.dial(ctx, e.relay, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := c.sock.retries.Load(); n < 1 {
+		t.Errorf("Retry packets received by a client: %d, want at least 1", n)
+	}
+	if st := e.relay.Stats(); st.Retries < 3 || st.Registrations < 2 {
+		t.Errorf("stats: %d Retries, %d registrations; want at least 3 and 2", st.Retries, st.Registrations)
 	}
 }

@@ -55,6 +55,9 @@ func TestSoakRelayMain(t *testing.T) {
 	r, err := ListenRelay(addr, &RelayConfig{
 		Identity:                  ed25519.NewKeyFromSeed(seed),
 		MaxRegistrationsPerSource: 10000,
+		// Every peer comes from 127.0.0.1, and they all start at once.
+		MaxConnsPerSource: 10000,
+		MaxHandshakes:     10000,
 	})
 	if err != nil {
 		fmt.Println("error", err)
