@@ -90,9 +90,10 @@ type RelayConfig struct {
 	// MaxIncomingUniStreams. If zero, 16 is used.
 	MaxStreamsPerConn int
 	// RequestHeaderTimeout bounds how long a request may take to deliver
-	// its headers, counted from the opening of its stream, and for the
-	// relay's own API (/v1/) its body too; a request over it is reset with
-	// H3_REQUEST_INCOMPLETE. If zero, 5s is used.
+	// its headers, counted from the opening of its stream; a request over
+	// it is reset with H3_REQUEST_INCOMPLETE. The relay's own API (/v1/)
+	// then gives the body as long again (408, code "timeout"). If zero, 10s
+	// is used.
 	RequestHeaderTimeout time.Duration
 	// IdleConnTimeout is how long a connection may stay open with no
 	// request in progress and no live registration made over it (an open
@@ -188,7 +189,7 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 		cfg.MaxStreamsPerConn = 16
 	}
 	if cfg.RequestHeaderTimeout == 0 {
-		cfg.RequestHeaderTimeout = 5 * time.Second
+		cfg.RequestHeaderTimeout = 10 * time.Second
 	}
 	if cfg.IdleConnTimeout == 0 {
 		cfg.IdleConnTimeout = 15 * time.Second
@@ -404,10 +405,10 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		r.apiError(w, http.StatusNotFound, "not_found", "no such endpoint: "+req.URL.Path)
 	})
 	if c.Handler != nil {
-		mux.Handle("/", clearReadDeadline(c.Handler))
+		mux.Handle("/", c.Handler)
 	}
 	r.h3 = &http3.Server{
-		Handler: mux,
+		Handler: r.bodyDeadline(mux),
 		ConnContext: func(ctx context.Context, qc *quic.Conn) context.Context {
 			r.stats.handshakes.Add(1)
 			return context.WithValue(ctx, quicConnKey{}, qc)
@@ -720,7 +721,7 @@ type relayCounters struct {
 var rejectCodes = []string{
 	"bad_method", "bad_json", "body_too_large", "key_length", "num_range",
 	"limit_total", "limit_source", "limit_cids", "not_found", "no_address", "closing",
-	"unauthorized", "target",
+	"unauthorized", "target", "timeout",
 }
 
 type batchCounts struct {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -77,6 +78,11 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 	var body registerBody
 	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, r.cfg.MaxBodyBytes))
 	tooLarge := func(err error) bool {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			r.apiError(w, http.StatusRequestTimeout, "timeout",
+				fmt.Sprintf("request body not received within %v", r.cfg.RequestHeaderTimeout))
+			return true
+		}
 		if _, ok := errors.AsType[*http.MaxBytesError](err); !ok {
 			return false
 		}

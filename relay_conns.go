@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -337,11 +338,16 @@ func (r *Relay) checkIdle(hconn *http3.RawServerConn, st *connState) time.Durati
 	return 0
 }
 
-// clearReadDeadline wraps the embedding service's handler: the header
-// deadline set on each request stream does not apply to its body.
-func clearReadDeadline(h http.Handler) http.Handler {
+// bodyDeadline wraps the relay's handler: the header deadline set on each
+// request stream becomes a fresh one, as long, for the body of a request to
+// the relay's API (/v1/), and none for the embedding service's routes.
+func (r *Relay) bodyDeadline(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		http.NewResponseController(w).SetReadDeadline(time.Time{})
+		var d time.Time
+		if strings.HasPrefix(req.URL.Path, "/v1/") {
+			d = time.Now().Add(r.cfg.RequestHeaderTimeout)
+		}
+		http.NewResponseController(w).SetReadDeadline(d)
 		h.ServeHTTP(w, req)
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
@@ -86,7 +87,12 @@ func (c *h3Client) dial(ctx context.Context, r *Relay, qconf *quic.Config) (*qui
 // registerOn registers key over qc and returns the HTTP status.
 func registerOn(t testing.TB, ctx context.Context, qc *quic.Conn, key []byte) int {
 	t.Helper()
-	cc := (&http3.Transport{}).NewClientConn(qc)
+	return registerWith(t, ctx, (&http3.Transport{}).NewClientConn(qc), key)
+}
+
+// registerWith registers key over cc and returns the HTTP status.
+func registerWith(t testing.TB, ctx context.Context, cc *http3.ClientConn, key []byte) int {
+	t.Helper()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://quicpipe"+RegisterPath, bytes.NewReader(regBody(key, 0, 8)))
 	resp, err := cc.RoundTrip(req)
 	if err != nil {
@@ -255,8 +261,26 @@ func TestRequestHeaderTimeout(t *testing.T) {
 		s.CancelRead(0)
 	}
 	// A complete request still works on this connection.
-	if s := registerOn(t, ctx, qc, fixedKey(9)); s != http.StatusOK {
+	cc := (&http3.Transport{}).NewClientConn(qc)
+	if s := registerWith(t, ctx, cc, fixedKey(9)); s != http.StatusOK {
 		t.Fatalf("register after the resets: status %d, want 200", s)
+	}
+	// Complete headers, then a body that stops: 408 timeout.
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go pw.Write([]byte(`{"key":`))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://quicpipe"+RegisterPath, pr)
+	start := time.Now()
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := apiAnswer{status: resp.StatusCode, header: resp.Header}
+	a.body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	checkAPIError(t, a, http.StatusRequestTimeout, "timeout")
+	if d := time.Since(start); d < 400*time.Millisecond || d > 3*time.Second {
+		t.Errorf("stalled body answered after %v, want about 500 ms", d)
 	}
 }
 
