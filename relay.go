@@ -76,13 +76,14 @@ type RelayConfig struct {
 	// used.
 	MaxConns int
 	// MaxHandshakes bounds the HTTP/3 handshakes in progress; connections
-	// beyond it are refused. If zero, 1000 is used.
+	// beyond it are refused. If zero, 2000 is used.
 	MaxHandshakes int
 	// RetryHandshakes is the number of handshakes in progress from which
 	// every new connection must first prove its address with a Retry
 	// (RFC 9000 section 8.1.2), which costs it one round trip and the relay
-	// no state; a source with 4 handshakes in progress gets a Retry too. If
-	// zero, 100 is used; if negative, every connection gets a Retry.
+	// no state; so does a source with MaxConnsPerSource/4 (at least 4)
+	// handshakes in progress. If zero, 256 is used; if negative, every
+	// connection gets a Retry.
 	RetryHandshakes int
 	// MaxStreamsPerConn bounds the concurrent requests (bidirectional
 	// streams) a client may have open on one connection, and separately its
@@ -180,10 +181,10 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 		cfg.MaxConns = 100000
 	}
 	if cfg.MaxHandshakes == 0 {
-		cfg.MaxHandshakes = 1000
+		cfg.MaxHandshakes = 2000
 	}
 	if cfg.RetryHandshakes == 0 {
-		cfg.RetryHandshakes = 100
+		cfg.RetryHandshakes = 256
 	}
 	if cfg.MaxStreamsPerConn == 0 {
 		cfg.MaxStreamsPerConn = 16

@@ -25,8 +25,8 @@ import (
 //     CONNECTION_REFUSED statelessly. The count is released when the
 //     connection's context ends (closed, or the handshake failed).
 //   - Transport.VerifySourceAddress asks for a Retry (RFC 9000 section
-//     8.1.2) when many handshakes are in progress, or a few from the same
-//     source: a spoofed source cannot answer it, so half-open handshakes
+//     8.1.2) when many handshakes are in progress, or a quarter of a
+//     source's quota from that source: a spoofed source cannot answer it, so half-open handshakes
 //     from spoofed addresses stop costing state, and cannot fill the quota
 //     of the source they pretend to be.
 //   - The relay serves each connection's streams itself (http3's
@@ -35,9 +35,10 @@ import (
 //
 // docs/decisions/0013-connection-limits.md explains the choices.
 
-// retryPerSource is how many handshakes in progress from one source make
-// the relay ask that source's next connections for a Retry.
-const retryPerSource = 4
+// minRetryPerSource is the least number of handshakes in progress from one
+// source that make the relay ask that source's next connections for a
+// Retry; the threshold is a quarter of MaxConnsPerSource if that is more.
+const minRetryPerSource = 4
 
 // Reasons for refusing a connection, as counted in RelayStats.ConnsRefused.
 var connRefuseCodes = []string{"limit_source", "limit_total", "limit_handshakes"}
@@ -84,7 +85,7 @@ func (st *connState) holdUntil(expires time.Time) {
 
 // connLimits counts the relay's connections per source and in total.
 type connLimits struct {
-	perSource, total, handshakes, retryAt int
+	perSource, total, handshakes, retryAt, retryPerSource int
 
 	mu          sync.Mutex
 	bySource    map[netip.Prefix]*sourceConns
@@ -103,8 +104,11 @@ func newConnLimits(c *RelayConfig) *connLimits {
 		total:      c.MaxConns,
 		handshakes: c.MaxHandshakes,
 		retryAt:    c.RetryHandshakes,
-		bySource:   make(map[netip.Prefix]*sourceConns),
-		refused:    newRejectCounters(connRefuseCodes),
+		// A spoofer can hold at most this many of a victim's places, for
+		// at most a handshake timeout.
+		retryPerSource: max(minRetryPerSource, c.MaxConnsPerSource/4),
+		bySource:       make(map[netip.Prefix]*sourceConns),
+		refused:        newRejectCounters(connRefuseCodes),
 	}
 }
 
@@ -127,7 +131,7 @@ func (l *connLimits) needRetry(addr net.Addr) bool {
 	l.mu.Lock()
 	retry := l.retryAt < 0 || l.handshaking >= l.retryAt
 	if s := l.bySource[src]; ok && !retry && s != nil {
-		retry = s.handshaking >= retryPerSource
+		retry = s.handshaking >= l.retryPerSource
 	}
 	l.mu.Unlock()
 	if retry {

@@ -325,6 +325,12 @@ func TestIdleConnClosed(t *testing.T) {
 // from distinct loopback addresses 127.0.2.x and never answers them.
 func halfOpen(t *testing.T, r *Relay, n int) {
 	t.Helper()
+	halfOpenFrom(t, r, n, func(i int) net.IP { return net.IPv4(127, 0, 2, byte(i+1)) })
+}
+
+// halfOpenFrom sends n unanswered ClientHellos, the i-th from address ip(i).
+func halfOpenFrom(t *testing.T, r *Relay, n int, ip func(int) net.IP) {
+	t.Helper()
 	flight := quicGoFlight(t, http3.NextProtoH3, 8, nil)
 	hello := clientHelloOf(t, flight)
 	info, err := wire.InspectClientInitials(flight.Datagrams)
@@ -332,7 +338,7 @@ func halfOpen(t *testing.T, r *Relay, n int) {
 		t.Fatal(err)
 	}
 	for i := range n {
-		u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 2, byte(i+1))})
+		u, err := net.ListenUDP("udp4", &net.UDPAddr{IP: ip(i)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -382,6 +388,31 @@ func TestRetryWhenHandshakesPileUp(t *testing.T) {
 	}
 	if st := e.relay.Stats(); st.Retries == 0 {
 		t.Errorf("Stats.Retries: got 0, want at least 1")
+	}
+}
+
+// TestRetryPerSource leaves a quarter of a source's quota of connections
+// half-open: that source's next connection gets a Retry, another's does not.
+func TestRetryPerSource(t *testing.T) {
+	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{MaxConnsPerSource: 16})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	relayKey := e.relayID.Public().(ed25519.PublicKey)
+	src := net.IPv4(127, 0, 3, 1)
+	halfOpenFrom(t, e.relay, 4, func(int) net.IP { return src })
+	if !pollUntil(2*time.Second, func() bool { return e.relay.Stats().Handshaking == 4 }) {
+		t.Fatalf("handshakes in progress: %d, want 4", e.relay.Stats().Handshaking)
+	}
+	same := newH3Client(t, src.String(), relayKey)
+	if _, err := same.dial(ctx, e.relay, nil); err != nil {
+		t.Fatal(err)
+	}
+	other := newH3Client(t, "127.0.0.1", relayKey)
+	if _, err := other.dial(ctx, e.relay, nil); err != nil {
+		t.Fatal(err)
+	}
+	if a, b := same.sock.retries.Load(), other.sock.retries.Load(); a < 1 || b != 0 {
+		t.Errorf("Retry packets: %d to the source with 4 handshakes in progress, %d to another; want at least 1 and 0", a, b)
 	}
 }
 
