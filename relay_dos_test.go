@@ -238,8 +238,8 @@ func dosStreams(t *testing.T, r *dosRelay, conns, streams int) {
 	t.Logf("opened %d incomplete-HEADERS streams (%d refused by the stream limit)", opened, refused)
 	time.Sleep(time.Second)
 	t.Logf("1 s later: %d connections open; relay %s", alive(cs), r.stats(t))
-	time.Sleep(9 * time.Second)
-	t.Logf("10 s later: %d connections open; relay %s", alive(cs), r.stats(t))
+	time.Sleep(11 * time.Second)
+	t.Logf("12 s later: %d connections open; relay %s", alive(cs), r.stats(t))
 }
 
 // dosHandshakes sends n ClientHellos with distinct connection IDs from 200
