@@ -26,9 +26,9 @@ import (
 //     connection's context ends (closed, or the handshake failed).
 //   - Transport.VerifySourceAddress asks for a Retry (RFC 9000 section
 //     8.1.2) when many handshakes are in progress, or a quarter of a
-//     source's quota from that source: a spoofed source cannot answer it, so half-open handshakes
-//     from spoofed addresses stop costing state, and cannot fill the quota
-//     of the source they pretend to be.
+//     source's quota from that source: a spoofed source cannot answer it,
+//     so half-open handshakes from spoofed addresses stop costing state,
+//     and cannot fill the quota of the source they pretend to be.
 //   - The relay serves each connection's streams itself (http3's
 //     RawServerConn) so that it can put a deadline on each request's
 //     headers and close connections that hold nothing.
