@@ -80,8 +80,46 @@ type RelayConfig struct {
 	// MaxBodyBytes bounds the size of an API request body. If zero, 4096 is
 	// used.
 	MaxBodyBytes int64
+
+	// MaxConnsPerSource bounds the HTTP/3 connections, established or in
+	// their handshake, from one source (an IPv4 address or an IPv6 /64).
+	// A connection over it is refused at its first packet with
+	// CONNECTION_REFUSED, before the relay keeps any state for it. If zero,
+	// 64 is used.
+	MaxConnsPerSource int
+	// MaxConns bounds the HTTP/3 connections in total. If zero, 100000 is
+	// used.
+	MaxConns int
+	// MaxHandshakes bounds the HTTP/3 handshakes in progress; connections
+	// beyond it are refused. If zero, 2000 is used.
+	MaxHandshakes int
+	// RetryHandshakes is the number of handshakes in progress from which
+	// every new connection must first prove its address with a Retry
+	// (RFC 9000 section 8.1.2), which costs it one round trip and the relay
+	// no state; so does a source with MaxConnsPerSource/4 (at least 4)
+	// handshakes in progress. If zero, 256 is used; if negative, every
+	// connection gets a Retry.
+	RetryHandshakes int
+	// MaxStreamsPerConn bounds the concurrent requests (bidirectional
+	// streams) a client may have open on one connection, and separately its
+	// unidirectional streams, unless QUICConfig sets MaxIncomingStreams or
+	// MaxIncomingUniStreams. If zero, 16 is used.
+	MaxStreamsPerConn int
+	// RequestHeaderTimeout bounds how long a request may take to deliver
+	// its headers, counted from the opening of its stream; a request over
+	// it is reset with H3_REQUEST_INCOMPLETE. The relay's own API (/v1/)
+	// then gives the body as long again (408, code "timeout"). If zero, 10s
+	// is used.
+	RequestHeaderTimeout time.Duration
+	// IdleConnTimeout is how long a connection may stay open with no
+	// request in progress and no live registration made over it (an open
+	// mailbox is a request in progress); then the relay closes it.
+	// Keep-alive packets do not count. If zero, 15s is used.
+	IdleConnTimeout time.Duration
+
 	// Authorizer, if not nil, decides whether each API request may proceed
-	// (see TokenAuthorizer for HMAC-signed expiring tokens). If nil, the API
+	// (see TokenAuthorizer for HMAC-signed expiring tokens; NewRelay refuses
+	// one whose secret is shorter than MinTokenSecretLen). If nil, the API
 	// is open to anyone, and the relay logs that when it starts.
 	Authorizer Authorizer
 	// AllowPrivateTargets lets peers register loopback, link-local and
@@ -162,6 +200,27 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 4096
 	}
+	if cfg.MaxConnsPerSource == 0 {
+		cfg.MaxConnsPerSource = 64
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = 100000
+	}
+	if cfg.MaxHandshakes == 0 {
+		cfg.MaxHandshakes = 2000
+	}
+	if cfg.RetryHandshakes == 0 {
+		cfg.RetryHandshakes = 256
+	}
+	if cfg.MaxStreamsPerConn == 0 {
+		cfg.MaxStreamsPerConn = 16
+	}
+	if cfg.RequestHeaderTimeout == 0 {
+		cfg.RequestHeaderTimeout = 10 * time.Second
+	}
+	if cfg.IdleConnTimeout == 0 {
+		cfg.IdleConnTimeout = 15 * time.Second
+	}
 	if cfg.MaxPacketsPerSecond == 0 {
 		cfg.MaxPacketsPerSecond = 100000
 	}
@@ -171,6 +230,14 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 	if cfg.StatelessResetKey == nil && cfg.Identity != nil {
 		k := StatelessResetKeyFromIdentity(cfg.Identity)
 		cfg.StatelessResetKey = &k
+	}
+	if ta, ok := cfg.Authorizer.(*TokenAuthorizer); ok {
+		if ta == nil {
+			return nil, errors.New("quicpipe: RelayConfig.Authorizer is a nil *TokenAuthorizer")
+		}
+		if err := ta.check(); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -194,6 +261,9 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 	case cfg.DerivationBurst < cfg.MaxCIDsPerRegistration:
 		return nil, fmt.Errorf("quicpipe: RelayConfig.DerivationBurst %d is below MaxCIDsPerRegistration %d: the largest window could never be registered",
 			cfg.DerivationBurst, cfg.MaxCIDsPerRegistration)
+	case cfg.MaxConnsPerSource < 1, cfg.MaxConns < 1, cfg.MaxHandshakes < 1, cfg.MaxStreamsPerConn < 1,
+		cfg.RequestHeaderTimeout < 0, cfg.IdleConnTimeout < 0:
+		return nil, errors.New("quicpipe: RelayConfig connection limits and timeouts must be positive")
 	}
 	return &cfg, nil
 }
@@ -243,6 +313,14 @@ type Relay struct {
 	initials        initialFilter
 
 	stats relayCounters
+	conns *connLimits
+
+	// closeCtx is cancelled when Close starts; connections served by
+	// serveConn close with it.
+	closeCtx    context.Context
+	closeCancel context.CancelFunc
+	connMu      sync.Mutex     // orders connWG.Add after closeCancel
+	connWG      sync.WaitGroup // serveConn goroutines
 
 	mailbox *mailboxServer // nil if RelayConfig.Mailbox is nil
 
@@ -311,6 +389,12 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	if c.QUICConfig != nil {
 		qconf = c.QUICConfig.Clone()
 	}
+	if qconf.MaxIncomingStreams == 0 {
+		qconf.MaxIncomingStreams = int64(c.MaxStreamsPerConn)
+	}
+	if qconf.MaxIncomingUniStreams == 0 {
+		qconf.MaxIncomingUniStreams = int64(c.MaxStreamsPerConn)
+	}
 	r := &Relay{
 		cfg:    c,
 		conn:   conn,
@@ -327,7 +411,9 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 			max:     c.MaxRegistrations,
 			buckets: make(map[netip.Prefix]*tokenBucket),
 		},
+		conns: newConnLimits(c),
 	}
+	r.closeCtx, r.closeCancel = context.WithCancel(context.Background())
 	r.stats.rejected = newRejectCounters(rejectCodes)
 	rand.Read(r.epoch[:])
 	if c.StatelessResetKey != nil {
@@ -344,6 +430,8 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		Conn:                  r.rconn,
 		ConnectionIDGenerator: RelayCIDGenerator{Epoch: r.epoch},
 		StatelessResetKey:     c.StatelessResetKey,
+		ConnContext:           r.connContext,
+		VerifySourceAddress:   r.conns.needRetry,
 	}
 	r.ln, err = r.tr.Listen(tlsConf, qconf)
 	if err != nil {
@@ -378,7 +466,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		mux.Handle("/", c.Handler)
 	}
 	r.h3 = &http3.Server{
-		Handler: mux,
+		Handler: r.bodyDeadline(mux),
 		ConnContext: func(ctx context.Context, qc *quic.Conn) context.Context {
 			r.stats.handshakes.Add(1)
 			return context.WithValue(ctx, quicConnKey{}, qc)
@@ -407,7 +495,7 @@ func (r *Relay) Serve(ctx context.Context) error {
 			}
 		}
 		done := make(chan error, 1)
-		go func() { done <- r.h3.ServeListener(r.ln) }()
+		go func() { done <- r.acceptConns() }()
 		r.log.Info("relay serving", "addr", r.Addr().String())
 		if r.cfg.Authorizer == nil {
 			r.log.Warn("relay API is open: anyone can register (set RelayConfig.Authorizer to restrict it)")
@@ -440,7 +528,12 @@ func (r *Relay) Close() error {
 		r.closing = true
 		r.regMu.Unlock()
 		close(r.closed)
-		errs := []error{r.h3.Close(), r.ln.Close(), r.tr.Close()}
+		r.connMu.Lock()
+		r.closeCancel()
+		r.connMu.Unlock()
+		errs := []error{r.h3.Close(), r.ln.Close()}
+		r.connWG.Wait() // connections close with closeCtx, then serveConn returns
+		errs = append(errs, r.tr.Close())
 		if r.xdp != nil {
 			errs = append(errs, r.xdp.prog.Close())
 		}
@@ -706,7 +799,7 @@ type relayCounters struct {
 var rejectCodes = []string{
 	"bad_method", "bad_json", "body_too_large", "key_length", "num_range",
 	"limit_total", "limit_source", "limit_cids", "not_found", "no_address", "closing",
-	"unauthorized", "target", "limit_source_cids", "limit_derive", "conflict",
+	"unauthorized", "target", "limit_source_cids", "limit_derive", "conflict", "timeout",
 }
 
 type batchCounts struct {
@@ -775,6 +868,23 @@ type RelayStats struct {
 	XDP map[string]xdp.Stat
 	// Registrations and CIDs are the current table sizes.
 	Registrations, CIDs int
+
+	// Conns is the number of HTTP/3 connections, established or in their
+	// handshake; Handshaking counts those still in their handshake.
+	Conns, Handshaking int
+	// ConnsRefused counts connections refused at their first packet, by
+	// limit: "limit_source" (MaxConnsPerSource), "limit_total" (MaxConns),
+	// "limit_handshakes" (MaxHandshakes).
+	ConnsRefused map[string]uint64
+	// Retries counts connection attempts asked to prove their address with
+	// a Retry (see RetryHandshakes).
+	Retries uint64
+	// IdleClosed counts connections closed after IdleConnTimeout without a
+	// request or a live registration.
+	IdleClosed uint64
+	// HeaderTimeouts counts requests reset because their headers (or, for
+	// the API, their body) did not arrive within RequestHeaderTimeout.
+	HeaderTimeouts uint64
 }
 
 // Stats returns a snapshot of the relay's counters.
@@ -804,6 +914,11 @@ func (r *Relay) Stats() RelayStats {
 		Rejected: c.rejected.snapshot(),
 	}
 	s.Registrations = r.registrations()
+	s.Conns, s.Handshaking = r.conns.counts()
+	s.ConnsRefused = r.conns.refused.snapshot()
+	s.Retries = r.conns.retries.Load()
+	s.IdleClosed = r.conns.idleClosed.Load()
+	s.HeaderTimeouts = r.conns.headerTimeouts.Load()
 	s.XDP = r.xdpStats()
 	return s
 }

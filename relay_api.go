@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -79,6 +80,11 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 	var body registerBody
 	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, r.cfg.MaxBodyBytes))
 	tooLarge := func(err error) bool {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			r.apiError(w, http.StatusRequestTimeout, "timeout",
+				fmt.Sprintf("request body not received within %v", r.cfg.RequestHeaderTimeout))
+			return true
+		}
 		if _, ok := errors.AsType[*http.MaxBytesError](err); !ok {
 			return false
 		}
@@ -138,6 +144,7 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r.stats.registered.Add(1)
+	connStateOf(req.Context()).holdUntil(reg.Expires)
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(reg)
 }

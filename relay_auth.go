@@ -46,8 +46,8 @@ const tokenPrefix = "qpt1"
 // credentials, tokens need no state on the relay: whoever holds the secret
 // (for example a web service that signs users in) mints them.
 func NewToken(secret []byte, subject string, expires time.Time) (string, error) {
-	if len(secret) < 16 {
-		return "", errors.New("quicpipe: token secret must be at least 16 bytes")
+	if len(secret) < MinTokenSecretLen {
+		return "", errShortSecret
 	}
 	if strings.ContainsAny(subject, ". \t\r\n") || len(subject) > 128 {
 		return "", errors.New("quicpipe: token subject must be at most 128 bytes without dots or white space")
@@ -63,9 +63,11 @@ func tokenMAC(secret []byte, body string) string {
 }
 
 // TokenAuthorizer accepts requests carrying "Authorization: Bearer <token>"
-// with a token made by NewToken with Secret that has not expired.
+// with a token made by NewToken with Secret that has not expired. With a
+// Secret shorter than MinTokenSecretLen it accepts nothing (anyone could
+// forge tokens for an empty or short secret), and NewRelay refuses it.
 type TokenAuthorizer struct {
-	// Secret is the shared HMAC key, at least 16 bytes.
+	// Secret is the shared HMAC key, at least MinTokenSecretLen bytes.
 	Secret []byte
 	// Now returns the current time. If nil, time.Now is used.
 	Now func() time.Time
@@ -73,6 +75,21 @@ type TokenAuthorizer struct {
 
 // ErrUnauthorized is wrapped by the errors of TokenAuthorizer.
 var ErrUnauthorized = errors.New("quicpipe: unauthorized")
+
+// MinTokenSecretLen is the shortest secret NewToken and TokenAuthorizer
+// accept, in bytes.
+const MinTokenSecretLen = 16
+
+// errShortSecret is the error of a TokenAuthorizer with a short secret.
+var errShortSecret = fmt.Errorf("quicpipe: token secret must be at least %d bytes", MinTokenSecretLen)
+
+// check reports whether the authorizer can verify tokens at all.
+func (a *TokenAuthorizer) check() error {
+	if len(a.Secret) < MinTokenSecretLen {
+		return fmt.Errorf("%w (TokenAuthorizer has %d)", errShortSecret, len(a.Secret))
+	}
+	return nil
+}
 
 // Authorize checks the request's bearer token.
 func (a *TokenAuthorizer) Authorize(req *http.Request, _ Operation) error {
@@ -84,8 +101,12 @@ func (a *TokenAuthorizer) Authorize(req *http.Request, _ Operation) error {
 	return a.Verify(tok)
 }
 
-// Verify checks one token.
+// Verify checks one token. It refuses every token if the secret is
+// shorter than MinTokenSecretLen.
 func (a *TokenAuthorizer) Verify(tok string) error {
+	if err := a.check(); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnauthorized, err)
+	}
 	parts := strings.Split(tok, ".")
 	if len(parts) != 4 || parts[0] != tokenPrefix {
 		return fmt.Errorf("%w: malformed token", ErrUnauthorized)

@@ -19,6 +19,8 @@ type relayCollector struct {
 	forwarded, forwardedBytes, toServer, dropped, handshakes *prometheus.Desc
 	registered, rejected, expired, rebinds                   *prometheus.Desc
 	registrations, cids, xdpPackets, xdpBytes                *prometheus.Desc
+	conns, handshaking, connsRefused, retries                *prometheus.Desc
+	idleClosed, headerTimeouts                               *prometheus.Desc
 }
 
 // Collector returns a Prometheus collector for the relay's metrics, all named
@@ -43,12 +45,19 @@ func (r *Relay) Collector() prometheus.Collector {
 		cids:           d("cids", "Currently registered connection IDs."),
 		xdpPackets:     d("xdp_frames_total", "Frames seen by the XDP program, by outcome.", "outcome"),
 		xdpBytes:       d("xdp_bytes_total", "Bytes of the frames seen by the XDP program, by outcome.", "outcome"),
+		conns:          d("connections", "Current HTTP/3 connections, established or in their handshake."),
+		handshaking:    d("handshakes_in_progress", "Current HTTP/3 handshakes in progress."),
+		connsRefused:   d("refused_connections_total", "Connections refused at their first packet, by limit.", "reason"),
+		retries:        d("retries_total", "Connection attempts asked to prove their address with a Retry."),
+		idleClosed:     d("idle_closed_connections_total", "Connections closed for holding no request or registration."),
+		headerTimeouts: d("header_timeouts_total", "Requests reset because their headers did not arrive in time."),
 	}
 }
 
 func (c *relayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.forwarded, c.forwardedBytes, c.toServer, c.dropped, c.handshakes,
-		c.registered, c.rejected, c.expired, c.rebinds, c.registrations, c.cids, c.xdpPackets, c.xdpBytes} {
+		c.registered, c.rejected, c.expired, c.rebinds, c.registrations, c.cids, c.xdpPackets, c.xdpBytes,
+		c.conns, c.handshaking, c.connsRefused, c.retries, c.idleClosed, c.headerTimeouts} {
 		ch <- d
 	}
 }
@@ -86,6 +95,14 @@ func (c *relayCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.rebinds, s.Rebinds)
 	ch <- prometheus.MustNewConstMetric(c.registrations, prometheus.GaugeValue, float64(s.Registrations))
 	ch <- prometheus.MustNewConstMetric(c.cids, prometheus.GaugeValue, float64(s.CIDs))
+	ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(s.Conns))
+	ch <- prometheus.MustNewConstMetric(c.handshaking, prometheus.GaugeValue, float64(s.Handshaking))
+	for reason, n := range s.ConnsRefused {
+		counter(c.connsRefused, n, reason)
+	}
+	counter(c.retries, s.Retries)
+	counter(c.idleClosed, s.IdleClosed)
+	counter(c.headerTimeouts, s.HeaderTimeouts)
 }
 
 // serveMetrics starts the Prometheus listener on RelayConfig.MetricsAddr.

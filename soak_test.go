@@ -58,6 +58,9 @@ func TestSoakRelayMain(t *testing.T) {
 		MaxRegistrationsPerSource: 10000,
 		MaxCIDsPerSource:          1 << 22,
 		DerivationBurst:           1 << 22,
+		// Every peer comes from 127.0.0.1, and they all start at once.
+		MaxConnsPerSource: 10000,
+		MaxHandshakes:     10000,
 	})
 	if err != nil {
 		fmt.Println("error", err)

@@ -487,3 +487,46 @@ func TestUsage(t *testing.T) {
 		})
 	}
 }
+
+// TestRelayTokenSecretFile: the relay refuses a token secret file that
+// others may read, and a secret too short to sign with; it starts with a
+// private one.
+func TestRelayTokenSecretFile(t *testing.T) {
+	binary(t)
+	dir := t.TempDir()
+	secret := []byte("0123456789abcdef0123456789abcdef\n")
+	write := func(name string, data []byte, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil { // not subject to the umask
+			t.Fatal(err)
+		}
+		return p
+	}
+	identity := filepath.Join(dir, "relay.key")
+	for _, tc := range []struct {
+		name, file, want string
+	}{
+		{"world-readable", write("world", secret, 0o644), "readable or writable by others (mode 0644); make it private with chmod 600"},
+		{"group-readable", write("group", secret, 0o640), "readable or writable by others (mode 0640)"},
+		{"empty", write("empty", nil, 0o600), "is 0 bytes; it must be at least 16"},
+		{"missing", filepath.Join(dir, "missing"), "no such file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := start(t, "relay", procOpts{home: dir}, "relay", "-listen", "127.0.0.1:0", "-identity", identity, "-token-secret-file", tc.file)
+			p.expectExit(t, 30*time.Second, 1)
+			if !strings.Contains(p.stderr.String(), tc.want) {
+				t.Errorf("stderr %q does not say %q", p.stderr.String(), tc.want)
+			}
+			if strings.Contains(p.stdout.String(), "relay listening") {
+				t.Errorf("the relay started: %q", p.stdout.String())
+			}
+		})
+	}
+	p := start(t, "relay", procOpts{home: dir}, "relay", "-listen", "127.0.0.1:0", "-identity", identity, "-token-secret-file", write("private", secret, 0o600))
+	p.match(t, &p.stdout, regexp.MustCompile(`(relay listening on \S+)`), 30*time.Second)
+	p.interrupt(t)
+	p.expectExit(t, 10*time.Second, 0)
+}

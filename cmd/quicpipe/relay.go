@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 
@@ -19,7 +20,7 @@ func cmdRelay(ctx context.Context, e *env) error {
 	listen := fs.String("listen", ":4433", "UDP `address` to listen on")
 	identity := fs.String("identity", defaultIdentity("relay"), "identity `file` of the relay (created if missing)")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this TCP `address` (e.g. 127.0.0.1:9090)")
-	tokenSecret := fs.String("token-secret-file", "", "require bearer tokens signed with the secret in this `file` (see quicpipe.NewToken)")
+	tokenSecret := fs.String("token-secret-file", "", "require bearer tokens signed with the secret in this `file` (see quicpipe.NewToken; at least 16 bytes, readable only by its owner)")
 	allowPrivate := fs.Bool("allow-private", false, "let peers register private and loopback addresses whatever address they reached the relay at")
 	mailbox := fs.Bool("mailbox", true, "serve mailboxes (dials delivered through the relay)")
 	xdpIface := fs.String("xdp", "", "forward on this network `interface` with the XDP fast path (Linux, root)")
@@ -33,6 +34,9 @@ func cmdRelay(ctx context.Context, e *env) error {
 	fs.IntVar(&cfg.MaxCIDsPerRegistration, "max-cids-per-registration", 0, "connection IDs per registration (0: 4096)")
 	fs.IntVar(&cfg.MaxCIDsPerSource, "max-cids-per-source", 0, "connection IDs per source (IPv4 address or IPv6 /64) (0: 8192)")
 	fs.Int64Var(&cfg.MaxBodyBytes, "max-body", 0, "API request body size in bytes (0: 4096)")
+	fs.IntVar(&cfg.MaxConnsPerSource, "max-conns-per-source", 0, "HTTP/3 connections per source IP, or IPv6 /64 (0: 64)")
+	fs.IntVar(&cfg.MaxHandshakes, "max-handshakes", 0, "HTTP/3 handshakes in progress (0: 2000)")
+	fs.IntVar(&cfg.RetryHandshakes, "retry-handshakes", 0, "handshakes in progress from which new connections get a Retry (0: 256, -1: always)")
 	fs.Int64Var(&cfg.MaxPacketsPerSecond, "max-pps", 0, "packets per second forwarded to one registration (0: 100000, -1: unlimited)")
 	fs.Int64Var(&cfg.MaxBytesPerSecond, "max-bps", 0, "bytes per second forwarded to one registration (0: 125000000, -1: unlimited)")
 	fs.Int64Var(&cfg.MaxTotalPacketsPerSecond, "max-total-pps", 0, "packets per second forwarded in total (0: no cap)")
@@ -68,13 +72,9 @@ func cmdRelay(ctx context.Context, e *env) error {
 		cfg.Mailbox = &mcfg
 	}
 	if *tokenSecret != "" {
-		secret, err := os.ReadFile(*tokenSecret)
+		secret, err := readTokenSecret(*tokenSecret)
 		if err != nil {
 			return err
-		}
-		secret = []byte(strings.TrimSpace(string(secret)))
-		if len(secret) < 16 {
-			return fmt.Errorf("token secret in %s is %d bytes; it must be at least 16", *tokenSecret, len(secret))
 		}
 		cfg.Authorizer = &quicpipe.TokenAuthorizer{Secret: secret}
 	}
@@ -95,4 +95,34 @@ func cmdRelay(ctx context.Context, e *env) error {
 	}
 	// Serve returns nil once ctx is done (Ctrl-C).
 	return relay.Serve(ctx)
+}
+
+// readTokenSecret reads the relay's token secret from path. It refuses a
+// file that others than its owner may read (whoever reads the secret mints
+// tokens) and a secret shorter than quicpipe.MinTokenSecretLen.
+func readTokenSecret(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("token secret: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("token secret: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("token secret %s is not a regular file", path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("token secret %s is readable or writable by others (mode %#o); make it private with chmod 600", path, perm)
+	}
+	secret, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return nil, fmt.Errorf("token secret: %w", err)
+	}
+	secret = []byte(strings.TrimSpace(string(secret)))
+	if len(secret) < quicpipe.MinTokenSecretLen {
+		return nil, fmt.Errorf("token secret in %s is %d bytes; it must be at least %d", path, len(secret), quicpipe.MinTokenSecretLen)
+	}
+	return secret, nil
 }
