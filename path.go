@@ -28,8 +28,11 @@ import (
 // a ping went to proves that path in both directions; the connection moves
 // onto the best such path.
 // While direct, a probe every second keeps the NAT mappings open and the
-// path watched; when pongs stop, the connection goes back to the relay and
-// punching is retried with backoff.
+// path watched. A probe unanswered after a few round trips makes the path
+// suspect: probes then go every few round trips, and when none is answered
+// for deadAfter the connection goes back to the relay (within about a
+// second of a NAT rebinding or a cut), asks the relay for its public
+// address again (it may have changed), and retries punching with backoff.
 type pathConn struct {
 	m      *directManager
 	qc     *quic.Conn
@@ -37,6 +40,7 @@ type pathConn struct {
 	route  *connRoute
 	keys   *pathKeys
 	in     chan ctrlPacket
+	wake   chan struct{} // own candidates may have changed: check now
 
 	mu   sync.Mutex
 	info PathInfo
@@ -65,8 +69,10 @@ type pathConn struct {
 
 	// The direct path, when Kind is PathDirect.
 	direct        *target
-	lastPong      time.Time
 	nextKeepalive time.Time
+	lastPing      time.Time     // when the last probe of the direct path went
+	unanswered    time.Time     // when the first probe after the last pong went; zero: none
+	srtt          time.Duration // smoothed RTT of the direct path's probes
 }
 
 // target is a candidate being probed.
@@ -106,6 +112,8 @@ func (c *pathConn) run() {
 			return
 		case p := <-c.in:
 			c.handle(p, time.Now())
+		case <-c.wake:
+			c.nextCheck = time.Time{}
 		case <-timer.C:
 		}
 		now := time.Now()
@@ -240,23 +248,34 @@ func (c *pathConn) step(now time.Time) time.Time {
 	soon(c.nextCands)
 
 	// The direct path: keepalive probes, and fallback when they stop
-	// being answered. Once a pong is overdue, the send path keeps a copy
-	// of the connection's last datagram (see fallback).
+	// being answered. A probe unanswered after pongWait is lost: the path
+	// is suspect, probes go every pongWait, and the send path keeps a copy
+	// of the connection's last datagram (see fallback). No pong deadAfter
+	// after the first unanswered probe: the path is dead.
 	if c.direct != nil {
-		if since := now.Sub(c.lastPong); since > t.deadAfter {
+		wait := c.pongWait()
+		dead := max(t.deadAfter, 2*wait)
+		suspect := !c.unanswered.IsZero() && !now.Before(c.unanswered.Add(wait))
+		switch {
+		case !c.unanswered.IsZero() && !now.Before(c.unanswered.Add(dead)):
 			c.fallback(now, "no answer")
-		} else {
-			if suspect := c.lastPong.Add(t.keepalive + t.keepalive/2); !now.Before(suspect) {
+		default:
+			if suspect {
 				c.route.keepLast.Store(true)
-			} else {
-				soon(suspect)
+				if again := c.lastPing.Add(wait); again.Before(c.nextKeepalive) {
+					c.nextKeepalive = again
+				}
+			} else if !c.unanswered.IsZero() {
+				soon(c.unanswered.Add(wait))
 			}
 			if !now.Before(c.nextKeepalive) {
 				c.sendPing(now, c.direct.addr, false)
 				c.nextKeepalive = now.Add(t.keepalive)
 			}
 			soon(c.nextKeepalive)
-			soon(c.lastPong.Add(t.deadAfter + time.Millisecond))
+			if !c.unanswered.IsZero() {
+				soon(c.unanswered.Add(dead))
+			}
 		}
 	}
 
@@ -301,6 +320,17 @@ func (c *pathConn) fallback(now time.Time, why string) {
 	c.setInfo(PathInfo{Kind: PathRelayed, Remote: c.m.relay, Relay: c.m.relay, Since: now})
 	c.backoff = c.m.timing.retryMin
 	c.nextRetry = now.Add(c.backoff)
+	c.unanswered = time.Time{}
+	// The path may have died because this peer's NAT mapping changed: the
+	// relay sees the new address (its connection migrates), and announcing
+	// it starts a new round at once (see directManager.observedChanged).
+	c.m.recheckObserved()
+}
+
+// pongWait is how long a probe of the direct path waits for its pong
+// before it counts as lost: pongWait, or three round trips of the path.
+func (c *pathConn) pongWait() time.Duration {
+	return max(c.m.timing.pongWait, 3*c.srtt)
 }
 
 // use moves the connection onto tg.
@@ -311,7 +341,8 @@ func (c *pathConn) use(now time.Time, tg *target) {
 	}
 	c.direct = tg
 	c.route.keepLast.Store(false)
-	c.lastPong = now
+	c.unanswered = time.Time{}
+	c.srtt = tg.rtt
 	c.nextKeepalive = now.Add(c.m.timing.keepalive)
 	c.backoff = c.m.timing.retryMin
 	c.nextRetry = time.Time{}
@@ -416,7 +447,8 @@ func (c *pathConn) onPong(now time.Time, from netip.AddrPort, m *probeMsg) {
 	}
 	if c.direct != nil && c.direct.addr == from {
 		c.direct.ok, c.direct.rtt = true, rtt
-		c.lastPong = now
+		c.unanswered = time.Time{}
+		c.srtt = (7*c.srtt + rtt) / 8
 		if c.route.keepLast.Load() {
 			c.route.takeLast() // the path answers again
 		}
@@ -494,6 +526,13 @@ func (c *pathConn) sendPing(now time.Time, to netip.AddrPort, low bool) {
 	}
 	var id [8]byte
 	rand.Read(id[:])
+	if !low && c.direct != nil && to == c.direct.addr {
+		// The direct path is watched by its probes, sent or not.
+		c.lastPing = now
+		if c.unanswered.IsZero() {
+			c.unanswered = now
+		}
+	}
 	m := probeMsg{typ: msgPing, txid: id, addr: to}
 	if err := c.m.pc.writeCtrl(c.keys.seal(nil, m.marshal()), oob, to); err != nil {
 		return
