@@ -77,6 +77,7 @@ type directTiming struct {
 	lowTTL       int           // TTL of the first probe to a candidate (0: none)
 	ackWait      time.Duration // normal probes start without the peer's ack after this
 	keepalive    time.Duration // probes on the direct path
+	busyProbe    time.Duration // probes on the direct path while the connection sends on it
 	pongWait     time.Duration // a probe unanswered this long (or 3 RTTs) is lost
 	deadAfter    time.Duration // no pong this long after an unanswered probe went: back to the relay
 	retryMin     time.Duration // first retry after a failed round or a fallback
@@ -92,6 +93,7 @@ var defaultDirectTiming = directTiming{
 	lowTTL:       2,
 	ackWait:      time.Second,
 	keepalive:    time.Second,
+	busyProbe:    250 * time.Millisecond,
 	pongWait:     250 * time.Millisecond,
 	deadAfter:    750 * time.Millisecond,
 	retryMin:     2 * time.Second,

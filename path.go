@@ -70,7 +70,10 @@ type pathConn struct {
 	// The direct path, when Kind is PathDirect.
 	direct        *target
 	nextKeepalive time.Time
+	recordUntil   time.Time     // relayed after a fallback: the send path records until then
 	lastPing      time.Time     // when the last probe of the direct path went
+	sendsSeen     uint64        // route.sends at the last busy check
+	busyCheck     time.Time     // next look at route.sends
 	unanswered    time.Time     // when the first probe after the last pong went; zero: none
 	srtt          time.Duration // smoothed RTT of the direct path's probes
 }
@@ -268,6 +271,18 @@ func (c *pathConn) step(now time.Time) time.Time {
 			} else if !c.unanswered.IsZero() {
 				soon(c.unanswered.Add(wait))
 			}
+			// While the connection sends on the path, probes go every
+			// busyProbe: a dead path then swallows less data.
+			if !now.Before(c.busyCheck) {
+				c.busyCheck = now.Add(t.busyProbe)
+				if sends := c.route.sends.Load(); sends != c.sendsSeen {
+					c.sendsSeen = sends
+					if busy := c.lastPing.Add(t.busyProbe); busy.Before(c.nextKeepalive) {
+						c.nextKeepalive = busy
+					}
+				}
+			}
+			soon(c.busyCheck)
 			if !now.Before(c.nextKeepalive) {
 				c.sendPing(now, c.direct.addr, false)
 				c.nextKeepalive = now.Add(t.keepalive)
@@ -276,6 +291,15 @@ func (c *pathConn) step(now time.Time) time.Time {
 			if !c.unanswered.IsZero() {
 				soon(c.unanswered.Add(dead))
 			}
+		}
+	}
+
+	if !c.recordUntil.IsZero() {
+		if !now.Before(c.recordUntil) {
+			c.recordUntil = time.Time{}
+			c.route.takeLast()
+		} else {
+			soon(c.recordUntil)
 		}
 	}
 
@@ -306,6 +330,11 @@ func (c *pathConn) step(now time.Time) time.Time {
 // the other side acknowledges it (or, if it carried an acknowledgment,
 // learns from it), and quic-go's loss recovery resumes within a round trip.
 // QUIC discards a duplicate if the original did arrive.
+//
+// The relayed path may not work at once either: when this peer's NAT
+// rebound, the relay forwards to its old address until it sees the new one.
+// So the send path keeps recording while relayed, for recordAfterFallback,
+// and use sends the last datagram again on the next direct path.
 func (c *pathConn) fallback(now time.Time, why string) {
 	c.m.fallbacks.Add(1)
 	lost := c.direct.addr
@@ -316,6 +345,8 @@ func (c *pathConn) fallback(now time.Time, why string) {
 	if last != nil {
 		c.m.pc.writeCtrl(last, nil, c.m.relay)
 	}
+	c.route.keepLast.Store(true)
+	c.recordUntil = now.Add(recordAfterFallback)
 	c.m.log.Info("direct path lost; back to the relay", "peer", lost.String(), "why", why, "resent", len(last))
 	c.setInfo(PathInfo{Kind: PathRelayed, Remote: c.m.relay, Relay: c.m.relay, Since: now})
 	c.backoff = c.m.timing.retryMin
@@ -333,21 +364,30 @@ func (c *pathConn) pongWait() time.Duration {
 	return max(c.m.timing.pongWait, 3*c.srtt)
 }
 
-// use moves the connection onto tg.
+// recordAfterFallback is how long after a fallback the send path keeps a
+// copy of the connection's last datagram, for use to send again on the
+// next direct path.
+const recordAfterFallback = 10 * time.Second
+
+// use moves the connection onto tg. Coming from the relay, it sends the
+// datagram recorded since a fallback again on the new path (see fallback).
 func (c *pathConn) use(now time.Time, tg *target) {
 	if c.direct == nil && c.punching && !c.succeeded {
 		c.succeeded = true
 		c.m.successes.Add(1)
 	}
 	c.direct = tg
-	c.route.keepLast.Store(false)
 	c.unanswered = time.Time{}
 	c.srtt = tg.rtt
 	c.nextKeepalive = now.Add(c.m.timing.keepalive)
 	c.backoff = c.m.timing.retryMin
 	c.nextRetry = time.Time{}
+	c.recordUntil = time.Time{}
 	a := tg.addr
 	c.route.direct.Store(&a)
+	if last := c.route.takeLast(); last != nil {
+		c.m.pc.writeCtrl(last, nil, a)
+	}
 	c.m.log.Info("direct path", "peer", a.String(), "rtt", tg.rtt)
 	c.setInfo(PathInfo{Kind: PathDirect, Remote: a, Relay: c.m.relay, RTT: tg.rtt, Since: now})
 }
