@@ -192,11 +192,13 @@ func (s *relaySession) run() {
 			return
 		case <-s.kick:
 		case <-s.recheck:
-			if recheckAt.IsZero() {
-				recheckFrom = s.registration().Observed
-				recheckN = 0
-				recheckAt = time.Now()
+			if !recheckAt.IsZero() {
+				t.Stop()
+				continue // a series is under way
 			}
+			recheckFrom = s.registration().Observed
+			recheckN = 0
+			recheckAt = time.Now()
 		case <-connDone:
 			s.log.Info("connection to relay lost; reconnecting", "relay", s.addr.String())
 		case <-t.C:
