@@ -138,6 +138,27 @@ func (ps *pacedStream) stall(t0 time.Time) (gap time.Duration, end time.Time) {
 	return gap, end
 }
 
+// first waits until some event, old or new, satisfies ok, and returns the
+// first that does (wait looks only at the latest).
+func (w *pathWatch) first(ctx context.Context, ok func(PathInfo) bool) (PathInfo, error) {
+	for {
+		w.mu.Lock()
+		for _, e := range w.events {
+			if ok(e) {
+				w.mu.Unlock()
+				return e, nil
+			}
+		}
+		n := len(w.events)
+		w.mu.Unlock()
+		select {
+		case <-w.signal:
+		case <-ctx.Done():
+			return PathInfo{}, fmt.Errorf("waiting for a path change (none matching in %d): %w", n, ctx.Err())
+		}
+	}
+}
+
 // TestNATRebind moves peer A's NAT mapping to a new port (its router
 // forgets every mapping and masquerades to another port, as a NAT does
 // after a reboot or when a mapping timed out) while the connection is on
@@ -176,9 +197,6 @@ add rule ip nat postrouting oifname "wan0" meta l4proto udp masquerade to :%d
 	// old behaviour instead of timing out.
 	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer wcancel()
-	after := func(kind PathKind) func(PathInfo) bool {
-		return func(pi PathInfo) bool { return pi.Kind == kind && pi.Since.After(t0) }
-	}
 	var fbD, fbA, backD, backA PathInfo
 	var errs []error
 	for _, w := range []struct {
@@ -186,7 +204,7 @@ add rule ip nat postrouting oifname "wan0" meta l4proto udp masquerade to :%d
 		kind PathKind
 		out  *PathInfo
 	}{{p.dw, PathRelayed, &fbD}, {p.aw, PathRelayed, &fbA}, {p.dw, PathDirect, &backD}, {p.aw, PathDirect, &backA}} {
-		pi, err := w.pw.wait(wctx, after(w.kind))
+		pi, err := w.pw.first(wctx, func(pi PathInfo) bool { return pi.Kind == w.kind && pi.Since.After(t0) })
 		if err != nil {
 			errs = append(errs, err)
 			break
