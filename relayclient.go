@@ -19,6 +19,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/qlog"
+	"github.com/quic-go/quic-go/qlogwriter"
 )
 
 // RelayError is returned when the relay refuses a request.
@@ -142,15 +144,42 @@ var recheckAfter = []time.Duration{0, 250 * time.Millisecond, time.Second}
 
 // recheckObserved asks the relay for the peer's public address without
 // waiting for the next refresh: a refresh now, and up to twice more (see
-// recheckAfter) while the answer shows the address known before. The
-// direct-path manager calls it when a direct path dies, which is what a
-// rebinding of the peer's NAT does. It never blocks.
+// recheckAfter) while the answer shows the address known before. It is
+// called when the relay validates a new address of this peer (see
+// challengeWatch) and when a direct path dies, which is what a rebinding of
+// the peer's NAT does. It never blocks.
 func (s *relaySession) recheckObserved() {
 	select {
 	case s.recheck <- struct{}{}:
 	default:
 	}
 }
+
+// challengeWatch is the qlog trace of a peer's connection to its relay. It
+// records nothing; it calls onChallenge when a packet from the relay
+// carries a PATH_CHALLENGE. Only a QUIC server validates a client's new
+// address, so that is the relay seeing this peer arrive from a new address,
+// which it moves the registration to as soon as the path is validated.
+type challengeWatch struct{ onChallenge func() }
+
+func (w challengeWatch) AddProducer() qlogwriter.Recorder { return w }
+
+// RecordEvent runs on the connection's goroutine: onChallenge must not
+// block.
+func (w challengeWatch) RecordEvent(e qlogwriter.Event) {
+	p, ok := e.(qlog.PacketReceived)
+	if !ok {
+		return
+	}
+	for _, f := range p.Frames {
+		if _, ok := f.Frame.(*qlog.PathChallengeFrame); ok {
+			w.onChallenge()
+			return
+		}
+	}
+}
+
+func (challengeWatch) Close() error { return nil }
 
 // setOnObserved sets the function called when a registration's answer
 // reports a new observed address. It runs with the registration lock held
@@ -257,6 +286,11 @@ func (s *relaySession) conn(ctx context.Context) (*http3.ClientConn, error) {
 		// migrates) and a restarted relay resets the connection within
 		// seconds; either way the registration follows at once.
 		KeepAlivePeriod: s.keepAlive,
+		// The relay validates a new address of ours (a NAT rebinding)
+		// with a PATH_CHALLENGE: ask it for that address at once.
+		Tracer: func(context.Context, bool, quic.ConnectionID) qlogwriter.Trace {
+			return challengeWatch{s.recheckObserved}
+		},
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
