@@ -258,7 +258,7 @@ func (c *pathConn) step(now time.Time) time.Time {
 	if c.direct != nil {
 		wait := c.pongWait()
 		dead := max(t.deadAfter, 2*wait)
-		suspect := !c.unanswered.IsZero() && !now.Before(c.unanswered.Add(wait))
+		suspect := c.suspect(now)
 		switch {
 		case !c.unanswered.IsZero() && !now.Before(c.unanswered.Add(dead)):
 			c.fallback(now, "no answer")
@@ -356,6 +356,9 @@ func (c *pathConn) fallback(now time.Time, why string) {
 	// relay sees the new address (its connection migrates), and announcing
 	// it starts a new round at once (see directManager.observedChanged).
 	c.m.recheckObserved()
+	// A path validated in the current round (the other peer's new address,
+	// if its NAT rebound) takes over at once.
+	c.choose(now)
 }
 
 // pongWait is how long a probe of the direct path waits for its pong
@@ -400,8 +403,13 @@ func (c *pathConn) setInfo(info PathInfo) {
 }
 
 // choose moves the connection onto the best answered target: the first
-// one found, or one clearly faster than the current path.
+// one found, one clearly faster than the current path, or any other when
+// the current path is suspect (after a rebinding, the other peer's new
+// address answers while the old one is still being given up).
 func (c *pathConn) choose(now time.Time) {
+	if c.suspect(now) {
+		c.direct.ok = false // until it answers again
+	}
 	var best *target
 	for _, tg := range c.targets {
 		if tg.ok && (best == nil || tg.rtt < best.rtt) {
@@ -413,9 +421,15 @@ func (c *pathConn) choose(now time.Time) {
 			return
 		}
 	}
-	if best != nil {
+	if best != nil && best != c.direct {
 		c.use(now, best)
 	}
+}
+
+// suspect reports whether the direct path has a probe unanswered for
+// longer than pongWait.
+func (c *pathConn) suspect(now time.Time) bool {
+	return c.direct != nil && !c.unanswered.IsZero() && !now.Before(c.unanswered.Add(c.pongWait()))
 }
 
 // handle processes one control datagram.
