@@ -193,6 +193,7 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 	if old != nil && old.ap != d.ap {
 		// The kept part of the window forwards to the new address too.
 		r.xdpPutRange(reg, max(oldFirst, newFirst), min(oldEnd, newEnd))
+		r.stats.rebinds.Add(1) // a peer that saw its NAT rebind refreshes at once
 	}
 	reg.expires.Store(expires.UnixNano())
 	// Move the window: remove what falls out, derive and add what is new.
