@@ -77,7 +77,9 @@ type directTiming struct {
 	lowTTL       int           // TTL of the first probe to a candidate (0: none)
 	ackWait      time.Duration // normal probes start without the peer's ack after this
 	keepalive    time.Duration // probes on the direct path
-	deadAfter    time.Duration // no answer for this long: back to the relay
+	busyProbe    time.Duration // probes on the direct path while the connection sends on it
+	pongWait     time.Duration // a probe unanswered this long (or 3 RTTs) is lost
+	deadAfter    time.Duration // no pong this long after an unanswered probe went: back to the relay
 	retryMin     time.Duration // first retry after a failed round or a fallback
 	retryMax     time.Duration // retries back off up to this
 	refresh      time.Duration // how often own candidates are checked
@@ -91,7 +93,9 @@ var defaultDirectTiming = directTiming{
 	lowTTL:       2,
 	ackWait:      time.Second,
 	keepalive:    time.Second,
-	deadAfter:    3500 * time.Millisecond,
+	busyProbe:    250 * time.Millisecond,
+	pongWait:     250 * time.Millisecond,
+	deadAfter:    750 * time.Millisecond,
 	retryMin:     2 * time.Second,
 	retryMax:     30 * time.Second,
 	refresh:      candidateRefresh,
@@ -105,6 +109,7 @@ type directManager struct {
 	pc       *peerConn
 	relay    netip.AddrPort
 	cands    *candidateCache
+	recheck  func() // asks the relay for this peer's public address again
 	log      *slog.Logger
 	onChange func(*quic.Conn, PathInfo)
 	timing   directTiming
@@ -149,12 +154,15 @@ type pathEvent struct {
 }
 
 // newDirectManager starts the manager of a peer whose socket wrapper has
-// direct paths on. obs returns the peer's relay-observed address.
-func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrPort, cfg *Config) *directManager {
+// direct paths on. obs returns the peer's relay-observed address; recheck
+// asks the relay for it again without waiting (it may have changed when a
+// direct path dies), and the peer calls observedChanged when it has.
+func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrPort, recheck func(), cfg *Config) *directManager {
 	m := &directManager{
 		pc:       pc,
 		relay:    netAddrPort(relay),
 		cands:    &candidateCache{conn: pc.conn, relay: netAddrPort(relay), obs: obs},
+		recheck:  recheck,
 		log:      cfg.Logger,
 		onChange: cfg.OnPathChange,
 		timing:   defaultDirectTiming,
@@ -233,6 +241,7 @@ func (m *directManager) start(qc *quic.Conn, remote *net.UDPAddr, r *connRoute, 
 		route:  r,
 		keys:   keys,
 		in:     make(chan ctrlPacket, 32),
+		wake:   make(chan struct{}, 1),
 	}
 	c.info = PathInfo{Kind: PathRelayed, Remote: m.relay, Relay: m.relay, Since: time.Now()}
 	m.mu.Lock()
@@ -340,6 +349,31 @@ func (m *directManager) deliverEvents() {
 		m.evMu.Unlock()
 		for _, e := range evs {
 			m.onChange(e.qc, e.info)
+		}
+	}
+}
+
+// recheckObserved asks the relay for this peer's public address again.
+func (m *directManager) recheckObserved() {
+	if m.recheck != nil {
+		m.recheck()
+	}
+}
+
+// observedChanged tells every connection that the relay observed this peer
+// at a new address (a NAT rebinding): each checks its own candidates at
+// once and announces them in a new punch round, instead of at its next
+// periodic check.
+func (m *directManager) observedChanged() {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range m.byConn {
+		select {
+		case c.wake <- struct{}{}:
+		default:
 		}
 	}
 }

@@ -115,7 +115,11 @@ func benchPaths(b *testing.B, uplink netlab.Shape, size int) {
 	b.ReportMetric(mr/mp, "relayed/plain")
 	b.ReportMetric(100*relayCPU.Seconds()/relayWall.Seconds(), "relay-cpu-%")
 	b.ReportMetric(relayCPU.Seconds()*1e6/(float64(b.N)*float64(size)/(1<<20)), "relay-cpu-µs/MB")
-	b.Logf("plain %.0f, direct %.0f, relayed %.0f Mbit/s (all runs: %.0f / %.0f / %.0f)", mp, md, mr, tPlain, tDirect, tRelayed)
+	b.Logf("plain %.0f, direct %.0f, relayed %.0f Mbit/s (all runs: %.0f / %.0f / %.0f); direct: dialer %+v, accepter %+v",
+		mp, md, mr, tPlain, tDirect, tRelayed, direct.d.DirectStats(), direct.a.DirectStats())
+	if fb := direct.d.DirectStats().Fallbacks + direct.a.DirectStats().Fallbacks; fb > 0 {
+		b.Errorf("the direct connection fell back to the relay %d times under load", fb)
+	}
 }
 
 // timedTransfer sends size bytes from c to s on a new stream and returns

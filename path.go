@@ -28,8 +28,11 @@ import (
 // a ping went to proves that path in both directions; the connection moves
 // onto the best such path.
 // While direct, a probe every second keeps the NAT mappings open and the
-// path watched; when pongs stop, the connection goes back to the relay and
-// punching is retried with backoff.
+// path watched. A probe unanswered after a few round trips makes the path
+// suspect: probes then go every few round trips, and when none is answered
+// for deadAfter the connection goes back to the relay (within about a
+// second of a NAT rebinding or a cut), asks the relay for its public
+// address again (it may have changed), and retries punching with backoff.
 type pathConn struct {
 	m      *directManager
 	qc     *quic.Conn
@@ -37,6 +40,7 @@ type pathConn struct {
 	route  *connRoute
 	keys   *pathKeys
 	in     chan ctrlPacket
+	wake   chan struct{} // own candidates may have changed: check now
 
 	mu   sync.Mutex
 	info PathInfo
@@ -65,8 +69,13 @@ type pathConn struct {
 
 	// The direct path, when Kind is PathDirect.
 	direct        *target
-	lastPong      time.Time
 	nextKeepalive time.Time
+	recordUntil   time.Time     // relayed after a fallback: the send path records until then
+	lastPing      time.Time     // when the last probe of the direct path went
+	sendsSeen     uint64        // route.sends at the last busy check
+	busyCheck     time.Time     // next look at route.sends
+	unanswered    time.Time     // when the first probe after the last pong went; zero: none
+	srtt          time.Duration // smoothed RTT of the direct path's probes
 }
 
 // target is a candidate being probed.
@@ -106,6 +115,8 @@ func (c *pathConn) run() {
 			return
 		case p := <-c.in:
 			c.handle(p, time.Now())
+		case <-c.wake:
+			c.nextCheck = time.Time{}
 		case <-timer.C:
 		}
 		now := time.Now()
@@ -240,23 +251,55 @@ func (c *pathConn) step(now time.Time) time.Time {
 	soon(c.nextCands)
 
 	// The direct path: keepalive probes, and fallback when they stop
-	// being answered. Once a pong is overdue, the send path keeps a copy
-	// of the connection's last datagram (see fallback).
+	// being answered. A probe unanswered after pongWait is lost: the path
+	// is suspect, probes go every pongWait, and the send path keeps a copy
+	// of the connection's last datagram (see fallback). No pong deadAfter
+	// after the first unanswered probe: the path is dead.
 	if c.direct != nil {
-		if since := now.Sub(c.lastPong); since > t.deadAfter {
+		wait := c.pongWait()
+		dead := max(t.deadAfter, 2*wait)
+		suspect := c.suspect(now)
+		switch {
+		case !c.unanswered.IsZero() && !now.Before(c.unanswered.Add(dead)):
 			c.fallback(now, "no answer")
-		} else {
-			if suspect := c.lastPong.Add(t.keepalive + t.keepalive/2); !now.Before(suspect) {
+		default:
+			if suspect {
 				c.route.keepLast.Store(true)
-			} else {
-				soon(suspect)
+				if again := c.lastPing.Add(wait); again.Before(c.nextKeepalive) {
+					c.nextKeepalive = again
+				}
+			} else if !c.unanswered.IsZero() {
+				soon(c.unanswered.Add(wait))
 			}
+			// While the connection sends on the path, probes go every
+			// busyProbe: a dead path then swallows less data.
+			if !now.Before(c.busyCheck) {
+				c.busyCheck = now.Add(t.busyProbe)
+				if sends := c.route.sends.Load(); sends != c.sendsSeen {
+					c.sendsSeen = sends
+					if busy := c.lastPing.Add(t.busyProbe); busy.Before(c.nextKeepalive) {
+						c.nextKeepalive = busy
+					}
+				}
+			}
+			soon(c.busyCheck)
 			if !now.Before(c.nextKeepalive) {
 				c.sendPing(now, c.direct.addr, false)
 				c.nextKeepalive = now.Add(t.keepalive)
 			}
 			soon(c.nextKeepalive)
-			soon(c.lastPong.Add(t.deadAfter + time.Millisecond))
+			if !c.unanswered.IsZero() {
+				soon(c.unanswered.Add(dead))
+			}
+		}
+	}
+
+	if !c.recordUntil.IsZero() {
+		if !now.Before(c.recordUntil) {
+			c.recordUntil = time.Time{}
+			c.route.takeLast()
+		} else {
+			soon(c.recordUntil)
 		}
 	}
 
@@ -287,6 +330,11 @@ func (c *pathConn) step(now time.Time) time.Time {
 // the other side acknowledges it (or, if it carried an acknowledgment,
 // learns from it), and quic-go's loss recovery resumes within a round trip.
 // QUIC discards a duplicate if the original did arrive.
+//
+// The relayed path may not work at once either: when this peer's NAT
+// rebound, the relay forwards to its old address until it sees the new one.
+// So the send path keeps recording while relayed, for recordAfterFallback,
+// and use sends the last datagram again on the next direct path.
 func (c *pathConn) fallback(now time.Time, why string) {
 	c.m.fallbacks.Add(1)
 	lost := c.direct.addr
@@ -297,26 +345,52 @@ func (c *pathConn) fallback(now time.Time, why string) {
 	if last != nil {
 		c.m.pc.writeCtrl(last, nil, c.m.relay)
 	}
+	c.route.keepLast.Store(true)
+	c.recordUntil = now.Add(recordAfterFallback)
 	c.m.log.Info("direct path lost; back to the relay", "peer", lost.String(), "why", why, "resent", len(last))
 	c.setInfo(PathInfo{Kind: PathRelayed, Remote: c.m.relay, Relay: c.m.relay, Since: now})
 	c.backoff = c.m.timing.retryMin
 	c.nextRetry = now.Add(c.backoff)
+	c.unanswered = time.Time{}
+	// The path may have died because this peer's NAT mapping changed: the
+	// relay sees the new address (its connection migrates), and announcing
+	// it starts a new round at once (see directManager.observedChanged).
+	c.m.recheckObserved()
+	// A path validated in the current round (the other peer's new address,
+	// if its NAT rebound) takes over at once.
+	c.choose(now)
 }
 
-// use moves the connection onto tg.
+// pongWait is how long a probe of the direct path waits for its pong
+// before it counts as lost: pongWait, or three round trips of the path.
+func (c *pathConn) pongWait() time.Duration {
+	return max(c.m.timing.pongWait, 3*c.srtt)
+}
+
+// recordAfterFallback is how long after a fallback the send path keeps a
+// copy of the connection's last datagram, for use to send again on the
+// next direct path.
+const recordAfterFallback = 10 * time.Second
+
+// use moves the connection onto tg. Coming from the relay, it sends the
+// datagram recorded since a fallback again on the new path (see fallback).
 func (c *pathConn) use(now time.Time, tg *target) {
 	if c.direct == nil && c.punching && !c.succeeded {
 		c.succeeded = true
 		c.m.successes.Add(1)
 	}
 	c.direct = tg
-	c.route.keepLast.Store(false)
-	c.lastPong = now
+	c.unanswered = time.Time{}
+	c.srtt = tg.rtt
 	c.nextKeepalive = now.Add(c.m.timing.keepalive)
 	c.backoff = c.m.timing.retryMin
 	c.nextRetry = time.Time{}
+	c.recordUntil = time.Time{}
 	a := tg.addr
 	c.route.direct.Store(&a)
+	if last := c.route.takeLast(); last != nil {
+		c.m.pc.writeCtrl(last, nil, a)
+	}
 	c.m.log.Info("direct path", "peer", a.String(), "rtt", tg.rtt)
 	c.setInfo(PathInfo{Kind: PathDirect, Remote: a, Relay: c.m.relay, RTT: tg.rtt, Since: now})
 }
@@ -329,8 +403,13 @@ func (c *pathConn) setInfo(info PathInfo) {
 }
 
 // choose moves the connection onto the best answered target: the first
-// one found, or one clearly faster than the current path.
+// one found, one clearly faster than the current path, or any other when
+// the current path is suspect (after a rebinding, the other peer's new
+// address answers while the old one is still being given up).
 func (c *pathConn) choose(now time.Time) {
+	if c.suspect(now) {
+		c.direct.ok = false // until it answers again
+	}
 	var best *target
 	for _, tg := range c.targets {
 		if tg.ok && (best == nil || tg.rtt < best.rtt) {
@@ -342,9 +421,15 @@ func (c *pathConn) choose(now time.Time) {
 			return
 		}
 	}
-	if best != nil {
+	if best != nil && best != c.direct {
 		c.use(now, best)
 	}
+}
+
+// suspect reports whether the direct path has a probe unanswered for
+// longer than pongWait.
+func (c *pathConn) suspect(now time.Time) bool {
+	return c.direct != nil && !c.unanswered.IsZero() && !now.Before(c.unanswered.Add(c.pongWait()))
 }
 
 // handle processes one control datagram.
@@ -416,7 +501,8 @@ func (c *pathConn) onPong(now time.Time, from netip.AddrPort, m *probeMsg) {
 	}
 	if c.direct != nil && c.direct.addr == from {
 		c.direct.ok, c.direct.rtt = true, rtt
-		c.lastPong = now
+		c.unanswered = time.Time{}
+		c.srtt = (7*c.srtt + rtt) / 8
 		if c.route.keepLast.Load() {
 			c.route.takeLast() // the path answers again
 		}
@@ -494,6 +580,13 @@ func (c *pathConn) sendPing(now time.Time, to netip.AddrPort, low bool) {
 	}
 	var id [8]byte
 	rand.Read(id[:])
+	if !low && c.direct != nil && to == c.direct.addr {
+		// The direct path is watched by its probes, sent or not.
+		c.lastPing = now
+		if c.unanswered.IsZero() {
+			c.unanswered = now
+		}
+	}
 	m := probeMsg{typ: msgPing, txid: id, addr: to}
 	if err := c.m.pc.writeCtrl(c.keys.seal(nil, m.marshal()), oob, to); err != nil {
 		return

@@ -87,7 +87,8 @@ func newPeer(ctx context.Context, cfg *Config) (*peer, error) {
 	if !cfg.DisableDirect {
 		p.direct = newDirectManager(p.pconn, relayAddr.AddrPort(), func() netip.AddrPort {
 			return p.sess.registration().Observed
-		}, cfg)
+		}, p.sess.recheckObserved, cfg)
+		p.sess.setOnObserved(p.direct.observedChanged)
 	}
 	return p, nil
 }

@@ -74,6 +74,7 @@ type connRoute struct {
 	wantDCID atomic.Bool                    // record the next short-header DCID
 	failed   atomic.Bool                    // a send on the direct path failed
 	keepLast atomic.Bool                    // record the last datagram sent (see lastSent)
+	sends    atomic.Uint64                  // sends on the direct path
 
 	mu      sync.Mutex
 	dcid    CID // the other peer's CID, as last seen in an outgoing packet
@@ -299,6 +300,7 @@ func (c *peerConn) writeRoute(r *connRoute, b, oob []byte, addr *net.UDPAddr) (i
 		if r.keepLast.Load() {
 			r.recordLast(b, oob)
 		}
+		r.sends.Add(1)
 		n, oobn, err := c.conn.WriteMsgUDPAddrPort(b, oob, *d)
 		if err == nil {
 			return n, oobn, nil
@@ -307,6 +309,8 @@ func (c *peerConn) writeRoute(r *connRoute, b, oob []byte, addr *net.UDPAddr) (i
 		// "message too long"). The direct path is failing: send over the
 		// relay and let the manager fall back.
 		r.failed.Store(true)
+	} else if r.keepLast.Load() {
+		r.recordLast(b, oob)
 	}
 	return c.writeRelay(b, oob, addr)
 }

@@ -857,7 +857,7 @@ type RelayStats struct {
 	// Expired counts registrations removed because they were not refreshed.
 	Expired uint64
 	// Rebinds counts registrations moved to a peer's new address because
-	// its HTTP/3 connection migrated.
+	// its HTTP/3 connection migrated or it refreshed from the new address.
 	Rebinds uint64
 	// Resets counts stateless resets sent to connections of an earlier run
 	// of the relay.

@@ -282,6 +282,7 @@ func (r *Relay) applyLocked(key []byte, reg *registration, src netip.Prefix, d *
 		if lo, hi := max(uint64(oldFirst), uint64(first)), min(oldEnd, newEnd); lo < hi {
 			r.xdpPut(cids[lo-uint64(first):hi-uint64(first)], reg)
 		}
+		r.stats.rebinds.Add(1) // a peer that saw its NAT rebind refreshes at once
 	}
 	// Move the window: remove what falls out, add what is new.
 	var gone, added []CID

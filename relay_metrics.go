@@ -40,7 +40,7 @@ func (r *Relay) Collector() prometheus.Collector {
 		registered:     d("registrations_total", "Successful registrations and refreshes."),
 		rejected:       d("rejected_requests_total", "Refused API requests, by error code.", "code"),
 		expired:        d("expired_registrations_total", "Registrations removed because they were not refreshed."),
-		rebinds:        d("rebinds_total", "Registrations moved to a peer's new address after its connection migrated."),
+		rebinds:        d("rebinds_total", "Registrations moved to a peer's new address after its connection migrated or it refreshed from there."),
 		registrations:  d("registrations", "Current registrations."),
 		cids:           d("cids", "Currently registered connection IDs."),
 		xdpPackets:     d("xdp_frames_total", "Frames seen by the XDP program, by outcome.", "outcome"),

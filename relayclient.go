@@ -19,6 +19,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/quic-go/quic-go/qlog"
+	"github.com/quic-go/quic-go/qlogwriter"
 )
 
 // RelayError is returned when the relay refuses a request.
@@ -62,17 +64,19 @@ type relaySession struct {
 	keepAlive time.Duration
 	log       *slog.Logger
 
-	regEnd atomic.Uint32 // last registered CID index
-	kick   chan struct{}
+	regEnd  atomic.Uint32 // last registered CID index
+	kick    chan struct{}
+	recheck chan struct{} // see recheckObserved
 
 	regMu sync.Mutex // serializes registrations; guards h3, cc, qc
 	h3    *http3.Transport
 	cc    *http3.ClientConn
 	qc    *quic.Conn
 
-	mu  sync.Mutex // guards reg and ttl
-	reg Registration
-	ttl time.Duration
+	mu         sync.Mutex // guards reg, ttl and onObserved
+	reg        Registration
+	ttl        time.Duration
+	onObserved func() // called when the observed address changes
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -92,6 +96,7 @@ func newRelaySession(tr *quic.Transport, addr *net.UDPAddr, tlsConf *tls.Config,
 		keepAlive: cfg.RelayKeepAlive,
 		log:       cfg.Logger,
 		kick:      make(chan struct{}, 1),
+		recheck:   make(chan struct{}, 1),
 		closed:    make(chan struct{}),
 		h3:        &http3.Transport{},
 	}
@@ -129,16 +134,79 @@ func (s *relaySession) registration() Registration {
 	return s.reg
 }
 
+// recheckAfter are the times, after a call to recheckObserved, at which
+// the session registers again while the relay still reports the old
+// address. The first request, sent from the peer's new address if its NAT
+// rebound, makes the relay validate that path (one round trip) and migrate
+// its connection; the request itself may be answered just before, so the
+// next ones read the migrated address.
+var recheckAfter = []time.Duration{0, 250 * time.Millisecond, time.Second}
+
+// recheckObserved asks the relay for the peer's public address without
+// waiting for the next refresh: a refresh now, and up to twice more (see
+// recheckAfter) while the answer shows the address known before. It is
+// called when the relay validates a new address of this peer (see
+// challengeWatch) and when a direct path dies, which is what a rebinding of
+// the peer's NAT does. It never blocks.
+func (s *relaySession) recheckObserved() {
+	select {
+	case s.recheck <- struct{}{}:
+	default:
+	}
+}
+
+// challengeWatch is the qlog trace of a peer's connection to its relay. It
+// records nothing; it calls onChallenge when a packet from the relay
+// carries a PATH_CHALLENGE. Only a QUIC server validates a client's new
+// address, so that is the relay seeing this peer arrive from a new address,
+// which it moves the registration to as soon as the path is validated.
+type challengeWatch struct{ onChallenge func() }
+
+func (w challengeWatch) AddProducer() qlogwriter.Recorder { return w }
+
+// RecordEvent runs on the connection's goroutine: onChallenge must not
+// block.
+func (w challengeWatch) RecordEvent(e qlogwriter.Event) {
+	p, ok := e.(qlog.PacketReceived)
+	if !ok {
+		return
+	}
+	for _, f := range p.Frames {
+		if _, ok := f.Frame.(*qlog.PathChallengeFrame); ok {
+			w.onChallenge()
+			return
+		}
+	}
+}
+
+func (challengeWatch) Close() error { return nil }
+
+// setOnObserved sets the function called when a registration's answer
+// reports a new observed address. It runs with the registration lock held
+// and must not call back into the session.
+func (s *relaySession) setOnObserved(f func()) {
+	s.mu.Lock()
+	s.onObserved = f
+	s.mu.Unlock()
+}
+
 // run refreshes the registration at a third of its lifetime, when the CID
-// counter nears the window's end, and when the connection to the relay drops.
+// counter nears the window's end, when the connection to the relay drops,
+// and on recheckObserved.
 func (s *relaySession) run() {
 	backoff := time.Duration(0)
+	var recheckAt time.Time // next recheck; zero: none pending
+	var recheckN int        // rechecks done in the current series
+	var recheckFrom netip.AddrPort
 	for {
 		s.mu.Lock()
 		wait := max(s.ttl/3, 250*time.Millisecond)
 		s.mu.Unlock()
 		if backoff > 0 {
 			wait = backoff
+		}
+		if !recheckAt.IsZero() {
+			wait = min(wait, max(time.Until(recheckAt), 0))
 		}
 		var connDone <-chan struct{}
 		s.regMu.Lock()
@@ -152,6 +220,14 @@ func (s *relaySession) run() {
 			t.Stop()
 			return
 		case <-s.kick:
+		case <-s.recheck:
+			if !recheckAt.IsZero() {
+				t.Stop()
+				continue // a series is under way
+			}
+			recheckFrom = s.registration().Observed
+			recheckN = 0
+			recheckAt = time.Now()
 		case <-connDone:
 			s.log.Info("connection to relay lost; reconnecting", "relay", s.addr.String())
 		case <-t.C:
@@ -167,6 +243,14 @@ func (s *relaySession) run() {
 		}()
 		err := s.register(ctx)
 		cancel()
+		if !recheckAt.IsZero() && !time.Now().Before(recheckAt) {
+			recheckN++
+			if recheckN < len(recheckAfter) && s.registration().Observed == recheckFrom {
+				recheckAt = recheckAt.Add(recheckAfter[recheckN] - recheckAfter[recheckN-1])
+			} else {
+				recheckAt = time.Time{}
+			}
+		}
 		var full *windowFullError
 		if errors.As(err, &full) {
 			// Registered, but no room for new connections: say so and
@@ -202,6 +286,11 @@ func (s *relaySession) conn(ctx context.Context) (*http3.ClientConn, error) {
 		// migrates) and a restarted relay resets the connection within
 		// seconds; either way the registration follows at once.
 		KeepAlivePeriod: s.keepAlive,
+		// The relay validates a new address of ours (a NAT rebinding)
+		// with a PATH_CHALLENGE: ask it for that address at once.
+		Tracer: func(context.Context, bool, quic.ConnectionID) qlogwriter.Trace {
+			return challengeWatch{s.recheckObserved}
+		},
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -283,12 +372,21 @@ func (s *relaySession) apply(resp RegisterResponse) error {
 	if perr != nil {
 		return fmt.Errorf("quicpipe: relay answered a bad address %q: %w", resp.Addr, perr)
 	}
+	observed = netAddrPort(observed)
 	s.regEnd.Store(resp.First + resp.Num - 1)
 	s.mu.Lock()
+	prev := s.reg.Observed
 	s.reg = Registration{Observed: observed, First: resp.First, Num: resp.Num, Expires: resp.Expires}
 	s.ttl = max(time.Duration(resp.TTL)*time.Second, time.Second)
+	onObserved := s.onObserved
 	s.mu.Unlock()
 	s.log.Debug("registered with relay", "relay", s.addr.String(), "observed", resp.Addr, "cids", resp.Num)
+	if prev.IsValid() && prev != observed {
+		s.log.Info("relay observes this peer at a new address", "relay", s.addr.String(), "was", prev.String(), "now", observed.String())
+		if onObserved != nil {
+			onObserved()
+		}
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/quicpipe/quicpipe/internal/netns"
 )
@@ -271,4 +274,58 @@ func (n *NS) UDPCounters() (map[string]uint64, error) {
 		}
 	}
 	return m, nil
+}
+
+// Netlink constants of ctnetlink (linux/netfilter/nfnetlink_conntrack.h)
+// that x/sys/unix does not define.
+const ipctnlMsgCtDelete = 2
+
+// FlushConntrack deletes every connection tracking entry of the namespace,
+// as `conntrack -F` does: a NAT router then forgets its mappings, and the
+// next packet of each flow gets a new one (a NAT rebinding).
+func (n *NS) FlushConntrack() {
+	n.lab.t.Helper()
+	err := n.Do(func() error {
+		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+		if err != nil {
+			return fmt.Errorf("netlink socket: %w", err)
+		}
+		defer unix.Close(fd)
+		// nlmsghdr (16 bytes), then nfgenmsg: family, version, resource
+		// ID. A delete without a tuple flushes the table; version 0 with
+		// AF_UNSPEC flushes every family.
+		msg := make([]byte, unix.NLMSG_HDRLEN+4)
+		binary.NativeEndian.PutUint32(msg[0:], uint32(len(msg)))
+		binary.NativeEndian.PutUint16(msg[4:], unix.NFNL_SUBSYS_CTNETLINK<<8|ipctnlMsgCtDelete)
+		binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+		binary.NativeEndian.PutUint32(msg[8:], 1) // sequence
+		msg[16] = unix.AF_UNSPEC
+		if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			return fmt.Errorf("netlink send: %w", err)
+		}
+		buf := make([]byte, 4096)
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 5}); err != nil {
+			return err
+		}
+		nr, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return fmt.Errorf("netlink receive: %w", err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:nr])
+		if err != nil {
+			return fmt.Errorf("netlink answer: %w", err)
+		}
+		for _, m := range msgs {
+			if m.Header.Type == unix.NLMSG_ERROR && len(m.Data) >= 4 {
+				if e := int32(binary.NativeEndian.Uint32(m.Data)); e != 0 {
+					return fmt.Errorf("conntrack flush: %w", syscall.Errno(-e))
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("conntrack flush: no acknowledgment")
+	})
+	if err != nil {
+		n.lab.t.Fatalf("netlab: flushing conntrack in %s: %v", n.Name, err)
+	}
 }
