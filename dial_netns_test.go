@@ -1,0 +1,213 @@
+//go:build linux
+
+package quicpipe
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quicpipe/quicpipe/internal/netlab"
+)
+
+// Dials through the NAT lab (see direct_netns_test.go for its topology)
+// while the listener's answers are lost: the accepter (peer B, behind natB)
+// holds its mailbox at the relay, dialers in peer A (behind natA) dial it
+// through the mailbox. Loss and outages come from nftables rules in the
+// NAT routers' forward chains, on the traffic between a peer and the relay.
+
+// dialLab is the NAT lab with a relay whose mailbox is on.
+type dialLab struct{ *natLab }
+
+func newDialLab(t *testing.T) *dialLab {
+	l := &natLab{lab: netlab.New(t), relayID: GenerateIdentity(), aID: GenerateIdentity(), bID: GenerateIdentity()}
+	buildNATNetwork(l, natEIM, natEIM, false, natUplink)
+	conn, err := l.relayNS.ListenUDP("udp4", "192.0.2.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewRelay(conn, &RelayConfig{Identity: l.relayID, Mailbox: &MailboxConfig{}, Logger: testLogger(t)})
+	if err != nil {
+		conn.Close()
+		t.Fatal(err)
+	}
+	l.relay = r
+	serveRelay(t, r, func() { conn.Close() })
+	return &dialLab{l}
+}
+
+func (l *dialLab) config(t *testing.T, ns *netlab.NS, id ed25519.PrivateKey, trusted ...ed25519.PublicKey) *Config {
+	return &Config{
+		RelayAddr:    l.relay.Addr().String(),
+		RelayKey:     pub(l.relayID),
+		Identity:     id,
+		TrustedPeers: trusted,
+		Conn:         l.peerSocket(t, ns),
+		Logger:       testLogger(t),
+	}
+}
+
+// echoAccepter starts an accepter for bID in peer B that trusts the given
+// keys, opens its mailbox and echoes one stream on every connection.
+func (l *dialLab) echoAccepter(t *testing.T, ctx context.Context, trusted ...ed25519.PublicKey) *Accepter {
+	t.Helper()
+	a, err := NewAccepter(ctx, l.config(t, l.peerB, l.bID, trusted...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	if err := a.OpenMailbox(ctx); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			qc, err := a.AcceptMailbox(ctx)
+			if err != nil {
+				return
+			}
+			go echoOnce(qc)
+		}
+	}()
+	return a
+}
+
+func (l *dialLab) dialer(t *testing.T, ctx context.Context, id ed25519.PrivateKey) *Dialer {
+	t.Helper()
+	d, err := NewDialer(ctx, l.config(t, l.peerA, id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// nft adds table name to ns with a forward chain holding rules; the
+// returned func deletes it (once).
+func nftForward(t *testing.T, ns *netlab.NS, name string, rules ...string) (remove func()) {
+	t.Helper()
+	ns.Nft(fmt.Sprintf("table ip %s {\n\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\t%s\n\t}\n}\n",
+		name, strings.Join(rules, "\n\t\t")))
+	var once sync.Once
+	remove = func() { once.Do(func() { ns.Run("nft", "delete", "table", "ip", name) }) }
+	t.Cleanup(remove)
+	return remove
+}
+
+// TestDialListenerOutage blocks what the listener sends towards the relay
+// for 2 s, from the moment its dialer posts the first flight: the
+// listener's first answers are all lost. A plain QUIC handshake survives
+// that; so must a dial, well within its deadline.
+func TestDialListenerOutage(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l := newDialLab(t)
+	l.echoAccepter(t, ctx, pub(l.aID))
+	d := l.dialer(t, ctx, l.aID)
+
+	relay := l.relay.Addr().IP.String()
+	dctx, dcancel := context.WithTimeout(ctx, 15*time.Second)
+	defer dcancel()
+	start := time.Now()
+	qc, err := d.Dial(dctx, pub(l.bID), func(ctx context.Context, f *FirstFlight) error {
+		unblock := nftForward(t, l.natB, "dialblock", fmt.Sprintf(`iifname "lan0" ip daddr %s drop`, relay))
+		time.AfterFunc(2*time.Second, unblock)
+		return d.PostToMailbox(ctx, pub(l.bID), f)
+	})
+	if err != nil {
+		t.Fatalf("dial across a 2 s outage of the listener's answers: %v (after %v)", err, time.Since(start).Round(time.Millisecond))
+	}
+	t.Logf("dial completed after %v", time.Since(start).Round(time.Millisecond))
+	roundTripStream(t, ctx, qc, "after the outage")
+}
+
+// TestDialLoss dials one listener 10 times at once with 30% loss in each
+// direction on both NAT routers' traffic with the relay (about half of the
+// relayed packets are lost end to end): every dial must succeed within its
+// 30 s deadline and carry a stream.
+func TestDialLoss(t *testing.T) {
+	const dials = 10
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	l := newDialLab(t)
+	ids := make([]ed25519.PrivateKey, dials)
+	keys := make([]ed25519.PublicKey, dials)
+	for i := range ids {
+		ids[i] = GenerateIdentity()
+		keys[i] = pub(ids[i])
+	}
+	l.echoAccepter(t, ctx, keys...)
+	ds := make([]*Dialer, dials)
+	for i := range ds {
+		ds[i] = l.dialer(t, ctx, ids[i])
+	}
+
+	relay := l.relay.Addr().IP.String()
+	for _, ns := range []*netlab.NS{l.natA, l.natB} {
+		nftForward(t, ns, "dialloss",
+			fmt.Sprintf("ip daddr %s numgen random mod 100 < 30 drop", relay),
+			fmt.Sprintf("ip saddr %s numgen random mod 100 < 30 drop", relay))
+	}
+
+	var wg sync.WaitGroup
+	errs := make([]error, dials)
+	took := make([]time.Duration, dials)
+	for i, d := range ds {
+		wg.Go(func() {
+			dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
+			defer dcancel()
+			start := time.Now()
+			qc, err := d.DialMailbox(dctx, pub(l.bID))
+			took[i] = time.Since(start)
+			if err == nil {
+				err = echoString(dctx, qc, fmt.Sprintf("dial %d", i))
+				qc.CloseWithError(0, "")
+			}
+			errs[i] = err
+		})
+	}
+	wg.Wait()
+	failed := 0
+	for i, err := range errs {
+		if err != nil {
+			failed++
+			t.Logf("dial %d failed after %v: %v", i, took[i].Round(time.Millisecond), err)
+		} else {
+			t.Logf("dial %d succeeded after %v", i, took[i].Round(time.Millisecond))
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d dials failed under 30%% loss", failed, dials)
+	}
+}
+
+// echoString sends msg on a new stream of qc and checks the echo.
+func echoString(ctx context.Context, qc *quic.Conn, msg string) error {
+	s, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { s.CancelRead(1); s.CancelWrite(1) })
+	defer stop()
+	if _, err := s.Write([]byte(msg)); err != nil {
+		return err
+	}
+	s.Close()
+	got := make([]byte, 0, len(msg))
+	buf := make([]byte, 256)
+	for {
+		n, err := s.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	if string(got) != msg {
+		return fmt.Errorf("echo: got %q, want %q", got, msg)
+	}
+	return nil
+}
