@@ -46,6 +46,11 @@ type DeliverFunc func(ctx context.Context, flight *FirstFlight) error
 // flight). Canceling ctx before the handshake completes aborts the dial; once
 // Dial returns, ctx no longer matters.
 //
+// Dial returns only once the accepter has accepted the dialer's key (see
+// "Confirmation" in docs/PROTOCOL.md); if it refuses it, the error wraps
+// ErrKeyRefused. An error from ctx says whether the accepter answered at
+// all.
+//
 // The connection is quic-go's own: streams and datagrams work as usual. It
 // lives on the Dialer's socket and is closed by Dialer.Close.
 func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver DeliverFunc) (*quic.Conn, error) {

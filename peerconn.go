@@ -22,7 +22,8 @@ import (
 //   - hold-back (dialer): long-header packets to the relay whose destination
 //     CID is the original destination CID of a pending peer dial are never
 //     sent; they are captured as the first flight the application delivers
-//     out of band.
+//     out of band. A later long-header packet of the dial (its source CID,
+//     another destination CID) shows that it heard from the accepter.
 //   - injection (accepter): datagrams of a first flight are handed to quic-go
 //     as if they had arrived from the relay.
 //   - direct paths (both, unless Config.DisableDirect): quic-go always sees
