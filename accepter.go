@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/qlogwriter"
@@ -22,9 +23,10 @@ type Accepter struct {
 	p  *peer
 	ln *quic.Listener
 
-	mu      sync.Mutex
-	waiting map[string]chan acceptResult // by original destination CID
-	closed  bool
+	mu         sync.Mutex
+	waiting    map[string]chan acceptResult // by original destination CID
+	handshakes map[*net.UDPAddr]time.Time   // deadline of each Accept, by its remote address
+	closed     bool
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -59,7 +61,12 @@ func NewAccepter(ctx context.Context, cfg *Config) (*Accepter, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Accepter{p: p, waiting: make(map[string]chan acceptResult), done: make(chan struct{})}
+	a := &Accepter{
+		p:          p,
+		waiting:    make(map[string]chan acceptResult),
+		handshakes: make(map[*net.UDPAddr]time.Time),
+		done:       make(chan struct{}),
+	}
 	p.tr.ConnContext = func(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
 		return context.WithValue(ctx, odcidKey{}, &odcidHolder{}), nil
 	}
@@ -85,6 +92,11 @@ func NewAccepter(ctx context.Context, cfg *Config) (*Accepter, error) {
 			return userTracer(ctx, isClient, cid)
 		}
 		return nil
+	}
+	// Each handshake may last as long as its Accept (see handshakeConfig).
+	base := qconf.Clone()
+	qconf.GetConfigForClient = func(info *quic.ClientInfo) (*quic.Config, error) {
+		return a.handshakeConfig(base, info.RemoteAddr), nil
 	}
 	ln, err := p.tr.Listen(tlsConf, qconf)
 	if err != nil {
@@ -114,6 +126,33 @@ func (a *Accepter) acceptLoop() {
 	}
 }
 
+// acceptHandshakeTimeout bounds the handshake of an Accept whose context
+// has no deadline.
+const acceptHandshakeTimeout = 30 * time.Second
+
+// flightRepeat is how often Accept feeds the first flight to quic-go again
+// while the handshake is in progress.
+const flightRepeat = time.Second
+
+// handshakeConfig returns the configuration of a new server connection
+// whose first datagram came from remote. A connection started by Accept
+// gets a handshake idle timeout that lasts until the Accept's deadline:
+// quic-go's default (5 s from the accepter's first answer) would end the
+// handshake while the dialer, whose held-back retransmissions never arrive,
+// still waits for an answer that was lost on the way.
+func (a *Accepter) handshakeConfig(base *quic.Config, remote net.Addr) *quic.Config {
+	ua, _ := remote.(*net.UDPAddr)
+	a.mu.Lock()
+	deadline, ok := a.handshakes[ua]
+	a.mu.Unlock()
+	if !ok {
+		return base
+	}
+	c := base.Clone()
+	c.HandshakeIdleTimeout = max(time.Until(deadline), time.Second)
+	return c
+}
+
 // deliver hands a result to the Accept call waiting for odcid, if any.
 func (a *Accepter) deliver(odcid string, r acceptResult) bool {
 	a.mu.Lock()
@@ -129,10 +168,16 @@ func (a *Accepter) deliver(odcid string, r acceptResult) bool {
 
 // Accept feeds a dialer's first flight into the Accepter's QUIC stack as if
 // it had arrived from the relay, and waits until that connection is
-// established (the answer travels through the relay) or ctx is done. The
-// dialer answers within a round trip once the flight is in; if it stays
-// silent for the handshake idle timeout (Config.QUICConfig, 5 s by default)
-// because it gave up or the flight is stale, Accept fails with quic-go's
+// established (the answer travels through the relay) or ctx is done.
+//
+// The dialer answers within a round trip once the flight is in, unless the
+// accepter's answers are lost on the way. QUIC recovers from that with the
+// client's retransmissions, but a dialer's retransmitted Initials are held
+// back like its first flight: Accept stands in for them, feeding the flight
+// to its QUIC stack again every second until the handshake completes, and
+// gives the handshake until ctx's deadline (30 s if ctx has none) instead of
+// quic-go's handshake idle timeout. A dialer that gave up, or a stale
+// flight, therefore makes Accept wait until then and fail with quic-go's
 // idle timeout error.
 func (a *Accepter) Accept(ctx context.Context, flight *FirstFlight) (*quic.Conn, error) {
 	info, err := flight.check()
@@ -159,20 +204,50 @@ func (a *Accepter) Accept(ctx context.Context, flight *FirstFlight) (*quic.Conn,
 	// path (see connRoute): quic-go takes the first datagram's source as
 	// the connection's remote address.
 	remote := a.p.newRemote()
-	route := a.p.direct.prepare(remote)
-	for _, d := range flight.Datagrams {
-		a.p.pconn.inject(d, remote)
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(acceptHandshakeTimeout)
 	}
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			a.p.direct.abandon(remote)
-			return nil, fmt.Errorf("quicpipe: accept: handshake failed: %w", r.err)
+	a.mu.Lock()
+	a.handshakes[remote] = deadline
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.handshakes, remote)
+		a.mu.Unlock()
+	}()
+	route := a.p.direct.prepare(remote)
+	inject := func() {
+		for _, d := range flight.Datagrams {
+			a.p.pconn.inject(d, remote)
 		}
-		a.p.direct.start(r.conn, remote, route, false)
-		return r.conn, nil
-	case <-ctx.Done():
-	case <-a.done:
+	}
+	inject()
+	// The repeated datagrams are duplicates to quic-go: it drops them, but
+	// counts their bytes first, and each datagram received lets the server
+	// send three times as much before the client's address is validated
+	// (RFC 9000, section 8.1). Without them, a server whose first answers
+	// were lost stops retransmitting after about three tries, however long
+	// the handshake may last.
+	repeat := time.NewTicker(flightRepeat)
+	defer repeat.Stop()
+wait:
+	for {
+		select {
+		case r := <-ch:
+			if r.err != nil {
+				a.p.direct.abandon(remote)
+				return nil, acceptError(r.err)
+			}
+			a.p.direct.start(r.conn, remote, route, false)
+			return r.conn, nil
+		case <-repeat.C:
+			inject()
+		case <-ctx.Done():
+			break wait
+		case <-a.done:
+			break wait
+		}
 	}
 	a.p.direct.abandon(remote)
 	a.mu.Lock()
@@ -191,6 +266,16 @@ func (a *Accepter) Accept(ctx context.Context, flight *FirstFlight) (*quic.Conn,
 		return nil, fmt.Errorf("quicpipe: accept: handshake not completed: %w", ctx.Err())
 	}
 	return nil, ErrClosed
+}
+
+// acceptError explains why the handshake of an Accept failed.
+func acceptError(err error) error {
+	var it *quic.IdleTimeoutError
+	var ht *quic.HandshakeTimeoutError
+	if errors.As(err, &it) || errors.As(err, &ht) {
+		return fmt.Errorf("quicpipe: accept: the handshake timed out: the dialer never completed it (it gave up, the flight was stale, or the answers were lost): %w", err)
+	}
+	return fmt.Errorf("quicpipe: accept: handshake failed: %w", err)
 }
 
 // Registration returns the Accepter's current registration with the relay.

@@ -54,8 +54,8 @@ type Config struct {
 
 	// QUICConfig configures the peer connections. If nil, quic-go's defaults
 	// are used. Quicpipe always disables path MTU discovery (relayed paths
-	// must not probe), and a Dialer raises HandshakeIdleTimeout so that the
-	// handshake may wait as long as the Dial context allows.
+	// must not probe), and sets the HandshakeIdleTimeout of each handshake
+	// so that it may last as long as the Dial or Accept context allows.
 	// GetConfigForClient must be nil.
 	QUICConfig *quic.Config
 

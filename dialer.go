@@ -3,9 +3,11 @@ package quicpipe
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -44,6 +46,11 @@ type DeliverFunc func(ctx context.Context, flight *FirstFlight) error
 // flight). Canceling ctx before the handshake completes aborts the dial; once
 // Dial returns, ctx no longer matters.
 //
+// Dial returns only once the accepter has accepted the dialer's key (see
+// "Confirmation" in docs/PROTOCOL.md); if it refuses it, the error wraps
+// ErrKeyRefused. An error from ctx says whether the accepter answered at
+// all.
+//
 // The connection is quic-go's own: streams and datagrams work as usual. It
 // lives on the Dialer's socket and is closed by Dialer.Close.
 func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver DeliverFunc) (*quic.Conn, error) {
@@ -57,12 +64,16 @@ func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver Deliv
 	if err := d.p.sess.ensureWindow(ctx); err != nil {
 		return nil, err
 	}
+	// The accepter's session ticket is its confirmation (see confirmation).
+	confirmed := newConfirmation()
+	tlsConf.ClientSessionCache = confirmed
 	qconf := d.p.cfg.peerQUICConfig()
 	// The handshake waits for a person, not for the network: only ctx
-	// bounds it.
+	// bounds it. quic-go's own timeout lies a little beyond ctx's deadline,
+	// so that the error says which stage the handshake reached.
 	qconf.HandshakeIdleTimeout = 24 * time.Hour
 	if dl, ok := ctx.Deadline(); ok {
-		qconf.HandshakeIdleTimeout = max(time.Until(dl), time.Second)
+		qconf.HandshakeIdleTimeout = max(time.Until(dl), 0) + time.Second
 	}
 	cp := newCapture()
 	var odcid []byte
@@ -136,15 +147,80 @@ func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver Deliv
 	}
 	r := <-res
 	if r.err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("quicpipe: waiting for the accepter: %w", ctx.Err())
-		}
-		return nil, fmt.Errorf("quicpipe: handshake with the accepter: %w", r.err)
+		return nil, handshakeError(ctx, r.err, cp.answered.Load())
+	}
+	// quic-go's client completes its handshake once it has sent its
+	// Finished, before the accepter has checked the dialer's certificate.
+	// The connection is the caller's only once the accepter has accepted
+	// it, or an untrusted dialer would be told it connected.
+	select {
+	case <-confirmed.done:
+	case <-r.conn.Context().Done():
+		return nil, handshakeError(ctx, context.Cause(r.conn.Context()), true)
+	case <-ctx.Done():
+		r.conn.CloseWithError(0, "")
+		return nil, handshakeError(ctx, ctx.Err(), true)
 	}
 	established = true
 	d.p.gen.releaseAfter(r.conn.Context(), unpin)
 	d.p.direct.start(r.conn, remote, route, true)
 	return r.conn, nil
+}
+
+// ErrKeyRefused is returned (wrapped) by Dial and DialMailbox when the
+// accepter refuses the dialer's key: it is not among the accepter's
+// TrustedPeers (the accepter closed the handshake with the TLS alert
+// bad_certificate or certificate_required). The accepter's side of the same
+// failure is ErrUntrustedKey.
+var ErrKeyRefused = errors.New("quicpipe: the accepter refused this dialer's key (it is not among the accepter's trusted peers)")
+
+// TLS alerts an accepter sends when it refuses the dialer's certificate
+// (RFC 8446, section 6), as QUIC CRYPTO_ERROR codes (0x100 + alert).
+const (
+	alertBadCertificate      = 0x100 + 42
+	alertCertificateRequired = 0x100 + 116
+)
+
+// handshakeError explains why a dial's handshake failed: the accepter
+// refused the dialer's key, it never answered, or it answered but the
+// handshake did not complete before ctx ended. answered tells whether the
+// dialer heard from the accepter.
+func handshakeError(ctx context.Context, err error, answered bool) error {
+	var te *quic.TransportError
+	if errors.As(err, &te) && te.Remote &&
+		(te.ErrorCode == alertBadCertificate || te.ErrorCode == alertCertificateRequired) {
+		return fmt.Errorf("%w: %w", ErrKeyRefused, err)
+	}
+	if ctx.Err() == nil {
+		return fmt.Errorf("quicpipe: handshake with the accepter: %w", err)
+	}
+	if !answered {
+		return fmt.Errorf("quicpipe: no answer from the accepter (the first flight was delivered): %w", ctx.Err())
+	}
+	return fmt.Errorf("quicpipe: the accepter answered, but the handshake did not complete: %w", ctx.Err())
+}
+
+// confirmation is a dial's tls.ClientSessionCache, used as a signal: it
+// stores nothing. crypto/tls calls Put when the accepter's first session
+// ticket arrives, and an accepter sends it (with QUIC's HANDSHAKE_DONE)
+// only when its own handshake is complete, that is once it has verified the
+// dialer's certificate. Get finds nothing: a dial never resumes a session.
+type confirmation struct {
+	once sync.Once
+	done chan struct{} // closed by the first ticket
+}
+
+func newConfirmation() *confirmation { return &confirmation{done: make(chan struct{})} }
+
+// Get reports that no session is stored.
+func (c *confirmation) Get(string) (*tls.ClientSessionState, bool) { return nil, false }
+
+// Put records the accepter's confirmation; a nil session (a removal) is
+// not one.
+func (c *confirmation) Put(_ string, cs *tls.ClientSessionState) {
+	if cs != nil {
+		c.once.Do(func() { close(c.done) })
+	}
 }
 
 // Registration returns the Dialer's current registration with the relay.

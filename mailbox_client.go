@@ -338,7 +338,10 @@ func (c *mailboxClient) accept(f *FirstFlight) {
 	cancel()
 	if err != nil {
 		if c.ctx.Err() == nil {
-			c.logLimited(slog.LevelInfo, "mailbox: dial not accepted", "err", err)
+			// A warning: a dial that failed here leaves a person waiting
+			// on the other side, and the listener's log is where they
+			// will look. Rate-limited, since anyone may post a flight.
+			c.logLimited(slog.LevelWarn, "mailbox: a dial failed", "err", err)
 		}
 		return
 	}

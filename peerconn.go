@@ -22,7 +22,8 @@ import (
 //   - hold-back (dialer): long-header packets to the relay whose destination
 //     CID is the original destination CID of a pending peer dial are never
 //     sent; they are captured as the first flight the application delivers
-//     out of band.
+//     out of band. A later long-header packet of the dial (its source CID,
+//     another destination CID) shows that it heard from the accepter.
 //   - injection (accepter): datagrams of a first flight are handed to quic-go
 //     as if they had arrived from the relay.
 //   - direct paths (both, unless Config.DisableDirect): quic-go always sees
@@ -199,13 +200,21 @@ func (c *peerConn) writeCtrl(b, oob []byte, to netip.AddrPort) error {
 }
 
 // capture collects the held-back datagrams of one dial until they hold a
-// complete ClientHello.
+// complete ClientHello, and notes when the dial has heard from the accepter.
 type capture struct {
 	mu        sync.Mutex
 	datagrams [][]byte
 	flight    *FirstFlight
 	err       error
 	done      chan struct{} // closed when flight or err is set
+
+	// scid is the dial's source CID, set from its first held datagram;
+	// guarded by peerConn.holdMu.
+	scid string
+	// answered is set when the dial sends a long-header packet that is
+	// not held back: quic-go's client leaves the original destination CID
+	// only once it has processed an Initial of the accepter.
+	answered atomic.Bool
 }
 
 func newCapture() *capture { return &capture{done: make(chan struct{})} }
@@ -251,18 +260,50 @@ func (c *peerConn) release(odcid []byte) {
 	c.holdMu.Unlock()
 }
 
-// captureFor returns the capture for a datagram, or nil.
-func (c *peerConn) captureFor(d []byte) *capture {
+// captureFor returns the capture a long-header datagram belongs to, and
+// whether it is held back: its destination CID is the dial's original one.
+// A datagram with the dial's source CID and another destination is a later
+// packet of the dial, sent after it heard from the accepter.
+func (c *peerConn) captureFor(d []byte) (cp *capture, held bool) {
 	if len(d) < 6 || d[0]&0x80 == 0 {
-		return nil
+		return nil, false
 	}
 	dcid, err := wire.DestCID(d)
 	if err != nil {
-		return nil
+		return nil, false
+	}
+	scid, ok := longHeaderSCID(d, len(dcid))
+	if !ok {
+		return nil, false
 	}
 	c.holdMu.Lock()
 	defer c.holdMu.Unlock()
-	return c.holds[string(dcid)]
+	if cp := c.holds[string(dcid)]; cp != nil {
+		if cp.scid == "" {
+			cp.scid = string(scid)
+		}
+		return cp, true
+	}
+	for _, cp := range c.holds {
+		if cp.scid != "" && cp.scid == string(scid) {
+			return cp, false
+		}
+	}
+	return nil, false
+}
+
+// longHeaderSCID returns the source CID of a long-header packet whose
+// destination CID is dcidLen bytes long.
+func longHeaderSCID(b []byte, dcidLen int) ([]byte, bool) {
+	i := 6 + dcidLen
+	if len(b) <= i {
+		return nil, false
+	}
+	n := int(b[i])
+	if len(b) < i+1+n {
+		return nil, false
+	}
+	return b[i+1 : i+1+n], true
 }
 
 // WriteMsgUDP is how quic-go sends. Held-back packets are captured instead;
@@ -327,10 +368,15 @@ func (c *peerConn) writeHolding(b, oob []byte, addr *net.UDPAddr) (n, oobn int, 
 	held := false
 	for off := 0; off < len(b); off += segSize {
 		d := b[off:min(off+segSize, len(b))]
-		if cp := c.captureFor(d); cp != nil {
+		cp, h := c.captureFor(d)
+		switch {
+		case h:
 			cp.add(d)
 			held = true
-		} else {
+		case cp != nil:
+			cp.answered.Store(true)
+			rest = append(rest, d)
+		default:
 			rest = append(rest, d)
 		}
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -59,8 +60,12 @@ func cmdConnect(ctx context.Context, e *env) error {
 			return interrupted(ctx, err, *tcpListen == "")
 		case errors.As(err, &re) && re.Code == "no_mailbox":
 			return errors.New("nobody is listening with this ticket (the listener has stopped)")
+		case errors.Is(err, quicpipe.ErrKeyRefused):
+			return fmt.Errorf("the listener refused this side's key %s (a ticket without a secret needs the listener to -allow it): %w",
+				quicpipe.EncodeKey(publicKey(dialerIdentity(ticket, cfg))), err)
 		case errors.Is(err, context.DeadlineExceeded):
-			return fmt.Errorf("the listener did not answer within %v: %w", *timeout, err)
+			// The error says whether the listener answered at all.
+			return fmt.Errorf("gave up after %v: %w", *timeout, err)
 		}
 		return connError(err)
 	}
@@ -174,4 +179,12 @@ func serveTCPListen(ctx context.Context, e *env, conn *quicpipe.Conn, addr strin
 			}
 		})
 	}
+}
+
+// dialerIdentity returns the key connect dials with.
+func dialerIdentity(t *quicpipe.Ticket, cfg *quicpipe.Config) ed25519.PrivateKey {
+	if cfg.Identity != nil {
+		return cfg.Identity
+	}
+	return t.DialerIdentity()
 }
