@@ -26,6 +26,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -197,7 +198,8 @@ func loopRegister(c *http.Client, key []byte, num int64) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return errors.New("register: " + resp.Status)
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("register: %s: %s", resp.Status, bytes.TrimSpace(body))
 	}
 	return nil
 }
@@ -284,7 +286,7 @@ func TestForwardingLoopTwoRelays(t *testing.T) {
 	a := newLoopAttacker(t)
 	for _, r := range []*loopRelay{r1, r2} {
 		c, done := a.client(t, r.addr, r.key())
-		if err := loopRegister(c, a.k0, 8192); err != nil {
+		if err := loopRegister(c, a.k0, 2048); err != nil {
 			t.Fatalf("registering K0 at %v from the attacker's real address: %v", r.addr, err)
 		}
 		done()
@@ -318,7 +320,7 @@ func TestForwardingLoopOneRelayTwoAddresses(t *testing.T) {
 	other := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), r.addr.Port())
 	a := newLoopAttacker(t)
 	c, done := a.client(t, r.addr, r.key())
-	if err := loopRegister(c, a.k0, 8192); err != nil {
+	if err := loopRegister(c, a.k0, 2048); err != nil {
 		t.Fatalf("registering K0 from the attacker's real address: %v", err)
 	}
 	done()
@@ -355,7 +357,7 @@ func TestForwardingLoopMigration(t *testing.T) {
 		c, done := a.client(t, r.addr, r.key())
 		defer done()
 		for _, key := range [][]byte{a.k0, k} {
-			if err := loopRegister(c, key, 8192); err != nil {
+			if err := loopRegister(c, key, 2048); err != nil {
 				t.Fatalf("registering at %v: %v", r.addr, err)
 			}
 		}
@@ -431,7 +433,7 @@ func TestForwardingLoopXDP(t *testing.T) {
 	a := newLoopAttackerOn(t, newSpoofConnIn(t, lab.a.Do, fam.a))
 	for _, r := range []*loopRelay{r1, r2} {
 		c, done := a.client(t, r.addr, r.key())
-		if err := loopRegister(c, a.k0, 8192); err != nil {
+		if err := loopRegister(c, a.k0, 2048); err != nil {
 			t.Fatalf("registering K0 at %v from the attacker's real address: %v", r.addr, err)
 		}
 		done()
