@@ -183,7 +183,10 @@ func readAddr(b []byte) (netip.AddrPort, []byte, error) {
 	if (n != 4 && n != 16) || len(b) < 1+n+2 {
 		return netip.AddrPort{}, nil, errCtrl
 	}
+	// An IPv4-mapped IPv6 address names the IPv4 address, as appendAddr
+	// writes it: one address has one form after any number of round trips.
 	ip, _ := netip.AddrFromSlice(b[1 : 1+n])
+	ip = ip.Unmap()
 	port := binary.BigEndian.Uint16(b[1+n:])
 	return netip.AddrPortFrom(ip, port), b[1+n+2:], nil
 }
