@@ -66,6 +66,12 @@ func relayRole(args []string) error {
 		MaxPacketsPerSecond:       -1,
 		MaxBytesPerSecond:         -1,
 		MaxRegistrationsPerSource: 100000,
+		// So are the per-source bounds: every bench client shares one
+		// address, which a public relay would count as one attacker.
+		MaxCIDsPerSource:     1 << 23,
+		DerivationsPerSecond: 1 << 30,
+		DerivationBurst:      1 << 23,
+		MaxConnsPerSource:    100000,
 	}
 	if *mailbox {
 		// The per-source posting cap is policy too: a setup run dials from
