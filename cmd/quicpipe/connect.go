@@ -20,7 +20,10 @@ func cmdConnect(ctx context.Context, e *env) error {
 	fs := newFlagSet(e, "connect", " TICKET",
 		"Dials the listener that printed TICKET, through its relay, and pipes standard input\n"+
 			"to it and what it sends to standard output. The session ends when both sides have\n"+
-			"reached the end of their input, or on Ctrl-C. With -tcp-listen, every connection\n"+
+			"reached the end of their input (Ctrl-D on a terminal), or on Ctrl-C. To receive a\n"+
+			"file from the listener without pressing Ctrl-D, give -recv:\n"+
+			"\"quicpipe connect -recv TICKET > file\". Exit status: 0 for a complete session,\n"+
+			"1 on errors, 130/143 on Ctrl-C/SIGTERM. With -tcp-listen, every connection\n"+
 			"made to a local TCP port is forwarded to the listener instead (which forwards it\n"+
 			"to its -tcp service), until Ctrl-C.\n\n"+
 			"A ticket with a secret is all the dialer needs. For a ticket without one, the\n"+
@@ -30,12 +33,15 @@ func cmdConnect(ctx context.Context, e *env) error {
 	relayToken := fs.String("relay-token", "", "bearer `token` for a relay that requires one")
 	timeout := fs.Duration("timeout", 30*time.Second, "give up if the listener has not answered within this `duration`")
 	verbose := fs.Bool("v", false, "log everything, not only warnings")
+	recvOnly := fs.Bool("recv", false, "only receive: do not read standard input (this side's input is empty)")
+	sf := addScriptFlags(fs)
 	if err := parseFlags(fs, e); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
 		return usageError(fs, e, "need exactly one ticket")
 	}
+	sf.apply(e)
 	ticket, err := quicpipe.ParseTicket(fs.Arg(0))
 	if err != nil {
 		return err
@@ -80,9 +86,10 @@ func cmdConnect(ctx context.Context, e *env) error {
 		return err
 	}
 	fmt.Fprintf(e.stderr, "quicpipe: connected to %s\n", quicpipe.EncodeKey(ticket.Peer))
-	prog := newProgress(e.stderr, isTerminal(e.stderrFile))
+	in, inTerm := stdinFor(e, *recvOnly)
+	prog := newProgress(e.stderr, showProgress(inTerm, isTerminal(e.stdoutFile), isTerminal(e.stderrFile)), isTerminal(e.stdoutFile))
 	prog.start()
-	err = pipeStdio(ctx, conn.Conn, s, e.stdin, e.stdout, false, prog)
+	err = pipeStdio(ctx, conn.Conn, s, in, e.stdout, false, inTerm, prog)
 	prog.finish()
 	return err
 }

@@ -40,7 +40,10 @@ func cmdListen(ctx context.Context, e *env) error {
 	fs := newFlagSet(e, "listen", "",
 		"Prints a ticket, then accepts a dial made with it through the relay's mailbox and\n"+
 			"pipes standard input to the dialer and what it sends to standard output. The\n"+
-			"session ends when both sides have reached the end of their input, or on Ctrl-C.\n"+
+			"session ends when both sides have reached the end of their input (Ctrl-D on a\n"+
+			"terminal), or on Ctrl-C. A terminal from which nothing was sent does not hold the\n"+
+			"session open: \"quicpipe listen > file\" ends when the dialer's input does.\n"+
+			"Exit status: 0 for a complete session, 1 on errors, 130/143 on Ctrl-C/SIGTERM.\n"+
 			"With -tcp, every connection the dialer makes is forwarded to a local TCP service\n"+
 			"instead, until Ctrl-C.\n\n"+
 			"Without -relay, a relay runs inside this process on loopback: the dialer must then\n"+
@@ -59,6 +62,10 @@ func cmdListen(ctx context.Context, e *env) error {
 	identity := fs.String("identity", defaultIdentity("identity"), "identity `file` (created if missing)")
 	showQR := fs.Bool("qr", true, "show the ticket as a QR code when standard error is a terminal")
 	verbose := fs.Bool("v", false, "log everything, not only warnings")
+	recvOnly := fs.Bool("recv", false, "only receive: do not read standard input (this side's input is empty)")
+	ticketFile := fs.String("ticket-file", "", "also write the ticket to this `file` (mode 0600), once the listener is ready")
+	timeout := fs.Duration("timeout", 0, "give up if no dialer has connected within this `duration` (0: wait until stopped)")
+	sf := addScriptFlags(fs)
 	if err := parseFlags(fs, e); err != nil {
 		return err
 	}
@@ -69,7 +76,10 @@ func cmdListen(ctx context.Context, e *env) error {
 		return usageError(fs, e, "-relay needs the relay's key: -relay-key KEY")
 	case *relayAddr == "" && len(relayKey) != 0:
 		return usageError(fs, e, "-relay-key needs -relay")
+	case *timeout < 0:
+		return usageError(fs, e, "-timeout must not be negative")
 	}
+	sf.apply(e)
 	log := logger(e, *verbose)
 	key, err := loadIdentity(e, *identity)
 	if err != nil {
@@ -125,7 +135,16 @@ func cmdListen(ctx context.Context, e *env) error {
 	if len(allow) > 0 {
 		fmt.Fprintf(e.stderr, "quicpipe: accepting %d allowed key(s)\n", len(allow))
 	}
-	fmt.Fprintf(e.stderr, "quicpipe: on the other side, run\n\n    quicpipe connect %s\n\n", text)
+	if *ticketFile != "" {
+		if err := writeTicketFile(*ticketFile, text); err != nil {
+			return err
+		}
+	}
+	if *tcpTarget != "" {
+		// Standard output is not the data stream: the ticket goes there.
+		fmt.Fprintf(e.stdout, "%s\n", text)
+	}
+	fmt.Fprintf(e.stderr, "quicpipe: on the other side, run\n\n    %s connect %s\n\n", selfCommand(e.arg0), text)
 	if *showQR && isTerminal(e.stderrFile) {
 		if q, err := renderQR(string(text)); err == nil {
 			fmt.Fprint(e.stderr, q)
@@ -133,10 +152,18 @@ func cmdListen(ctx context.Context, e *env) error {
 	}
 
 	if !pipe {
-		return serveTCP(ctx, e, a, *tcpTarget, *verbose)
+		return serveTCP(ctx, e, a, *tcpTarget, *verbose, *timeout)
 	}
-	qc, err := a.AcceptMailbox(ctx)
+	actx, cancelAccept := ctx, context.CancelFunc(func() {})
+	if *timeout > 0 {
+		actx, cancelAccept = context.WithTimeout(ctx, *timeout)
+	}
+	qc, err := a.AcceptMailbox(actx)
+	cancelAccept()
 	if err != nil {
+		if ctx.Err() == nil && actx.Err() != nil {
+			return fmt.Errorf("no dialer connected within %v (-timeout)", *timeout)
+		}
 		return interrupted(ctx, err, pipe)
 	}
 	// One session: the mailbox stays open so that every later dial is
@@ -170,9 +197,10 @@ func cmdListen(ctx context.Context, e *env) error {
 		qc.CloseWithError(codeError, "")
 		return connError(err)
 	}
-	prog := newProgress(e.stderr, isTerminal(e.stderrFile))
+	in, inTerm := stdinFor(e, *recvOnly)
+	prog := newProgress(e.stderr, showProgress(inTerm, isTerminal(e.stdoutFile), isTerminal(e.stderrFile)), isTerminal(e.stdoutFile))
 	prog.start()
-	err = pipeStdio(ctx, qc, s, e.stdin, e.stdout, true, prog)
+	err = pipeStdio(ctx, qc, s, in, e.stdout, true, inTerm, prog)
 	prog.finish()
 	return err
 }
@@ -236,7 +264,8 @@ func startRelay(ctx context.Context, addr string, log *slog.Logger) (*inProcessR
 
 // serveTCP forwards every stream of every connection dialed through the
 // mailbox to target, until ctx is done.
-func serveTCP(ctx context.Context, e *env, a *quicpipe.Accepter, target string, verbose bool) error {
+// With a timeout, it gives up if no connection came within it.
+func serveTCP(ctx context.Context, e *env, a *quicpipe.Accepter, target string, verbose bool, timeout time.Duration) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var mu sync.Mutex
@@ -249,9 +278,17 @@ func serveTCP(ctx context.Context, e *env, a *quicpipe.Accepter, target string, 
 		mu.Unlock()
 	}()
 	fmt.Fprintf(e.stderr, "quicpipe: forwarding connections to tcp %s\n", target)
-	for {
-		qc, err := a.AcceptMailbox(ctx)
+	for first := true; ; first = false {
+		actx, cancelAccept := ctx, context.CancelFunc(func() {})
+		if first && timeout > 0 {
+			actx, cancelAccept = context.WithTimeout(ctx, timeout)
+		}
+		qc, err := a.AcceptMailbox(actx)
+		cancelAccept()
 		if err != nil {
+			if ctx.Err() == nil && actx.Err() != nil {
+				return fmt.Errorf("no dialer connected within %v (-timeout)", timeout)
+			}
 			return interrupted(ctx, err, false)
 		}
 		peer := quicpipe.EncodeKey(quicpipe.PeerKey(qc.ConnectionState().TLS))

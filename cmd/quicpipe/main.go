@@ -55,17 +55,22 @@ var errUsage = errors.New("usage")
 
 // env is what a subcommand runs with: its arguments and standard streams.
 type env struct {
-	args   []string
+	args []string
+	// arg0 is the name the command was started with.
+	arg0   string
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
-	// stderrFile is standard error if it is a file, to tell whether it is
-	// a terminal.
-	stderrFile *os.File
+	// stdinFile, stdoutFile and stderrFile are the standard streams if
+	// they are files, to tell whether they are terminals.
+	stdinFile, stdoutFile, stderrFile *os.File
+	// jsonLogs: the library's logs are JSON (-log-json).
+	jsonLogs bool
 }
 
 func main() {
-	e := &env{args: os.Args[1:], stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, stderrFile: os.Stderr}
+	e := &env{args: os.Args[1:], arg0: os.Args[0], stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr,
+		stdinFile: os.Stdin, stdoutFile: os.Stdout, stderrFile: os.Stderr}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	sigc := make(chan os.Signal, 1)
 	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
@@ -107,6 +112,7 @@ commands:
   connect TICKET       dial the listener a ticket names, pipe stdin/stdout
   relay                run a relay
   key                  print the public key of your identity
+  version              print the version (also --version)
 
 "quicpipe <command> -h" shows the flags of a command.
 `
@@ -122,11 +128,15 @@ func run(ctx context.Context, e *env) int {
 		"connect": cmdConnect,
 		"relay":   cmdRelay,
 		"key":     cmdKey,
+		"version": cmdVersion,
 	}
 	name := e.args[0]
 	if name == "-h" || name == "-help" || name == "--help" || name == "help" {
 		fmt.Fprint(e.stderr, usage)
 		return 0
+	}
+	if name == "-version" || name == "--version" {
+		name = "version"
 	}
 	cmd, ok := cmds[name]
 	if !ok {
@@ -134,7 +144,9 @@ func run(ctx context.Context, e *env) int {
 		return 2
 	}
 	e.args = e.args[1:]
+	stderr := e.stderr // -q may silence e.stderr; errors still go here
 	err := cmd(ctx, e)
+	e.stderr = stderr
 	var sigErr *signalError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
@@ -179,13 +191,18 @@ func usageError(fs *flag.FlagSet, e *env, format string, args ...any) error {
 }
 
 // logger returns the library logger: warnings by default, everything with
-// -v, as text on standard error.
+// -v, on standard error as text, or as one JSON object a line with
+// -log-json.
 func logger(e *env, verbose bool) *slog.Logger {
 	level := slog.LevelWarn
 	if verbose {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+	opts := &slog.HandlerOptions{Level: level}
+	if e.jsonLogs {
+		return slog.New(slog.NewJSONHandler(e.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(e.stderr, opts))
 }
 
 // defaultIdentity returns the default path of the identity file called

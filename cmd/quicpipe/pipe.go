@@ -133,19 +133,48 @@ func connError(err error) error {
 // everything. A listener that has finished waits for that close
 // (listenerWait at most). A signal closes the connection at once with
 // codeInterrupted, which the other side reports.
-func pipeStdio(ctx context.Context, qc *quic.Conn, s *quic.Stream, in io.Reader, out io.Writer, listener bool, prog *progress) error {
+//
+// When inTerminal is set (in is a terminal) and nothing was read from in
+// by the time the other side's input has ended, this side's input ends too
+// (decision 0017): a person receiving a file need not press Ctrl-D. What is
+// typed after that is dropped.
+func pipeStdio(ctx context.Context, qc *quic.Conn, s *quic.Stream, in io.Reader, out io.Writer, listener, inTerminal bool, prog *progress) error {
 	recvFIN := make(chan struct{})
 	recvc := make(chan error, 1)
 	sendc := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(out, prog.reader(s, &prog.received))
+		_, err := io.Copy(prog.writer(out), prog.reader(s, &prog.received))
 		if err == nil {
 			close(recvFIN)
 		}
 		recvc <- err
 	}()
+	w := &inputWriter{s: s}
+	inputc := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(s, prog.reader(in, &prog.sent))
+		_, err := io.Copy(w, prog.reader(in, &prog.sent))
+		inputc <- err
+	}()
+	var yielded chan struct{} // closed when this side's input ends for it
+	if inTerminal {
+		yielded = make(chan struct{})
+		go func() {
+			select {
+			case <-recvFIN:
+			case <-qc.Context().Done():
+				return
+			}
+			if w.end(func() bool { return prog.sent.Load() == 0 }) {
+				close(yielded)
+			}
+		}()
+	}
+	go func() {
+		var err error
+		select {
+		case err = <-inputc:
+		case <-yielded:
+		}
 		if err != nil {
 			sendc <- err
 			return
@@ -198,6 +227,42 @@ func pipeStdio(ctx context.Context, qc *quic.Conn, s *quic.Stream, in io.Reader,
 	}
 	qc.CloseWithError(codeOK, "")
 	return nil
+}
+
+// errInputEnded is what writes to an inputWriter return once its input was
+// ended for it.
+var errInputEnded = errors.New("input ended")
+
+// inputWriter writes the local input to the stream until end is called.
+type inputWriter struct {
+	s     *quic.Stream
+	mu    sync.Mutex
+	ended bool
+}
+
+func (w *inputWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ended {
+		return 0, errInputEnded
+	}
+	return w.s.Write(b)
+}
+
+// end ends the input if cond, checked while no write is in progress,
+// holds, and reports whether it did. Later writes fail with errInputEnded.
+// Once false, cond must stay false.
+func (w *inputWriter) end(cond func() bool) bool {
+	if !cond() {
+		return false // without waiting for a write in progress
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !cond() {
+		return false
+	}
+	w.ended = true
+	return true
 }
 
 // forwardTCP pipes a TCP connection and a stream both ways, mapping each

@@ -11,22 +11,58 @@ import (
 // progressDelay is how long a transfer runs before progress is shown.
 const progressDelay = 3 * time.Second
 
-// progress counts the bytes of a stdin/stdout pipe and, when enabled (its
-// writer is a terminal), shows them with their rates on one line that it
-// rewrites in place, once the transfer has run for progressDelay.
+// rateWindow is the span over which the live rate is measured.
+const rateWindow = 2 * time.Second
+
+// showProgress reports whether a session shows progress: only a transfer
+// (standard input or output is not a terminal) on a terminal's standard
+// error. A chat, where both are terminals, shows none: a line rewritten in
+// place would mix with the text on screen.
+func showProgress(stdinTerm, stdoutTerm, stderrTerm bool) bool {
+	return stderrTerm && !(stdinTerm && stdoutTerm)
+}
+
+// progress counts the bytes of a stdin/stdout pipe and, when enabled, shows
+// them with their rates on a line of their own that it rewrites in place,
+// once the transfer has run for progressDelay, and a summary at the end.
+//
+// The live rate is the bytes of the last rateWindow over its duration; the
+// summary's is a direction's bytes over the time from its first byte to its
+// last, so that time spent waiting on the other side is not counted.
 type progress struct {
 	sent, received atomic.Int64
+	// sentSpan and recvSpan hold when each direction moved its first and
+	// last bytes.
+	sentSpan, recvSpan span
 
 	w       io.Writer
 	enabled bool
+	// outTerm: the piped output is a terminal, which may also show the
+	// progress line.
+	outTerm bool
 	delay   time.Duration
 	stop    chan struct{}
 	done    chan struct{}
 	once    sync.Once
+
+	mu      sync.Mutex
+	drawn   bool // the progress line is on screen
+	midLine bool // the piped output on the terminal ended without a newline
 }
 
-func newProgress(w io.Writer, enabled bool) *progress {
-	return &progress{w: w, enabled: enabled, delay: progressDelay, stop: make(chan struct{}), done: make(chan struct{})}
+// span is when a direction moved its first and last bytes (Unix
+// nanoseconds, 0 if none).
+type span struct {
+	first, last atomic.Int64
+}
+
+func (s *span) add(now int64) {
+	s.first.CompareAndSwap(0, now)
+	s.last.Store(now)
+}
+
+func newProgress(w io.Writer, enabled, outTerm bool) *progress {
+	return &progress{w: w, enabled: enabled, outTerm: outTerm, delay: progressDelay, stop: make(chan struct{}), done: make(chan struct{})}
 }
 
 // start starts showing progress, if enabled.
@@ -38,10 +74,15 @@ func (p *progress) start() {
 	go p.run()
 }
 
-// finish stops showing progress and ends its line, if one was shown.
+// finish stops showing progress and replaces its line with a summary.
 func (p *progress) finish() {
 	p.once.Do(func() { close(p.stop) })
 	<-p.done
+}
+
+type sample struct {
+	at             time.Time
+	sent, received int64
 }
 
 func (p *progress) run() {
@@ -49,37 +90,60 @@ func (p *progress) run() {
 	begin := time.Now()
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
-	shown := false
-	var lastSent, lastRecv int64
-	var rateSent, rateRecv float64
-	last := begin
+	samples := []sample{{at: begin}}
 	for {
 		select {
 		case <-p.stop:
-			if shown {
-				fmt.Fprintf(p.w, "\r%s\x1b[K\n", p.line(rateSent, rateRecv))
-			}
+			p.summary()
 			return
 		case now := <-t.C:
-			s, r := p.sent.Load(), p.received.Load()
-			dt := now.Sub(last).Seconds()
-			rateSent = smooth(rateSent, float64(s-lastSent)/dt)
-			rateRecv = smooth(rateRecv, float64(r-lastRecv)/dt)
-			lastSent, lastRecv, last = s, r, now
-			if now.Sub(begin) >= p.delay {
-				shown = true
-				fmt.Fprintf(p.w, "\r%s\x1b[K", p.line(rateSent, rateRecv))
+			cur := sample{at: now, sent: p.sent.Load(), received: p.received.Load()}
+			samples = append(samples, cur)
+			for len(samples) > 2 && now.Sub(samples[1].at) >= rateWindow {
+				samples = samples[1:]
 			}
+			if now.Sub(begin) < p.delay {
+				continue
+			}
+			old := samples[0]
+			dt := cur.at.Sub(old.at).Seconds()
+			line := fmt.Sprintf("quicpipe: sent %s (%s/s), received %s (%s/s)",
+				formatBytes(float64(cur.sent)), formatBytes(float64(cur.sent-old.sent)/dt),
+				formatBytes(float64(cur.received)), formatBytes(float64(cur.received-old.received)/dt))
+			p.mu.Lock()
+			if !p.midLine {
+				fmt.Fprintf(p.w, "\r%s\x1b[K", line)
+				p.drawn = true
+			}
+			p.mu.Unlock()
 		}
 	}
 }
 
-func smooth(avg, sample float64) float64 { return 0.6*avg + 0.4*sample }
+// summary ends the progress line with the totals and average rates.
+func (p *progress) summary() {
+	s, r := p.sent.Load(), p.received.Load()
+	if s == 0 && r == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.drawn:
+		fmt.Fprint(p.w, "\r\x1b[K")
+	case p.midLine:
+		fmt.Fprintln(p.w)
+	}
+	fmt.Fprintf(p.w, "quicpipe: sent %s, received %s\n", total(s, &p.sentSpan), total(r, &p.recvSpan))
+}
 
-func (p *progress) line(rateSent, rateRecv float64) string {
-	return fmt.Sprintf("quicpipe: sent %s (%s/s), received %s (%s/s)",
-		formatBytes(float64(p.sent.Load())), formatBytes(rateSent),
-		formatBytes(float64(p.received.Load())), formatBytes(rateRecv))
+// total formats a direction's byte count with its average rate.
+func total(n int64, sp *span) string {
+	d := time.Duration(sp.last.Load() - sp.first.Load())
+	if n == 0 || d <= 0 {
+		return formatBytes(float64(n))
+	}
+	return fmt.Sprintf("%s in %v (%s/s)", formatBytes(float64(n)), d.Round(time.Millisecond), formatBytes(float64(n)/d.Seconds()))
 }
 
 // formatBytes formats a byte count with binary prefixes.
@@ -97,18 +161,57 @@ func formatBytes(n float64) string {
 	panic("unreachable")
 }
 
-// reader counts what is read from r into n.
+// reader counts what is read from r into n (p.sent or p.received).
 func (p *progress) reader(r io.Reader, n *atomic.Int64) io.Reader {
-	return &countingReader{r: r, n: n}
+	sp := &p.recvSpan
+	if n == &p.sent {
+		sp = &p.sentSpan
+	}
+	return &countingReader{r: r, n: n, span: sp}
 }
 
 type countingReader struct {
-	r io.Reader
-	n *atomic.Int64
+	r    io.Reader
+	n    *atomic.Int64
+	span *span
 }
 
 func (c *countingReader) Read(b []byte) (int, error) {
 	n, err := c.r.Read(b)
-	c.n.Add(int64(n))
+	if n > 0 {
+		c.n.Add(int64(n))
+		c.span.add(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// writer returns the writer for the piped output w. When progress is shown
+// and w is a terminal, it clears the progress line before each write and
+// keeps it off a line the output has begun, so that neither mixes with the
+// other.
+func (p *progress) writer(w io.Writer) io.Writer {
+	if !p.enabled || !p.outTerm {
+		return w
+	}
+	return &progressWriter{w: w, p: p}
+}
+
+type progressWriter struct {
+	w io.Writer
+	p *progress
+}
+
+func (pw *progressWriter) Write(b []byte) (int, error) {
+	p := pw.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.drawn {
+		fmt.Fprint(p.w, "\r\x1b[K")
+		p.drawn = false
+	}
+	n, err := pw.w.Write(b)
+	if n > 0 {
+		p.midLine = b[n-1] != '\n'
+	}
 	return n, err
 }

@@ -4,6 +4,7 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -140,10 +141,12 @@ func TestFormatBytes(t *testing.T) {
 }
 
 // TestProgress: progress appears only when enabled and only after the
-// delay, on one line rewritten in place and ended at the finish.
+// delay, on one line rewritten in place, which a summary replaces at the
+// finish; a short transfer shows only the summary. Piped output on the same
+// terminal clears the line first and keeps it off a line it has begun.
 func TestProgress(t *testing.T) {
 	var quiet syncBuffer
-	p := newProgress(&quiet, false)
+	p := newProgress(&quiet, false, false)
 	p.start()
 	p.sent.Add(100)
 	p.finish()
@@ -152,25 +155,43 @@ func TestProgress(t *testing.T) {
 	}
 
 	var short syncBuffer
-	p = newProgress(&short, true)
+	p = newProgress(&short, true, false)
 	p.start()
 	time.Sleep(600 * time.Millisecond)
 	p.finish()
 	if short.String() != "" {
-		t.Errorf("a transfer shorter than the delay showed progress: %q", short.String())
+		t.Errorf("a transfer of nothing shorter than the delay showed progress: %q", short.String())
 	}
 
 	var long syncBuffer
-	p = newProgress(&long, true)
+	p = newProgress(&long, true, true)
 	p.delay = 500 * time.Millisecond
 	p.start()
 	p.sent.Add(3 << 20)
 	p.received.Add(512)
 	time.Sleep(p.delay + 700*time.Millisecond)
+	out := p.writer(&long)
+	io.WriteString(out, "partial")
+	time.Sleep(700 * time.Millisecond)
 	p.finish()
-	out := long.String()
-	if !strings.HasPrefix(out, "\rquicpipe: sent 3.0 MiB (") || !strings.Contains(out, "received 512 B (") ||
-		!strings.HasSuffix(out, "\x1b[K\n") || strings.Count(out, "\n") != 1 {
-		t.Errorf("progress output %q", out)
+	got := long.String()
+	if !strings.HasPrefix(got, "\rquicpipe: sent 3.0 MiB (") || !strings.Contains(got, "received 512 B (") ||
+		!strings.Contains(got, "\x1b[K\r\x1b[Kpartial\nquicpipe: sent 3.0 MiB, received 512 B\n") ||
+		strings.Count(got, "\n") != 2 {
+		t.Errorf("progress output %q", got)
+	}
+}
+
+func TestShowProgress(t *testing.T) {
+	for _, tc := range []struct{ in, out, errTerm, want bool }{
+		{true, true, true, false},  // a chat
+		{false, true, true, true},  // sending a file
+		{true, false, true, true},  // receiving a file
+		{false, false, true, true}, // both
+		{false, false, false, false},
+	} {
+		if got := showProgress(tc.in, tc.out, tc.errTerm); got != tc.want {
+			t.Errorf("showProgress(stdin terminal %v, stdout terminal %v, stderr terminal %v) = %v", tc.in, tc.out, tc.errTerm, got)
+		}
 	}
 }
