@@ -66,6 +66,7 @@ type procOpts struct {
 	home   string   // XDG_CONFIG_HOME and HOME (identity files)
 	stdin  *os.File // nil: a pipe, in proc.stdin
 	stdout *os.File // nil: proc.stdout
+	stderr *os.File // nil: proc.stderr
 }
 
 // start runs the command; the test kills it at the end if still running.
@@ -91,7 +92,11 @@ func start(t *testing.T, name string, o procOpts, args ...string) *proc {
 	} else {
 		p.cmd.Stdout = &p.stdout
 	}
-	p.cmd.Stderr = &p.stderr
+	if o.stderr != nil {
+		p.cmd.Stderr = o.stderr
+	} else {
+		p.cmd.Stderr = &p.stderr
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
