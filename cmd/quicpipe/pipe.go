@@ -158,9 +158,16 @@ func pipeStdio(ctx context.Context, qc *quic.Conn, s *quic.Stream, in io.Reader,
 	var yielded chan struct{} // closed when this side's input ends for it
 	if inTerminal {
 		yielded = make(chan struct{})
+		// The other side's input has ended at its FIN or, as the
+		// listener holds its FIN back, at its inputEnded notice.
+		otherEnded := recvFIN
+		if !listener {
+			otherEnded = make(chan struct{})
+			go awaitInputEnded(qc, recvFIN, otherEnded)
+		}
 		go func() {
 			select {
-			case <-recvFIN:
+			case <-otherEnded:
 			case <-qc.Context().Done():
 				return
 			}
@@ -180,6 +187,11 @@ func pipeStdio(ctx context.Context, qc *quic.Conn, s *quic.Stream, in io.Reader,
 			return
 		}
 		if listener {
+			select {
+			case <-recvFIN:
+			default:
+				noticeInputEnded(qc)
+			}
 			select {
 			case <-recvFIN:
 			case <-qc.Context().Done():
@@ -227,6 +239,52 @@ func pipeStdio(ctx context.Context, qc *quic.Conn, s *quic.Stream, in io.Reader,
 	}
 	qc.CloseWithError(codeOK, "")
 	return nil
+}
+
+// inputEnded starts the unidirectional stream with which a listener whose
+// input has ended before the dialer's tells the dialer so (its FIN waits
+// for the dialer's): a dialer whose terminal has sent nothing then ends its
+// own input (decision 0017). The stream carries these 4 bytes and its FIN.
+// A dialer that does not know it leaves the stream unread.
+var inputEnded = [4]byte{'Q', 'P', 'E', 2}
+
+// noticeInputEnded sends the inputEnded notice, if the connection allows.
+func noticeInputEnded(qc *quic.Conn) {
+	us, err := qc.OpenUniStream()
+	if err != nil {
+		return // a notice the dialer may do without
+	}
+	us.Write(inputEnded[:])
+	us.Close()
+}
+
+// awaitInputEnded closes ended when the listener's inputEnded notice
+// arrives, or when its FIN does.
+func awaitInputEnded(qc *quic.Conn, recvFIN <-chan struct{}, ended chan<- struct{}) {
+	got := make(chan struct{})
+	go func() {
+		for {
+			us, err := qc.AcceptUniStream(qc.Context())
+			if err != nil {
+				return
+			}
+			var b [len(inputEnded)]byte
+			us.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err = io.ReadFull(us, b[:])
+			us.CancelRead(codeOK)
+			if err == nil && b == inputEnded {
+				close(got)
+				return
+			}
+		}
+	}()
+	select {
+	case <-got:
+	case <-recvFIN:
+	case <-qc.Context().Done():
+		return
+	}
+	close(ended)
 }
 
 // errInputEnded is what writes to an inputWriter return once its input was

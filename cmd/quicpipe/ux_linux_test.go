@@ -76,8 +76,9 @@ func openPTY(t *testing.T) *pty {
 
 // TestTransferEndsByItself: a file sent to a side whose standard input is
 // a terminal ends the session when the sender's input ends, with exit 0 on
-// both sides and every byte delivered; a dialer receives with -recv. A
-// terminal that has sent something holds the session open until Ctrl-D.
+// both sides and every byte delivered, whichever side sends; -recv does
+// without a terminal. A terminal that has sent something holds the session
+// open until Ctrl-D.
 func TestTransferEndsByItself(t *testing.T) {
 	binary(t)
 	const size = 8 << 20
@@ -101,6 +102,21 @@ func TestTransferEndsByItself(t *testing.T) {
 		out := createFile(t, filepath.Join(dir, "out"))
 		l := start(t, "listen", procOpts{home: dir, stdin: in}, "listen")
 		c := start(t, "connect", procOpts{home: dir, stdin: term.slave, stdout: out}, "connect", "-recv", l.ticket(t))
+		c.expectExit(t, 30*time.Second, 0)
+		l.expectExit(t, 10*time.Second, 0)
+		if got, n := fileHash(t, out.Name()); got != sum {
+			t.Errorf("connect's stdout: %d bytes, not listen's %d", n, size)
+		}
+	})
+	t.Run("connect-receives", func(t *testing.T) {
+		// No -recv: the listener's notice that its input ended lets the
+		// dialer's silent terminal end its input.
+		dir := t.TempDir()
+		term := openPTY(t)
+		in, sum := randomFile(t, dir, "in", size)
+		out := createFile(t, filepath.Join(dir, "out"))
+		l := start(t, "listen", procOpts{home: dir, stdin: in}, "listen")
+		c := start(t, "connect", procOpts{home: dir, stdin: term.slave, stdout: out}, "connect", l.ticket(t))
 		c.expectExit(t, 30*time.Second, 0)
 		l.expectExit(t, 10*time.Second, 0)
 		if got, n := fileHash(t, out.Name()); got != sum {
