@@ -20,12 +20,13 @@ func cmdConnect(ctx context.Context, e *env) error {
 	fs := newFlagSet(e, "connect", " TICKET",
 		"Dials the listener that printed TICKET, through its relay, and pipes standard input\n"+
 			"to it and what it sends to standard output. The session ends when both sides have\n"+
-			"reached the end of their input (Ctrl-D on a terminal), or on Ctrl-C. To receive a\n"+
-			"file from the listener without pressing Ctrl-D, give -recv:\n"+
-			"\"quicpipe connect -recv TICKET > file\". Exit status: 0 for a complete session,\n"+
-			"1 on errors, 130/143 on Ctrl-C/SIGTERM. With -tcp-listen, every connection\n"+
-			"made to a local TCP port is forwarded to the listener instead (which forwards it\n"+
-			"to its -tcp service), until Ctrl-C.\n\n"+
+			"reached the end of their input (Ctrl-D on a terminal), or on Ctrl-C. A terminal\n"+
+			"from which nothing was sent does not hold the session open: \"quicpipe connect\n"+
+			"TICKET > file\" ends when the listener's input does (-recv: send nothing, whatever\n"+
+			"standard input is). Exit status: 0 for a complete session, 1 on errors, 130/143\n"+
+			"on Ctrl-C/SIGTERM.\n\n"+
+			"With -tcp-listen, every connection made to a local TCP port is forwarded to the\n"+
+			"listener instead (which forwards it to its -tcp service), until Ctrl-C.\n\n"+
 			"A ticket with a secret is all the dialer needs. For a ticket without one, the\n"+
 			"listener must allow this side's key (printed by \"quicpipe key\").\n")
 	tcpListen := fs.String("tcp-listen", "", "accept TCP connections on this `address` and forward each one")

@@ -42,10 +42,12 @@ func cmdListen(ctx context.Context, e *env) error {
 			"pipes standard input to the dialer and what it sends to standard output. The\n"+
 			"session ends when both sides have reached the end of their input (Ctrl-D on a\n"+
 			"terminal), or on Ctrl-C. A terminal from which nothing was sent does not hold the\n"+
-			"session open: \"quicpipe listen > file\" ends when the dialer's input does.\n"+
-			"Exit status: 0 for a complete session, 1 on errors, 130/143 on Ctrl-C/SIGTERM.\n"+
+			"session open: \"quicpipe listen > file\" ends when the dialer's input does\n"+
+			"(-recv: send nothing, whatever standard input is). Exit status: 0 for a complete\n"+
+			"session, 1 on errors, 130/143 on Ctrl-C/SIGTERM.\n\n"+
 			"With -tcp, every connection the dialer makes is forwarded to a local TCP service\n"+
-			"instead, until Ctrl-C.\n\n"+
+			"instead, until Ctrl-C; the ticket is then also printed on standard output.\n"+
+			"Scripts: -q, -ticket-file, -timeout.\n\n"+
 			"Without -relay, a relay runs inside this process on loopback: the dialer must then\n"+
 			"run on this machine (or use -relay-listen with an address it can reach).\n\n"+
 			"Trust: by default the ticket carries a fresh secret and whoever holds the ticket\n"+

@@ -11,7 +11,10 @@
 //	quicpipe connect <ticket>
 //
 // Then standard input on each side comes out on the other side's standard
-// output. With no -relay, listen runs a relay inside its own process on
+// output. A side whose standard input is a terminal from which nothing was
+// sent does not hold the session open, so "quicpipe listen > file" with
+// "quicpipe connect TICKET < file" ends by itself (in either direction).
+// With no -relay, listen runs a relay inside its own process on
 // loopback, so the two commands work on one machine with nothing else
 // running; across machines, run "quicpipe relay" on a host both can reach
 // and pass its address and key to listen.
@@ -22,6 +25,7 @@
 //	quicpipe connect [flags] TICKET    dial a ticket, pipe stdin/stdout
 //	quicpipe relay [flags]             run a relay
 //	quicpipe key [flags]               print the public key of an identity
+//	quicpipe version                   print the version (also --version)
 //
 // "quicpipe SUBCOMMAND -h" lists each one's flags. Human-readable messages go
 // to standard error; standard output carries only piped data (or, for relay
