@@ -46,6 +46,7 @@ func cmdRelay(ctx context.Context, e *env) error {
 	fs.IntVar(&mcfg.MaxMailboxes, "max-mailboxes", 0, "mailboxes open at once (0: 100000)")
 	fs.IntVar(&mcfg.MaxMailboxesPerSource, "max-mailboxes-per-source", 0, "mailboxes open at once per source (IPv4 address or IPv6 /64) (0: 64)")
 	verbose := fs.Bool("v", false, "log everything, not only warnings")
+	fs.BoolVar(&e.jsonLogs, "log-json", false, "write logs as JSON, one object a line")
 	if err := parseFlags(fs, e); err != nil {
 		return err
 	}
@@ -89,7 +90,7 @@ func cmdRelay(ctx context.Context, e *env) error {
 	if relay.Addr().IP.IsUnspecified() {
 		addr = fmt.Sprintf("<this host's address>:%d", relay.Addr().Port)
 	}
-	fmt.Fprintf(e.stderr, "quicpipe: listeners use this relay with\n\n    quicpipe listen -relay %s -relay-key %s\n\n", addr, pub)
+	fmt.Fprintf(e.stderr, "quicpipe: listeners use this relay with\n\n    %s listen -relay %s -relay-key %s\n\n", selfCommand(e.arg0), addr, pub)
 	if *metrics != "" {
 		fmt.Fprintf(e.stderr, "quicpipe: metrics on http://%s/metrics\n", *metrics)
 	}

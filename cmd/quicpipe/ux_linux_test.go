@@ -285,6 +285,19 @@ func TestScriptable(t *testing.T) {
 		}
 	})
 
+	t.Run("relay-json", func(t *testing.T) {
+		r := start(t, "relay", procOpts{home: dir}, "relay", "-listen", "127.0.0.1:0", "-log-json")
+		line := r.match(t, &r.stderr, regexp.MustCompile(`(?m)^(\{.*"level":"WARN".*\})$`), 30*time.Second)
+		var v map[string]any
+		if err := json.Unmarshal([]byte(line), &v); err != nil {
+			t.Errorf("relay log line %q: %v", line, err)
+		}
+		// Started through its path, which PATH does not find: that path.
+		r.match(t, &r.stderr, regexp.MustCompile(`\n    (`+regexp.QuoteMeta(bin)+` listen -relay \S+ -relay-key \S+)\n`), 10*time.Second)
+		r.interrupt(t)
+		r.expectExit(t, 10*time.Second, 0)
+	})
+
 	t.Run("command-line", func(t *testing.T) {
 		// Found on PATH under its name, through a path, and as go run's
 		// temporary binary.
