@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -65,7 +66,7 @@ func cmdListen(ctx context.Context, e *env) error {
 	showQR := fs.Bool("qr", true, "show the ticket as a QR code when standard error is a terminal")
 	verbose := fs.Bool("v", false, "log everything, not only warnings")
 	recvOnly := fs.Bool("recv", false, "only receive: do not read standard input (this side's input is empty)")
-	ticketFile := fs.String("ticket-file", "", "also write the ticket to this `file` (mode 0600), once the listener is ready")
+	ticketFile := fs.String("ticket-file", "", "also write the ticket to this `file` (mode 0600) once the listener is ready; removed at exit")
 	timeout := fs.Duration("timeout", 0, "give up if no dialer has connected within this `duration` (0: wait until stopped)")
 	sf := addScriptFlags(fs)
 	if err := parseFlags(fs, e); err != nil {
@@ -82,6 +83,12 @@ func cmdListen(ctx context.Context, e *env) error {
 		return usageError(fs, e, "-timeout must not be negative")
 	}
 	sf.apply(e)
+	if *ticketFile != "" {
+		// A script waiting for the file must not read an earlier run's.
+		if err := os.Remove(*ticketFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("-ticket-file: %w", err)
+		}
+	}
 	log := logger(e, *verbose)
 	key, err := loadIdentity(e, *identity)
 	if err != nil {
@@ -141,12 +148,17 @@ func cmdListen(ctx context.Context, e *env) error {
 		if err := writeTicketFile(*ticketFile, text); err != nil {
 			return err
 		}
+		defer os.Remove(*ticketFile)
 	}
 	if *tcpTarget != "" {
 		// Standard output is not the data stream: the ticket goes there.
 		fmt.Fprintf(e.stdout, "%s\n", text)
 	}
-	fmt.Fprintf(e.stderr, "quicpipe: on the other side, run\n\n    %s connect %s\n\n", selfCommand(e.arg0), text)
+	connectFlags := ""
+	if !pipe {
+		connectFlags = "-tcp-listen 127.0.0.1:0 " // it prints the port it chose
+	}
+	fmt.Fprintf(e.stderr, "quicpipe: on the other side, run\n\n    %s connect %s%s\n\n", selfCommand(e.arg0), connectFlags, text)
 	if *showQR && isTerminal(e.stderrFile) {
 		if q, err := renderQR(string(text)); err == nil {
 			fmt.Fprint(e.stderr, q)

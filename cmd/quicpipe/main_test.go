@@ -182,7 +182,7 @@ func (p *proc) match(t *testing.T, buf *syncBuffer, re *regexp.Regexp, timeout t
 	}
 }
 
-var ticketRE = regexp.MustCompile(`quicpipe connect (qp1[a-z2-7]+)\n`)
+var ticketRE = regexp.MustCompile(`quicpipe connect (?:-\S+ \S+ )*(qp1[a-z2-7]+)\n`)
 
 func (p *proc) ticket(t *testing.T) string {
 	t.Helper()

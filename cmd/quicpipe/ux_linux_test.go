@@ -225,18 +225,22 @@ func TestScriptable(t *testing.T) {
 
 	t.Run("quiet-tcp-timeout", func(t *testing.T) {
 		tf := filepath.Join(dir, "ticket")
+		if err := os.WriteFile(tf, []byte("stale\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
 		begin := time.Now()
 		l := start(t, "listen", procOpts{home: dir}, "listen", "-q", "-tcp", "127.0.0.1:1", "-ticket-file", tf, "-timeout", "2s")
-		l.expectExit(t, 30*time.Second, 1)
-		took := time.Since(begin)
-		if !regexp.MustCompile(`^qp1[a-z2-7]+\n$`).MatchString(l.stdout.String()) {
-			t.Errorf("stdout %q, want the ticket", l.stdout.String())
-		}
-		if b, err := os.ReadFile(tf); err != nil || string(b) != l.stdout.String() {
-			t.Errorf("ticket file %q (%v), want %q", b, err, l.stdout.String())
+		ticket := l.match(t, &l.stdout, regexp.MustCompile(`^(qp1[a-z2-7]+)\n$`), 30*time.Second)
+		if b, err := os.ReadFile(tf); err != nil || string(b) != ticket+"\n" {
+			t.Errorf("ticket file %q (%v), want %q", b, err, ticket)
 		}
 		if fi, err := os.Stat(tf); err != nil || fi.Mode().Perm() != 0o600 {
-			t.Errorf("ticket file mode: %v %v", fi.Mode(), err)
+			t.Errorf("ticket file mode: %v %v", fi, err)
+		}
+		l.expectExit(t, 30*time.Second, 1)
+		took := time.Since(begin)
+		if _, err := os.Stat(tf); !os.IsNotExist(err) {
+			t.Errorf("the ticket file outlived the listener: %v", err)
 		}
 		if got, want := l.stderr.String(), "quicpipe listen: no dialer connected within 2s (-timeout)\n"; got != want {
 			t.Errorf("stderr %q, want only %q", got, want)
@@ -251,6 +255,7 @@ func TestScriptable(t *testing.T) {
 		l := start(t, "listen", procOpts{home: dir}, "listen", "-q", "-ticket-file", tf)
 		var ticket []byte
 		for deadline := time.Now().Add(30 * time.Second); len(ticket) == 0; time.Sleep(20 * time.Millisecond) {
+			// The file appears whole or not at all.
 			if time.Now().After(deadline) {
 				t.Fatal("no ticket file")
 			}
@@ -314,14 +319,16 @@ func TestScriptable(t *testing.T) {
 		}
 		for _, tc := range []struct {
 			name, path, arg0, pathVar, want string
+			args                            []string
 		}{
-			{"on-path", bin, "quicpipe", filepath.Dir(bin) + ":/usr/bin:/bin", "quicpipe connect qp1"},
-			{"by-path", bin, bin, "/usr/bin:/bin", bin + " connect qp1"},
-			{"go-run", goRun, goRun, filepath.Dir(bin) + ":/usr/bin:/bin", "go run ./cmd/quicpipe connect qp1"},
+			{"tcp", bin, bin, "/usr/bin:/bin", bin + " connect -tcp-listen 127.0.0.1:0 qp1", []string{"-tcp", "127.0.0.1:1"}},
+			{"on-path", bin, "quicpipe", filepath.Dir(bin) + ":/usr/bin:/bin", "quicpipe connect qp1", nil},
+			{"by-path", bin, bin, "/usr/bin:/bin", bin + " connect qp1", nil},
+			{"go-run", goRun, goRun, filepath.Dir(bin) + ":/usr/bin:/bin", "go run ./cmd/quicpipe connect qp1", nil},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				var stderr syncBuffer
-				cmd := exec.Command(tc.path, "listen", "-timeout", "1s")
+				cmd := exec.Command(tc.path, append([]string{"listen", "-timeout", "1s"}, tc.args...)...)
 				cmd.Args[0] = tc.arg0
 				cmd.Env = append(testbin.Env("HOME=", "XDG_CONFIG_HOME=", "PATH="), "HOME="+dir, "XDG_CONFIG_HOME="+dir, "PATH="+tc.pathVar)
 				cmd.Stderr = &stderr
