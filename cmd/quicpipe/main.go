@@ -73,7 +73,11 @@ type env struct {
 }
 
 func main() {
-	e := &env{args: os.Args[1:], arg0: os.Args[0], stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr,
+	var stderr io.Writer = os.Stderr
+	if isTerminal(os.Stderr) {
+		stderr = &statusWriter{w: os.Stderr} // messages clear the progress line
+	}
+	e := &env{args: os.Args[1:], arg0: os.Args[0], stdin: os.Stdin, stdout: os.Stdout, stderr: stderr,
 		stdinFile: os.Stdin, stdoutFile: os.Stdout, stderrFile: os.Stderr}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	sigc := make(chan os.Signal, 1)

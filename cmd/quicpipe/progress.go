@@ -35,7 +35,7 @@ type progress struct {
 	// last bytes.
 	sentSpan, recvSpan span
 
-	w       io.Writer
+	sw      *statusWriter
 	enabled bool
 	// outTerm: the piped output is a terminal, which may also show the
 	// progress line.
@@ -45,9 +45,7 @@ type progress struct {
 	done    chan struct{}
 	once    sync.Once
 
-	mu      sync.Mutex
-	drawn   bool // the progress line is on screen
-	midLine bool // the piped output on the terminal ended without a newline
+	midLine bool // the piped output on the terminal ended without a newline; guarded by sw.mu
 }
 
 // span is when a direction moved its first and last bytes (Unix
@@ -61,8 +59,15 @@ func (s *span) add(now int64) {
 	s.last.Store(now)
 }
 
+// newProgress returns the progress of a session, shown on w if enabled:
+// through w itself if it is a statusWriter (standard error on a terminal),
+// so that the command's other messages clear the line first.
 func newProgress(w io.Writer, enabled, outTerm bool) *progress {
-	return &progress{w: w, enabled: enabled, outTerm: outTerm, delay: progressDelay, stop: make(chan struct{}), done: make(chan struct{})}
+	sw, ok := w.(*statusWriter)
+	if !ok {
+		sw = &statusWriter{w: w}
+	}
+	return &progress{sw: sw, enabled: enabled, outTerm: outTerm, delay: progressDelay, stop: make(chan struct{}), done: make(chan struct{})}
 }
 
 // start starts showing progress, if enabled.
@@ -110,12 +115,11 @@ func (p *progress) run() {
 			line := fmt.Sprintf("quicpipe: sent %s (%s/s), received %s (%s/s)",
 				formatBytes(float64(cur.sent)), formatBytes(float64(cur.sent-old.sent)/dt),
 				formatBytes(float64(cur.received)), formatBytes(float64(cur.received-old.received)/dt))
-			p.mu.Lock()
+			p.sw.mu.Lock()
 			if !p.midLine {
-				fmt.Fprintf(p.w, "\r%s\x1b[K", line)
-				p.drawn = true
+				p.sw.drawLocked(line)
 			}
-			p.mu.Unlock()
+			p.sw.mu.Unlock()
 		}
 	}
 }
@@ -126,15 +130,12 @@ func (p *progress) summary() {
 	if s == 0 && r == 0 {
 		return
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	switch {
-	case p.drawn:
-		fmt.Fprint(p.w, "\r\x1b[K")
-	case p.midLine:
-		fmt.Fprintln(p.w)
+	p.sw.mu.Lock()
+	defer p.sw.mu.Unlock()
+	if !p.sw.clearLocked() && p.midLine {
+		fmt.Fprintln(p.sw.w)
 	}
-	fmt.Fprintf(p.w, "quicpipe: sent %s, received %s\n", total(s, &p.sentSpan), total(r, &p.recvSpan))
+	fmt.Fprintf(p.sw.w, "quicpipe: sent %s, received %s\n", total(s, &p.sentSpan), total(r, &p.recvSpan))
 }
 
 // total formats a direction's byte count with its average rate.
@@ -203,15 +204,45 @@ type progressWriter struct {
 
 func (pw *progressWriter) Write(b []byte) (int, error) {
 	p := pw.p
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.drawn {
-		fmt.Fprint(p.w, "\r\x1b[K")
-		p.drawn = false
-	}
+	p.sw.mu.Lock()
+	defer p.sw.mu.Unlock()
+	p.sw.clearLocked()
 	n, err := pw.w.Write(b)
 	if n > 0 {
 		p.midLine = b[n-1] != '\n'
 	}
 	return n, err
+}
+
+// statusWriter is standard error on a terminal, whose last line may hold a
+// status line (the progress) that is rewritten in place. Every other write
+// clears it first, so that messages and logs never run into it; the status
+// is drawn again at its next update.
+type statusWriter struct {
+	w     io.Writer
+	mu    sync.Mutex
+	drawn bool // the status line is on screen
+}
+
+func (sw *statusWriter) Write(b []byte) (int, error) {
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	sw.clearLocked()
+	return sw.w.Write(b)
+}
+
+// drawLocked shows line as the status.
+func (sw *statusWriter) drawLocked(line string) {
+	fmt.Fprintf(sw.w, "\r%s\x1b[K", line)
+	sw.drawn = true
+}
+
+// clearLocked erases the status line, if drawn, and reports whether it was.
+func (sw *statusWriter) clearLocked() bool {
+	if !sw.drawn {
+		return false
+	}
+	io.WriteString(sw.w, "\r\x1b[K")
+	sw.drawn = false
+	return true
 }
