@@ -195,3 +195,18 @@ func TestShowProgress(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusWriter: a message written to standard error while the progress
+// line is drawn clears that line first instead of running into it.
+func TestStatusWriter(t *testing.T) {
+	var buf syncBuffer
+	sw := &statusWriter{w: &buf}
+	p := newProgress(sw, true, false)
+	p.sw.mu.Lock()
+	p.sw.drawLocked("quicpipe: sent 1 B (1 B/s), received 0 B (0 B/s)")
+	p.sw.mu.Unlock()
+	io.WriteString(sw, "quicpipe: refused another dialer\n")
+	if got, want := buf.String(), "\rquicpipe: sent 1 B (1 B/s), received 0 B (0 B/s)\x1b[K\r\x1b[Kquicpipe: refused another dialer\n"; got != want {
+		t.Errorf("terminal got %q, want %q", got, want)
+	}
+}
