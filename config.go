@@ -75,6 +75,13 @@ type Config struct {
 	// probe for a direct UDP path, move the connection onto it while it
 	// works and back to the relay when it stops (see Dialer.Path).
 	DisableDirect bool
+	// DirectAnyScope lets direct paths use addresses of any scope. If
+	// false (the default), a peer offers and probes only addresses within
+	// the scope of the relay's address (loopback, link-local, private,
+	// global; see docs/NAT.md, "Candidate scope"): with a loopback relay
+	// the connection stays on loopback, with a relay on a private address
+	// it never tries a public one.
+	DirectAnyScope bool
 	// OnPathChange, if not nil, is called whenever a connection moves
 	// between the relay and a direct path (or between direct paths). Calls
 	// come from one goroutine of the Dialer or Accepter, one at a time, in

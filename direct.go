@@ -161,7 +161,7 @@ func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrP
 	m := &directManager{
 		pc:       pc,
 		relay:    netAddrPort(relay),
-		cands:    &candidateCache{conn: pc.conn, relay: netAddrPort(relay), obs: obs},
+		cands:    &candidateCache{conn: pc.conn, relay: netAddrPort(relay), obs: obs, anyScope: cfg.DirectAnyScope},
 		recheck:  recheck,
 		log:      cfg.Logger,
 		onChange: cfg.OnPathChange,

@@ -169,11 +169,13 @@ func (c *pathConn) addTarget(now time.Time, rc candidate) {
 	c.targets = append(c.targets, tg)
 }
 
-// usable reports whether this socket can probe a as a direct path.
+// usable reports whether this socket can probe a as a direct path: of the
+// relay's family and, unless Config.DirectAnyScope, within its scope.
 func (c *pathConn) usable(a netip.AddrPort) bool {
 	a = netAddrPort(a)
 	return a.IsValid() && a.Port() != 0 && a != c.m.relay && usableCandidate(a.Addr()) &&
-		a.Addr().Is4() == c.m.relay.Addr().Is4()
+		a.Addr().Is4() == c.m.relay.Addr().Is4() &&
+		(c.m.cands.anyScope || inScope(c.m.relay.Addr(), a.Addr()))
 }
 
 // step does what is due at now and returns when it next has work.
