@@ -83,7 +83,10 @@ type Config struct {
 	// it never tries a public one.
 	DirectAnyScope bool
 	// OnPathChange, if not nil, is called whenever a connection moves
-	// between the relay and a direct path (or between direct paths). Calls
+	// between the relay and a direct path (or between direct paths), and
+	// when a search for a direct path ends without one for a new reason
+	// (PathInfo.Reason): the first such call means the relay is the
+	// path until the next retry finds better. Calls
 	// come from one goroutine of the Dialer or Accepter, one at a time, in
 	// order; a slow callback delays later calls, never the connections.
 	OnPathChange func(conn *quic.Conn, path PathInfo)

@@ -10,7 +10,8 @@ import (
 
 // pathReporter returns a Config.OnPathChange that tells the user, in one
 // line on standard error, each time the pipe moves between the relay and a
-// direct path. Every line goes through e.notice, the one place to silence.
+// direct path, and when the relay is the path for a new reason (a search
+// for a direct path ended without one). Every line goes through e.notice, the one place to silence.
 func pathReporter(e *env) func(*quic.Conn, quicpipe.PathInfo) {
 	return func(_ *quic.Conn, p quicpipe.PathInfo) {
 		e.notice(pathLine(p))
@@ -21,6 +22,9 @@ func pathReporter(e *env) func(*quic.Conn, quicpipe.PathInfo) {
 func pathLine(p quicpipe.PathInfo) string {
 	if p.Kind == quicpipe.PathDirect {
 		return fmt.Sprintf("direct to %s (%v)", p.Remote, roundRTT(p.RTT))
+	}
+	if p.Reason != "" {
+		return fmt.Sprintf("relayed via %s (no direct path: %s)", p.Relay, p.Reason)
 	}
 	return fmt.Sprintf("relayed via %s", p.Relay)
 }
