@@ -62,7 +62,9 @@ func TestPathRelayed(t *testing.T) {
 	}
 	// A child process inherits the network namespace of the thread that
 	// starts it.
-	in(func() { l = start(t, "listen", procOpts{home: filepath.Join(dir, "l")}, "listen", "-relay-listen", "127.0.0.1:4477") })
+	in(func() {
+		l = start(t, "listen", procOpts{home: filepath.Join(dir, "l")}, "listen", "-relay-listen", "127.0.0.1:4477")
+	})
 	ticket := l.ticket(t)
 	in(func() { c = start(t, "connect", procOpts{home: filepath.Join(dir, "c")}, "connect", ticket) })
 	re := regexp.MustCompile(`quicpipe: relayed via 127\.0\.0\.1:4477 \(no direct path: no answer from the other side's address (127\.0\.0\.1:\d+)\)`)
