@@ -18,6 +18,8 @@ type candidateCache struct {
 	relay netip.AddrPort
 	obs   func() netip.AddrPort
 	ttl   time.Duration
+	// anyScope turns off the scope rule (Config.DirectAnyScope).
+	anyScope bool
 
 	mu    sync.Mutex
 	at    time.Time
@@ -37,20 +39,22 @@ func (c *candidateCache) get(now time.Time) []candidate {
 		return c.cands
 	}
 	c.at = now
-	c.cands = gatherCandidates(c.conn, c.relay, obs)
+	c.cands = gatherCandidates(c.conn, c.relay, obs, c.anyScope)
 	return c.cands
 }
 
 // gatherCandidates lists the candidates of socket conn, of the relay's
 // address family only: the relay's family is the one the socket was opened
-// for, and quic-go's control messages (ECN) are built for it.
-func gatherCandidates(conn *net.UDPConn, relay, observed netip.AddrPort) []candidate {
+// for, and quic-go's control messages (ECN) are built for it. Unless
+// anyScope, only addresses within the relay's scope are listed (inScope).
+func gatherCandidates(conn *net.UDPConn, relay, observed netip.AddrPort, anyScope bool) []candidate {
 	v4 := relay.Addr().Unmap().Is4()
 	out := []candidate{}
 	add := func(kind uint8, ap netip.AddrPort) {
 		ap = netAddrPort(ap)
 		a := ap.Addr()
-		if a.Is4() != v4 || ap.Port() == 0 || !usableCandidate(a) || len(out) >= maxCandidates {
+		if a.Is4() != v4 || ap.Port() == 0 || !usableCandidate(a) || len(out) >= maxCandidates ||
+			(!anyScope && !inScope(relay.Addr(), a)) {
 			return
 		}
 		for _, c := range out {
@@ -116,4 +120,44 @@ func interfaceAddrs(conn *net.UDPConn) []netip.Addr {
 		}
 	}
 	return out
+}
+
+// addrScope is how far an address reaches, narrowest first.
+type addrScope int
+
+const (
+	scopeLoopback  addrScope = iota // this host
+	scopeLinkLocal                  // one link (169.254/16, fe80::/10)
+	scopePrivate                    // a private network (RFC 1918, 100.64/10, fc00::/7)
+	scopeGlobal                     // anything else
+)
+
+var sharedSpace = netip.MustParsePrefix("100.64.0.0/10") // RFC 6598, carrier-grade NAT
+
+// candScope returns the scope of a.
+func candScope(a netip.Addr) addrScope {
+	a = a.Unmap()
+	switch {
+	case a.IsLoopback():
+		return scopeLoopback
+	case a.IsLinkLocalUnicast():
+		return scopeLinkLocal
+	case a.IsPrivate() || sharedSpace.Contains(a):
+		return scopePrivate
+	}
+	return scopeGlobal
+}
+
+// inScope reports whether a direct path may use address a when the relay
+// is at relay (docs/NAT.md, "Candidate scope"): the peers reached the relay
+// within its scope, so they look for each other within it too. A loopback
+// relay allows only loopback addresses; any other relay allows addresses
+// of its scope or narrower, but never loopback (the other peer's loopback
+// address is this host's own).
+func inScope(relay, a netip.Addr) bool {
+	rs, as := candScope(relay), candScope(a)
+	if rs == scopeLoopback || as == scopeLoopback {
+		return rs == as
+	}
+	return as <= rs
 }

@@ -75,8 +75,18 @@ type Config struct {
 	// probe for a direct UDP path, move the connection onto it while it
 	// works and back to the relay when it stops (see Dialer.Path).
 	DisableDirect bool
+	// DirectAnyScope lets direct paths use addresses of any scope. If
+	// false (the default), a peer offers and probes only addresses within
+	// the scope of the relay's address (loopback, link-local, private,
+	// global; see docs/NAT.md, "Candidate scope"): with a loopback relay
+	// the connection stays on loopback, with a relay on a private address
+	// it never tries a public one.
+	DirectAnyScope bool
 	// OnPathChange, if not nil, is called whenever a connection moves
-	// between the relay and a direct path (or between direct paths). Calls
+	// between the relay and a direct path (or between direct paths), and
+	// when a search for a direct path ends without one for a new reason
+	// (PathInfo.Reason): the first such call means the relay is the
+	// path until the next retry finds better. Calls
 	// come from one goroutine of the Dialer or Accepter, one at a time, in
 	// order; a slow callback delays later calls, never the connections.
 	OnPathChange func(conn *quic.Conn, path PathInfo)

@@ -45,6 +45,12 @@ type PathInfo struct {
 	// Since is when the connection moved onto this path (or was
 	// established, for the first path).
 	Since time.Time
+	// Reason says, for a relayed path, why the connection is not direct:
+	// why the last search for a direct path ended without one (for
+	// example "no answer from the other side's 2 addresses"), or why the
+	// direct path was given up. It is empty while the first search runs,
+	// and for a direct path.
+	Reason string
 }
 
 // DirectStats counts the direct-path work of a Dialer or an Accepter over
@@ -161,7 +167,7 @@ func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrP
 	m := &directManager{
 		pc:       pc,
 		relay:    netAddrPort(relay),
-		cands:    &candidateCache{conn: pc.conn, relay: netAddrPort(relay), obs: obs},
+		cands:    &candidateCache{conn: pc.conn, relay: netAddrPort(relay), obs: obs, anyScope: cfg.DirectAnyScope},
 		recheck:  recheck,
 		log:      cfg.Logger,
 		onChange: cfg.OnPathChange,

@@ -2,6 +2,7 @@ package quicpipe
 
 import (
 	"crypto/rand"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -169,11 +170,13 @@ func (c *pathConn) addTarget(now time.Time, rc candidate) {
 	c.targets = append(c.targets, tg)
 }
 
-// usable reports whether this socket can probe a as a direct path.
+// usable reports whether this socket can probe a as a direct path: of the
+// relay's family and, unless Config.DirectAnyScope, within its scope.
 func (c *pathConn) usable(a netip.AddrPort) bool {
 	a = netAddrPort(a)
 	return a.IsValid() && a.Port() != 0 && a != c.m.relay && usableCandidate(a.Addr()) &&
-		a.Addr().Is4() == c.m.relay.Addr().Is4()
+		a.Addr().Is4() == c.m.relay.Addr().Is4() &&
+		(c.m.cands.anyScope || inScope(c.m.relay.Addr(), a.Addr()))
 }
 
 // step does what is due at now and returns when it next has work.
@@ -230,6 +233,7 @@ func (c *pathConn) step(now time.Time) time.Time {
 			if c.direct == nil {
 				c.nextRetry = now.Add(c.backoff)
 				c.backoff = min(2*c.backoff, t.retryMax)
+				c.relayedBecause(c.failReason())
 			}
 		} else {
 			soon(c.roundEnd)
@@ -348,7 +352,8 @@ func (c *pathConn) fallback(now time.Time, why string) {
 	c.route.keepLast.Store(true)
 	c.recordUntil = now.Add(recordAfterFallback)
 	c.m.log.Info("direct path lost; back to the relay", "peer", lost.String(), "why", why, "resent", len(last))
-	c.setInfo(PathInfo{Kind: PathRelayed, Remote: c.m.relay, Relay: c.m.relay, Since: now})
+	c.setInfo(PathInfo{Kind: PathRelayed, Remote: c.m.relay, Relay: c.m.relay, Since: now,
+		Reason: "the direct path to " + lost.String() + " was lost: " + why})
 	c.backoff = c.m.timing.retryMin
 	c.nextRetry = now.Add(c.backoff)
 	c.unanswered = time.Time{}
@@ -393,6 +398,32 @@ func (c *pathConn) use(now time.Time, tg *target) {
 	}
 	c.m.log.Info("direct path", "peer", a.String(), "rtt", tg.rtt)
 	c.setInfo(PathInfo{Kind: PathDirect, Remote: a, Relay: c.m.relay, RTT: tg.rtt, Since: now})
+}
+
+// failReason says why the punch round that just ended found no path.
+func (c *pathConn) failReason() string {
+	switch {
+	case c.peerRound == 0 && c.peerAck == 0:
+		return "the other side did not take part (direct paths off there, or its announcements lost)"
+	case len(c.targets) == 0:
+		return "the other side offered no address this side can use (other family, or outside the relay's scope)"
+	case len(c.targets) == 1:
+		return "no answer from the other side's address " + c.targets[0].addr.String()
+	}
+	return fmt.Sprintf("no answer from any of the other side's %d addresses", len(c.targets))
+}
+
+// relayedBecause reports, while relayed, why: only when the reason
+// changes, so that retries failing alike stay quiet.
+func (c *pathConn) relayedBecause(reason string) {
+	c.mu.Lock()
+	info := c.info
+	c.mu.Unlock()
+	if info.Kind != PathRelayed || info.Reason == reason {
+		return
+	}
+	info.Reason = reason
+	c.setInfo(info)
 }
 
 func (c *pathConn) setInfo(info PathInfo) {

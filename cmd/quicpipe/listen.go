@@ -126,6 +126,7 @@ func cmdListen(ctx context.Context, e *env) error {
 		TrustedPeers: trusted,
 		QUICConfig:   peerQUICConfig(),
 		Logger:       log,
+		OnPathChange: pathReporter(e),
 	})
 	pipe := *tcpTarget == ""
 	if err != nil {
