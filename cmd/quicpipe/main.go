@@ -177,7 +177,7 @@ func parseFlags(fs *flag.FlagSet, e *env) error {
 		fs.Usage()
 		return err
 	}
-	return usageError(fs, e, "%v", err)
+	return usageError(fs, e, "%s", message(err))
 }
 
 // usageError prints msg and a hint to the usage of fs.
