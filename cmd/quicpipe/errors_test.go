@@ -1,0 +1,42 @@
+package main
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRelayErrors: a relay process warns that its API is open naming
+// -token-secret-file (not the library's Go API); listen with a wrong
+// -relay-key says the relay's key does not match, naming both keys; listen
+// with a relay that does not answer says it is unreachable, with its
+// address and the time waited.
+func TestRelayErrors(t *testing.T) {
+	binary(t)
+	dir := t.TempDir()
+	relay := start(t, "relay", procOpts{home: dir}, "relay", "-listen", "127.0.0.1:0")
+	raddr := relay.match(t, &relay.stdout, regexp.MustCompile(`relay listening on (\S+)\n`), 30*time.Second)
+	rkey := relay.match(t, &relay.stdout, regexp.MustCompile(`relay key (\S+)\n`), 30*time.Second)
+	relay.match(t, &relay.stderr, regexp.MustCompile(`(the relay API is open.*-token-secret-file)`), 10*time.Second)
+	if strings.Contains(relay.stderr.String(), "RelayConfig.Authorizer") {
+		t.Errorf("the relay's warning names the library's API:\n%s", relay.stderr.String())
+	}
+
+	const wrongKey = "09Y2fFgYxhg-D9ibrqDzbUG5723pL-GrqGc06wdJpJ4"
+	l := start(t, "listen", procOpts{home: dir}, "listen", "-relay", raddr, "-relay-key", wrongKey)
+	l.expectExit(t, 30*time.Second, 1)
+	want := "the relay at " + raddr + " presented the key " + rkey + ", not the -relay-key " + wrongKey
+	if !strings.Contains(l.stderr.String(), want) || strings.Contains(l.stderr.String(), "CRYPTO_ERROR") {
+		t.Errorf("listen with a wrong -relay-key: want %q, got:\n%s", want, l.stderr.String())
+	}
+
+	relay.interrupt(t)
+	relay.expectExit(t, 10*time.Second, 0)
+	dead := start(t, "listen", procOpts{home: dir}, "listen", "-relay", raddr, "-relay-key", rkey)
+	dead.expectExit(t, 30*time.Second, 1)
+	want = "relay " + raddr + " (-relay) unreachable: no answer within 10s"
+	if !strings.Contains(dead.stderr.String(), want) {
+		t.Errorf("listen with a dead relay: want %q, got:\n%s", want, dead.stderr.String())
+	}
+}
