@@ -1,8 +1,12 @@
 package main
 
 import (
+	"errors"
+	"io"
+	"net"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -39,4 +43,32 @@ func TestRelayErrors(t *testing.T) {
 	if !strings.Contains(dead.stderr.String(), want) {
 		t.Errorf("listen with a dead relay: want %q, got:\n%s", want, dead.stderr.String())
 	}
+}
+
+// TestTCPTargetDown: "listen -tcp" whose service is down resets the
+// dialer's stream; connect resets the local TCP connection (the client sees
+// a reset, not an empty reply) and says why.
+func TestTCPTargetDown(t *testing.T) {
+	binary(t)
+	dir := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := ln.Addr().String()
+	ln.Close()
+	l := start(t, "listen", procOpts{home: dir}, "listen", "-tcp", down)
+	c := start(t, "connect", procOpts{home: dir}, "connect", "-tcp-listen", "127.0.0.1:0", l.ticket(t))
+	local := c.match(t, &c.stderr, regexp.MustCompile(`forwarding tcp (\S+) to the listener\n`), 30*time.Second)
+	tc, err := net.DialTimeout("tcp", local, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(20 * time.Second))
+	_, err = io.ReadAll(tc)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the TCP client read %v, want a connection reset", err)
+	}
+	c.match(t, &c.stderr, regexp.MustCompile(`(the listener could not reach its TCP service)`), 10*time.Second)
 }
