@@ -72,3 +72,31 @@ func TestTCPTargetDown(t *testing.T) {
 	}
 	c.match(t, &c.stderr, regexp.MustCompile(`(the listener could not reach its TCP service)`), 10*time.Second)
 }
+
+// TestRelayRestart: just after its relay restarts (killed, down 3 s, back
+// on the same address and key), a running listener takes a few seconds to
+// reopen its mailbox; connect, started at once, waits for it instead of
+// saying that nobody listens.
+func TestRelayRestart(t *testing.T) {
+	binary(t)
+	dir := t.TempDir()
+	relay := start(t, "relay", procOpts{home: dir}, "relay", "-listen", "127.0.0.1:0")
+	raddr := relay.match(t, &relay.stdout, regexp.MustCompile(`relay listening on (\S+)\n`), 30*time.Second)
+	rkey := relay.match(t, &relay.stdout, regexp.MustCompile(`relay key (\S+)\n`), 30*time.Second)
+	l := start(t, "listen", procOpts{home: dir}, "listen", "-relay", raddr, "-relay-key", rkey)
+	ticket := l.ticket(t)
+	relay.cmd.Process.Kill()
+	<-relay.done
+	time.Sleep(3 * time.Second)
+	again := start(t, "relay again", procOpts{home: dir}, "relay", "-listen", raddr)
+	again.match(t, &again.stdout, regexp.MustCompile(`(relay listening on \S+)\n`), 30*time.Second)
+	c := start(t, "connect", procOpts{home: dir}, "connect", ticket)
+	io.WriteString(c.stdin, "after the restart\n")
+	c.stdin.Close()
+	l.stdin.Close()
+	c.expectExit(t, 30*time.Second, 0)
+	l.expectExit(t, 10*time.Second, 0)
+	if got := l.stdout.String(); got != "after the restart\n" {
+		t.Errorf("listen's stdout %q", got)
+	}
+}
