@@ -119,25 +119,37 @@ func unusedUDPAddr(t testing.TB) string {
 	return addr
 }
 
+// TestBadRelay: a relay that does not answer and a relay whose key is not
+// the pinned one fail NewDialer and NewAccepter within the relay timeout,
+// with a *RelayConnError that names the relay, the time waited or both
+// keys, and matches ErrRelayUnreachable or ErrRelayKeyMismatch.
 func TestBadRelay(t *testing.T) {
 	e := newTestEnv(t, "127.0.0.1:0", nil)
 	wrongKey := GenerateIdentity().Public().(ed25519.PublicKey)
+	relayKey := e.config(e.aID, e.bID).RelayKey
 	for _, tc := range []struct {
 		name   string
 		change func(*Config)
-		want   []string // all in the message
+		reason error
+		want   func(cfg *Config) []string // all in the message
 		within time.Duration
 	}{
 		{
 			name:   "unreachable",
 			change: func(c *Config) { c.RelayAddr = unusedUDPAddr(t) },
-			want:   []string{"connect to relay 127.0.0.1:"},
+			reason: ErrRelayUnreachable,
+			want: func(c *Config) []string {
+				return []string{"relay " + c.RelayAddr + " unreachable: no answer within 1s"}
+			},
 			within: 3 * time.Second,
 		},
 		{
 			name:   "wrong pinned key",
 			change: func(c *Config) { c.RelayKey = wrongKey },
-			want:   []string{"connect to relay " + e.relay.Addr().String(), "verify"},
+			reason: ErrRelayKeyMismatch,
+			want: func(*Config) []string {
+				return []string{"relay " + e.relay.Addr().String() + " presented the key " + EncodeKey(relayKey) + ", not the pinned relay key " + EncodeKey(wrongKey)}
+			},
 			within: 3 * time.Second,
 		},
 	} {
@@ -155,10 +167,16 @@ func TestBadRelay(t *testing.T) {
 					t.Fatalf("New%s: got success, want an error", side)
 				}
 				t.Logf("New%s after %v: %v", side, el.Round(time.Millisecond), err)
-				if tc.name == "unreachable" && !strings.Contains(err.Error(), cfg.RelayAddr) {
-					t.Errorf("New%s: got %q, want it to name the relay %s", side, err, cfg.RelayAddr)
+				if !errors.Is(err, tc.reason) {
+					t.Errorf("New%s: %v does not match %v", side, err, tc.reason)
 				}
-				for _, w := range tc.want {
+				var ce *RelayConnError
+				if !errors.As(err, &ce) || ce.Addr != cfg.RelayAddr {
+					t.Errorf("New%s: %#v is not a *RelayConnError for %s", side, err, cfg.RelayAddr)
+				} else if ce.Waited < 0 || ce.Waited > el {
+					t.Errorf("New%s: Waited %v, outside the call's %v", side, ce.Waited, el)
+				}
+				for _, w := range tc.want(cfg) {
 					if !strings.Contains(err.Error(), w) {
 						t.Errorf("New%s: got %q, want it to contain %q", side, err, w)
 					}
@@ -278,5 +296,27 @@ func TestUntrustedPeer(t *testing.T) {
 				t.Errorf("deadline reached, want a prompt handshake failure")
 			}
 		})
+	}
+}
+
+// TestBadRelayCanceled: a caller that gives up on an unreachable relay
+// gets its context's error, not ErrRelayUnreachable; a caller's deadline
+// shorter than RelayTimeout is the time waited.
+func TestBadRelayCanceled(t *testing.T) {
+	e := newTestEnv(t, "127.0.0.1:0", nil)
+	cfg := e.config(e.aID)
+	cfg.RelayAddr = unusedUDPAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, cancel)
+	_, err := NewDialer(ctx, cfg)
+	if !errors.Is(err, context.Canceled) || errors.Is(err, ErrRelayUnreachable) {
+		t.Errorf("canceled NewDialer: %v, want context.Canceled and not ErrRelayUnreachable", err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = NewDialer(ctx, cfg)
+	var ce *RelayConnError
+	if !errors.Is(err, ErrRelayUnreachable) || !errors.As(err, &ce) || ce.Waited > time.Second {
+		t.Errorf("NewDialer with a 300ms deadline: %v, want ErrRelayUnreachable after about 300ms", err)
 	}
 }

@@ -3,6 +3,7 @@ package quicpipe
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -56,6 +57,7 @@ type relaySession struct {
 	tr        *quic.Transport
 	addr      *net.UDPAddr
 	tlsConf   *tls.Config
+	pinned    ed25519.PublicKey // the relay's key; nil with Config.RelayTLSConfig
 	key       []byte
 	gen       *CIDGenerator
 	window    uint32
@@ -99,6 +101,9 @@ func newRelaySession(tr *quic.Transport, addr *net.UDPAddr, tlsConf *tls.Config,
 		recheck:   make(chan struct{}, 1),
 		closed:    make(chan struct{}),
 		h3:        &http3.Transport{},
+	}
+	if cfg.RelayTLSConfig == nil {
+		s.pinned = cfg.RelayKey
 	}
 	gen.setNotify(func(issued uint32) {
 		if end := s.regEnd.Load(); end > 0 && uint64(issued)+uint64(s.window/2) > uint64(end) {
@@ -294,9 +299,10 @@ func (s *relaySession) conn(ctx context.Context) (*http3.ClientConn, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	start := time.Now()
 	qc, err := s.tr.Dial(dctx, s.addr, s.tlsConf, qconf)
 	if err != nil {
-		return nil, fmt.Errorf("quicpipe: connect to relay %s: %w", s.addr, err)
+		return nil, relayConnError(ctx, s.addr.String(), s.pinned, time.Since(start), err)
 	}
 	s.qc = qc
 	s.cc = s.h3.NewClientConn(qc)

@@ -58,15 +58,16 @@ func cmdConnect(ctx context.Context, e *env) error {
 		fmt.Fprintf(e.stderr, "quicpipe: the ticket has no secret; dialing as %s\n", quicpipe.EncodeKey(publicKey(key)))
 	}
 	dctx, cancel := context.WithTimeout(ctx, *timeout)
-	conn, err := quicpipe.DialTicket(dctx, ticket, cfg)
+	conn, err := dialTicket(dctx, ticket, cfg)
 	cancel()
 	if err != nil {
-		var re *quicpipe.RelayError
 		switch {
 		case ctx.Err() != nil:
 			return interrupted(ctx, err, *tcpListen == "")
-		case errors.As(err, &re) && re.Code == "no_mailbox":
-			return errors.New("nobody is listening with this ticket (the listener has stopped)")
+		case relayProblem(err, false) != nil:
+			return relayProblem(err, false)
+		case noMailbox(err):
+			return errNoListener(ticket.RelayAddr)
 		case errors.Is(err, quicpipe.ErrKeyRefused):
 			return fmt.Errorf("the listener refused this side's key %s (a ticket without a secret needs the listener to -allow it): %w",
 				quicpipe.EncodeKey(publicKey(dialerIdentity(ticket, cfg))), err)
@@ -182,7 +183,12 @@ func serveTCPListen(ctx context.Context, e *env, conn *quicpipe.Conn, addr strin
 			if verbose {
 				fmt.Fprintf(e.stderr, "quicpipe: %s → stream %d\n", c.RemoteAddr(), s.StreamID())
 			}
-			if err := forwardTCP(c.(*net.TCPConn), s); err != nil && verbose {
+			err = forwardTCP(c.(*net.TCPConn), s)
+			switch {
+			case targetDown(err):
+				// Said even without -v: the TCP client saw only a reset.
+				fmt.Fprintf(e.stderr, "quicpipe: the listener could not reach its TCP service; reset the connection from %s\n", c.RemoteAddr())
+			case err != nil && verbose:
 				fmt.Fprintf(e.stderr, "quicpipe: stream %d: %v\n", s.StreamID(), err)
 			}
 		})

@@ -89,6 +89,11 @@ func cmdListen(ctx context.Context, e *env) error {
 			return fmt.Errorf("-ticket-file: %w", err)
 		}
 	}
+	if *relayAddr != "" {
+		if err := checkRelayAddr(*relayAddr); err != nil {
+			return usageError(fs, e, "%v", err)
+		}
+	}
 	log := logger(e, *verbose)
 	key, err := loadIdentity(e, *identity)
 	if err != nil {
@@ -116,7 +121,7 @@ func cmdListen(ctx context.Context, e *env) error {
 	}
 	text, err := ticket.MarshalText()
 	if err != nil {
-		return err
+		return fmt.Errorf("cannot make a ticket for relay %s: %w", ticket.RelayAddr, err)
 	}
 	a, err := quicpipe.NewAccepter(ctx, &quicpipe.Config{
 		RelayAddr:    ticket.RelayAddr,
@@ -130,6 +135,9 @@ func cmdListen(ctx context.Context, e *env) error {
 	})
 	pipe := *tcpTarget == ""
 	if err != nil {
+		if rerr := relayProblem(err, true); rerr != nil && ctx.Err() == nil {
+			return rerr
+		}
 		return interrupted(ctx, err, pipe)
 	}
 	defer a.Close()
@@ -137,6 +145,9 @@ func cmdListen(ctx context.Context, e *env) error {
 		var re *quicpipe.RelayError
 		if errors.As(err, &re) && re.Code == "not_found" {
 			return fmt.Errorf("the relay does not offer mailboxes: %w", err)
+		}
+		if rerr := relayProblem(err, true); rerr != nil && ctx.Err() == nil {
+			return rerr
 		}
 		return interrupted(ctx, err, pipe)
 	}

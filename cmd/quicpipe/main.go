@@ -164,7 +164,7 @@ func run(ctx context.Context, e *env) int {
 	case errors.Is(err, errUsage):
 		return 2
 	default:
-		fmt.Fprintf(e.stderr, "quicpipe %s: %v\n", name, err)
+		fmt.Fprintf(e.stderr, "quicpipe %s: %s\n", name, message(err))
 		return 1
 	}
 }
@@ -180,21 +180,30 @@ func newFlagSet(e *env, name, args, doc string) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses e.args; wrong flags are usage errors.
+// parseFlags parses e.args; wrong flags are usage errors. -h prints the
+// usage; a wrong flag prints only the error and a hint to -h, so that the
+// error is the line the user sees.
 func parseFlags(fs *flag.FlagSet, e *env) error {
-	if err := fs.Parse(e.args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage // the flag package printed the error and usage
+	usage := fs.Usage
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(e.args)
+	fs.Usage = usage
+	fs.SetOutput(e.stderr)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, flag.ErrHelp):
+		fs.Usage()
+		return err
 	}
-	return nil
+	return usageError(fs, e, "%s", message(err))
 }
 
-// usageError prints msg and the usage of fs.
+// usageError prints msg and a hint to the usage of fs.
 func usageError(fs *flag.FlagSet, e *env, format string, args ...any) error {
 	fmt.Fprintf(e.stderr, "%s: %s\n", fs.Name(), fmt.Sprintf(format, args...))
-	fs.Usage()
+	fmt.Fprintf(e.stderr, "Run \"%s -h\" for its usage and flags.\n", fs.Name())
 	return errUsage
 }
 

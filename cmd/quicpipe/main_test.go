@@ -473,7 +473,8 @@ func TestUsage(t *testing.T) {
 		{"bad-relay-key", []string{"listen", "-relay", "127.0.0.1:1", "-relay-key", "xyz"}, 2, "bad public key"},
 		{"connect-no-ticket", []string{"connect"}, 2, "need exactly one ticket"},
 		{"connect-two-tickets", []string{"connect", good, good}, 2, "need exactly one ticket"},
-		{"bad-ticket", []string{"connect", good[:50] + "a" + good[51:]}, 1, "quicpipe connect: quicpipe: bad ticket: checksum mismatch"},
+		{"bad-ticket", []string{"connect", good[:50] + "a" + good[51:]}, 1, "quicpipe connect: bad ticket: checksum mismatch"},
+		{"relay-without-port", []string{"listen", "-relay", "127.0.0.1", "-relay-key", "09Y2fFgYxhg-D9ibrqDzbUG5723pL-GrqGc06wdJpJ4"}, 2, "-relay 127.0.0.1 has no port: give host:port"},
 		{"not-a-ticket", []string{"connect", "hello"}, 1, `bad ticket: a ticket starts with "qp1"`},
 		{"insecure-identity", []string{"key", "-identity", insecure}, 1, "chmod 600 " + insecure},
 		{"relay-args", []string{"relay", "extra"}, 2, "unexpected arguments"},
@@ -488,6 +489,14 @@ func TestUsage(t *testing.T) {
 			}
 			if out := p.stdout.String(); out != "" {
 				t.Errorf("stdout %q, want nothing", out)
+			}
+			// One prefix per message; a usage error is the error and a
+			// hint to -h, not the whole usage burying it.
+			if strings.Contains(p.stderr.String(), ": quicpipe: ") {
+				t.Errorf("doubled prefix:\n%s", p.stderr.String())
+			}
+			if tc.code == 2 && len(tc.args) > 0 && tc.name != "unknown-command" && (strings.Contains(p.stderr.String(), "flags:") || !strings.Contains(p.stderr.String(), "-h\" for its usage")) {
+				t.Errorf("usage error prints the usage, or no hint to -h:\n%s", p.stderr.String())
 			}
 		})
 	}

@@ -325,7 +325,10 @@ func (w *inputWriter) end(cond func() bool) bool {
 
 // forwardTCP pipes a TCP connection and a stream both ways, mapping each
 // side's end of input to the other's half-close, until both directions have
-// ended. An error on either side aborts both.
+// ended. An error on either side aborts both: the stream is reset, and the
+// TCP connection too (RST, not FIN), so that neither end mistakes an abort
+// for the end of the data; the listener resets with codeUnreachable a
+// stream whose TCP service it could not reach.
 func forwardTCP(tc *net.TCPConn, s *quic.Stream) error {
 	var once sync.Once
 	var first error
@@ -334,6 +337,7 @@ func forwardTCP(tc *net.TCPConn, s *quic.Stream) error {
 			first = err
 			s.CancelRead(codeError)
 			s.CancelWrite(codeError)
+			tc.SetLinger(0)
 			tc.Close()
 		})
 	}
@@ -355,4 +359,11 @@ func forwardTCP(tc *net.TCPConn, s *quic.Stream) error {
 	wg.Wait()
 	tc.Close()
 	return first
+}
+
+// targetDown reports whether err is the listener resetting a stream because
+// it could not reach its TCP service.
+func targetDown(err error) bool {
+	var se *quic.StreamError
+	return errors.As(err, &se) && se.Remote && se.ErrorCode == codeUnreachable
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 
@@ -78,6 +79,10 @@ func cmdRelay(ctx context.Context, e *env) error {
 			return err
 		}
 		cfg.Authorizer = &quicpipe.TokenAuthorizer{Secret: secret}
+	} else {
+		// Open on purpose: the library would warn naming its Go API
+		// (RelayConfig.Authorizer); the command's user needs the flag.
+		cfg.Authorizer = openAPI
 	}
 	relay, err := quicpipe.ListenRelay(*listen, &cfg)
 	if err != nil {
@@ -91,6 +96,9 @@ func cmdRelay(ctx context.Context, e *env) error {
 		addr = fmt.Sprintf("<this host's address>:%d", relay.Addr().Port)
 	}
 	fmt.Fprintf(e.stderr, "quicpipe: listeners use this relay with\n\n    %s listen -relay %s -relay-key %s\n\n", selfCommand(e.arg0), addr, pub)
+	if *tokenSecret == "" {
+		fmt.Fprintln(e.stderr, "quicpipe: warning: the relay API is open: anyone who reaches this relay may register and relay traffic through it; require tokens with -token-secret-file FILE")
+	}
 	if *metrics != "" {
 		fmt.Fprintf(e.stderr, "quicpipe: metrics on http://%s/metrics\n", *metrics)
 	}
@@ -127,3 +135,6 @@ func readTokenSecret(path string) ([]byte, error) {
 	}
 	return secret, nil
 }
+
+// openAPI lets every request through: the relay without -token-secret-file.
+var openAPI = quicpipe.AuthorizerFunc(func(*http.Request, quicpipe.Operation) error { return nil })
