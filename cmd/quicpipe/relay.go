@@ -97,7 +97,8 @@ func cmdRelay(ctx context.Context, e *env) error {
 	}
 	fmt.Fprintf(e.stderr, "quicpipe: listeners use this relay with\n\n    %s listen -relay %s -relay-key %s\n\n", selfCommand(e.arg0), addr, pub)
 	if *tokenSecret == "" {
-		fmt.Fprintln(e.stderr, "quicpipe: warning: the relay API is open: anyone who reaches this relay may register and relay traffic through it; require tokens with -token-secret-file FILE")
+		// Through the logger, so that -log-json keeps every warning JSON.
+		cfg.Logger.Warn("the relay API is open: anyone who reaches this relay may register and relay traffic through it; require tokens with -token-secret-file FILE")
 	}
 	if *metrics != "" {
 		fmt.Fprintf(e.stderr, "quicpipe: metrics on http://%s/metrics\n", *metrics)
