@@ -19,9 +19,7 @@ import (
 func TestRelayErrors(t *testing.T) {
 	binary(t)
 	dir := t.TempDir()
-	relay := start(t, "relay", procOpts{home: dir}, "relay", "-listen", "127.0.0.1:0")
-	raddr := relay.match(t, &relay.stdout, regexp.MustCompile(`relay listening on (\S+)\n`), 30*time.Second)
-	rkey := relay.match(t, &relay.stdout, regexp.MustCompile(`relay key (\S+)\n`), 30*time.Second)
+	relay, raddr, rkey := startRelayProc(t, "relay", dir, "127.0.0.1:0")
 	relay.match(t, &relay.stderr, regexp.MustCompile(`(the relay API is open.*-token-secret-file)`), 10*time.Second)
 	if strings.Contains(relay.stderr.String(), "RelayConfig.Authorizer") {
 		t.Errorf("the relay's warning names the library's API:\n%s", relay.stderr.String())
@@ -80,16 +78,13 @@ func TestTCPTargetDown(t *testing.T) {
 func TestRelayRestart(t *testing.T) {
 	binary(t)
 	dir := t.TempDir()
-	relay := start(t, "relay", procOpts{home: dir}, "relay", "-listen", "127.0.0.1:0")
-	raddr := relay.match(t, &relay.stdout, regexp.MustCompile(`relay listening on (\S+)\n`), 30*time.Second)
-	rkey := relay.match(t, &relay.stdout, regexp.MustCompile(`relay key (\S+)\n`), 30*time.Second)
+	relay, raddr, rkey := startRelayProc(t, "relay", dir, "127.0.0.1:0")
 	l := start(t, "listen", procOpts{home: dir}, "listen", "-relay", raddr, "-relay-key", rkey)
 	ticket := l.ticket(t)
 	relay.cmd.Process.Kill()
 	<-relay.done
 	time.Sleep(3 * time.Second)
-	again := start(t, "relay again", procOpts{home: dir}, "relay", "-listen", raddr)
-	again.match(t, &again.stdout, regexp.MustCompile(`(relay listening on \S+)\n`), 30*time.Second)
+	startRelayProc(t, "relay again", dir, raddr)
 	c := start(t, "connect", procOpts{home: dir}, "connect", ticket)
 	io.WriteString(c.stdin, "after the restart\n")
 	c.stdin.Close()

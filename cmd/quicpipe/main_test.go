@@ -182,6 +182,16 @@ func (p *proc) match(t *testing.T, buf *syncBuffer, re *regexp.Regexp, timeout t
 	}
 }
 
+// startRelayProc starts a relay process listening on listen with dir as
+// its home, and returns it with the address and key it printed.
+func startRelayProc(t *testing.T, name, dir, listen string, args ...string) (p *proc, addr, key string) {
+	t.Helper()
+	p = start(t, name, procOpts{home: dir}, append([]string{"relay", "-listen", listen}, args...)...)
+	addr = p.match(t, &p.stdout, regexp.MustCompile(`relay listening on (\S+)\n`), 30*time.Second)
+	key = p.match(t, &p.stdout, regexp.MustCompile(`relay key (\S+)\n`), 30*time.Second)
+	return p, addr, key
+}
+
 var ticketRE = regexp.MustCompile(`quicpipe connect (?:-\S+ \S+ )*(qp1[a-z2-7]+)\n`)
 
 func (p *proc) ticket(t *testing.T) string {
@@ -320,9 +330,7 @@ func TestTCPForwarding(t *testing.T) {
 	dir := t.TempDir()
 	svc := startBannerEcho(t)
 
-	relay := start(t, "relay", procOpts{home: dir}, "relay", "-listen", "127.0.0.1:0")
-	raddr := relay.match(t, &relay.stdout, regexp.MustCompile(`relay listening on (\S+)\n`), 30*time.Second)
-	rkey := relay.match(t, &relay.stdout, regexp.MustCompile(`relay key (\S+)\n`), 30*time.Second)
+	relay, raddr, rkey := startRelayProc(t, "relay", dir, "127.0.0.1:0")
 	if fi, err := os.Stat(filepath.Join(dir, "quicpipe", "relay.key")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("relay identity file: %v", err)
 	}

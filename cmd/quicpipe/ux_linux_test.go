@@ -82,47 +82,38 @@ func openPTY(t *testing.T) *pty {
 func TestTransferEndsByItself(t *testing.T) {
 	binary(t)
 	const size = 8 << 20
-	t.Run("listen-receives", func(t *testing.T) {
-		dir := t.TempDir()
-		term := openPTY(t)
-		in, sum := randomFile(t, dir, "in", size)
-		out := createFile(t, filepath.Join(dir, "out"))
-		l := start(t, "listen", procOpts{home: dir, stdin: term.slave, stdout: out}, "listen")
-		c := start(t, "connect", procOpts{home: dir, stdin: in}, "connect", l.ticket(t))
-		c.expectExit(t, 30*time.Second, 0)
-		l.expectExit(t, 10*time.Second, 0)
-		if got, n := fileHash(t, out.Name()); got != sum {
-			t.Errorf("listen's stdout: %d bytes, not connect's %d", n, size)
-		}
-	})
-	t.Run("connect-recv", func(t *testing.T) {
-		dir := t.TempDir()
-		term := openPTY(t)
-		in, sum := randomFile(t, dir, "in", size)
-		out := createFile(t, filepath.Join(dir, "out"))
-		l := start(t, "listen", procOpts{home: dir, stdin: in}, "listen")
-		c := start(t, "connect", procOpts{home: dir, stdin: term.slave, stdout: out}, "connect", "-recv", l.ticket(t))
-		c.expectExit(t, 30*time.Second, 0)
-		l.expectExit(t, 10*time.Second, 0)
-		if got, n := fileHash(t, out.Name()); got != sum {
-			t.Errorf("connect's stdout: %d bytes, not listen's %d", n, size)
-		}
-	})
-	t.Run("connect-receives", func(t *testing.T) {
-		// No -recv: the listener's notice that its input ended lets the
-		// dialer's silent terminal end its input.
-		dir := t.TempDir()
-		term := openPTY(t)
-		in, sum := randomFile(t, dir, "in", size)
-		out := createFile(t, filepath.Join(dir, "out"))
-		l := start(t, "listen", procOpts{home: dir, stdin: in}, "listen")
-		c := start(t, "connect", procOpts{home: dir, stdin: term.slave, stdout: out}, "connect", l.ticket(t))
-		c.expectExit(t, 30*time.Second, 0)
-		l.expectExit(t, 10*time.Second, 0)
-		if got, n := fileHash(t, out.Name()); got != sum {
-			t.Errorf("connect's stdout: %d bytes, not listen's %d", n, size)
-		}
-	})
+	// The receiving side's stdin is a terminal that sends nothing; -recv
+	// sends nothing whatever stdin is. Without -recv, connect learns that
+	// the listener's input ended from the listener's notice.
+	for _, tc := range []struct {
+		name       string
+		listenRecv bool // the listener receives; else connect does
+		recvFlag   []string
+	}{
+		{name: "listen-receives", listenRecv: true},
+		{name: "connect-recv", recvFlag: []string{"-recv"}},
+		{name: "connect-receives"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			term := openPTY(t)
+			in, sum := randomFile(t, dir, "in", size)
+			out := createFile(t, filepath.Join(dir, "out"))
+			sender := procOpts{home: dir, stdin: in}
+			receiver := procOpts{home: dir, stdin: term.slave, stdout: out}
+			lo, co := sender, receiver
+			if tc.listenRecv {
+				lo, co = receiver, sender
+			}
+			l := start(t, "listen", lo, "listen")
+			c := start(t, "connect", co, append(append([]string{"connect"}, tc.recvFlag...), l.ticket(t))...)
+			c.expectExit(t, 30*time.Second, 0)
+			l.expectExit(t, 10*time.Second, 0)
+			if got, n := fileHash(t, out.Name()); got != sum {
+				t.Errorf("the receiver's stdout: %d bytes, not the sender's %d", n, size)
+			}
+		})
+	}
 	t.Run("typed-holds", func(t *testing.T) {
 		dir := t.TempDir()
 		term := openPTY(t)
