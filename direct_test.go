@@ -240,16 +240,24 @@ func TestDirectDisabled(t *testing.T) {
 	}
 }
 
-// TestDirectOneSideDisabled: a peer with direct paths on facing one with
-// them off stays relayed and keeps working.
-func TestDirectOneSideDisabled(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+// dialOneSideDisabled connects a dialer with direct paths on (fast punch
+// rounds) to an accepter with them off.
+func dialOneSideDisabled(t *testing.T, ctx context.Context) *directPeers {
+	t.Helper()
 	e := newTestEnv(t, "127.0.0.1:0", nil)
 	fast := defaultDirectTiming
 	fast.pingsPerCand, fast.retryMin = 4, 200*time.Millisecond
 	p := dialDirect(t, ctx, e.relay.Addr().String(), e.relayID, e.aID, e.bID,
 		&Config{directTiming: &fast}, &Config{DisableDirect: true}, 0)
+	return p
+}
+
+// TestDirectOneSideDisabled: a peer with direct paths on facing one with
+// them off stays relayed and keeps working.
+func TestDirectOneSideDisabled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p := dialOneSideDisabled(t, ctx)
 	for p.d.DirectStats().PunchAttempts < 2 && ctx.Err() == nil {
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -13,11 +13,7 @@ import (
 func TestPathReason(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	e := newTestEnv(t, "127.0.0.1:0", nil)
-	fast := defaultDirectTiming
-	fast.pingsPerCand, fast.retryMin = 4, 200*time.Millisecond
-	p := dialDirect(t, ctx, e.relay.Addr().String(), e.relayID, e.aID, e.bID,
-		&Config{directTiming: &fast}, &Config{DisableDirect: true}, 0)
+	p := dialOneSideDisabled(t, ctx)
 	info, err := p.dw.wait(ctx, func(p PathInfo) bool { return p.Kind == PathRelayed && p.Reason != "" })
 	if err != nil {
 		t.Fatal(err)
