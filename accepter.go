@@ -31,7 +31,7 @@ type Accepter struct {
 	done chan struct{}
 	wg   sync.WaitGroup
 
-	mbox mailboxState // see mailbox_client.go
+	mbox mailboxState // see peer_mailbox.go
 }
 
 // odcidHolder carries a connection's original destination CID from quic-go's

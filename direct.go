@@ -109,7 +109,7 @@ var defaultDirectTiming = directTiming{
 
 // directManager runs the direct paths of one peer (Dialer or Accepter):
 // one goroutine dispatching control datagrams by connection tag, one per
-// connection running its path state machine (path.go), and one delivering
+// connection running its path state machine (direct_path.go), and one delivering
 // path-change callbacks.
 type directManager struct {
 	pc       *peerConn
