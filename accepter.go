@@ -180,12 +180,15 @@ func (a *Accepter) deliver(odcid string, r acceptResult) bool {
 // flight, therefore makes Accept wait until then and fail with quic-go's
 // idle timeout error.
 func (a *Accepter) Accept(ctx context.Context, flight *FirstFlight) (*quic.Conn, error) {
+	if a.p.closed.Load() {
+		return nil, ErrClosed
+	}
 	info, err := flight.check()
 	if err != nil {
 		return nil, err
 	}
 	if err := a.p.sess.ensureWindow(ctx); err != nil {
-		return nil, err
+		return nil, a.p.closedOr(err)
 	}
 	key := string(info.ODCID)
 	ch := make(chan acceptResult, 1)
@@ -237,7 +240,7 @@ wait:
 		case r := <-ch:
 			if r.err != nil {
 				a.p.direct.abandon(remote)
-				return nil, acceptError(r.err)
+				return nil, a.p.closedOr(acceptError(r.err))
 			}
 			a.p.direct.start(r.conn, remote, route, false)
 			return r.conn, nil

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -32,6 +33,7 @@ type peer struct {
 	sess      *relaySession
 	direct    *directManager // nil if Config.DisableDirect
 
+	closed    atomic.Bool // set when close starts
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -103,6 +105,7 @@ func (p *peer) closeSocket() error {
 // close unregisters, closes every connection and the transport, and closes
 // the socket if the peer opened it.
 func (p *peer) close() error {
+	p.closed.Store(true)
 	p.closeOnce.Do(func() {
 		p.direct.close()
 		if p.sess != nil {
@@ -118,4 +121,13 @@ func (p *peer) close() error {
 		p.closeErr = errors.Join(errs...)
 	})
 	return p.closeErr
+}
+
+// closedOr returns ErrClosed if the peer is closed (err, from a dial or an
+// accept that the close cut short, then only says how), else err.
+func (p *peer) closedOr(err error) error {
+	if p.closed.Load() {
+		return ErrClosed
+	}
+	return err
 }

@@ -160,3 +160,27 @@ func (c *peerConn) writeHolding(b, oob []byte, addr *net.UDPAddr) (n, oobn int, 
 	}
 	return len(b), len(oob), nil
 }
+
+// dialHold holds back the packets of one dial from the moment quic-go
+// picks its original destination CID until the dial ends.
+type dialHold struct {
+	pc    *peerConn
+	cp    *capture
+	odcid []byte // set by start, from quic-go's Tracer callback
+}
+
+// start starts holding back the packets for odcid; only the first call
+// counts.
+func (h *dialHold) start(odcid []byte) {
+	if h.odcid == nil {
+		h.odcid = odcid
+		h.pc.hold(odcid, h.cp)
+	}
+}
+
+// release stops holding back, if start was called.
+func (h *dialHold) release() {
+	if h.odcid != nil {
+		h.pc.release(h.odcid)
+	}
+}
