@@ -49,6 +49,10 @@ type acceptResult struct {
 // relay over it, and starts listening for the first flights given to Accept.
 // Only dialers whose keys are in Config.TrustedPeers are accepted.
 func NewAccepter(ctx context.Context, cfg *Config) (*Accepter, error) {
+	return newAccepter(ctx, cfg, peerOptions{})
+}
+
+func newAccepter(ctx context.Context, cfg *Config, opts peerOptions) (*Accepter, error) {
 	c, err := populateConfig(cfg, true)
 	if err != nil {
 		return nil, err
@@ -57,7 +61,7 @@ func NewAccepter(ctx context.Context, cfg *Config) (*Accepter, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := newPeer(ctx, c)
+	p, err := newPeer(ctx, c, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -52,13 +52,15 @@ func (l *dialLab) config(t *testing.T, ns *netlab.NS, id ed25519.PrivateKey, tru
 	if log == nil {
 		log = warnLogger(t)
 	}
+	conn := l.peerSocket(t, ns)
 	return &Config{
-		RelayAddr:    l.relay.Addr().String(),
-		RelayKey:     pub(l.relayID),
-		Identity:     id,
-		TrustedPeers: trusted,
-		Conn:         l.peerSocket(t, ns),
-		Logger:       log,
+		RelayAddr:      l.relay.Addr().String(),
+		RelayKey:       pub(l.relayID),
+		Identity:       id,
+		TrustedPeers:   trusted,
+		Conn:           conn,
+		InterfaceAddrs: socketInterfaceAddrs(conn),
+		Logger:         log,
 	}
 }
 

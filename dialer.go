@@ -23,11 +23,15 @@ type Dialer struct {
 // NewDialer opens the socket (or takes Config.Conn) and registers with the
 // relay over it. It fails if the relay cannot be reached or refuses.
 func NewDialer(ctx context.Context, cfg *Config) (*Dialer, error) {
+	return newDialer(ctx, cfg, peerOptions{})
+}
+
+func newDialer(ctx context.Context, cfg *Config, opts peerOptions) (*Dialer, error) {
 	c, err := populateConfig(cfg, false)
 	if err != nil {
 		return nil, err
 	}
-	p, err := newPeer(ctx, c)
+	p, err := newPeer(ctx, c, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -286,24 +290,19 @@ func (d *Dialer) DirectStats() DirectStats { return d.p.direct.stats() }
 // than once.
 func (d *Dialer) Close() error { return d.p.close() }
 
-// Conn is a peer connection that owns its Dialer: closing it closes both.
-// It embeds quic-go's connection, so every stream and datagram method is
-// quic-go's own.
-type Conn struct {
-	*quic.Conn
-	d *Dialer
-}
-
 // Dial is a convenience for one connection: it creates a Dialer, dials peer
-// and returns a Conn that closes the Dialer when it is closed, or when the
-// connection ends.
-func Dial(ctx context.Context, cfg *Config, peer ed25519.PublicKey, deliver DeliverFunc) (*Conn, error) {
+// through it and returns the connection, which owns the Dialer: the Dialer
+// closes (unregistering from the relay and closing its socket) once the
+// connection ends, whichever side closes it. Use NewDialer for several
+// connections, or for Dialer.Path; Config.OnPathChange reports the path of
+// this one.
+func Dial(ctx context.Context, cfg *Config, peer ed25519.PublicKey, deliver DeliverFunc) (*quic.Conn, error) {
 	return dialOwned(ctx, cfg, func(d *Dialer) (*quic.Conn, error) { return d.Dial(ctx, peer, deliver) })
 }
 
 // dialOwned creates a Dialer, opens one connection with dial and ties the
 // Dialer's life to it.
-func dialOwned(ctx context.Context, cfg *Config, dial func(*Dialer) (*quic.Conn, error)) (*Conn, error) {
+func dialOwned(ctx context.Context, cfg *Config, dial func(*Dialer) (*quic.Conn, error)) (*quic.Conn, error) {
 	d, err := NewDialer(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -317,14 +316,5 @@ func dialOwned(ctx context.Context, cfg *Config, dial func(*Dialer) (*quic.Conn,
 		<-qc.Context().Done()
 		d.Close()
 	}()
-	return &Conn{Conn: qc, d: d}, nil
-}
-
-// Path returns the path the connection uses now (see Dialer.Path).
-func (c *Conn) Path() (PathInfo, bool) { return c.d.Path(c.Conn) }
-
-// Close closes the connection (application error 0) and its Dialer.
-func (c *Conn) Close() error {
-	c.Conn.CloseWithError(0, "")
-	return c.d.Close()
+	return qc, nil
 }

@@ -74,7 +74,8 @@ type DirectStats struct {
 	ControlDropped uint64
 }
 
-// directTiming holds the direct-path timers. Tests shorten them.
+// directTiming holds the direct-path timers. Tests shorten them (see
+// peerOptions).
 type directTiming struct {
 	candResend   time.Duration // candidates retransmission while not acknowledged
 	candSends    int           // candidates transmissions per round
@@ -163,11 +164,11 @@ type pathEvent struct {
 // direct paths on. obs returns the peer's relay-observed address; recheck
 // asks the relay for it again without waiting (it may have changed when a
 // direct path dies), and the peer calls observedChanged when it has.
-func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrPort, recheck func(), cfg *Config) *directManager {
+func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrPort, recheck func(), cfg *Config, timing *directTiming) *directManager {
 	m := &directManager{
 		pc:       pc,
 		relay:    netAddrPort(relay),
-		cands:    &candidateCache{conn: pc.conn, relay: netAddrPort(relay), obs: obs, anyScope: cfg.DirectAnyScope},
+		cands:    &candidateCache{conn: pc.conn, relay: netAddrPort(relay), obs: obs, anyScope: cfg.DirectAnyScope, addrs: cfg.InterfaceAddrs},
 		recheck:  recheck,
 		log:      cfg.Logger,
 		onChange: cfg.OnPathChange,
@@ -181,8 +182,8 @@ func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrP
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.directTiming != nil {
-		m.timing = *cfg.directTiming
+	if timing != nil {
+		m.timing = *timing
 	}
 	m.cands.ttl = m.timing.refresh
 	if m.timing.lowTTL > 0 {

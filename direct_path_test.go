@@ -53,7 +53,7 @@ func TestProbeValidation(t *testing.T) {
 	own, peerSock, other := listen(), listen(), listen()
 	relay := netip.MustParseAddrPort("127.0.0.1:9") // never used here
 	pc := newPeerConn(own, relay, true)
-	m := newDirectManager(pc, relay, func() netip.AddrPort { return netip.AddrPort{} }, nil, &Config{Logger: testLogger(t)})
+	m := newDirectManager(pc, relay, func() netip.AddrPort { return netip.AddrPort{} }, nil, &Config{Logger: testLogger(t)}, nil)
 	defer m.close()
 	mat := make([]byte, 72)
 	for i := range mat {

@@ -73,6 +73,15 @@ type directPeers struct {
 // over.
 func dialDirect(t testing.TB, ctx context.Context, relayAddr string, relayID, aID, bID ed25519.PrivateKey, dcfg, acfg *Config, flightDelay time.Duration) *directPeers {
 	t.Helper()
+	return dialDirectTimed(t, ctx, relayAddr, relayID, aID, bID, dcfg, acfg, flightDelay, nil)
+}
+
+// dialDirectTimed is dialDirect with both peers' direct-path timers
+// replaced by timing, if not nil. A configuration with a Conn opened in
+// another network namespace lists that namespace's interfaces.
+func dialDirectTimed(t testing.TB, ctx context.Context, relayAddr string, relayID, aID, bID ed25519.PrivateKey, dcfg, acfg *Config,
+	flightDelay time.Duration, timing *directTiming) *directPeers {
+	t.Helper()
 	p := &directPeers{dw: newPathWatch(), aw: newPathWatch()}
 	base := func(c *Config, id ed25519.PrivateKey, w *pathWatch) *Config {
 		var out Config
@@ -86,11 +95,14 @@ func dialDirect(t testing.TB, ctx context.Context, relayAddr string, relayID, aI
 		if out.Logger == nil {
 			out.Logger = testLogger(t)
 		}
+		if out.Conn != nil && out.InterfaceAddrs == nil {
+			out.InterfaceAddrs = socketInterfaceAddrs(out.Conn)
+		}
 		return &out
 	}
 	ac := base(acfg, bID, p.aw)
 	ac.TrustedPeers = []ed25519.PublicKey{aID.Public().(ed25519.PublicKey)}
-	d, a := newEndpoints(t, ctx, ac, base(dcfg, aID, p.dw))
+	d, a := newEndpointsWith(t, ctx, ac, base(dcfg, aID, p.dw), peerOptions{directTiming: timing})
 	dc, accepted := dialAccept(t, ctx, d, a, bID.Public().(ed25519.PublicKey), nil, flightDelay)
 	p.established = time.Now()
 	p.ac = accepted
@@ -244,8 +256,8 @@ func dialOneSideDisabled(t *testing.T, ctx context.Context) *directPeers {
 	e := newTestEnv(t, "127.0.0.1:0", nil)
 	fast := defaultDirectTiming
 	fast.pingsPerCand, fast.retryMin = 4, 200*time.Millisecond
-	p := dialDirect(t, ctx, e.relay.Addr().String(), e.relayID, e.aID, e.bID,
-		&Config{directTiming: &fast}, &Config{DisableDirect: true}, 0)
+	p := dialDirectTimed(t, ctx, e.relay.Addr().String(), e.relayID, e.aID, e.bID,
+		nil, &Config{DisableDirect: true}, 0, &fast)
 	return p
 }
 

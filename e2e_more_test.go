@@ -43,7 +43,7 @@ func TestEndToEndDatagrams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer conn.CloseWithError(0, "")
 	ac := <-accepted
 	if ac == nil {
 		t.FailNow()
@@ -55,7 +55,7 @@ func TestEndToEndDatagrams(t *testing.T) {
 	for _, dir := range []struct {
 		name     string
 		from, to *quic.Conn
-	}{{"dialer to accepter", conn.Conn, ac}, {"accepter to dialer", ac, conn.Conn}} {
+	}{{"dialer to accepter", conn, ac}, {"accepter to dialer", ac, conn}} {
 		got := make(chan []byte, 1)
 		go func() {
 			b, err := dir.to.ReceiveDatagram(ctx)
@@ -142,7 +142,7 @@ func TestConcurrentPipes(t *testing.T) {
 				t.Errorf("pipe %d: dial: %v", i, err)
 				return
 			}
-			defer conn.Close()
+			defer conn.CloseWithError(0, "")
 			<-accDone
 			if accErr != nil {
 				t.Errorf("pipe %d: accept: %v", i, accErr)
@@ -156,7 +156,7 @@ func TestConcurrentPipes(t *testing.T) {
 				io.Copy(s, s)
 				s.Close()
 			}()
-			if err := echo(ctx, conn.Conn, 1<<20, byte(i)); err != nil {
+			if err := echo(ctx, conn, 1<<20, byte(i)); err != nil {
 				t.Errorf("pipe %d: %v", i, err)
 			}
 		})
@@ -340,7 +340,7 @@ func TestSlowAccepter(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dial after %v: %v", time.Since(start), err)
 	}
-	defer conn.Close()
+	defer conn.CloseWithError(0, "")
 	if err := <-accepted; err != nil {
 		t.Fatal(err)
 	}

@@ -3,10 +3,14 @@ package quicpipe
 import (
 	"context"
 	"crypto/ed25519"
+	"net"
+	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/quic-go/quic-go"
+
+	"github.com/quicpipe/quicpipe/internal/netns"
 )
 
 // serveRelay runs r.Serve until the test ends. Its cleanup stops the relay,
@@ -30,12 +34,19 @@ func serveRelay(t testing.TB, r *Relay, after func()) {
 // close when the test ends.
 func newEndpoints(t testing.TB, ctx context.Context, acfg, dcfg *Config) (*Dialer, *Accepter) {
 	t.Helper()
-	a, err := NewAccepter(ctx, acfg)
+	return newEndpointsWith(t, ctx, acfg, dcfg, peerOptions{})
+}
+
+// newEndpointsWith is newEndpoints with both peers' options (shortened
+// direct-path timers).
+func newEndpointsWith(t testing.TB, ctx context.Context, acfg, dcfg *Config, opts peerOptions) (*Dialer, *Accepter) {
+	t.Helper()
+	a, err := newAccepter(ctx, acfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	d, err := NewDialer(ctx, dcfg)
+	d, err := newDialer(ctx, dcfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,4 +102,41 @@ func dialAccept(t testing.TB, ctx context.Context, d *Dialer, a *Accepter, peer 
 		t.Fatal(ctx.Err())
 	}
 	return dialed, accepted
+}
+
+// socketInterfaceAddrs returns, for a socket opened in another network
+// namespace (the test labs' peers), a Config.InterfaceAddrs that lists the
+// addresses of that namespace; nil for a socket of the caller's namespace.
+func socketInterfaceAddrs(conn *net.UDPConn) func() ([]netip.Addr, error) {
+	ns, err := netns.Of(conn)
+	if err != nil {
+		return nil
+	}
+	cur, err := netns.IsCurrent(ns)
+	if err != nil || cur {
+		ns.Close()
+		return nil
+	}
+	// The namespace stays open until the test binary exits: a handful per
+	// test.
+	return func() ([]netip.Addr, error) {
+		var addrs []net.Addr
+		err := netns.Do(ns, func() error {
+			var err error
+			addrs, err = net.InterfaceAddrs()
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		var out []netip.Addr
+		for _, a := range addrs {
+			if p, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(p.IP); ok {
+					out = append(out, ip.Unmap())
+				}
+			}
+		}
+		return out, nil
+	}
 }

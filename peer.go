@@ -38,7 +38,13 @@ type peer struct {
 	closeErr  error
 }
 
-func newPeer(ctx context.Context, cfg *Config) (*peer, error) {
+// peerOptions are the settings of a peer that are no Config field: the
+// package's tests shorten the direct-path timers with them.
+type peerOptions struct {
+	directTiming *directTiming // nil: defaultDirectTiming
+}
+
+func newPeer(ctx context.Context, cfg *Config, opts peerOptions) (*peer, error) {
 	relayAddr, err := net.ResolveUDPAddr("udp", cfg.RelayAddr)
 	if err != nil {
 		return nil, fmt.Errorf("quicpipe: relay address %q: %w", cfg.RelayAddr, err)
@@ -89,7 +95,7 @@ func newPeer(ctx context.Context, cfg *Config) (*peer, error) {
 	if !cfg.DisableDirect {
 		p.direct = newDirectManager(p.pconn, relayAddr.AddrPort(), func() netip.AddrPort {
 			return p.sess.registration().Observed
-		}, p.sess.recheckObserved, cfg)
+		}, p.sess.recheckObserved, cfg, opts.directTiming)
 		p.sess.setOnObserved(p.direct.observedChanged)
 	}
 	return p, nil

@@ -400,8 +400,9 @@ func (d *Dialer) DialMailbox(ctx context.Context, peer ed25519.PublicKey) (*quic
 }
 
 // DialMailbox is a convenience for one connection through a mailbox, as Dial
-// is for one connection: the returned Conn closes its Dialer when closed.
-func DialMailbox(ctx context.Context, cfg *Config, peer ed25519.PublicKey) (*Conn, error) {
+// is for one connection: the connection owns its Dialer, which closes once
+// the connection ends.
+func DialMailbox(ctx context.Context, cfg *Config, peer ed25519.PublicKey) (*quic.Conn, error) {
 	return dialOwned(ctx, cfg, func(d *Dialer) (*quic.Conn, error) { return d.DialMailbox(ctx, peer) })
 }
 
