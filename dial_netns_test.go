@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
 	"github.com/quicpipe/quicpipe/internal/netlab"
 )
 
@@ -277,7 +276,7 @@ func TestDialLoss(t *testing.T) {
 			qc, err := d.DialMailbox(dctx, pub(l.bID))
 			took[i] = time.Since(start)
 			if err == nil {
-				err = echoString(dctx, qc, fmt.Sprintf("dial %d", i))
+				err = echo(dctx, qc, 64, byte(i))
 				qc.CloseWithError(0, "")
 			}
 			errs[i] = err
@@ -296,26 +295,4 @@ func TestDialLoss(t *testing.T) {
 	if failed > 0 {
 		t.Errorf("%d of %d dials failed with loss %v", failed, dials, loss)
 	}
-}
-
-// echoString sends msg on a new stream of qc and checks the echo.
-func echoString(ctx context.Context, qc *quic.Conn, msg string) error {
-	s, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		return err
-	}
-	stop := context.AfterFunc(ctx, func() { s.CancelRead(1); s.CancelWrite(1) })
-	defer stop()
-	if _, err := s.Write([]byte(msg)); err != nil {
-		return err
-	}
-	s.Close()
-	got, err := io.ReadAll(s)
-	if err != nil {
-		return fmt.Errorf("echo: %w", err)
-	}
-	if string(got) != msg {
-		return fmt.Errorf("echo: got %q, want %q", got, msg)
-	}
-	return nil
 }
