@@ -182,7 +182,8 @@ func (a *Accepter) deliver(odcid string, r acceptResult) bool {
 // gives the handshake until ctx's deadline (30 s if ctx has none) instead of
 // quic-go's handshake idle timeout. A dialer that gave up, or a stale
 // flight, therefore makes Accept wait until then and fail with quic-go's
-// idle timeout error.
+// idle timeout error. On a closed Accepter, or one closed while Accept
+// waits, the error is ErrClosed.
 func (a *Accepter) Accept(ctx context.Context, flight *FirstFlight) (*quic.Conn, error) {
 	if a.p.closed.Load() {
 		return nil, ErrClosed

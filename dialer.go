@@ -56,7 +56,8 @@ type DeliverFunc func(ctx context.Context, flight *FirstFlight) error
 // all.
 //
 // The connection is quic-go's own: streams and datagrams work as usual. It
-// lives on the Dialer's socket and is closed by Dialer.Close.
+// lives on the Dialer's socket and is closed by Dialer.Close. On a closed
+// Dialer, or one closed while the dial runs, the error is ErrClosed.
 func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver DeliverFunc) (*quic.Conn, error) {
 	if deliver == nil {
 		return nil, errors.New("quicpipe: Dial needs a DeliverFunc")

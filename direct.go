@@ -149,6 +149,10 @@ type pendingCtrl struct {
 	at time.Time
 }
 
+// pathQueueLen is how many control datagrams wait for one connection's
+// goroutine before more are dropped.
+const pathQueueLen = 32
+
 // Limits of the pending control datagrams.
 const (
 	maxPending = 16
@@ -247,7 +251,7 @@ func (m *directManager) start(qc *quic.Conn, remote *net.UDPAddr, r *connRoute, 
 		remote: remote,
 		route:  r,
 		keys:   keys,
-		in:     make(chan ctrlPacket, 32),
+		in:     make(chan ctrlPacket, pathQueueLen),
 		wake:   make(chan struct{}, 1),
 	}
 	c.info = PathInfo{Kind: PathRelayed, Remote: m.relay, Relay: m.relay, Since: time.Now()}
