@@ -125,10 +125,14 @@ func (a *Accepter) acceptLoop() {
 			key = string(h.odcid)
 		}
 		if !a.deliver(key, acceptResult{conn: qc}) {
-			qc.CloseWithError(0x1, "no pending accept")
+			qc.CloseWithError(codeNotAccepted, "no pending accept")
 		}
 	}
 }
+
+// codeNotAccepted is the application error code with which an Accepter
+// closes a connection no Accept call takes.
+const codeNotAccepted quic.ApplicationErrorCode = 0x1
 
 // acceptHandshakeTimeout bounds the handshake of an Accept whose context
 // has no deadline.
@@ -266,7 +270,7 @@ wait:
 	select {
 	case r := <-ch: // lost the race: the connection arrived anyway
 		if r.conn != nil {
-			r.conn.CloseWithError(0x1, "accept canceled")
+			r.conn.CloseWithError(codeNotAccepted, "accept canceled")
 		}
 	default:
 	}
