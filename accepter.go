@@ -31,7 +31,7 @@ type Accepter struct {
 	done chan struct{}
 	wg   sync.WaitGroup
 
-	mbox mailboxState // see mailbox_client.go
+	mbox mailboxState // see peer_mailbox.go
 }
 
 // odcidHolder carries a connection's original destination CID from quic-go's
@@ -49,6 +49,10 @@ type acceptResult struct {
 // relay over it, and starts listening for the first flights given to Accept.
 // Only dialers whose keys are in Config.TrustedPeers are accepted.
 func NewAccepter(ctx context.Context, cfg *Config) (*Accepter, error) {
+	return newAccepter(ctx, cfg, peerOptions{})
+}
+
+func newAccepter(ctx context.Context, cfg *Config, opts peerOptions) (*Accepter, error) {
 	c, err := populateConfig(cfg, true)
 	if err != nil {
 		return nil, err
@@ -57,7 +61,7 @@ func NewAccepter(ctx context.Context, cfg *Config) (*Accepter, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := newPeer(ctx, c)
+	p, err := newPeer(ctx, c, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -121,10 +125,14 @@ func (a *Accepter) acceptLoop() {
 			key = string(h.odcid)
 		}
 		if !a.deliver(key, acceptResult{conn: qc}) {
-			qc.CloseWithError(0x1, "no pending accept")
+			qc.CloseWithError(codeNotAccepted, "no pending accept")
 		}
 	}
 }
+
+// codeNotAccepted is the application error code with which an Accepter
+// closes a connection no Accept call takes.
+const codeNotAccepted quic.ApplicationErrorCode = 0x1
 
 // acceptHandshakeTimeout bounds the handshake of an Accept whose context
 // has no deadline.
@@ -178,14 +186,18 @@ func (a *Accepter) deliver(odcid string, r acceptResult) bool {
 // gives the handshake until ctx's deadline (30 s if ctx has none) instead of
 // quic-go's handshake idle timeout. A dialer that gave up, or a stale
 // flight, therefore makes Accept wait until then and fail with quic-go's
-// idle timeout error.
+// idle timeout error. On a closed Accepter, or one closed while Accept
+// waits, the error is ErrClosed.
 func (a *Accepter) Accept(ctx context.Context, flight *FirstFlight) (*quic.Conn, error) {
+	if a.p.closed.Load() {
+		return nil, ErrClosed
+	}
 	info, err := flight.check()
 	if err != nil {
 		return nil, err
 	}
 	if err := a.p.sess.ensureWindow(ctx); err != nil {
-		return nil, err
+		return nil, a.p.closedOr(err)
 	}
 	key := string(info.ODCID)
 	ch := make(chan acceptResult, 1)
@@ -237,7 +249,7 @@ wait:
 		case r := <-ch:
 			if r.err != nil {
 				a.p.direct.abandon(remote)
-				return nil, acceptError(r.err)
+				return nil, a.p.closedOr(acceptError(r.err))
 			}
 			a.p.direct.start(r.conn, remote, route, false)
 			return r.conn, nil
@@ -258,7 +270,7 @@ wait:
 	select {
 	case r := <-ch: // lost the race: the connection arrived anyway
 		if r.conn != nil {
-			r.conn.CloseWithError(0x1, "accept canceled")
+			r.conn.CloseWithError(codeNotAccepted, "accept canceled")
 		}
 	default:
 	}

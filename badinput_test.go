@@ -273,7 +273,7 @@ func TestUntrustedPeer(t *testing.T) {
 			defer cancel()
 			d, a := newEndpoints(t, ctx, e.config(e.bID, tc.trusted), e.config(e.aID))
 			start := time.Now()
-			res := runDial(t, ctx, d, a, tc.pinned, nil)
+			res := runDial(t, ctx, d, a, tc.pinned, nil, 0)
 			t.Logf("after %v: Dial: %v; Accept: %v", time.Since(start).Round(time.Millisecond), res.dialErr, res.acceptEr)
 			if res.acceptEr == nil {
 				res.accepted.CloseWithError(0, "")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -52,15 +53,24 @@ type Config struct {
 	// family is used.
 	ListenAddr string
 
-	// QUICConfig configures the peer connections. If nil, quic-go's defaults
-	// are used. Quicpipe always disables path MTU discovery (relayed paths
-	// must not probe), and sets the HandshakeIdleTimeout of each handshake
-	// so that it may last as long as the Dial or Accept context allows.
+	// QUICConfig configures the peer connections. It is cloned, and
+	// quic-go's defaults apply to every field left zero, except these,
+	// which Quicpipe sets whether QUICConfig is nil or not:
+	//   - KeepAlivePeriod: if zero, 15s (keep-alives cannot be turned off:
+	//     they hold the NAT mappings towards the relay open);
+	//   - MaxIdleTimeout: if zero, 90s, so that a connection outlives a
+	//     relay restart or a NAT rebinding;
+	//   - DisablePathMTUDiscovery: always true (relayed paths must not
+	//     probe);
+	//   - HandshakeIdleTimeout: replaced for each handshake, which may last
+	//     as long as the Dial or Accept context allows.
 	// GetConfigForClient must be nil.
 	QUICConfig *quic.Config
 
 	// RegistrationWindow is how many CIDs are registered with the relay
-	// ahead of the last one issued. If zero, 64 is used.
+	// ahead of the last one issued. If zero, 64 is used; otherwise it must
+	// be between 8 and 4096 (NewDialer and NewAccepter refuse other
+	// values).
 	RegistrationWindow int
 	// RelayTimeout bounds each exchange with the relay (handshake and one
 	// registration request). If zero, 10s is used.
@@ -91,11 +101,30 @@ type Config struct {
 	// order; a slow callback delays later calls, never the connections.
 	OnPathChange func(conn *quic.Conn, path PathInfo)
 
+	// InterfaceAddrs, if not nil, lists the addresses of this host's
+	// interfaces that a peer offers as direct-path candidates (with its
+	// socket's port), when its socket is bound to the unspecified address.
+	// If nil, net.InterfaceAddrs is used: the interfaces of the network
+	// namespace of the calling thread. Set it when that is not where the
+	// socket lives (a Config.Conn opened in another Linux network
+	// namespace), or to offer fewer addresses. Loopback addresses and those
+	// outside the relay's family or scope are never offered.
+	InterfaceAddrs func() ([]netip.Addr, error)
+
 	// Logger receives logs. If nil, nothing is logged.
 	Logger *slog.Logger
-
-	directTiming *directTiming // tests shorten the direct-path timers
 }
+
+// Defaults and limits of Config's fields (see their documentation).
+const (
+	defaultRegistrationWindow = 64
+	minRegistrationWindow     = 8
+	maxRegistrationWindow     = 4096
+	defaultRelayTimeout       = 10 * time.Second
+	defaultRelayKeepAlive     = 2 * time.Second
+	defaultPeerKeepAlive      = 15 * time.Second
+	defaultPeerIdleTimeout    = 90 * time.Second
+)
 
 func populateConfig(c *Config, accepter bool) (*Config, error) {
 	if c == nil {
@@ -128,10 +157,11 @@ func populateConfig(c *Config, accepter bool) (*Config, error) {
 		return nil, fmt.Errorf("quicpipe: Config.CIDKey is %d bytes: %w", len(cfg.CIDKey), ErrCIDKeyLength)
 	}
 	if cfg.RegistrationWindow == 0 {
-		cfg.RegistrationWindow = 64
+		cfg.RegistrationWindow = defaultRegistrationWindow
 	}
-	if cfg.RegistrationWindow < 8 || cfg.RegistrationWindow > 4096 {
-		return nil, fmt.Errorf("quicpipe: Config.RegistrationWindow %d is outside 8..4096", cfg.RegistrationWindow)
+	if cfg.RegistrationWindow < minRegistrationWindow || cfg.RegistrationWindow > maxRegistrationWindow {
+		return nil, fmt.Errorf("quicpipe: Config.RegistrationWindow %d is outside %d..%d",
+			cfg.RegistrationWindow, minRegistrationWindow, maxRegistrationWindow)
 	}
 	if cfg.QUICConfig != nil && cfg.QUICConfig.GetConfigForClient != nil {
 		// quic-go would take the configuration it returns, without the
@@ -140,10 +170,10 @@ func populateConfig(c *Config, accepter bool) (*Config, error) {
 		return nil, errors.New("quicpipe: Config.QUICConfig.GetConfigForClient is not supported")
 	}
 	if cfg.RelayTimeout == 0 {
-		cfg.RelayTimeout = 10 * time.Second
+		cfg.RelayTimeout = defaultRelayTimeout
 	}
 	if cfg.RelayKeepAlive == 0 {
-		cfg.RelayKeepAlive = 2 * time.Second
+		cfg.RelayKeepAlive = defaultRelayKeepAlive
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -161,13 +191,13 @@ func (c *Config) peerQUICConfig() *quic.Config {
 	}
 	q.DisablePathMTUDiscovery = true
 	if q.KeepAlivePeriod == 0 {
-		q.KeepAlivePeriod = 15 * time.Second
+		q.KeepAlivePeriod = defaultPeerKeepAlive
 	}
 	// A pipe must outlive a relay restart or a NAT rebinding: QUIC's
 	// exponential probe backoff takes about twice the outage to notice that
 	// the path works again, and the idle timeout must not end it first.
 	if q.MaxIdleTimeout == 0 {
-		q.MaxIdleTimeout = 90 * time.Second
+		q.MaxIdleTimeout = defaultPeerIdleTimeout
 	}
 	return q
 }

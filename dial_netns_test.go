@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
 	"github.com/quicpipe/quicpipe/internal/netlab"
 )
 
@@ -52,13 +51,15 @@ func (l *dialLab) config(t *testing.T, ns *netlab.NS, id ed25519.PrivateKey, tru
 	if log == nil {
 		log = warnLogger(t)
 	}
+	conn := l.peerSocket(t, ns)
 	return &Config{
-		RelayAddr:    l.relay.Addr().String(),
-		RelayKey:     pub(l.relayID),
-		Identity:     id,
-		TrustedPeers: trusted,
-		Conn:         l.peerSocket(t, ns),
-		Logger:       log,
+		RelayAddr:      l.relay.Addr().String(),
+		RelayKey:       pub(l.relayID),
+		Identity:       id,
+		TrustedPeers:   trusted,
+		Conn:           conn,
+		InterfaceAddrs: socketInterfaceAddrs(conn),
+		Logger:         log,
 	}
 }
 
@@ -275,7 +276,7 @@ func TestDialLoss(t *testing.T) {
 			qc, err := d.DialMailbox(dctx, pub(l.bID))
 			took[i] = time.Since(start)
 			if err == nil {
-				err = echoString(dctx, qc, fmt.Sprintf("dial %d", i))
+				err = echo(dctx, qc, 64, byte(i))
 				qc.CloseWithError(0, "")
 			}
 			errs[i] = err
@@ -294,26 +295,4 @@ func TestDialLoss(t *testing.T) {
 	if failed > 0 {
 		t.Errorf("%d of %d dials failed with loss %v", failed, dials, loss)
 	}
-}
-
-// echoString sends msg on a new stream of qc and checks the echo.
-func echoString(ctx context.Context, qc *quic.Conn, msg string) error {
-	s, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		return err
-	}
-	stop := context.AfterFunc(ctx, func() { s.CancelRead(1); s.CancelWrite(1) })
-	defer stop()
-	if _, err := s.Write([]byte(msg)); err != nil {
-		return err
-	}
-	s.Close()
-	got, err := io.ReadAll(s)
-	if err != nil {
-		return fmt.Errorf("echo: %w", err)
-	}
-	if string(got) != msg {
-		return fmt.Errorf("echo: got %q, want %q", got, msg)
-	}
-	return nil
 }

@@ -23,11 +23,15 @@ type Dialer struct {
 // NewDialer opens the socket (or takes Config.Conn) and registers with the
 // relay over it. It fails if the relay cannot be reached or refuses.
 func NewDialer(ctx context.Context, cfg *Config) (*Dialer, error) {
+	return newDialer(ctx, cfg, peerOptions{})
+}
+
+func newDialer(ctx context.Context, cfg *Config, opts peerOptions) (*Dialer, error) {
 	c, err := populateConfig(cfg, false)
 	if err != nil {
 		return nil, err
 	}
-	p, err := newPeer(ctx, c)
+	p, err := newPeer(ctx, c, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -52,11 +56,33 @@ type DeliverFunc func(ctx context.Context, flight *FirstFlight) error
 // all.
 //
 // The connection is quic-go's own: streams and datagrams work as usual. It
-// lives on the Dialer's socket and is closed by Dialer.Close.
+// lives on the Dialer's socket and is closed by Dialer.Close. On a closed
+// Dialer, or one closed while the dial runs, the error is ErrClosed.
 func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver DeliverFunc) (*quic.Conn, error) {
 	if deliver == nil {
 		return nil, errors.New("quicpipe: Dial needs a DeliverFunc")
 	}
+	if d.p.closed.Load() {
+		return nil, ErrClosed
+	}
+	qc, err := d.dial(ctx, peer, deliver)
+	if err != nil {
+		// A dial that Close cut short fails with quic-go's "transport
+		// closed" (or whatever the close interrupted): say ErrClosed.
+		return nil, d.p.closedOr(err)
+	}
+	return qc, nil
+}
+
+// dialOutcome is the outcome of quic-go's dial.
+type dialOutcome struct {
+	conn *quic.Conn
+	err  error
+}
+
+// dial is Dial's work: it starts quic-go's dial with its first flight held
+// back, delivers the flight, and waits for the accepter's confirmation.
+func (d *Dialer) dial(ctx context.Context, peer ed25519.PublicKey, deliver DeliverFunc) (*quic.Conn, error) {
 	tlsConf, err := ClientTLSConfig(d.p.cfg.Identity, peer, PeerALPN)
 	if err != nil {
 		return nil, err
@@ -67,34 +93,9 @@ func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver Deliv
 	// The accepter's session ticket is its confirmation (see confirmation).
 	confirmed := newConfirmation()
 	tlsConf.ClientSessionCache = confirmed
-	qconf := d.p.cfg.peerQUICConfig()
-	// The handshake waits for a person, not for the network: only ctx
-	// bounds it. quic-go's own timeout lies a little beyond ctx's deadline,
-	// so that the error says which stage the handshake reached.
-	qconf.HandshakeIdleTimeout = 24 * time.Hour
-	if dl, ok := ctx.Deadline(); ok {
-		qconf.HandshakeIdleTimeout = max(time.Until(dl), 0) + time.Second
-	}
-	cp := newCapture()
-	var odcid []byte
-	userTracer := qconf.Tracer
-	// quic-go calls Tracer with the original destination CID before the
-	// connection sends anything: start holding back from that moment.
-	qconf.Tracer = func(tctx context.Context, isClient bool, cid quic.ConnectionID) qlogwriter.Trace {
-		if isClient && odcid == nil {
-			odcid = cid.Bytes()
-			d.p.pconn.hold(odcid, cp)
-		}
-		if userTracer != nil {
-			return userTracer(tctx, isClient, cid)
-		}
-		return nil
-	}
-	defer func() {
-		if odcid != nil {
-			d.p.pconn.release(odcid)
-		}
-	}()
+	hold := &dialHold{pc: d.p.pconn, cp: newCapture()}
+	defer hold.release()
+	qconf := d.dialQUICConfig(ctx, hold)
 
 	// The connection's own copy of the relay's address keys its direct
 	// path (see connRoute).
@@ -117,54 +118,102 @@ func (d *Dialer) Dial(ctx context.Context, peer ed25519.PublicKey, deliver Deliv
 
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	type result struct {
-		conn *quic.Conn
-		err  error
-	}
-	res := make(chan result, 1)
+	res := make(chan dialOutcome, 1)
 	go func() {
 		c, err := d.p.tr.Dial(dctx, remote, tlsConf, qconf)
-		res <- result{c, err}
+		res <- dialOutcome{c, err}
 	}()
-	select {
-	case <-cp.done:
-		if cp.err != nil {
-			cancel()
-			<-res
-			return nil, cp.err
-		}
-		if err := deliver(ctx, cp.flight); err != nil {
-			cancel()
-			<-res
-			return nil, fmt.Errorf("quicpipe: delivering the first flight: %w", err)
-		}
-	case r := <-res:
-		if r.err == nil {
-			r.conn.CloseWithError(0, "")
-			return nil, errors.New("quicpipe: handshake completed before the first flight was delivered")
-		}
-		return nil, fmt.Errorf("quicpipe: dial: %w", r.err)
+	if err := deliverFlight(ctx, hold.cp, deliver, res, cancel); err != nil {
+		return nil, err
 	}
 	r := <-res
 	if r.err != nil {
-		return nil, handshakeError(ctx, r.err, cp.answered.Load())
+		return nil, handshakeError(ctx, r.err, hold.cp.answered.Load())
 	}
-	// quic-go's client completes its handshake once it has sent its
-	// Finished, before the accepter has checked the dialer's certificate.
-	// The connection is the caller's only once the accepter has accepted
-	// it, or an untrusted dialer would be told it connected.
-	select {
-	case <-confirmed.done:
-	case <-r.conn.Context().Done():
-		return nil, handshakeError(ctx, context.Cause(r.conn.Context()), true)
-	case <-ctx.Done():
-		r.conn.CloseWithError(0, "")
-		return nil, handshakeError(ctx, ctx.Err(), true)
+	if err := awaitConfirmation(ctx, r.conn, confirmed); err != nil {
+		return nil, err
 	}
 	established = true
 	d.p.gen.releaseAfter(r.conn.Context(), unpin)
 	d.p.direct.start(r.conn, remote, route, true)
 	return r.conn, nil
+}
+
+// dialQUICConfig returns the QUIC configuration of one dial: its
+// handshake bounded by ctx only, and a Tracer that starts holding back the
+// dial's packets.
+func (d *Dialer) dialQUICConfig(ctx context.Context, hold *dialHold) *quic.Config {
+	qconf := d.p.cfg.peerQUICConfig()
+	// The handshake waits for a person, not for the network: only ctx
+	// bounds it. quic-go's own timeout lies a little beyond ctx's deadline,
+	// so that the error says which stage the handshake reached.
+	qconf.HandshakeIdleTimeout = dialHandshakeUnbounded
+	if dl, ok := ctx.Deadline(); ok {
+		qconf.HandshakeIdleTimeout = max(time.Until(dl), 0) + dialHandshakeSlack
+	}
+	userTracer := qconf.Tracer
+	// quic-go calls Tracer with the original destination CID before the
+	// connection sends anything: start holding back from that moment.
+	qconf.Tracer = func(tctx context.Context, isClient bool, cid quic.ConnectionID) qlogwriter.Trace {
+		if isClient {
+			hold.start(cid.Bytes())
+		}
+		if userTracer != nil {
+			return userTracer(tctx, isClient, cid)
+		}
+		return nil
+	}
+	return qconf
+}
+
+// The handshake timeouts of a dial: without a deadline in its context,
+// practically none; with one, a little beyond it.
+const (
+	dialHandshakeUnbounded = 24 * time.Hour
+	dialHandshakeSlack     = time.Second
+)
+
+// deliverFlight waits for the dial's first flight and passes it to
+// deliver. If the flight cannot be captured or delivered, or quic-go's dial
+// ends first, it cancels the dial and returns why.
+func deliverFlight(ctx context.Context, cp *capture, deliver DeliverFunc, res <-chan dialOutcome, cancel func()) error {
+	select {
+	case <-cp.done:
+		if cp.err != nil {
+			cancel()
+			<-res
+			return cp.err
+		}
+		if err := deliver(ctx, cp.flight); err != nil {
+			cancel()
+			<-res
+			return fmt.Errorf("quicpipe: delivering the first flight: %w", err)
+		}
+		return nil
+	case r := <-res:
+		if r.err == nil {
+			r.conn.CloseWithError(0, "")
+			return errors.New("quicpipe: handshake completed before the first flight was delivered")
+		}
+		return fmt.Errorf("quicpipe: dial: %w", r.err)
+	}
+}
+
+// awaitConfirmation waits until the accepter has accepted the dialer's
+// key. quic-go's client completes its handshake once it has sent its
+// Finished, before the accepter has checked the dialer's certificate: the
+// connection is the caller's only once the accepter has accepted it, or an
+// untrusted dialer would be told it connected.
+func awaitConfirmation(ctx context.Context, qc *quic.Conn, confirmed *confirmation) error {
+	select {
+	case <-confirmed.done:
+		return nil
+	case <-qc.Context().Done():
+		return handshakeError(ctx, context.Cause(qc.Context()), true)
+	case <-ctx.Done():
+		qc.CloseWithError(0, "")
+		return handshakeError(ctx, ctx.Err(), true)
+	}
 }
 
 // ErrKeyRefused is returned (wrapped) by Dial and DialMailbox when the
@@ -242,24 +291,19 @@ func (d *Dialer) DirectStats() DirectStats { return d.p.direct.stats() }
 // than once.
 func (d *Dialer) Close() error { return d.p.close() }
 
-// Conn is a peer connection that owns its Dialer: closing it closes both.
-// It embeds quic-go's connection, so every stream and datagram method is
-// quic-go's own.
-type Conn struct {
-	*quic.Conn
-	d *Dialer
-}
-
 // Dial is a convenience for one connection: it creates a Dialer, dials peer
-// and returns a Conn that closes the Dialer when it is closed, or when the
-// connection ends.
-func Dial(ctx context.Context, cfg *Config, peer ed25519.PublicKey, deliver DeliverFunc) (*Conn, error) {
+// through it and returns the connection, which owns the Dialer: the Dialer
+// closes (unregistering from the relay and closing its socket) once the
+// connection ends, whichever side closes it. Use NewDialer for several
+// connections, or for Dialer.Path; Config.OnPathChange reports the path of
+// this one.
+func Dial(ctx context.Context, cfg *Config, peer ed25519.PublicKey, deliver DeliverFunc) (*quic.Conn, error) {
 	return dialOwned(ctx, cfg, func(d *Dialer) (*quic.Conn, error) { return d.Dial(ctx, peer, deliver) })
 }
 
 // dialOwned creates a Dialer, opens one connection with dial and ties the
 // Dialer's life to it.
-func dialOwned(ctx context.Context, cfg *Config, dial func(*Dialer) (*quic.Conn, error)) (*Conn, error) {
+func dialOwned(ctx context.Context, cfg *Config, dial func(*Dialer) (*quic.Conn, error)) (*quic.Conn, error) {
 	d, err := NewDialer(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -273,14 +317,5 @@ func dialOwned(ctx context.Context, cfg *Config, dial func(*Dialer) (*quic.Conn,
 		<-qc.Context().Done()
 		d.Close()
 	}()
-	return &Conn{Conn: qc, d: d}, nil
-}
-
-// Path returns the path the connection uses now (see Dialer.Path).
-func (c *Conn) Path() (PathInfo, bool) { return c.d.Path(c.Conn) }
-
-// Close closes the connection (application error 0) and its Dialer.
-func (c *Conn) Close() error {
-	c.Conn.CloseWithError(0, "")
-	return c.d.Close()
+	return qc, nil
 }

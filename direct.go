@@ -74,7 +74,8 @@ type DirectStats struct {
 	ControlDropped uint64
 }
 
-// directTiming holds the direct-path timers. Tests shorten them.
+// directTiming holds the direct-path timers. Tests shorten them (see
+// peerOptions).
 type directTiming struct {
 	candResend   time.Duration // candidates retransmission while not acknowledged
 	candSends    int           // candidates transmissions per round
@@ -109,7 +110,7 @@ var defaultDirectTiming = directTiming{
 
 // directManager runs the direct paths of one peer (Dialer or Accepter):
 // one goroutine dispatching control datagrams by connection tag, one per
-// connection running its path state machine (path.go), and one delivering
+// connection running its path state machine (direct_path.go), and one delivering
 // path-change callbacks.
 type directManager struct {
 	pc       *peerConn
@@ -148,6 +149,10 @@ type pendingCtrl struct {
 	at time.Time
 }
 
+// pathQueueLen is how many control datagrams wait for one connection's
+// goroutine before more are dropped.
+const pathQueueLen = 32
+
 // Limits of the pending control datagrams.
 const (
 	maxPending = 16
@@ -163,11 +168,11 @@ type pathEvent struct {
 // direct paths on. obs returns the peer's relay-observed address; recheck
 // asks the relay for it again without waiting (it may have changed when a
 // direct path dies), and the peer calls observedChanged when it has.
-func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrPort, recheck func(), cfg *Config) *directManager {
+func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrPort, recheck func(), cfg *Config, timing *directTiming) *directManager {
 	m := &directManager{
 		pc:       pc,
 		relay:    netAddrPort(relay),
-		cands:    &candidateCache{conn: pc.conn, relay: netAddrPort(relay), obs: obs, anyScope: cfg.DirectAnyScope},
+		cands:    &candidateCache{conn: pc.conn, relay: netAddrPort(relay), obs: obs, anyScope: cfg.DirectAnyScope, addrs: cfg.InterfaceAddrs},
 		recheck:  recheck,
 		log:      cfg.Logger,
 		onChange: cfg.OnPathChange,
@@ -181,8 +186,8 @@ func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrP
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.directTiming != nil {
-		m.timing = *cfg.directTiming
+	if timing != nil {
+		m.timing = *timing
 	}
 	m.cands.ttl = m.timing.refresh
 	if m.timing.lowTTL > 0 {
@@ -246,7 +251,7 @@ func (m *directManager) start(qc *quic.Conn, remote *net.UDPAddr, r *connRoute, 
 		remote: remote,
 		route:  r,
 		keys:   keys,
-		in:     make(chan ctrlPacket, 32),
+		in:     make(chan ctrlPacket, pathQueueLen),
 		wake:   make(chan struct{}, 1),
 	}
 	c.info = PathInfo{Kind: PathRelayed, Remote: m.relay, Relay: m.relay, Since: time.Now()}

@@ -176,9 +176,9 @@ func (l *natLab) peerSocket(t testing.TB, ns *netlab.NS) *net.UDPConn {
 // dial connects a dialer in peerA to an accepter in peerB through the
 // relay. timing, if not nil, replaces both peers' direct-path timers.
 func (l *natLab) dial(t *testing.T, ctx context.Context, timing *directTiming) *directPeers {
-	dcfg := &Config{Conn: l.peerSocket(t, l.peerA), directTiming: timing}
-	acfg := &Config{Conn: l.peerSocket(t, l.peerB), directTiming: timing}
-	return dialDirect(t, ctx, l.relay.Addr().String(), l.relayID, l.aID, l.bID, dcfg, acfg, 0)
+	dcfg := &Config{Conn: l.peerSocket(t, l.peerA)}
+	acfg := &Config{Conn: l.peerSocket(t, l.peerB)}
+	return dialDirectTimed(t, ctx, l.relay.Addr().String(), l.relayID, l.aID, l.bID, dcfg, acfg, 0, timing)
 }
 
 // cut drops the traffic between the two NATs' WAN addresses at the wan

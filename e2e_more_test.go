@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"crypto/sha256"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -43,7 +41,7 @@ func TestEndToEndDatagrams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	defer conn.CloseWithError(0, "")
 	ac := <-accepted
 	if ac == nil {
 		t.FailNow()
@@ -55,7 +53,7 @@ func TestEndToEndDatagrams(t *testing.T) {
 	for _, dir := range []struct {
 		name     string
 		from, to *quic.Conn
-	}{{"dialer to accepter", conn.Conn, ac}, {"accepter to dialer", ac, conn.Conn}} {
+	}{{"dialer to accepter", conn, ac}, {"accepter to dialer", ac, conn}} {
 		got := make(chan []byte, 1)
 		go func() {
 			b, err := dir.to.ReceiveDatagram(ctx)
@@ -142,7 +140,7 @@ func TestConcurrentPipes(t *testing.T) {
 				t.Errorf("pipe %d: dial: %v", i, err)
 				return
 			}
-			defer conn.Close()
+			defer conn.CloseWithError(0, "")
 			<-accDone
 			if accErr != nil {
 				t.Errorf("pipe %d: accept: %v", i, accErr)
@@ -156,7 +154,7 @@ func TestConcurrentPipes(t *testing.T) {
 				io.Copy(s, s)
 				s.Close()
 			}()
-			if err := echo(ctx, conn.Conn, 1<<20, byte(i)); err != nil {
+			if err := echo(ctx, conn, 1<<20, byte(i)); err != nil {
 				t.Errorf("pipe %d: %v", i, err)
 			}
 		})
@@ -165,32 +163,6 @@ func TestConcurrentPipes(t *testing.T) {
 	if st := e.relay.Stats(); st.ForwardedBytes < 2*pipes<<20 {
 		t.Errorf("relay forwarded %d bytes, want at least %d", st.ForwardedBytes, 2*pipes<<20)
 	}
-}
-
-// echo sends size bytes on a new stream and checks that the same bytes come
-// back (SHA-256).
-func echo(ctx context.Context, c *quic.Conn, size int, seed byte) error {
-	s, err := c.OpenStreamSync(ctx)
-	if err != nil {
-		return err
-	}
-	payload := make([]byte, size)
-	for i := range payload {
-		payload[i] = byte(i) ^ seed
-	}
-	go func() {
-		s.Write(payload)
-		s.Close()
-	}()
-	h := sha256.New()
-	n, err := io.Copy(h, s)
-	if err != nil {
-		return fmt.Errorf("echo after %d bytes: %w", n, err)
-	}
-	if want := sha256.Sum256(payload); n != int64(size) || !bytes.Equal(h.Sum(nil), want[:]) {
-		return fmt.Errorf("echo returned %d bytes with a different SHA-256", n)
-	}
-	return nil
 }
 
 // TestReRegistrationAfterDrop closes a peer's HTTP/3 connection to the relay.
@@ -340,7 +312,7 @@ func TestSlowAccepter(t *testing.T) {
 	if err != nil {
 		t.Fatalf("dial after %v: %v", time.Since(start), err)
 	}
-	defer conn.Close()
+	defer conn.CloseWithError(0, "")
 	if err := <-accepted; err != nil {
 		t.Fatal(err)
 	}
@@ -371,37 +343,11 @@ func TestDialCanceled(t *testing.T) {
 }
 
 // echoPipe dials from d to a through the relay, makes the accepted side echo
-// one stream, and checks 64 KiB through it.
+// every stream, and checks 64 KiB through it.
 func echoPipe(t *testing.T, ctx context.Context, e *testEnv, d *Dialer, a *Accepter, i int) (dialed, accepted *quic.Conn) {
 	t.Helper()
-	acc := make(chan *quic.Conn, 1)
-	dc, err := d.Dial(ctx, e.bID.Public().(ed25519.PublicKey), func(ctx context.Context, f *FirstFlight) error {
-		go func() {
-			c, err := a.Accept(ctx, f)
-			if err != nil {
-				t.Errorf("accept %d: %v", i, err)
-			}
-			acc <- c
-		}()
-		return nil
-	})
-	if err != nil {
-		t.Fatalf("dial %d: %v", i, err)
-	}
-	ac := <-acc
-	if ac == nil {
-		t.FailNow()
-	}
-	go func() {
-		for {
-			s, err := ac.AcceptStream(ctx)
-			if err != nil {
-				return
-			}
-			io.Copy(s, s)
-			s.Close()
-		}
-	}()
+	dc, ac := dialAccept(t, ctx, d, a, e.bID.Public().(ed25519.PublicKey), nil, 0)
+	serveEcho(ctx, ac)
 	if err := echo(ctx, dc, 64<<10, byte(i)); err != nil {
 		t.Fatalf("dial %d: %v", i, err)
 	}

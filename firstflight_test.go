@@ -35,43 +35,6 @@ var updateFlight = flag.Bool("update-flight", false, "rewrite testdata/flight.js
 // no key but the public Initial keys.
 const flightTestdata = "testdata/flight.json"
 
-// dialResult is what runDial observed.
-type dialResult struct {
-	flight            *FirstFlight // as captured by the DeliverFunc
-	dialed, accepted  *quic.Conn
-	dialErr, acceptEr error
-}
-
-// runDial dials from d to a through the relay. The DeliverFunc records the
-// flight and hands transform(flight) (or the flight itself if transform is
-// nil) to a.Accept. It waits for both sides to finish.
-func runDial(t testing.TB, ctx context.Context, d *Dialer, a *Accepter, peer ed25519.PublicKey,
-	transform func(*FirstFlight) *FirstFlight) dialResult {
-	t.Helper()
-	var res dialResult
-	var wg sync.WaitGroup
-	deliver := func(ctx context.Context, f *FirstFlight) error {
-		res.flight = &FirstFlight{Datagrams: cloneDatagrams(f.Datagrams)}
-		g := f
-		if transform != nil {
-			g = transform(&FirstFlight{Datagrams: cloneDatagrams(f.Datagrams)})
-		}
-		wg.Go(func() { res.accepted, res.acceptEr = a.Accept(ctx, g) })
-		return nil
-	}
-	res.dialed, res.dialErr = d.Dial(ctx, peer, deliver)
-	wg.Wait()
-	return res
-}
-
-func cloneDatagrams(ds [][]byte) [][]byte {
-	out := make([][]byte, len(ds))
-	for i, d := range ds {
-		out[i] = bytes.Clone(d)
-	}
-	return out
-}
-
 // liveFlight runs a relay, a Dialer and an Accepter on loopback and returns
 // the first flight of one successful dial.
 func liveFlight(t testing.TB) *FirstFlight {
@@ -80,7 +43,7 @@ func liveFlight(t testing.TB) *FirstFlight {
 	defer cancel()
 	e := newTestEnv(t, "127.0.0.1:0", nil)
 	d, a := e.endpoints(t, ctx)
-	res := runDial(t, ctx, d, a, e.bID.Public().(ed25519.PublicKey), nil)
+	res := runDial(t, ctx, d, a, e.bID.Public().(ed25519.PublicKey), nil, 0)
 	if res.dialErr != nil || res.acceptEr != nil {
 		t.Fatalf("dial: got errors %v / %v, want none", res.dialErr, res.acceptEr)
 	}
@@ -604,10 +567,10 @@ func TestFirstFlightDuplicates(t *testing.T) {
 		defer cancel()
 		e := newTestEnv(t, "127.0.0.1:0", nil)
 		d, a := e.endpoints(t, ctx)
-		res := runDial(t, ctx, d, a, e.bID.Public().(ed25519.PublicKey), func(f *FirstFlight) *FirstFlight {
+		res := runDial(t, ctx, d, a, e.bID.Public().(ed25519.PublicKey), func(f *FirstFlight) (*FirstFlight, error) {
 			ds := f.Datagrams
-			return &FirstFlight{Datagrams: [][]byte{ds[1], ds[0], ds[1], ds[0]}}
-		})
+			return &FirstFlight{Datagrams: [][]byte{ds[1], ds[0], ds[1], ds[0]}}, nil
+		}, 0)
 		if res.dialErr != nil || res.acceptEr != nil {
 			t.Fatalf("dial with a duplicated, reordered flight: got errors %v / %v, want none", res.dialErr, res.acceptEr)
 		}

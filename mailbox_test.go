@@ -315,7 +315,7 @@ func TestMailboxUntrustedDialer(t *testing.T) {
 	start := time.Now()
 	qc, err := DialMailbox(ctx, e.config(GenerateIdentity()), pub(bID))
 	if err == nil {
-		qc.Close()
+		qc.CloseWithError(0, "")
 		t.Fatal("DialMailbox returned a connection for an untrusted dialer")
 	}
 	if !errors.Is(err, ErrKeyRefused) {
@@ -558,8 +558,8 @@ func TestDialTicket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	roundTripStream(t, ctx, conn.Conn, "ticket holder")
+	defer conn.CloseWithError(0, "")
+	roundTripStream(t, ctx, conn, "ticket holder")
 
 	parsed.Secret = nil
 	if _, err := DialTicket(ctx, parsed, nil); err == nil || !strings.Contains(err.Error(), "Config.Identity is required") {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -32,11 +33,18 @@ type peer struct {
 	sess      *relaySession
 	direct    *directManager // nil if Config.DisableDirect
 
+	closed    atomic.Bool // set when close starts
 	closeOnce sync.Once
 	closeErr  error
 }
 
-func newPeer(ctx context.Context, cfg *Config) (*peer, error) {
+// peerOptions are the settings of a peer that are no Config field: the
+// package's tests shorten the direct-path timers with them.
+type peerOptions struct {
+	directTiming *directTiming // nil: defaultDirectTiming
+}
+
+func newPeer(ctx context.Context, cfg *Config, opts peerOptions) (*peer, error) {
 	relayAddr, err := net.ResolveUDPAddr("udp", cfg.RelayAddr)
 	if err != nil {
 		return nil, fmt.Errorf("quicpipe: relay address %q: %w", cfg.RelayAddr, err)
@@ -87,7 +95,7 @@ func newPeer(ctx context.Context, cfg *Config) (*peer, error) {
 	if !cfg.DisableDirect {
 		p.direct = newDirectManager(p.pconn, relayAddr.AddrPort(), func() netip.AddrPort {
 			return p.sess.registration().Observed
-		}, p.sess.recheckObserved, cfg)
+		}, p.sess.recheckObserved, cfg, opts.directTiming)
 		p.sess.setOnObserved(p.direct.observedChanged)
 	}
 	return p, nil
@@ -103,6 +111,7 @@ func (p *peer) closeSocket() error {
 // close unregisters, closes every connection and the transport, and closes
 // the socket if the peer opened it.
 func (p *peer) close() error {
+	p.closed.Store(true)
 	p.closeOnce.Do(func() {
 		p.direct.close()
 		if p.sess != nil {
@@ -118,4 +127,13 @@ func (p *peer) close() error {
 		p.closeErr = errors.Join(errs...)
 	})
 	return p.closeErr
+}
+
+// closedOr returns ErrClosed if the peer is closed (err, from a dial or an
+// accept that the close cut short, then only says how), else err.
+func (p *peer) closedOr(err error) error {
+	if p.closed.Load() {
+		return ErrClosed
+	}
+	return err
 }

@@ -335,18 +335,18 @@ func TestNATRebinding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dc.Close()
+	defer dc.CloseWithError(0, "")
 	ac := <-acc
 	if ac == nil {
 		t.FailNow()
 	}
 	serveEcho(ctx, ac)
-	if err := echo(ctx, dc.Conn, 256<<10, 4); err != nil {
+	if err := echo(ctx, dc, 256<<10, 4); err != nil {
 		t.Fatal(err)
 	}
 	nat.rebindAll(t)
 	start := time.Now()
-	if err := echo(ctx, dc.Conn, 4<<20, 5); err != nil {
+	if err := echo(ctx, dc, 4<<20, 5); err != nil {
 		t.Fatalf("pipe across the rebinding: %v", err)
 	}
 	t.Logf("transfer finished %v after the rebinding; relay rebinds=%d", time.Since(start).Round(time.Millisecond), e.relay.Stats().Rebinds)

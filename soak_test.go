@@ -75,13 +75,6 @@ func TestSoakRelayMain(t *testing.T) {
 	os.Exit(0)
 }
 
-func run(t testing.TB, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-}
-
 // soakRelay is the relay process.
 type soakRelay struct {
 	cmd   *exec.Cmd
@@ -176,7 +169,7 @@ func TestSoak(t *testing.T) {
 		DisableDirect: true,
 	}
 	type pipe struct {
-		d     *Conn
+		d     *quic.Conn
 		a     *Accepter
 		ac    *quic.Conn
 		bytes int64
@@ -216,7 +209,7 @@ func TestSoak(t *testing.T) {
 				setupErrs.Add(1)
 				return
 			}
-			t.Cleanup(func() { d.Close() })
+			t.Cleanup(func() { d.CloseWithError(0, "") })
 			ac := <-acc
 			if ac == nil {
 				setupErrs.Add(1)
@@ -242,7 +235,7 @@ func TestSoak(t *testing.T) {
 			wg.Go(func() {
 				sem <- struct{}{}
 				defer func() { <-sem }()
-				if err := echo(ctx, p.d.Conn, size, byte(i)); err != nil {
+				if err := echo(ctx, p.d, size, byte(i)); err != nil {
 					t.Errorf("%s: pipe %d: %v", name, i, err)
 					failed.Add(1)
 					return

@@ -16,6 +16,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/quic-go/quic-go"
 )
 
 // A ticket tells a dialer everything it needs to reach an accepter: the
@@ -312,8 +314,22 @@ func ParseTicket(s string) (*Ticket, error) {
 // DialTicket dials the accepter a ticket names, through its relay and
 // mailbox. cfg may be nil; its RelayAddr and RelayKey are replaced by the
 // ticket's, and if the ticket carries a secret, its Identity (if nil) by the
-// derived one.
-func DialTicket(ctx context.Context, t *Ticket, cfg *Config) (*Conn, error) {
+// derived one (see DialerConfig). As with DialMailbox, the connection owns
+// its Dialer.
+func DialTicket(ctx context.Context, t *Ticket, cfg *Config) (*quic.Conn, error) {
+	c, err := t.DialerConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return DialMailbox(ctx, c, t.Peer)
+}
+
+// DialerConfig returns the configuration of a Dialer that dials the ticket's
+// accepter (with Dialer.DialMailbox and the ticket's Peer): a copy of cfg
+// (which may be nil) with the ticket's RelayAddr and RelayKey, and, if
+// cfg has no Identity, the one derived from the ticket's secret. It fails
+// if the ticket has no secret and cfg no Identity.
+func (t *Ticket) DialerConfig(cfg *Config) (*Config, error) {
 	var c Config
 	if cfg != nil {
 		c = *cfg
@@ -325,7 +341,7 @@ func DialTicket(ctx context.Context, t *Ticket, cfg *Config) (*Conn, error) {
 	if c.Identity == nil {
 		return nil, errors.New("quicpipe: the ticket has no secret: Config.Identity is required")
 	}
-	return DialMailbox(ctx, &c, t.Peer)
+	return &c, nil
 }
 
 // normalizeTicket lowers ASCII letters and drops white space.

@@ -398,7 +398,7 @@ func pipesRole(args []string) error {
 					return
 				}
 				mu.Lock()
-				closers = append(closers, conn, acc)
+				closers = append(closers, connCloser{conn}, acc)
 				mu.Unlock()
 				opened.Add(1)
 			})
@@ -480,3 +480,8 @@ func turnAllocRole(args []string) error {
 	})
 	return nil
 }
+
+// connCloser closes a peer connection (and so the Dialer it owns).
+type connCloser struct{ *quic.Conn }
+
+func (c connCloser) Close() error { return c.CloseWithError(0, "") }

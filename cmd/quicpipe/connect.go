@@ -58,7 +58,7 @@ func cmdConnect(ctx context.Context, e *env) error {
 		fmt.Fprintf(e.stderr, "quicpipe: the ticket has no secret; dialing as %s\n", quicpipe.EncodeKey(publicKey(key)))
 	}
 	dctx, cancel := context.WithTimeout(ctx, *timeout)
-	conn, err := dialTicket(dctx, ticket, cfg)
+	conn, d, err := dialTicket(dctx, ticket, cfg)
 	cancel()
 	if err != nil {
 		switch {
@@ -77,7 +77,10 @@ func cmdConnect(ctx context.Context, e *env) error {
 		}
 		return connError(err)
 	}
-	defer conn.Close()
+	defer func() {
+		conn.CloseWithError(0, "")
+		d.Close()
+	}()
 
 	if *tcpListen != "" {
 		fmt.Fprintf(e.stderr, "quicpipe: connected to %s\n", quicpipe.EncodeKey(ticket.Peer))
@@ -91,7 +94,7 @@ func cmdConnect(ctx context.Context, e *env) error {
 	in, inTerm := stdinFor(e, *recvOnly)
 	prog := newProgress(e.stderr, showProgress(inTerm, isTerminal(e.stdoutFile), isTerminal(e.stderrFile)), isTerminal(e.stdoutFile))
 	prog.start()
-	err = pipeStdio(ctx, conn.Conn, s, in, e.stdout, false, inTerm, prog)
+	err = pipeStdio(ctx, conn, s, in, e.stdout, false, inTerm, prog)
 	prog.finish()
 	return err
 }
@@ -99,7 +102,7 @@ func cmdConnect(ctx context.Context, e *env) error {
 // openSession opens the stdin/stdout stream and waits, up to timeout, until
 // the listener takes the session by answering its header. A listener that
 // serves another dialer closes the connection with codeBusy instead.
-func openSession(ctx context.Context, conn *quicpipe.Conn, timeout time.Duration) (*quic.Stream, error) {
+func openSession(ctx context.Context, conn *quic.Conn, timeout time.Duration) (*quic.Stream, error) {
 	stop := context.AfterFunc(ctx, func() { conn.CloseWithError(codeInterrupted, "interrupted") })
 	s, err := conn.OpenStreamSync(ctx)
 	if err == nil {
@@ -135,7 +138,7 @@ func openSession(ctx context.Context, conn *quicpipe.Conn, timeout time.Duration
 
 // serveTCPListen forwards each TCP connection accepted on addr over a new
 // stream, until ctx is done or the connection ends.
-func serveTCPListen(ctx context.Context, e *env, conn *quicpipe.Conn, addr string, verbose bool) error {
+func serveTCPListen(ctx context.Context, e *env, conn *quic.Conn, addr string, verbose bool) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		conn.CloseWithError(codeError, "")

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"github.com/quicpipe/quicpipe"
 )
 
@@ -88,22 +89,42 @@ const (
 )
 
 // dialTicket dials t, retrying while the relay answers that nobody is
-// listening with it, for up to noMailboxGrace.
-func dialTicket(ctx context.Context, t *quicpipe.Ticket, cfg *quicpipe.Config) (*quicpipe.Conn, error) {
+// listening with it, for up to noMailboxGrace. The caller closes the
+// returned Dialer, which unregisters from the relay before the command
+// exits.
+func dialTicket(ctx context.Context, t *quicpipe.Ticket, cfg *quicpipe.Config) (*quic.Conn, *quicpipe.Dialer, error) {
+	dcfg, err := t.DialerConfig(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
 	end := time.Now().Add(noMailboxGrace)
 	for {
-		conn, err := quicpipe.DialTicket(ctx, t, cfg)
+		conn, d, err := dialTicketOnce(ctx, t, dcfg)
 		if err == nil || !noMailbox(err) || time.Now().Add(noMailboxRetry).After(end) {
-			return conn, err
+			return conn, d, err
 		}
 		timer := time.NewTimer(noMailboxRetry)
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return nil, err
+			return nil, nil, err
 		case <-timer.C:
 		}
 	}
+}
+
+// dialTicketOnce dials t's accepter through its mailbox from a new Dialer.
+func dialTicketOnce(ctx context.Context, t *quicpipe.Ticket, cfg *quicpipe.Config) (*quic.Conn, *quicpipe.Dialer, error) {
+	d, err := quicpipe.NewDialer(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := d.DialMailbox(ctx, t.Peer)
+	if err != nil {
+		d.Close()
+		return nil, nil, err
+	}
+	return conn, d, nil
 }
 
 // noMailbox reports whether err is the relay's answer that nobody listens

@@ -38,6 +38,75 @@ func (l *keyList) Set(v string) error {
 
 // cmdListen prints a ticket and serves the dials made with it.
 func cmdListen(ctx context.Context, e *env) error {
+	o, err := parseListenFlags(e)
+	if err != nil {
+		return err
+	}
+	log := logger(e, o.verbose)
+	key, err := loadIdentity(e, o.identity)
+	if err != nil {
+		return err
+	}
+
+	ticket := &quicpipe.Ticket{Peer: publicKey(key), RelayAddr: o.relayAddr}
+	where := "relay " + o.relayAddr
+	if o.relayAddr == "" {
+		relay, err := startRelay(ctx, o.relayListen, log)
+		if err != nil {
+			return err
+		}
+		defer relay.Close()
+		ticket.RelayAddr = relay.Addr().String()
+		ticket.RelayKey = relay.key
+		where = "a relay in this process at " + ticket.RelayAddr
+	} else {
+		ticket.RelayKey = o.relayKey[0]
+	}
+	trusted := []ed25519.PublicKey(o.allow)
+	if len(trusted) == 0 {
+		ticket.Secret = quicpipe.NewTicketSecret()
+		trusted = []ed25519.PublicKey{publicKey(ticket.DialerIdentity())}
+	}
+	text, err := ticket.MarshalText()
+	if err != nil {
+		return fmt.Errorf("cannot make a ticket for relay %s: %w", ticket.RelayAddr, err)
+	}
+	pipe := o.tcpTarget == ""
+	a, err := openListener(ctx, e, ticket, o, key, trusted, log)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+
+	fmt.Fprintf(e.stderr, "quicpipe: listening through %s\n", where)
+	if len(o.allow) > 0 {
+		fmt.Fprintf(e.stderr, "quicpipe: accepting %d allowed key(s)\n", len(o.allow))
+	}
+	if o.ticketFile != "" {
+		if err := writeTicketFile(o.ticketFile, text); err != nil {
+			return err
+		}
+		defer os.Remove(o.ticketFile)
+	}
+	showTicket(e, text, pipe, o.showQR)
+	if !pipe {
+		return serveTCP(ctx, e, a, o.tcpTarget, o.verbose, o.timeout)
+	}
+	return servePipe(ctx, e, a, o)
+}
+
+// listenOpts are listen's flags.
+type listenOpts struct {
+	relayAddr, relayToken, relayListen string
+	relayKey, allow                    keyList
+	tcpTarget, identity, ticketFile    string
+	showQR, verbose, recvOnly          bool
+	timeout                            time.Duration
+}
+
+// parseListenFlags parses and checks listen's flags, and removes the
+// ticket file of an earlier run.
+func parseListenFlags(e *env) (*listenOpts, error) {
 	fs := newFlagSet(e, "listen", "",
 		"Prints a ticket, then accepts a dial made with it through the relay's mailbox and\n"+
 			"pipes standard input to the dialer and what it sends to standard output. The\n"+
@@ -54,116 +123,87 @@ func cmdListen(ctx context.Context, e *env) error {
 			"Trust: by default the ticket carries a fresh secret and whoever holds the ticket\n"+
 			"may connect. With -allow, the ticket carries no secret and only the listed keys\n"+
 			"(see \"quicpipe key\") may connect.\n")
-	relayAddr := fs.String("relay", "", "relay UDP `address` (host:port); empty: run one in this process")
-	var relayKey keyList
-	fs.Var(&relayKey, "relay-key", "public `key` of the relay given with -relay")
-	relayToken := fs.String("relay-token", "", "bearer `token` for a relay that requires one")
-	relayListen := fs.String("relay-listen", "127.0.0.1:0", "UDP `address` of the in-process relay (without -relay)")
-	tcpTarget := fs.String("tcp", "", "forward each incoming connection to this TCP `address` (host:port)")
-	var allow keyList
-	fs.Var(&allow, "allow", "accept only dialers with this public `key` (repeatable); the ticket then has no secret")
-	identity := fs.String("identity", defaultIdentity("identity"), "identity `file` (created if missing)")
-	showQR := fs.Bool("qr", true, "show the ticket as a QR code when standard error is a terminal")
-	verbose := fs.Bool("v", false, "log everything, not only warnings")
-	recvOnly := fs.Bool("recv", false, "only receive: do not read standard input (this side's input is empty)")
-	ticketFile := fs.String("ticket-file", "", "also write the ticket to this `file` (mode 0600) once the listener is ready; removed at exit")
-	timeout := fs.Duration("timeout", 0, "give up if no dialer has connected within this `duration` (0: wait until stopped)")
+	var o listenOpts
+	fs.StringVar(&o.relayAddr, "relay", "", "relay UDP `address` (host:port); empty: run one in this process")
+	fs.Var(&o.relayKey, "relay-key", "public `key` of the relay given with -relay")
+	fs.StringVar(&o.relayToken, "relay-token", "", "bearer `token` for a relay that requires one")
+	fs.StringVar(&o.relayListen, "relay-listen", "127.0.0.1:0", "UDP `address` of the in-process relay (without -relay)")
+	fs.StringVar(&o.tcpTarget, "tcp", "", "forward each incoming connection to this TCP `address` (host:port)")
+	fs.Var(&o.allow, "allow", "accept only dialers with this public `key` (repeatable); the ticket then has no secret")
+	fs.StringVar(&o.identity, "identity", defaultIdentity("identity"), "identity `file` (created if missing)")
+	fs.BoolVar(&o.showQR, "qr", true, "show the ticket as a QR code when standard error is a terminal")
+	fs.BoolVar(&o.verbose, "v", false, "log everything, not only warnings")
+	fs.BoolVar(&o.recvOnly, "recv", false, "only receive: do not read standard input (this side's input is empty)")
+	fs.StringVar(&o.ticketFile, "ticket-file", "", "also write the ticket to this `file` (mode 0600) once the listener is ready; removed at exit")
+	fs.DurationVar(&o.timeout, "timeout", 0, "give up if no dialer has connected within this `duration` (0: wait until stopped)")
 	sf := addScriptFlags(fs)
 	if err := parseFlags(fs, e); err != nil {
-		return err
+		return nil, err
 	}
 	switch {
 	case fs.NArg() != 0:
-		return usageError(fs, e, "unexpected arguments %q", fs.Args())
-	case *relayAddr != "" && len(relayKey) != 1:
-		return usageError(fs, e, "-relay needs the relay's key: -relay-key KEY")
-	case *relayAddr == "" && len(relayKey) != 0:
-		return usageError(fs, e, "-relay-key needs -relay")
-	case *timeout < 0:
-		return usageError(fs, e, "-timeout must not be negative")
+		return nil, usageError(fs, e, "unexpected arguments %q", fs.Args())
+	case o.relayAddr != "" && len(o.relayKey) != 1:
+		return nil, usageError(fs, e, "-relay needs the relay's key: -relay-key KEY")
+	case o.relayAddr == "" && len(o.relayKey) != 0:
+		return nil, usageError(fs, e, "-relay-key needs -relay")
+	case o.timeout < 0:
+		return nil, usageError(fs, e, "-timeout must not be negative")
 	}
 	sf.apply(e)
-	if *ticketFile != "" {
+	if o.ticketFile != "" {
 		// A script waiting for the file must not read an earlier run's.
-		if err := os.Remove(*ticketFile); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("-ticket-file: %w", err)
+		if err := os.Remove(o.ticketFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("-ticket-file: %w", err)
 		}
 	}
-	if *relayAddr != "" {
-		if err := checkRelayAddr(*relayAddr); err != nil {
-			return usageError(fs, e, "%v", err)
+	if o.relayAddr != "" {
+		if err := checkRelayAddr(o.relayAddr); err != nil {
+			return nil, usageError(fs, e, "%v", err)
 		}
 	}
-	log := logger(e, *verbose)
-	key, err := loadIdentity(e, *identity)
-	if err != nil {
-		return err
-	}
+	return &o, nil
+}
 
-	ticket := &quicpipe.Ticket{Peer: publicKey(key), RelayAddr: *relayAddr}
-	where := "relay " + *relayAddr
-	if *relayAddr == "" {
-		relay, err := startRelay(ctx, *relayListen, log)
-		if err != nil {
-			return err
-		}
-		defer relay.Close()
-		ticket.RelayAddr = relay.Addr().String()
-		ticket.RelayKey = relay.key
-		where = "a relay in this process at " + ticket.RelayAddr
-	} else {
-		ticket.RelayKey = relayKey[0]
-	}
-	trusted := []ed25519.PublicKey(allow)
-	if len(trusted) == 0 {
-		ticket.Secret = quicpipe.NewTicketSecret()
-		trusted = []ed25519.PublicKey{publicKey(ticket.DialerIdentity())}
-	}
-	text, err := ticket.MarshalText()
-	if err != nil {
-		return fmt.Errorf("cannot make a ticket for relay %s: %w", ticket.RelayAddr, err)
-	}
+// openListener opens the Accepter of a listen and its mailbox.
+func openListener(ctx context.Context, e *env, ticket *quicpipe.Ticket, o *listenOpts, key ed25519.PrivateKey,
+	trusted []ed25519.PublicKey, log *slog.Logger) (*quicpipe.Accepter, error) {
+	pipe := o.tcpTarget == ""
 	a, err := quicpipe.NewAccepter(ctx, &quicpipe.Config{
 		RelayAddr:    ticket.RelayAddr,
 		RelayKey:     ticket.RelayKey,
-		RelayToken:   *relayToken,
+		RelayToken:   o.relayToken,
 		Identity:     key,
 		TrustedPeers: trusted,
 		QUICConfig:   peerQUICConfig(),
 		Logger:       log,
 		OnPathChange: pathReporter(e),
 	})
-	pipe := *tcpTarget == ""
 	if err != nil {
 		if rerr := relayProblem(err, true); rerr != nil && ctx.Err() == nil {
-			return rerr
+			return nil, rerr
 		}
-		return interrupted(ctx, err, pipe)
+		return nil, interrupted(ctx, err, pipe)
 	}
-	defer a.Close()
 	if err := a.OpenMailbox(ctx); err != nil {
+		a.Close()
 		var re *quicpipe.RelayError
 		if errors.As(err, &re) && re.Code == "not_found" {
-			return fmt.Errorf("the relay does not offer mailboxes: %w", err)
+			return nil, fmt.Errorf("the relay does not offer mailboxes: %w", err)
 		}
 		if rerr := relayProblem(err, true); rerr != nil && ctx.Err() == nil {
-			return rerr
+			return nil, rerr
 		}
-		return interrupted(ctx, err, pipe)
+		return nil, interrupted(ctx, err, pipe)
 	}
+	return a, nil
+}
 
-	fmt.Fprintf(e.stderr, "quicpipe: listening through %s\n", where)
-	if len(allow) > 0 {
-		fmt.Fprintf(e.stderr, "quicpipe: accepting %d allowed key(s)\n", len(allow))
-	}
-	if *ticketFile != "" {
-		if err := writeTicketFile(*ticketFile, text); err != nil {
-			return err
-		}
-		defer os.Remove(*ticketFile)
-	}
-	if *tcpTarget != "" {
-		// Standard output is not the data stream: the ticket goes there.
+// showTicket tells the user how to connect: the connect command with the
+// ticket, and a QR code on a terminal. With -tcp (pipe false), standard
+// output is not the data stream: the ticket goes there too.
+func showTicket(e *env, text []byte, pipe, showQR bool) {
+	if !pipe {
 		fmt.Fprintf(e.stdout, "%s\n", text)
 	}
 	connectFlags := ""
@@ -171,26 +211,27 @@ func cmdListen(ctx context.Context, e *env) error {
 		connectFlags = "-tcp-listen 127.0.0.1:0 " // it prints the port it chose
 	}
 	fmt.Fprintf(e.stderr, "quicpipe: on the other side, run\n\n    %s connect %s%s\n\n", selfCommand(e.arg0), connectFlags, text)
-	if *showQR && isTerminal(e.stderrFile) {
+	if showQR && isTerminal(e.stderrFile) {
 		if q, err := renderQR(string(text)); err == nil {
 			fmt.Fprint(e.stderr, q)
 		}
 	}
+}
 
-	if !pipe {
-		return serveTCP(ctx, e, a, *tcpTarget, *verbose, *timeout)
-	}
+// servePipe accepts one dial through a's mailbox and pipes standard input
+// and output through its session; later dials are refused.
+func servePipe(ctx context.Context, e *env, a *quicpipe.Accepter, o *listenOpts) error {
 	actx, cancelAccept := ctx, context.CancelFunc(func() {})
-	if *timeout > 0 {
-		actx, cancelAccept = context.WithTimeout(ctx, *timeout)
+	if o.timeout > 0 {
+		actx, cancelAccept = context.WithTimeout(ctx, o.timeout)
 	}
 	qc, err := a.AcceptMailbox(actx)
 	cancelAccept()
 	if err != nil {
 		if ctx.Err() == nil && actx.Err() != nil {
-			return fmt.Errorf("no dialer connected within %v (-timeout)", *timeout)
+			return fmt.Errorf("no dialer connected within %v (-timeout)", o.timeout)
 		}
-		return interrupted(ctx, err, pipe)
+		return interrupted(ctx, err, true)
 	}
 	// One session: the mailbox stays open so that every later dial is
 	// refused with a clear code rather than left to time out or closed
@@ -223,7 +264,7 @@ func cmdListen(ctx context.Context, e *env) error {
 		qc.CloseWithError(codeError, "")
 		return connError(err)
 	}
-	in, inTerm := stdinFor(e, *recvOnly)
+	in, inTerm := stdinFor(e, o.recvOnly)
 	prog := newProgress(e.stderr, showProgress(inTerm, isTerminal(e.stdoutFile), isTerminal(e.stderrFile)), isTerminal(e.stdoutFile))
 	prog.start()
 	err = pipeStdio(ctx, qc, s, in, e.stdout, true, inTerm, prog)

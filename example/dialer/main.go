@@ -84,7 +84,7 @@ func run() error {
 		}
 		return err
 	}
-	defer conn.Close()
+	defer conn.CloseWithError(0, "")
 	logger.Info("connected to accepter")
 
 	stream, err := conn.OpenStreamSync(ctx)

@@ -85,14 +85,15 @@ func openTUN(ns *NS, name string) (*os.File, error) {
 }
 
 type delayed struct {
-	b   []byte
+	buf *[]byte // from the pool; the packet is its first n bytes
+	n   int
 	due time.Time
 }
 
 // emulate moves packets from in to out until either is closed.
 func emulate(in, out *os.File, shape Shape) {
 	q := make(chan delayed, 65536)
-	pool := sync.Pool{New: func() any { return make([]byte, 2048) }}
+	pool := sync.Pool{New: func() any { b := make([]byte, 2048); return &b }}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() {
@@ -100,16 +101,16 @@ func emulate(in, out *os.File, shape Shape) {
 			if d := time.Until(p.due); d > 20*time.Microsecond {
 				time.Sleep(d)
 			}
-			out.Write(p.b)
-			pool.Put(p.b[:cap(p.b)])
+			out.Write((*p.buf)[:p.n])
+			pool.Put(p.buf)
 		}
 	})
 	defer close(q)
 	var depart time.Time // when the link finishes sending what it holds
 	bytesPerSec := float64(shape.RateMbit) * 1e6 / 8
 	for {
-		buf := pool.Get().([]byte)
-		n, err := in.Read(buf)
+		buf := pool.Get().(*[]byte)
+		n, err := in.Read(*buf)
 		if err != nil {
 			return
 		}
@@ -127,7 +128,7 @@ func emulate(in, out *os.File, shape Shape) {
 			due = depart
 		}
 		select {
-		case q <- delayed{b: buf[:n], due: due.Add(shape.Delay)}:
+		case q <- delayed{buf: buf, n: n, due: due.Add(shape.Delay)}:
 		default:
 			pool.Put(buf)
 		}

@@ -251,13 +251,13 @@ func (c *mailboxClient) run(body io.ReadCloser) {
 			return
 		}
 		log.Info("mailbox lost; reopening", "err", err)
-		if time.Since(start) > 30*time.Second {
+		if time.Since(start) > mailboxStable {
 			backoff = 0
 		}
 		for {
 			// A short pause even the first time: the relay session is
 			// typically reconnecting at the same moment.
-			backoff = min(max(2*backoff, 100*time.Millisecond), 10*time.Second)
+			backoff = min(max(2*backoff, mailboxRetryMin), mailboxRetryMax)
 			t := time.NewTimer(backoff)
 			select {
 			case <-c.ctx.Done():
@@ -276,9 +276,28 @@ func (c *mailboxClient) run(body io.ReadCloser) {
 	}
 }
 
+// Reopening a lost mailbox: retries back off from mailboxRetryMin to
+// mailboxRetryMax, and start again from the minimum once a mailbox stayed
+// open for mailboxStable.
+const (
+	mailboxRetryMin = 100 * time.Millisecond
+	mailboxRetryMax = 10 * time.Second
+	mailboxStable   = 30 * time.Second
+)
+
+// mailboxReadBuf is the initial size of the buffer of mailbox frames.
+const mailboxReadBuf = 16 << 10
+
+// Bounds of what a peer reads of a relay's answer: a JSON answer or error,
+// and the body of an answer it does not need (read to reuse the stream).
+const (
+	maxAnswerBody = 64 << 10
+	maxDrainBody  = 4096
+)
+
 // read processes the frames of one open mailbox until it ends.
 func (c *mailboxClient) read(body io.Reader) error {
-	buf := make([]byte, 0, 16<<10)
+	buf := make([]byte, 0, mailboxReadBuf)
 	for {
 		typ, payload, err := readMailboxFrame(body, buf)
 		if err != nil {
@@ -385,7 +404,7 @@ func (d *Dialer) PostToMailbox(ctx context.Context, peer ed25519.PublicKey, f *F
 	if resp.StatusCode/100 != 2 {
 		return relayErrorOf(resp)
 	}
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrainBody))
 	resp.Body.Close()
 	return nil
 }
@@ -400,8 +419,9 @@ func (d *Dialer) DialMailbox(ctx context.Context, peer ed25519.PublicKey) (*quic
 }
 
 // DialMailbox is a convenience for one connection through a mailbox, as Dial
-// is for one connection: the returned Conn closes its Dialer when closed.
-func DialMailbox(ctx context.Context, cfg *Config, peer ed25519.PublicKey) (*Conn, error) {
+// is for one connection: the connection owns its Dialer, which closes once
+// the connection ends.
+func DialMailbox(ctx context.Context, cfg *Config, peer ed25519.PublicKey) (*quic.Conn, error) {
 	return dialOwned(ctx, cfg, func(d *Dialer) (*quic.Conn, error) { return d.DialMailbox(ctx, peer) })
 }
 
@@ -409,7 +429,7 @@ func DialMailbox(ctx context.Context, cfg *Config, peer ed25519.PublicKey) (*Con
 // closes its body.
 func relayErrorOf(resp *http.Response) error {
 	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBody))
 	var e ErrorResponse
 	if json.Unmarshal(data, &e) != nil || e.Code == "" {
 		e = ErrorResponse{Code: "unknown", Error: string(bytes.TrimSpace(data))}

@@ -205,7 +205,7 @@ func (s *relaySession) run() {
 	var recheckFrom netip.AddrPort
 	for {
 		s.mu.Lock()
-		wait := max(s.ttl/3, 250*time.Millisecond)
+		wait := max(s.ttl/3, registerRetryMin)
 		s.mu.Unlock()
 		if backoff > 0 {
 			wait = backoff
@@ -269,13 +269,25 @@ func (s *relaySession) run() {
 				return
 			default:
 			}
-			backoff = min(max(2*backoff, 250*time.Millisecond), 10*time.Second)
+			backoff = min(max(2*backoff, registerRetryMin), registerRetryMax)
 			s.log.Warn("relay registration failed; retrying", "relay", s.addr.String(), "in", backoff, "err", err)
 			continue
 		}
 		backoff = 0
 	}
 }
+
+// Registration refreshes go every third of the registration's lifetime,
+// at most every registerRetryMin; failed ones are retried with a backoff
+// from registerRetryMin to registerRetryMax.
+const (
+	registerRetryMin = 250 * time.Millisecond
+	registerRetryMax = 10 * time.Second
+)
+
+// relayIdleTimeout is the QUIC idle timeout of the connection to the relay
+// (keep-alives, Config.RelayKeepAlive, hold it open).
+const relayIdleTimeout = 30 * time.Second
 
 // conn returns the HTTP/3 connection to the relay, dialing it if needed.
 // s.regMu must be held.
@@ -286,7 +298,7 @@ func (s *relaySession) conn(ctx context.Context) (*http3.ClientConn, error) {
 	s.closeConnLocked()
 	qconf := &quic.Config{
 		HandshakeIdleTimeout: s.timeout,
-		MaxIdleTimeout:       30 * time.Second,
+		MaxIdleTimeout:       relayIdleTimeout,
 		// Frequent enough that the relay sees a NAT rebinding (the connection
 		// migrates) and a restarted relay resets the connection within
 		// seconds; either way the registration follows at once.
@@ -428,7 +440,7 @@ func (s *relaySession) doLocked(ctx context.Context, method string, body []byte,
 			cancel()
 			return err
 		}
-		data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBody))
 		resp.Body.Close()
 		cancel()
 		if err != nil {

@@ -6,8 +6,6 @@ import (
 	"slices"
 	"sync"
 	"time"
-
-	"github.com/quicpipe/quicpipe/internal/netns"
 )
 
 // candidateCache gathers a peer's own candidates: the addresses of its
@@ -20,6 +18,9 @@ type candidateCache struct {
 	ttl   time.Duration
 	// anyScope turns off the scope rule (Config.DirectAnyScope).
 	anyScope bool
+	// addrs lists the interface addresses (Config.InterfaceAddrs); nil:
+	// net.InterfaceAddrs.
+	addrs func() ([]netip.Addr, error)
 
 	mu    sync.Mutex
 	at    time.Time
@@ -39,7 +40,7 @@ func (c *candidateCache) get(now time.Time) []candidate {
 		return c.cands
 	}
 	c.at = now
-	c.cands = gatherCandidates(c.conn, c.relay, obs, c.anyScope)
+	c.cands = gatherCandidates(c.conn, c.relay, obs, c.anyScope, c.addrs)
 	return c.cands
 }
 
@@ -47,7 +48,8 @@ func (c *candidateCache) get(now time.Time) []candidate {
 // address family only: the relay's family is the one the socket was opened
 // for, and quic-go's control messages (ECN) are built for it. Unless
 // anyScope, only addresses within the relay's scope are listed (inScope).
-func gatherCandidates(conn *net.UDPConn, relay, observed netip.AddrPort, anyScope bool) []candidate {
+// addrs lists the interface addresses (see interfaceAddrs).
+func gatherCandidates(conn *net.UDPConn, relay, observed netip.AddrPort, anyScope bool, addrs func() ([]netip.Addr, error)) []candidate {
 	v4 := relay.Addr().Unmap().Is4()
 	out := []candidate{}
 	add := func(kind uint8, ap netip.AddrPort) {
@@ -76,7 +78,7 @@ func gatherCandidates(conn *net.UDPConn, relay, observed netip.AddrPort, anyScop
 		add(candLocal, lap)
 		return out
 	}
-	for _, a := range interfaceAddrs(conn) {
+	for _, a := range interfaceAddrs(addrs) {
 		if !a.IsLoopback() {
 			add(candLocal, netip.AddrPortFrom(a, lap.Port()))
 		}
@@ -91,24 +93,22 @@ func usableCandidate(a netip.Addr) bool {
 		!a.IsLinkLocalUnicast() && !a.IsInterfaceLocalMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
-// interfaceAddrs lists the interface addresses of the network namespace the
-// socket lives in, which is not always the caller's (a socket created in
-// another namespace keeps it).
-func interfaceAddrs(conn *net.UDPConn) []netip.Addr {
-	var addrs []net.Addr
-	list := func() error {
-		var err error
-		addrs, err = net.InterfaceAddrs()
-		return err
-	}
-	run := list
-	if ns, err := netns.Of(conn); err == nil {
-		defer ns.Close()
-		if cur, err := netns.IsCurrent(ns); err == nil && !cur {
-			run = func() error { return netns.Do(ns, list) }
+// interfaceAddrs returns the addresses list gives (Config.InterfaceAddrs),
+// or if list is nil those of net.InterfaceAddrs; nil if listing fails.
+func interfaceAddrs(list func() ([]netip.Addr, error)) []netip.Addr {
+	if list != nil {
+		addrs, err := list()
+		if err != nil {
+			return nil
 		}
+		out := make([]netip.Addr, 0, len(addrs))
+		for _, a := range addrs {
+			out = append(out, a.Unmap())
+		}
+		return out
 	}
-	if run() != nil {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
 		return nil
 	}
 	var out []netip.Addr

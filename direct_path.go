@@ -181,70 +181,109 @@ func (c *pathConn) usable(a netip.AddrPort) bool {
 
 // step does what is due at now and returns when it next has work.
 func (c *pathConn) step(now time.Time) time.Time {
-	t := &c.m.timing
-	next := now.Add(time.Hour)
-	soon := func(at time.Time) {
-		if !at.IsZero() && at.Before(next) {
-			next = at
-		}
-	}
-
+	next := wakeAt{t: now.Add(idleStep)}
 	if c.route.failed.Swap(false) && c.direct != nil {
 		c.fallback(now, "send failed")
 	}
+	c.stepCandidates(now, &next)
+	// Probes of the round come before announcements: a side sends its
+	// low-TTL probes before it acknowledges the other's candidates.
+	if c.punching {
+		c.stepPunch(now, &next)
+	}
+	c.stepAnnounce(now, &next)
+	if c.direct != nil {
+		c.stepDirect(now, &next)
+	}
+	c.stepRecord(now, &next)
+	// Retry while relayed.
+	if c.direct == nil && !c.punching && !c.nextRetry.IsZero() {
+		if !now.Before(c.nextRetry) {
+			c.startRound(now, true)
+			return now // announce and probe at once
+		}
+		next.soon(c.nextRetry)
+	}
+	c.forgetPings(now)
+	return next.t
+}
 
-	// Own candidates changed (an interface, or the relay-observed
-	// address): announce them in a new round.
+// wakeAt is the earliest time a step has more work.
+type wakeAt struct{ t time.Time }
+
+// soon moves the wake-up to at, if at is set and earlier.
+func (w *wakeAt) soon(at time.Time) {
+	if !at.IsZero() && at.Before(w.t) {
+		w.t = at
+	}
+}
+
+// Timers of the path state machine that are no directTiming field.
+const (
+	idleStep     = time.Hour              // a step's wake-up with nothing due
+	noDCIDRetry  = 20 * time.Millisecond  // announce again when no CID of the peer was known
+	replyPacing  = 100 * time.Millisecond // at most one announcement in reply per this
+	pingLifetime = 10 * time.Second       // an unanswered ping is forgotten after this
+)
+
+// stepCandidates starts a new round when own candidates changed (an
+// interface, or the relay-observed address), to announce them.
+func (c *pathConn) stepCandidates(now time.Time, next *wakeAt) {
 	if !now.Before(c.nextCheck) {
-		c.nextCheck = now.Add(t.refresh)
+		c.nextCheck = now.Add(c.m.timing.refresh)
 		if !slices.Equal(c.m.cands.get(now), c.local) {
 			c.startRound(now, true)
 		}
 	}
-	soon(c.nextCheck)
+	next.soon(c.nextCheck)
+}
 
-	// Probes of the round. They come before announcements: a side sends
-	// its low-TTL probes before it acknowledges the other's candidates.
-	if c.punching {
-		// Normal probes wait until the peer has our current candidates
-		// (and so has opened its NAT's mapping towards us), or ackWait.
-		ready := c.peerAck >= c.round
-		for _, tg := range c.targets {
-			if tg.ok || tg.sent >= t.pingsPerCand {
-				continue
-			}
-			if !tg.lowSent {
-				tg.lowSent, tg.lowAt = true, now
-				c.sendPing(now, tg.addr, true)
-			}
-			if !ready && now.Sub(tg.lowAt) < t.ackWait {
-				soon(tg.lowAt.Add(t.ackWait))
-				continue
-			}
-			if !now.Before(tg.next) {
-				c.sendPing(now, tg.addr, false)
-				tg.sent++
-				tg.next = now.Add(t.pingInterval)
-			}
-			soon(tg.next)
+// stepPunch sends the probes of the round due at now, and ends the round
+// at its end.
+func (c *pathConn) stepPunch(now time.Time, next *wakeAt) {
+	t := &c.m.timing
+	// Normal probes wait until the peer has our current candidates (and
+	// so has opened its NAT's mapping towards us), or ackWait.
+	ready := c.peerAck >= c.round
+	for _, tg := range c.targets {
+		if tg.ok || tg.sent >= t.pingsPerCand {
+			continue
 		}
-		if !now.Before(c.roundEnd) {
-			c.punching = false
-			if c.direct == nil {
-				c.nextRetry = now.Add(c.backoff)
-				c.backoff = min(2*c.backoff, t.retryMax)
-				c.relayedBecause(c.failReason())
-			}
-		} else {
-			soon(c.roundEnd)
+		if !tg.lowSent {
+			tg.lowSent, tg.lowAt = true, now
+			c.sendPing(now, tg.addr, true)
 		}
+		if !ready && now.Sub(tg.lowAt) < t.ackWait {
+			next.soon(tg.lowAt.Add(t.ackWait))
+			continue
+		}
+		if !now.Before(tg.next) {
+			c.sendPing(now, tg.addr, false)
+			tg.sent++
+			tg.next = now.Add(t.pingInterval)
+		}
+		next.soon(tg.next)
 	}
+	if now.Before(c.roundEnd) {
+		next.soon(c.roundEnd)
+		return
+	}
+	c.punching = false
+	if c.direct == nil {
+		c.nextRetry = now.Add(c.backoff)
+		c.backoff = min(2*c.backoff, t.retryMax)
+		c.relayedBecause(c.failReason())
+	}
+}
 
-	// Announcements: until the peer acknowledges our round.
+// stepAnnounce sends our candidates until the peer acknowledges our
+// round.
+func (c *pathConn) stepAnnounce(now time.Time, next *wakeAt) {
+	t := &c.m.timing
 	if !c.nextCands.IsZero() && !now.Before(c.nextCands) {
 		c.nextCands = time.Time{}
 		if !c.sendCandidates(now) {
-			c.nextCands = now.Add(20 * time.Millisecond) // no CID of the peer yet
+			c.nextCands = now.Add(noDCIDRetry)
 		} else if c.peerAck < c.round {
 			c.candSent++
 			if c.candSent < t.candSends {
@@ -252,77 +291,73 @@ func (c *pathConn) step(now time.Time) time.Time {
 			}
 		}
 	}
-	soon(c.nextCands)
+	next.soon(c.nextCands)
+}
 
-	// The direct path: keepalive probes, and fallback when they stop
-	// being answered. A probe unanswered after pongWait is lost: the path
-	// is suspect, probes go every pongWait, and the send path keeps a copy
-	// of the connection's last datagram (see fallback). No pong deadAfter
-	// after the first unanswered probe: the path is dead.
-	if c.direct != nil {
-		wait := c.pongWait()
-		dead := max(t.deadAfter, 2*wait)
-		suspect := c.suspect(now)
-		switch {
-		case !c.unanswered.IsZero() && !now.Before(c.unanswered.Add(dead)):
-			c.fallback(now, "no answer")
-		default:
-			if suspect {
-				c.route.keepLast.Store(true)
-				if again := c.lastPing.Add(wait); again.Before(c.nextKeepalive) {
-					c.nextKeepalive = again
-				}
-			} else if !c.unanswered.IsZero() {
-				soon(c.unanswered.Add(wait))
-			}
-			// While the connection sends on the path, probes go every
-			// busyProbe: a dead path then swallows less data.
-			if !now.Before(c.busyCheck) {
-				c.busyCheck = now.Add(t.busyProbe)
-				if sends := c.route.sends.Load(); sends != c.sendsSeen {
-					c.sendsSeen = sends
-					if busy := c.lastPing.Add(t.busyProbe); busy.Before(c.nextKeepalive) {
-						c.nextKeepalive = busy
-					}
-				}
-			}
-			soon(c.busyCheck)
-			if !now.Before(c.nextKeepalive) {
-				c.sendPing(now, c.direct.addr, false)
-				c.nextKeepalive = now.Add(t.keepalive)
-			}
-			soon(c.nextKeepalive)
-			if !c.unanswered.IsZero() {
-				soon(c.unanswered.Add(dead))
+// stepDirect watches the direct path: keepalive probes, and fallback when
+// they stop being answered. A probe unanswered after pongWait is lost: the
+// path is suspect, probes go every pongWait, and the send path keeps a copy
+// of the connection's last datagram (see fallback). No pong deadAfter
+// after the first unanswered probe: the path is dead.
+func (c *pathConn) stepDirect(now time.Time, next *wakeAt) {
+	t := &c.m.timing
+	wait := c.pongWait()
+	dead := max(t.deadAfter, 2*wait)
+	if !c.unanswered.IsZero() && !now.Before(c.unanswered.Add(dead)) {
+		c.fallback(now, "no answer")
+		return
+	}
+	if c.suspect(now) {
+		c.route.keepLast.Store(true)
+		if again := c.lastPing.Add(wait); again.Before(c.nextKeepalive) {
+			c.nextKeepalive = again
+		}
+	} else if !c.unanswered.IsZero() {
+		next.soon(c.unanswered.Add(wait))
+	}
+	// While the connection sends on the path, probes go every busyProbe:
+	// a dead path then swallows less data.
+	if !now.Before(c.busyCheck) {
+		c.busyCheck = now.Add(t.busyProbe)
+		if sends := c.route.sends.Load(); sends != c.sendsSeen {
+			c.sendsSeen = sends
+			if busy := c.lastPing.Add(t.busyProbe); busy.Before(c.nextKeepalive) {
+				c.nextKeepalive = busy
 			}
 		}
 	}
-
-	if !c.recordUntil.IsZero() {
-		if !now.Before(c.recordUntil) {
-			c.recordUntil = time.Time{}
-			c.route.takeLast()
-		} else {
-			soon(c.recordUntil)
-		}
+	next.soon(c.busyCheck)
+	if !now.Before(c.nextKeepalive) {
+		c.sendPing(now, c.direct.addr, false)
+		c.nextKeepalive = now.Add(t.keepalive)
 	}
-
-	// Retry while relayed.
-	if c.direct == nil && !c.punching && !c.nextRetry.IsZero() {
-		if !now.Before(c.nextRetry) {
-			c.startRound(now, true)
-			return now // announce and probe at once
-		}
-		soon(c.nextRetry)
+	next.soon(c.nextKeepalive)
+	if !c.unanswered.IsZero() {
+		next.soon(c.unanswered.Add(dead))
 	}
+}
 
-	// Forget unanswered pings.
+// stepRecord stops the send path's recording recordAfterFallback after a
+// fallback (see fallback).
+func (c *pathConn) stepRecord(now time.Time, next *wakeAt) {
+	if c.recordUntil.IsZero() {
+		return
+	}
+	if !now.Before(c.recordUntil) {
+		c.recordUntil = time.Time{}
+		c.route.takeLast()
+		return
+	}
+	next.soon(c.recordUntil)
+}
+
+// forgetPings forgets pings unanswered for pingLifetime.
+func (c *pathConn) forgetPings(now time.Time) {
 	for id, p := range c.pings {
-		if now.Sub(p.sent) > 10*time.Second {
+		if now.Sub(p.sent) > pingLifetime {
 			delete(c.pings, id)
 		}
 	}
-	return next
 }
 
 // fallback moves the connection back to the relay.
@@ -448,7 +483,7 @@ func (c *pathConn) choose(now time.Time) {
 		}
 	}
 	if c.direct != nil && c.direct.ok {
-		if best == nil || best == c.direct || best.rtt*10 >= c.direct.rtt*7 {
+		if best == nil || best == c.direct || !clearlyFaster(best.rtt, c.direct.rtt) {
 			return
 		}
 	}
@@ -456,6 +491,15 @@ func (c *pathConn) choose(now time.Time) {
 		c.use(now, best)
 	}
 }
+
+// A path replaces the current direct path only if its RTT is below
+// fasterNum/fasterDen of the current one's: close RTTs must not make the
+// connection flap between paths.
+const fasterNum, fasterDen = 7, 10
+
+// clearlyFaster reports whether a path with RTT rtt should replace one with
+// RTT cur.
+func clearlyFaster(rtt, cur time.Duration) bool { return rtt*fasterDen < cur*fasterNum }
 
 // suspect reports whether the direct path has a probe unanswered for
 // longer than pongWait.
@@ -575,7 +619,7 @@ func (c *pathConn) onCandidates(now time.Time, m *candidatesMsg) {
 	}
 	// The peer waits for our acknowledgment (and learns our candidates
 	// from it). Its retransmissions are paced; so are our answers.
-	if m.needAck && now.Sub(c.lastReply) > 100*time.Millisecond {
+	if m.needAck && now.Sub(c.lastReply) > replyPacing {
 		c.lastReply = now
 		c.nextCands = now
 	}

@@ -28,8 +28,14 @@ import (
 //	                the additional data is bytes 0..32
 const (
 	ctrlMarker    = 0x10
-	ctrlHeaderLen = 1 + CIDLen + 8 + 12
-	ctrlOverhead  = ctrlHeaderLen + 16
+	ctrlCIDOff    = 1                       // routing CID
+	ctrlTagOff    = ctrlCIDOff + CIDLen     // connection tag
+	ctrlNonceOff  = ctrlTagOff + ctrlTagLen // AES-GCM nonce
+	ctrlHeaderLen = ctrlNonceOff + ctrlNonceLen
+	ctrlOverhead  = ctrlHeaderLen + ctrlSealLen
+	ctrlTagLen    = 8
+	ctrlNonceLen  = 12
+	ctrlSealLen   = 16 // the AES-GCM tag
 	// ctrlMaxLen bounds a control datagram; bigger ones are dropped.
 	ctrlMaxLen = 1200
 )
@@ -44,6 +50,15 @@ const (
 	msgCandidates = 3
 )
 
+// Body layouts: a probe is its type, an 8-byte transaction ID and an
+// address; an announcement is its type, flags, round and ack (4 bytes
+// each), the number of candidates, then each candidate's kind and address.
+const (
+	probeHeaderLen      = 1 + 8
+	candidatesHeaderLen = 1 + 1 + 4 + 4 + 1
+	flagNeedAck         = 1 // announcement flag: answer with yours
+)
+
 // maxCandidates bounds the candidates one side announces.
 const maxCandidates = 16
 
@@ -51,10 +66,14 @@ const maxCandidates = 16
 // QUIC: its two high bits are clear.
 func isCtrl(b []byte) bool { return len(b) > 0 && b[0]&0xc0 == 0 }
 
+// pathKeyLen is the length of each AES-256 key of a connection's direct
+// path.
+const pathKeyLen = 32
+
 // pathKeys are the direct-path keys of one connection, exported from its TLS
 // session: nobody but the two peers can compute them.
 type pathKeys struct {
-	tag  [8]byte
+	tag  [ctrlTagLen]byte
 	send cipher.AEAD // messages this side sends
 	recv cipher.AEAD // messages the other side sends
 }
@@ -63,7 +82,7 @@ type pathKeys struct {
 // side is the TLS client (the dialer).
 func newPathKeys(qc *quic.Conn, client bool) (*pathKeys, error) {
 	cs := qc.ConnectionState().TLS
-	m, err := cs.ExportKeyingMaterial(exporterLabel, nil, 32+32+8)
+	m, err := cs.ExportKeyingMaterial(exporterLabel, nil, 2*pathKeyLen+ctrlTagLen)
 	if err != nil {
 		return nil, fmt.Errorf("quicpipe: exporting direct-path keys: %w", err)
 	}
@@ -71,12 +90,12 @@ func newPathKeys(qc *quic.Conn, client bool) (*pathKeys, error) {
 }
 
 func pathKeysFrom(m []byte, client bool) (*pathKeys, error) {
-	ck, sk := m[:32], m[32:64]
+	ck, sk := m[:pathKeyLen], m[pathKeyLen:2*pathKeyLen]
 	if !client {
 		ck, sk = sk, ck
 	}
 	k := &pathKeys{}
-	copy(k.tag[:], m[64:72])
+	copy(k.tag[:], m[2*pathKeyLen:])
 	var err error
 	if k.send, err = newGCM(ck); err != nil {
 		return nil, err
@@ -100,10 +119,11 @@ func newGCM(key []byte) (cipher.AEAD, error) {
 func (k *pathKeys) seal(dcid []byte, body []byte) []byte {
 	out := make([]byte, ctrlHeaderLen, ctrlOverhead+len(body))
 	out[0] = ctrlMarker
-	copy(out[1:1+CIDLen], dcid)
-	copy(out[13:21], k.tag[:])
-	rand.Read(out[21:33])
-	return k.send.Seal(out, out[21:33], body, out[:ctrlHeaderLen])
+	copy(out[ctrlCIDOff:ctrlTagOff], dcid)
+	copy(out[ctrlTagOff:ctrlNonceOff], k.tag[:])
+	nonce := out[ctrlNonceOff:ctrlHeaderLen]
+	rand.Read(nonce)
+	return k.send.Seal(out, nonce, body, out[:ctrlHeaderLen])
 }
 
 var errCtrl = errors.New("quicpipe: bad control datagram")
@@ -114,7 +134,7 @@ func ctrlTag(b []byte) ([8]byte, bool) {
 	if len(b) < ctrlOverhead || len(b) > ctrlMaxLen || b[0] != ctrlMarker {
 		return t, false
 	}
-	copy(t[:], b[13:21])
+	copy(t[:], b[ctrlTagOff:ctrlNonceOff])
 	return t, true
 }
 
@@ -123,7 +143,7 @@ func (k *pathKeys) open(b []byte) ([]byte, error) {
 	if _, ok := ctrlTag(b); !ok {
 		return nil, errCtrl
 	}
-	body, err := k.recv.Open(nil, b[21:33], b[ctrlHeaderLen:], b[:ctrlHeaderLen])
+	body, err := k.recv.Open(nil, b[ctrlNonceOff:ctrlHeaderLen], b[ctrlHeaderLen:], b[:ctrlHeaderLen])
 	if err != nil || len(body) == 0 {
 		return nil, errCtrl
 	}
@@ -202,7 +222,7 @@ func (m *candidatesMsg) marshal() []byte {
 	b := make([]byte, 0, 2+4+4+1+len(m.cands)*20)
 	var flags byte
 	if m.needAck {
-		flags |= 1
+		flags |= flagNeedAck
 	}
 	b = append(b, msgCandidates, flags)
 	b = binary.BigEndian.AppendUint32(b, m.round)
@@ -223,31 +243,31 @@ func parseBody(b []byte) (any, error) {
 	}
 	switch b[0] {
 	case msgPing, msgPong:
-		if len(b) < 9 {
+		if len(b) < probeHeaderLen {
 			return nil, errCtrl
 		}
 		m := &probeMsg{typ: b[0]}
-		copy(m.txid[:], b[1:9])
-		a, rest, err := readAddr(b[9:])
+		copy(m.txid[:], b[1:probeHeaderLen])
+		a, rest, err := readAddr(b[probeHeaderLen:])
 		if err != nil || len(rest) != 0 {
 			return nil, errCtrl
 		}
 		m.addr = a
 		return m, nil
 	case msgCandidates:
-		if len(b) < 11 {
+		if len(b) < candidatesHeaderLen {
 			return nil, errCtrl
 		}
 		m := &candidatesMsg{
-			needAck: b[1]&1 != 0,
+			needAck: b[1]&flagNeedAck != 0,
 			round:   binary.BigEndian.Uint32(b[2:]),
 			ack:     binary.BigEndian.Uint32(b[6:]),
 		}
-		n := int(b[10])
+		n := int(b[candidatesHeaderLen-1])
 		if n > maxCandidates {
 			return nil, errCtrl
 		}
-		rest := b[11:]
+		rest := b[candidatesHeaderLen:]
 		for range n {
 			if len(rest) < 1 {
 				return nil, errCtrl
