@@ -28,17 +28,6 @@ var ErrInsecureIdentity = errors.New("quicpipe: identity file is readable by oth
 // identityPEMType is the PEM block type of an identity file.
 const identityPEMType = "PRIVATE KEY"
 
-// DefaultIdentityPath returns the default path of the identity file called
-// name: <user config directory>/quicpipe/<name>.key, for example
-// ~/.config/quicpipe/identity.key on Linux.
-func DefaultIdentityPath(name string) (string, error) {
-	dir, err := os.UserConfigDir()
-	if err != nil {
-		return "", fmt.Errorf("quicpipe: no default identity directory: %w", err)
-	}
-	return filepath.Join(dir, "quicpipe", name+".key"), nil
-}
-
 // LoadIdentity reads an identity file. It refuses a file that is not a
 // regular file or that the group or others may read or write (on systems with
 // Unix permissions); the error then wraps ErrInsecureIdentity and says how to

@@ -49,6 +49,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/quicpipe/quicpipe"
@@ -223,13 +224,15 @@ func logger(e *env, verbose bool) *slog.Logger {
 }
 
 // defaultIdentity returns the default path of the identity file called
-// name, or "" if there is no user configuration directory.
+// name, <user config directory>/quicpipe/<name>.key (for example
+// ~/.config/quicpipe/identity.key on Linux), or "" if there is no user
+// configuration directory.
 func defaultIdentity(name string) string {
-	p, err := quicpipe.DefaultIdentityPath(name)
+	dir, err := os.UserConfigDir()
 	if err != nil {
 		return ""
 	}
-	return p
+	return filepath.Join(dir, "quicpipe", name+".key")
 }
 
 // loadIdentity loads or creates the identity file at path and says so when
