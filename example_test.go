@@ -154,3 +154,86 @@ func ExampleDialTicket() {
 	fmt.Println(string(answer))
 	// Output: hello through the mailbox
 }
+
+// A relay serves the registration API and the mailbox, and forwards packets,
+// until its context ends or it is closed. Peers need its address and its
+// public key (EncodeKey gives the text form the command prints).
+func ExampleListenRelay() {
+	identity := quicpipe.GenerateIdentity()
+	r, err := quicpipe.ListenRelay("127.0.0.1:0", &quicpipe.RelayConfig{
+		Identity: identity,
+		Mailbox:  &quicpipe.MailboxConfig{},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Serve(ctx) }()
+
+	fmt.Println(r.Addr().IP)
+	cancel() // or r.Shutdown(ctx) to drain first
+	fmt.Println("Serve:", <-done)
+	r.Close()
+	// Output:
+	// 127.0.0.1
+	// Serve: <nil>
+}
+
+// An accepter holds a mailbox at its relay; a dialer that knows the
+// accepter's public key (and the relay's) dials it there, and the relay
+// carries the first flight.
+func ExampleAccepter_AcceptMailbox() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	relayAddr, relayKey := exampleRelay(ctx)
+	accepterID, dialerID := quicpipe.GenerateIdentity(), quicpipe.GenerateIdentity()
+
+	acc, err := quicpipe.NewAccepter(ctx, &quicpipe.Config{
+		RelayAddr:    relayAddr,
+		RelayKey:     relayKey,
+		Identity:     accepterID,
+		TrustedPeers: []ed25519.PublicKey{dialerID.Public().(ed25519.PublicKey)},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer acc.Close()
+	if err := acc.OpenMailbox(ctx); err != nil {
+		log.Fatal(err)
+	}
+	go func() {
+		conn, err := acc.AcceptMailbox(ctx)
+		if err != nil {
+			return
+		}
+		s, err := conn.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		io.Copy(s, s) // echo
+		s.Close()
+	}()
+
+	conn, err := quicpipe.DialMailbox(ctx, &quicpipe.Config{
+		RelayAddr: relayAddr,
+		RelayKey:  relayKey,
+		Identity:  dialerID,
+	}, accepterID.Public().(ed25519.PublicKey))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.CloseWithError(0, "")
+	s, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	io.WriteString(s, "hello through the mailbox")
+	s.Close()
+	answer, err := io.ReadAll(s)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(string(answer))
+	// Output: hello through the mailbox
+}
