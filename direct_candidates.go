@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/quicpipe/quicpipe/internal/addrscope"
 )
 
 // candidateCache gathers a peer's own candidates: the addresses of its
@@ -86,11 +88,11 @@ func gatherCandidates(conn *net.UDPConn, relay, observed netip.AddrPort, anyScop
 	return out
 }
 
-// usableCandidate reports whether a can be a direct-path address: unicast,
-// not unspecified, and not IPv6 link-local (which needs a zone).
+// usableCandidate reports whether a can be a direct-path address: a
+// unicast address wider than one link.
 func usableCandidate(a netip.Addr) bool {
-	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() &&
-		!a.IsLinkLocalUnicast() && !a.IsInterfaceLocalMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	sc := addrscope.Of(a)
+	return sc != addrscope.Invalid && sc != addrscope.LinkLocal
 }
 
 // interfaceAddrs returns the addresses list gives (Config.InterfaceAddrs),
@@ -122,32 +124,6 @@ func interfaceAddrs(list func() ([]netip.Addr, error)) []netip.Addr {
 	return out
 }
 
-// addrScope is how far an address reaches, narrowest first.
-type addrScope int
-
-const (
-	scopeLoopback  addrScope = iota // this host
-	scopeLinkLocal                  // one link (169.254/16, fe80::/10)
-	scopePrivate                    // a private network (RFC 1918, 100.64/10, fc00::/7)
-	scopeGlobal                     // anything else
-)
-
-var sharedSpace = netip.MustParsePrefix("100.64.0.0/10") // RFC 6598, carrier-grade NAT
-
-// candScope returns the scope of a.
-func candScope(a netip.Addr) addrScope {
-	a = a.Unmap()
-	switch {
-	case a.IsLoopback():
-		return scopeLoopback
-	case a.IsLinkLocalUnicast():
-		return scopeLinkLocal
-	case a.IsPrivate() || sharedSpace.Contains(a):
-		return scopePrivate
-	}
-	return scopeGlobal
-}
-
 // inScope reports whether a direct path may use address a when the relay
 // is at relay (docs/NAT.md, "Candidate scope"): the peers reached the relay
 // within its scope, so they look for each other within it too. A loopback
@@ -155,8 +131,8 @@ func candScope(a netip.Addr) addrScope {
 // of its scope or narrower, but never loopback (the other peer's loopback
 // address is this host's own).
 func inScope(relay, a netip.Addr) bool {
-	rs, as := candScope(relay), candScope(a)
-	if rs == scopeLoopback || as == scopeLoopback {
+	rs, as := addrscope.Of(relay), addrscope.Of(a)
+	if rs == addrscope.Loopback || as == addrscope.Loopback {
 		return rs == as
 	}
 	return as <= rs
