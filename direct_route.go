@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/quicpipe/quicpipe/internal/batch"
 	"golang.org/x/net/ipv4"
 )
 
@@ -181,12 +182,7 @@ func (c *peerConn) sortBatch(ms []ipv4.Message) int {
 			c.takeCtrl(m)
 			continue
 		}
-		if k != i {
-			d := &ms[k]
-			d.N = copy(d.Buffers[0], m.Buffers[0][:m.N])
-			d.NN = copy(d.OOB, m.OOB[:m.NN])
-			d.Flags = m.Flags
-		}
+		batch.Move(ms, k, i)
 		ms[k].Addr = c.relayUDP
 		k++
 	}
