@@ -219,7 +219,9 @@ func TestMailboxDial(t *testing.T) {
 	if s.Open != 1 || s.Opened != 1 || s.Delivered != 2 || s.DeliveredBytes < 2*2*MinFlightDatagramSize {
 		t.Errorf("stats %+v, want 1 open, 1 opened, 2 delivered", s)
 	}
-	a.CloseMailbox()
+	if err := a.CloseMailbox(); err != nil {
+		t.Fatalf("CloseMailbox: %v", err)
+	}
 	waitFor(t, func() bool { return e.relay.MailboxStats().Open == 0 }, "the relay forgets the closed mailbox")
 	_, err := d.DialMailbox(ctx, pub(bID))
 	var re *RelayError
@@ -426,6 +428,12 @@ func TestMailboxTakeover(t *testing.T) {
 	}
 	if err := first.OpenMailbox(ctx); !errors.Is(err, ErrMailboxTaken) {
 		t.Fatalf("first accepter reopening: %v, want ErrMailboxTaken", err)
+	}
+	if err := first.CloseMailbox(); !errors.Is(err, ErrMailboxTaken) {
+		t.Fatalf("first accepter's CloseMailbox: %v, want the ErrMailboxTaken that ended it", err)
+	}
+	if err := first.CloseMailbox(); err != nil {
+		t.Fatalf("CloseMailbox on a closed mailbox: %v, want nil", err)
 	}
 	go echoMailbox(ctx, second)
 	qc, err := e.dialer(t, ctx, aID).DialMailbox(ctx, pub(bID))

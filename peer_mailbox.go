@@ -152,17 +152,28 @@ func (a *Accepter) AcceptMailbox(ctx context.Context) (*quic.Conn, error) {
 
 // CloseMailbox closes the Accepter's mailbox, if open: the relay forgets it,
 // dials through it are refused, and handshakes in progress are abandoned.
-// Connections already returned by AcceptMailbox are not affected.
-func (a *Accepter) CloseMailbox() {
+// Connections already returned by AcceptMailbox are not affected. It
+// returns nil, or, if the mailbox had already ended on its own, the reason
+// (for example an error wrapping ErrMailboxTaken); after it, OpenMailbox
+// opens the mailbox again.
+func (a *Accepter) CloseMailbox() error {
 	m := &a.mbox
 	m.mu.Lock()
 	c := m.client
 	m.client = nil
 	m.mu.Unlock()
-	if c != nil {
-		c.stop(ErrClosed)
-		c.wg.Wait()
+	if c == nil {
+		return nil
 	}
+	var ended error
+	select {
+	case <-c.done:
+		ended = c.err
+	default:
+	}
+	c.stop(ErrClosed)
+	c.wg.Wait()
+	return ended
 }
 
 // stop ends the mailbox for good with err (the first reason wins).
