@@ -24,7 +24,6 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/quicpipe/quicpipe/internal/wire"
-	"github.com/quicpipe/quicpipe/xdp"
 )
 
 // RelayConfig configures a Relay. The zero value of each field selects the
@@ -145,18 +144,16 @@ type RelayConfig struct {
 	// Identity is set, a key derived from Identity is used; otherwise resets
 	// are off. Packets for peers' CIDs never cause a reset.
 	StatelessResetKey *quic.StatelessResetKey
-	// MetricsAddr, if not empty, is a TCP address (e.g. "127.0.0.1:9090") on
-	// which the relay serves Prometheus metrics at /metrics. See also
-	// Relay.Collector.
-	MetricsAddr string
 	// Mailbox, if not nil, turns on the mailbox API (/v1/mailbox/, see
 	// mailbox.go): an accepter holds a mailbox named by its public key and
 	// dialers post their first flights to it. If nil, the mailbox is off and
 	// its paths answer 404.
 	Mailbox *MailboxConfig
-	// XDP, if not nil, turns on the XDP fast path (Linux only): see
-	// XDPConfig. If nil, every packet is forwarded in userspace.
-	XDP *XDPConfig
+	// FastPath, if not nil, starts a kernel fast path (see FastPath) once
+	// the relay's socket is bound, for example relayxdp.New's XDP program
+	// (Linux only); NewRelay fails with its error. If nil, every packet is
+	// forwarded in userspace.
+	FastPath func(FastPathConfig) (FastPath, error)
 	// Logger receives the relay's logs. If nil, the relay logs nothing. The
 	// relay never logs per packet.
 	Logger *slog.Logger
@@ -335,10 +332,7 @@ type Relay struct {
 	resetter hash.Hash
 	resets   rateLimiter
 
-	metrics     *http.Server
-	metricsAddr net.Addr
-
-	xdp *relayXDP // nil unless RelayConfig.XDP is set
+	xdp *relayXDP // nil unless RelayConfig.FastPath is set
 
 	serveOnce sync.Once
 	closeOnce sync.Once
@@ -438,7 +432,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		r.tr.Close()
 		return nil, fmt.Errorf("quicpipe: relay listen: %w", err)
 	}
-	if c.XDP != nil {
+	if c.FastPath != nil {
 		if err := r.attachXDP(); err != nil {
 			r.ln.Close()
 			r.tr.Close()
@@ -488,12 +482,6 @@ func (r *Relay) Serve(ctx context.Context) error {
 	r.serveOnce.Do(func() {
 		err = nil
 		r.wg.Go(r.janitor)
-		if r.cfg.MetricsAddr != "" {
-			if err = r.serveMetrics(); err != nil {
-				r.Close()
-				return
-			}
-		}
 		done := make(chan error, 1)
 		go func() { done <- r.acceptConns() }()
 		r.log.Info("relay serving", "addr", r.Addr().String())
@@ -536,9 +524,6 @@ func (r *Relay) Close() error {
 		errs = append(errs, r.tr.Close())
 		if r.xdp != nil {
 			errs = append(errs, r.xdp.prog.Close())
-		}
-		if r.metrics != nil {
-			errs = append(errs, r.metrics.Close())
 		}
 		if r.ownConn {
 			errs = append(errs, r.conn.Close())
@@ -864,8 +849,9 @@ type RelayStats struct {
 	Resets uint64
 	// XDP holds the XDP program's counters by outcome ("forwarded_ipv4",
 	// "forwarded_ipv6", and the reasons it passed frames to the stack); nil
-	// when XDP is off. Its byte counts include Ethernet and IP headers.
-	XDP map[string]xdp.Stat
+	// when the relay has no fast path (RelayConfig.FastPath). Its byte
+	// counts include Ethernet and IP headers.
+	XDP map[string]FastPathStat
 	// Registrations and CIDs are the current table sizes.
 	Registrations, CIDs int
 

@@ -396,7 +396,7 @@ func startXDPRelayIn(t testing.TB, ns xdpNetns, dev string, addr netip.Addr, cfg
 	t.Helper()
 	cfg.Identity = GenerateIdentity()
 	cfg.Logger = testLogger(t)
-	cfg.XDP = &XDPConfig{Interface: dev, Mode: xdp.ModeGeneric}
+	cfg.FastPath = xdpFastPath(dev, xdp.ModeGeneric)
 	var r *Relay
 	err := ns.Do(func() error {
 		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, xdpRelayPort)))
