@@ -118,25 +118,6 @@ func (r *Relay) setTargetLocked(reg *registration, d *dest) {
 	}
 }
 
-// followWakeEvery bounds how often datagrams from an unknown source make the
-// relay check whether one registration's HTTP/3 connection migrated.
-const followWakeEvery = 50_000_000 // 50ms, in nanoseconds
-
-// wakeFollow asks the janitor to check at once whether reg's HTTP/3
-// connection moved: a datagram for reg's CIDs arrived from an address that no
-// registration forwards to, most likely after the peer's NAT rebound. It
-// never blocks and runs at most once per followWakeEvery per registration.
-func (r *Relay) wakeFollow(reg *registration, now int64) {
-	last := reg.wake.Load()
-	if now-last < followWakeEvery || !reg.wake.CompareAndSwap(last, now) {
-		return
-	}
-	select {
-	case r.follow <- reg:
-	default:
-	}
-}
-
 // localAddrs are the addresses of the relay's host. A target on the relay's
 // port at one of them would be the relay itself, or another relay beside it.
 type localAddrs struct {
