@@ -21,13 +21,6 @@ import (
 	"github.com/quic-go/quic-go/http3"
 )
 
-// dest is a forwarding destination, immutable once published.
-type dest struct {
-	addr *net.UDPAddr
-	ap   netip.AddrPort
-	raw  rawAddr
-}
-
 // Relay forwards QUIC packets between peers by destination connection ID and
 // serves the registration API over HTTP/3, both on one UDP socket.
 //
@@ -51,12 +44,11 @@ type Relay struct {
 	locals  localAddrs // the host's addresses, never a target on the relay's port
 	// follow carries registrations whose peer seems to have moved from the
 	// forwarding path to the janitor (see wakeFollow).
-	follow chan *registration
+	follow chan *regEntry
 
-	regMu     sync.Mutex
-	regs      map[string]*registration
-	perSource map[netip.Prefix]sourceUsage
-	closing   bool
+	regMu   sync.Mutex
+	regs    registry // guarded by regMu
+	closing bool
 
 	// derivations is the per-source budget of CIDs derived (see
 	// RelayConfig.DerivationsPerSecond); testHookDerived, if set, runs after
@@ -150,11 +142,9 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		conn:   conn,
 		log:    c.Logger,
 		table:  newCIDTable(),
-		regs:   make(map[string]*registration),
-		follow: make(chan *registration, 64),
+		follow: make(chan *regEntry, 64),
 		closed: make(chan struct{}),
 
-		perSource: make(map[netip.Prefix]sourceUsage),
 		derivations: sourceLimiter{
 			rate:    float64(c.DerivationsPerSecond),
 			burst:   float64(c.DerivationBurst),
@@ -163,6 +153,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		},
 		conns: newConnLimits(c),
 	}
+	r.regs = newMemRegistry((*relayIndex)(r))
 	r.closeCtx, r.closeCancel = context.WithCancel(context.Background())
 	r.stats.rejected = newRejectCounters(rejectCodes)
 	rand.Read(r.epoch[:])
@@ -319,5 +310,5 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 func (r *Relay) registrations() int {
 	r.regMu.Lock()
 	defer r.regMu.Unlock()
-	return len(r.regs)
+	return r.regs.count()
 }

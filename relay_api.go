@@ -173,7 +173,7 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 	ttl := r.cfg.RegistrationTTL
 	for attempt := 0; ; attempt++ {
 		r.regMu.Lock()
-		reg := r.regs[string(key)]
+		reg := r.regs.get(string(key))
 		if status, code, err := r.checkLimitsLocked(reg, src, num); err != nil {
 			r.regMu.Unlock()
 			return RegisterResponse{}, status, code, err
@@ -200,7 +200,7 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 		}
 
 		r.regMu.Lock()
-		cur := r.regs[string(key)]
+		cur := r.regs.get(string(key))
 		if cur != reg || (reg != nil && reg.gen != gen) {
 			r.regMu.Unlock()
 			if attempt < 2 {
@@ -215,7 +215,7 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 			return RegisterResponse{}, status, code, err
 		}
 		expires := time.Now().Add(ttl)
-		r.applyLocked(key, reg, src, d, local, qc, first, cids, expires)
+		r.regs.put(string(key), reg, src, d, local, qc, first, cids, expires)
 		r.regMu.Unlock()
 		return RegisterResponse{
 			Addr:    ap.String(),
@@ -229,11 +229,11 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 
 // checkLimitsLocked decides whether reg (nil for a new key) may hold a
 // window of num CIDs for source src. r.regMu must be held.
-func (r *Relay) checkLimitsLocked(reg *registration, src netip.Prefix, num uint32) (int, string, error) {
+func (r *Relay) checkLimitsLocked(reg *regEntry, src netip.Prefix, num uint32) (int, string, error) {
 	if r.closing {
 		return http.StatusServiceUnavailable, "closing", errors.New("relay is shutting down")
 	}
-	use := r.perSource[src]
+	use := r.regs.usage(src)
 	var mine, held int // what reg holds already: from src, and in total
 	if reg != nil {
 		held = int(reg.num)
@@ -245,7 +245,7 @@ func (r *Relay) checkLimitsLocked(reg *registration, src netip.Prefix, num uint3
 		return http.StatusTooManyRequests, "limit_source",
 			fmt.Errorf("too many registrations from %s (limit %d)", src, r.cfg.MaxRegistrationsPerSource)
 	}
-	if reg == nil && len(r.regs) >= r.cfg.MaxRegistrations {
+	if reg == nil && r.regs.count() >= r.cfg.MaxRegistrations {
 		return http.StatusServiceUnavailable, "limit_total",
 			fmt.Errorf("relay holds the maximum of %d registrations", r.cfg.MaxRegistrations)
 	}
@@ -258,53 +258,6 @@ func (r *Relay) checkLimitsLocked(reg *registration, src netip.Prefix, num uint3
 			fmt.Errorf("relay holds the maximum of %d CIDs", r.cfg.MaxCIDs)
 	}
 	return 0, "", nil
-}
-
-// applyLocked installs the window cids, starting at index first, for key:
-// reg is its registration (nil for a new one), checked by
-// checkLimitsLocked. r.regMu must be held.
-func (r *Relay) applyLocked(key []byte, reg *registration, src netip.Prefix, d *dest, local netip.AddrPort, qc *quic.Conn,
-	first uint32, cids []CID, expires time.Time) {
-	if reg == nil {
-		reg = &registration{key: string(key)}
-		r.xdpTakeBucket(reg)
-		r.regs[reg.key] = reg
-	}
-	r.moveSourceLocked(reg, src)
-	reg.local, reg.conn = local, qc
-	old := reg.dest.Swap(d)
-	r.setTargetLocked(reg, d)
-	reg.expires.Store(expires.UnixNano())
-	oldFirst, oldCIDs := reg.first, reg.cids
-	oldEnd, newEnd := uint64(oldFirst)+uint64(len(oldCIDs)), uint64(first)+uint64(len(cids))
-	if old != nil && old.ap != d.ap {
-		// The kept part of the window forwards to the new address too.
-		if lo, hi := max(uint64(oldFirst), uint64(first)), min(oldEnd, newEnd); lo < hi {
-			r.xdpPut(cids[lo-uint64(first):hi-uint64(first)], reg)
-		}
-		r.stats.rebinds.Add(1) // a peer that saw its NAT rebind refreshes at once
-	}
-	// Move the window: remove what falls out, add what is new.
-	var gone, added []CID
-	for i, c := range oldCIDs {
-		if j := uint64(oldFirst) + uint64(i); j < uint64(first) || j >= newEnd {
-			r.table.remove(c, reg)
-			gone = append(gone, c)
-		}
-	}
-	for i, c := range cids {
-		if j := uint64(first) + uint64(i); j < uint64(oldFirst) || j >= oldEnd {
-			r.table.insert(c, reg)
-			added = append(added, c)
-		}
-	}
-	r.xdpDelete(gone)
-	r.xdpPut(added, reg)
-	u := r.perSource[src]
-	u.cids += len(cids) - len(oldCIDs)
-	r.perSource[src] = u
-	reg.first, reg.num, reg.cids = first, uint32(len(cids)), cids
-	reg.gen++
 }
 
 // overlap returns how many indexes the windows [f1, f1+n1) and [f2, f2+n2)
@@ -373,52 +326,10 @@ func (r *Relay) newDest(ap netip.AddrPort, local netip.AddrPort) (*dest, error) 
 	return &dest{addr: net.UDPAddrFromAddrPort(ap), ap: ap, raw: raw}, nil
 }
 
-// moveSourceLocked accounts reg, and the CIDs it holds, under source src.
-// r.regMu must be held.
-func (r *Relay) moveSourceLocked(reg *registration, src netip.Prefix) {
-	if reg.src == src {
-		return
-	}
-	if reg.src.IsValid() {
-		r.releaseSourceLocked(reg)
-	}
-	reg.src = src
-	u := r.perSource[src]
-	u.regs++
-	u.cids += len(reg.cids)
-	r.perSource[src] = u
-}
-
-// releaseSourceLocked takes reg out of its source's usage. r.regMu must be
-// held.
-func (r *Relay) releaseSourceLocked(reg *registration) {
-	u := r.perSource[reg.src]
-	u.regs--
-	u.cids -= len(reg.cids)
-	if u.regs <= 0 {
-		delete(r.perSource, reg.src)
-	} else {
-		r.perSource[reg.src] = u
-	}
-}
-
-// removeLocked deletes a registration and its CIDs. r.regMu must be held.
-func (r *Relay) removeLocked(reg *registration) {
-	for _, c := range reg.cids {
-		r.table.remove(c, reg)
-	}
-	r.xdpDelete(reg.cids)
-	r.setTargetLocked(reg, nil)
-	r.xdpReleaseBucket(reg)
-	delete(r.regs, reg.key)
-	r.releaseSourceLocked(reg)
-	reg.gen++
-}
-
 func (r *Relay) unregister(key []byte) {
 	r.regMu.Lock()
 	defer r.regMu.Unlock()
-	if reg := r.regs[string(key)]; reg != nil {
-		r.removeLocked(reg)
+	if reg := r.regs.get(string(key)); reg != nil {
+		r.regs.remove(reg)
 	}
 }

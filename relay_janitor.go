@@ -22,7 +22,7 @@ func (r *Relay) janitor() {
 			r.expire(time.Now())
 		case reg := <-r.follow:
 			r.regMu.Lock()
-			if r.regs[reg.key] == reg {
+			if r.regs.get(reg.key) == reg {
 				r.followLocked(reg)
 			}
 			r.regMu.Unlock()
@@ -35,12 +35,13 @@ func (r *Relay) janitor() {
 func (r *Relay) expire(now time.Time) {
 	r.regMu.Lock()
 	defer r.regMu.Unlock()
-	for _, reg := range r.regs {
+	r.regs.entries(func(reg *regEntry) bool {
 		if reg.expires.Load() < now.UnixNano() {
-			r.removeLocked(reg)
+			r.regs.remove(reg)
 			r.stats.expired.Add(1)
-			continue
+		} else {
+			r.followLocked(reg)
 		}
-		r.followLocked(reg)
-	}
+		return true
+	})
 }

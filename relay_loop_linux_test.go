@@ -371,7 +371,7 @@ func TestForwardingLoopMigration(t *testing.T) {
 		defer r1.r.regMu.Unlock()
 		r2.r.regMu.Lock()
 		defer r2.r.regMu.Unlock()
-		g1, g2 := r1.r.regs[string(k)], r2.r.regs[string(k)]
+		g1, g2 := r1.r.regs.get(string(k)), r2.r.regs.get(string(k))
 		return g1 != nil && g2 != nil && g1.dest.Load().ap == r2.addr && g2.dest.Load().ap == r1.addr
 	}
 	deadline := time.Now().Add(4 * time.Second)

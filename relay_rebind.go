@@ -7,7 +7,7 @@ import "net"
 // server connection only after validating the new path, so the new address
 // is as trustworthy as the one observed at registration. r.regMu must be
 // held.
-func (r *Relay) followLocked(reg *registration) {
+func (r *Relay) followLocked(reg *regEntry) {
 	qc := reg.conn
 	if qc == nil || qc.Context().Err() != nil {
 		return
@@ -25,11 +25,7 @@ func (r *Relay) followLocked(reg *registration) {
 		r.log.Warn("registration's connection moved to a refused address", "addr", ap.String(), "err", err)
 		return
 	}
-	r.moveSourceLocked(reg, sourceOf(ap.Addr()))
-	reg.dest.Store(d)
-	r.setTargetLocked(reg, d)
-	r.xdpPut(reg.cids, reg)
-	r.stats.rebinds.Add(1)
+	r.regs.move(reg, sourceOf(ap.Addr()), d)
 	r.log.Info("registration followed its peer to a new address", "addr", ap.String())
 }
 
@@ -41,7 +37,7 @@ const followWakeEvery = 50_000_000 // 50ms, in nanoseconds
 // connection moved: a datagram for reg's CIDs arrived from an address that no
 // registration forwards to, most likely after the peer's NAT rebound. It
 // never blocks and runs at most once per followWakeEvery per registration.
-func (r *Relay) wakeFollow(reg *registration, now int64) {
+func (r *Relay) wakeFollow(reg *regEntry, now int64) {
 	last := reg.wake.Load()
 	if now-last < followWakeEvery || !reg.wake.CompareAndSwap(last, now) {
 		return

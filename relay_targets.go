@@ -95,7 +95,7 @@ func (s *targetSet) remove(k addrKey) bool {
 // setTargetLocked makes d the address whose datagrams reg vouches for,
 // keeping the relay's target set (and the XDP program's copy of it) in step.
 // A nil d withdraws reg's target. r.regMu must be held.
-func (r *Relay) setTargetLocked(reg *registration, d *dest) {
+func (r *Relay) setTargetLocked(reg *regEntry, d *dest) {
 	var k addrKey
 	if d != nil {
 		k = keyOf(d.ap)

@@ -84,7 +84,7 @@ type relayXDP struct {
 
 // xdpTakeBucket gives reg a rate bucket of the program, refilled, if one is
 // free. r.regMu must be held.
-func (r *Relay) xdpTakeBucket(reg *registration) {
+func (r *Relay) xdpTakeBucket(reg *regEntry) {
 	x := r.xdp
 	if x == nil {
 		return
@@ -109,7 +109,7 @@ func (r *Relay) xdpTakeBucket(reg *registration) {
 }
 
 // xdpReleaseBucket returns reg's bucket. r.regMu must be held.
-func (r *Relay) xdpReleaseBucket(reg *registration) {
+func (r *Relay) xdpReleaseBucket(reg *regEntry) {
 	if r.xdp != nil && reg.xdpBucket != 0 {
 		r.xdp.freeBuckets = append(r.xdp.freeBuckets, reg.xdpBucket)
 	}
@@ -143,7 +143,7 @@ func (r *Relay) FastPath() FastPath {
 
 // xdpPut caches cids of reg in the program's map. A registration without a
 // rate bucket (all taken) is left to userspace, which caps it.
-func (r *Relay) xdpPut(cids []CID, reg *registration) {
+func (r *Relay) xdpPut(cids []CID, reg *regEntry) {
 	if r.xdp == nil || reg.xdpBucket == 0 {
 		return
 	}
@@ -185,7 +185,7 @@ func (r *Relay) xdpDelete(cids []CID) {
 
 // xdpReput puts a CID the program missed back into its map. It runs on the
 // forwarding goroutine, at most once per CID per second.
-func (r *Relay) xdpReput(cid []byte, reg *registration, d *dest, now int64) {
+func (r *Relay) xdpReput(cid []byte, reg *regEntry, d *dest, now int64) {
 	if reg.xdpBucket == 0 {
 		return
 	}

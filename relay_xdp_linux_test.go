@@ -346,7 +346,7 @@ func xdpForgetAll(tb testing.TB, r *Relay) int {
 	r.regMu.Lock()
 	defer r.regMu.Unlock()
 	n := 0
-	for _, reg := range r.regs {
+	for _, reg := range r.regs.(*memRegistry).regs {
 		cids, err := deriveRange(nil, []byte(reg.key), reg.first, int(reg.num))
 		if err != nil {
 			tb.Fatal(err)
@@ -832,7 +832,7 @@ func TestRelayXDPReputRace(t *testing.T) {
 		dst := netip.AddrFrom4([4]byte(out[30:34]))
 		return netip.AddrPortFrom(dst, uint16(out[36])<<8|uint16(out[37])), true
 	}
-	register := func(key []byte, to netip.AddrPort) (CID, *registration, *dest) {
+	register := func(key []byte, to netip.AddrPort) (CID, *regEntry, *dest) {
 		t.Helper()
 		if _, _, _, err := r.register(key, 1, 1, net.UDPAddrFromAddrPort(to), nil); err != nil {
 			t.Fatal(err)
