@@ -70,7 +70,7 @@ type Relay struct {
 	mailbox *mailboxServer // nil if RelayConfig.Mailbox is nil
 
 	// Global forwarding caps; only the forwarding goroutine touches them.
-	totalPackets, totalBytes rateLimiter
+	totalPackets, totalBytes tokenBucket
 
 	// epoch marks this run's CIDs (see RelayCIDGenerator). Packets for
 	// earlier runs' CIDs get a stateless reset from resetter (keyed like
@@ -78,7 +78,7 @@ type Relay struct {
 	// uses them.
 	epoch    [3]byte
 	resetter hash.Hash
-	resets   rateLimiter
+	resets   tokenBucket
 
 	xdp *relayXDP // nil unless RelayConfig.FastPath is set
 

@@ -323,7 +323,7 @@ func (r *Relay) newDest(ap netip.AddrPort, local netip.AddrPort) (*dest, error) 
 	if !ok {
 		return nil, fmt.Errorf("%w: the relay socket cannot send to %s", errTarget, ap)
 	}
-	return &dest{addr: net.UDPAddrFromAddrPort(ap), ap: ap, raw: raw}, nil
+	return &dest{ap: ap, raw: raw}, nil
 }
 
 func (r *Relay) unregister(key []byte) {

@@ -61,6 +61,19 @@ func (r *Relay) route(ms []ipv4.Message, io *batchIO) int {
 	return len(io.keep)
 }
 
+// Offsets in a QUIC packet header (RFC 9000 section 17), for the relay's
+// 12-byte CIDs.
+const (
+	longHeaderBit   = 0x80 // of the first byte: a long header
+	shortDCIDOffset = 1    // short header: the DCID follows the first byte
+	// Long header: first byte, version (4 bytes), DCID length, DCID, SCID
+	// length, SCID.
+	longDCIDLenOffset = 5
+	longDCIDOffset    = longDCIDLenOffset + 1
+	longSCIDLenOffset = longDCIDOffset + CIDLen
+	longSCIDOffset    = longSCIDLenOffset + 1
+)
+
 // verdict is what the relay does with one datagram.
 type verdict uint8
 
@@ -96,23 +109,23 @@ func (c *srcCheck) set(src addrKey) {
 // forward, returns the destination. It does not allocate on any path a
 // forwarded packet takes.
 func (r *Relay) classify(b []byte, src *srcCheck, now int64) (verdict, *dest) {
-	if len(b) < 1+CIDLen {
+	if len(b) < shortDCIDOffset+CIDLen {
 		return dropMalformed, nil
 	}
 	var cid []byte
-	if b[0]&0x80 == 0 { // short header: the DCID follows the first byte
-		cid = b[1 : 1+CIDLen]
+	if b[0]&longHeaderBit == 0 {
+		cid = b[shortDCIDOffset : shortDCIDOffset+CIDLen]
 		if IsRelayCID(cid) {
 			if [3]byte(cid[1:4]) != r.epoch {
 				return resetStale, nil
 			}
 			return toServer, nil
 		}
-	} else { // long header: version (4 bytes), DCID length, DCID
-		if len(b) < 6+CIDLen || b[5] != CIDLen {
+	} else {
+		if len(b) < longDCIDOffset+CIDLen || b[longDCIDLenOffset] != CIDLen {
 			return r.classifyLongUnknown(b, now), nil
 		}
-		cid = b[6 : 6+CIDLen]
+		cid = b[longDCIDOffset : longDCIDOffset+CIDLen]
 		if IsRelayCID(cid) {
 			if [3]byte(cid[1:4]) == r.epoch {
 				return toServer, nil
@@ -126,7 +139,7 @@ func (r *Relay) classify(b []byte, src *srcCheck, now int64) (verdict, *dest) {
 	}
 	reg := r.table.lookup(cid)
 	if reg == nil {
-		if b[0]&0x80 == 0 {
+		if b[0]&longHeaderBit == 0 {
 			return dropUnknown, nil
 		}
 		return r.classifyLongUnknown(b, now), nil
@@ -151,7 +164,7 @@ func (r *Relay) classify(b []byte, src *srcCheck, now int64) (verdict, *dest) {
 	// A relay's Initial, Handshake or Retry (its source CID is a relay
 	// CID) is never forwarded: a relay's handshake with a spoofed address
 	// must not complete through another relay's (or its own) forwarding.
-	if b[0]&0x80 != 0 && len(b) >= 7+2*CIDLen && b[6+CIDLen] == CIDLen && IsRelayCID(b[7+CIDLen:]) {
+	if b[0]&longHeaderBit != 0 && len(b) >= longSCIDOffset+CIDLen && b[longSCIDLenOffset] == CIDLen && IsRelayCID(b[longSCIDOffset:]) {
 		return dropRelaySCID, nil
 	}
 	n := int64(len(b))

@@ -390,7 +390,7 @@ func TestForwardSegments(t *testing.T) {
 	if st := g.r.Stats(); st.Forwarded != uint64(len(sizes)) {
 		t.Fatalf("Forwarded = %d, want %d", st.Forwarded, len(sizes))
 	}
-	t.Logf("UDP GSO in use: %v", g.rc.io.gso)
+	t.Logf("UDP GSO in use: %v", g.rc.io.usesGSO())
 }
 
 // TestForwardSourceRule: in one batch, datagrams for a registered CID from

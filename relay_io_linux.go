@@ -346,3 +346,6 @@ func (io *batchIO) sendmmsg(fd uintptr) bool {
 	}
 	return true // never wait for writability
 }
+
+// usesGSO reports whether forwarded datagrams go out as UDP GSO messages.
+func (io *batchIO) usesGSO() bool { return io.gso }

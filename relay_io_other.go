@@ -21,7 +21,6 @@ type batchIO struct {
 
 	resets  [][64]byte
 	hmacBuf [32]byte
-	gso     bool // always false: UDP GSO exists only on Linux
 }
 
 type queued struct {
@@ -75,13 +74,13 @@ func (io *batchIO) resetBuf(i int) []byte { return io.resets[i][:] }
 
 func (io *batchIO) queueTo(b []byte, i int) {
 	if ua, ok := io.addrs[i].(*net.UDPAddr); ok {
-		io.out = append(io.out, queued{b, &dest{addr: ua}})
+		io.out = append(io.out, queued{b, &dest{ap: ua.AddrPort()}})
 	}
 }
 
 func (io *batchIO) flush() (sent, failed int) {
 	for _, q := range io.out {
-		if _, err := io.conn.WriteToUDP(q.b, q.d.addr); err != nil {
+		if _, err := io.conn.WriteToUDPAddrPort(q.b, q.d.ap); err != nil {
 			failed++
 		} else {
 			sent++
@@ -90,3 +89,7 @@ func (io *batchIO) flush() (sent, failed int) {
 	io.out = io.out[:0]
 	return sent, failed
 }
+
+// usesGSO reports whether forwarded datagrams go out as UDP GSO messages:
+// never outside Linux.
+func (io *batchIO) usesGSO() bool { return false }

@@ -1,6 +1,13 @@
 package quicpipe
 
-import "net"
+import (
+	"net"
+	"time"
+)
+
+// refusedMoveLogEvery bounds how often one registration logs that its
+// connection moved to an address the relay refuses to forward to.
+const refusedMoveLogEvery = time.Minute
 
 // followLocked moves a registration to the current address of the HTTP/3
 // connection that made it, if that connection migrated. quic-go migrates a
@@ -22,7 +29,12 @@ func (r *Relay) followLocked(reg *regEntry) {
 	}
 	d, err := r.newDest(ap, reg.local)
 	if err != nil {
-		r.log.Warn("registration's connection moved to a refused address", "addr", ap.String(), "err", err)
+		// The janitor comes back every few hundred milliseconds: one
+		// warning per registration per refusedMoveLogEvery.
+		if now := time.Now(); now.Sub(reg.refusedLogged) >= refusedMoveLogEvery {
+			reg.refusedLogged = now
+			r.log.Warn("registration's connection moved to a refused address", "addr", ap.String(), "err", err)
+		}
 		return
 	}
 	r.regs.move(reg, sourceOf(ap.Addr()), d)

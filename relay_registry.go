@@ -1,7 +1,6 @@
 package quicpipe
 
 import (
-	"net"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -19,7 +18,7 @@ type regEntry struct {
 	expires atomic.Int64 // unix nanoseconds
 
 	// Forwarding rate caps, touched only on the forwarding path.
-	packets, bytes rateLimiter
+	packets, bytes tokenBucket
 	// wake is when the forwarding path last asked the janitor to follow
 	// this registration (unix nanoseconds); see Relay.wakeFollow.
 	wake atomic.Int64
@@ -31,6 +30,9 @@ type regEntry struct {
 	src        netip.Prefix   // sourceOf(addr), for per-source accounting
 	local      netip.AddrPort // where the registering connection reached the relay
 	conn       *quic.Conn     // the HTTP/3 connection of the last registration
+	// refusedLogged is when followLocked last logged that conn moved to a
+	// refused address.
+	refusedLogged time.Time
 	// The address this registration vouches for in Relay.targets.
 	target    addrKey
 	targetAP  netip.AddrPort
@@ -47,9 +49,8 @@ type sourceUsage struct {
 
 // dest is a forwarding destination, immutable once published.
 type dest struct {
-	addr *net.UDPAddr
-	ap   netip.AddrPort
-	raw  rawAddr
+	ap  netip.AddrPort
+	raw rawAddr // ap encoded for the socket
 }
 
 // registry is the relay's table of registrations: which peer key holds
