@@ -201,7 +201,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		mux.HandleFunc(MailboxPath, r.mailbox.handle)
 	}
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, req *http.Request) {
-		r.apiError(w, http.StatusNotFound, "not_found", "no such endpoint: "+req.URL.Path)
+		r.apiError(w, http.StatusNotFound, CodeNotFound, "no such endpoint: "+req.URL.Path)
 	})
 	if c.Handler != nil {
 		mux.Handle("/", c.Handler)

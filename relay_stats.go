@@ -14,9 +14,9 @@ type relayCounters struct {
 
 // rejectCodes are the codes of refused API requests.
 var rejectCodes = []string{
-	"bad_method", "bad_json", "body_too_large", "key_length", "num_range",
-	"limit_total", "limit_source", "limit_cids", "not_found", "no_address", "closing",
-	"unauthorized", "target", "limit_source_cids", "limit_derive", "conflict", "timeout",
+	CodeBadMethod, CodeBadJSON, CodeBodyTooLarge, CodeKeyLength, CodeNumRange,
+	CodeLimitTotal, CodeLimitSource, CodeLimitCIDs, CodeNotFound, CodeNoAddress, CodeClosing,
+	CodeUnauthorized, CodeTarget, CodeLimitSourceCIDs, CodeLimitDerive, CodeConflict, CodeTimeout,
 }
 
 type batchCounts struct {
