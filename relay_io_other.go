@@ -3,6 +3,7 @@
 package quicpipe
 
 import (
+	"crypto/sha256"
 	"net"
 	"net/netip"
 
@@ -19,8 +20,8 @@ type batchIO struct {
 	keep  []int
 	addrs []net.Addr
 
-	resets  [][64]byte
-	hmacBuf [32]byte
+	resets  [][maxResetLen]byte
+	hmacBuf [sha256.Size]byte
 }
 
 type queued struct {
@@ -44,7 +45,7 @@ func (io *batchIO) grow(n int) {
 		io.keep = make([]int, 0, n)
 		io.out = make([]queued, 0, n)
 		io.addrs = make([]net.Addr, n)
-		io.resets = make([][64]byte, n)
+		io.resets = make([][maxResetLen]byte, n)
 	}
 }
 

@@ -3,6 +3,7 @@ package quicpipe
 import (
 	"log/slog"
 	"net/netip"
+	"time"
 )
 
 // FastPath is the relay's view of a kernel fast path: a program that forwards
@@ -66,6 +67,10 @@ type FastPathStat struct {
 // reputLimit bounds the set of CIDs put back recently (relayXDP.reput): when
 // it is full, it starts again empty.
 const reputLimit = 1 << 16
+
+// reputEvery is how often, at most, the forwarding path puts one CID back
+// into the fast path's map (nanoseconds).
+const reputEvery = int64(time.Second)
 
 // relayXDP is the relay's handle on its fast path. The relay uses it with
 // r.regMu held (registration changes) or from the forwarding goroutine
@@ -184,14 +189,14 @@ func (r *Relay) xdpDelete(cids []CID) {
 }
 
 // xdpReput puts a CID the program missed back into its map. It runs on the
-// forwarding goroutine, at most once per CID per second.
+// forwarding goroutine, at most once per CID per reputEvery.
 func (r *Relay) xdpReput(cid []byte, reg *regEntry, d *dest, now int64) {
 	if reg.xdpBucket == 0 {
 		return
 	}
 	var c CID
 	copy(c[:], cid)
-	if last, ok := r.xdp.reput[c]; ok && now-last < 1e9 {
+	if last, ok := r.xdp.reput[c]; ok && now-last < reputEvery {
 		return
 	}
 	if len(r.xdp.reput) >= reputLimit {
