@@ -33,16 +33,7 @@ func (b *tokenBucket) allow(n, now, rate, burst int64) bool {
 	if rate <= 0 {
 		return true
 	}
-	b.refill(now, rate, burst)
-	if b.tokens.Add(-n) < 0 {
-		b.tokens.Add(n)
-		return false
-	}
-	return true
-}
-
-// refill adds the tokens earned since the last refill.
-func (b *tokenBucket) refill(now, rate, burst int64) {
+	// Refill with the tokens earned since the last refill.
 	last := b.last.Load()
 	if now > last && b.last.CompareAndSwap(last, now) {
 		add := burst
@@ -53,6 +44,11 @@ func (b *tokenBucket) refill(now, rate, burst int64) {
 			b.tokens.Store(burst)
 		}
 	}
+	if b.tokens.Add(-n) < 0 {
+		b.tokens.Add(n)
+		return false
+	}
+	return true
 }
 
 // earned returns the tokens that elapsed nanoseconds earn at rate tokens
