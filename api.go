@@ -37,7 +37,74 @@ type RegisterResponse struct {
 type ErrorResponse struct {
 	// Error is a human-readable message.
 	Error string `json:"error"`
-	// Code is a stable machine-readable reason, e.g. "bad_json", "key_length",
-	// "num_range", "body_too_large", "limit_total", "limit_source".
+	// Code is a stable machine-readable reason: one of the Code* constants,
+	// e.g. CodeBadJSON ("bad_json").
 	Code string `json:"code"`
 }
+
+// The codes of the relay's error answers (ErrorResponse.Code), stable across
+// versions. docs/PROTOCOL.md lists the status each comes with.
+const (
+	// CodeBadMethod: a method the endpoint does not serve (405; an Allow
+	// header lists those it does).
+	CodeBadMethod = "bad_method"
+	// CodeBadJSON: the registration body is not one JSON object (400).
+	CodeBadJSON = "bad_json"
+	// CodeBodyTooLarge: the body exceeds the relay's limit (413).
+	CodeBodyTooLarge = "body_too_large"
+	// CodeKeyLength: a CID key shorter than MinCIDKeyLen or longer than
+	// the relay's maximum (400).
+	CodeKeyLength = "key_length"
+	// CodeNumRange: a window of CIDs out of range (400).
+	CodeNumRange = "num_range"
+	// CodeUnauthorized: the relay's Authorizer refused the request (401).
+	CodeUnauthorized = "unauthorized"
+	// CodeTarget: the address the relay observed is not a forwarding
+	// target it allows (403).
+	CodeTarget = "target"
+	// CodeNotFound: no such endpoint, or the mailbox is off (404).
+	CodeNotFound = "not_found"
+	// CodeTimeout: the body did not arrive in time after the headers
+	// (408).
+	CodeTimeout = "timeout"
+	// CodeConflict: concurrent requests for the same key kept changing its
+	// registration; retry (409).
+	CodeConflict = "conflict"
+	// CodeLimitSource: the source (an IPv4 address or IPv6 /64) holds its
+	// maximum of registrations, or of mailboxes (429).
+	CodeLimitSource = "limit_source"
+	// CodeLimitSourceCIDs: the registrations of the source would hold too
+	// many CIDs (429).
+	CodeLimitSourceCIDs = "limit_source_cids"
+	// CodeLimitDerive: the source had the relay derive too many new CIDs
+	// lately (429, with Retry-After).
+	CodeLimitDerive = "limit_derive"
+	// CodeLimitTotal: the relay holds its maximum of registrations (503).
+	CodeLimitTotal = "limit_total"
+	// CodeLimitCIDs: the relay holds its maximum of CIDs (503).
+	CodeLimitCIDs = "limit_cids"
+	// CodeClosing: the relay is shutting down or draining (503).
+	CodeClosing = "closing"
+	// CodeNoAddress: the relay cannot tell the request's connection or its
+	// address (500).
+	CodeNoAddress = "no_address"
+
+	// CodeBadKey: a mailbox path that does not end with a public key (400).
+	CodeBadKey = "bad_key"
+	// CodeBadSignature: a mailbox request without a valid proof of its key
+	// on this connection (403).
+	CodeBadSignature = "bad_signature"
+	// CodeBadFlight: a mailbox post whose body is not a first flight (400).
+	CodeBadFlight = "bad_flight"
+	// CodeNoMailbox: nobody holds the mailbox, or its holder left before
+	// the flight was delivered (404).
+	CodeNoMailbox = "no_mailbox"
+	// CodeRateLimited: too many mailbox posts from the source (429, with
+	// Retry-After).
+	CodeRateLimited = "rate_limited"
+	// CodeMailboxBusy: flights are piling up for the mailbox, or its holder
+	// did not take this one in time (503).
+	CodeMailboxBusy = "mailbox_busy"
+	// CodeLimitMailboxes: the relay holds its maximum of mailboxes (503).
+	CodeLimitMailboxes = "limit_mailboxes"
+)

@@ -273,9 +273,10 @@ func FuzzRegisterBody(f *testing.F) {
 		defer func() {
 			// Remove whatever was registered, then nothing may remain.
 			r.regMu.Lock()
-			for _, reg := range r.regs {
-				r.removeLocked(reg)
-			}
+			r.regs.entries(func(reg *regEntry) bool {
+				r.regs.remove(reg)
+				return true
+			})
 			r.regMu.Unlock()
 			if st := r.Stats(); st.CIDs != 0 || st.Registrations != 0 {
 				t.Fatalf("after cleanup: got CIDs %d, Registrations %d; want 0, 0", st.CIDs, st.Registrations)
@@ -305,10 +306,11 @@ func FuzzRegisterBody(f *testing.F) {
 				t.Fatalf("window %d+%d: got beyond 1..2^32-1", resp.First, resp.Num)
 			}
 			r.regMu.Lock()
-			var reg *registration
-			for _, v := range r.regs {
+			var reg *regEntry
+			r.regs.entries(func(v *regEntry) bool {
 				reg = v
-			}
+				return true
+			})
 			r.regMu.Unlock()
 			for _, i := range []uint32{resp.First, resp.First + resp.Num - 1} {
 				c, _ := DeriveCID([]byte(reg.key), i)

@@ -17,7 +17,7 @@ import (
 	"github.com/quic-go/quic-go"
 )
 
-// The peer side of the relay's mailbox (see mailbox.go): an Accepter opens
+// The peer side of the relay's mailbox (see relay_mailbox.go): an Accepter opens
 // its mailbox and accepts the flights the relay streams to it; a Dialer posts
 // its first flight to the mailbox of the accepter it dials.
 

@@ -64,7 +64,7 @@ func (r *Relay) apiError(w http.ResponseWriter, status int, code, msg string) {
 func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 	if req.Method != http.MethodPost && req.Method != http.MethodDelete {
 		w.Header().Set("Allow", "POST, DELETE")
-		r.apiError(w, http.StatusMethodNotAllowed, "bad_method", "method "+req.Method+" not allowed")
+		r.apiError(w, http.StatusMethodNotAllowed, CodeBadMethod, "method "+req.Method+" not allowed")
 		return
 	}
 	if r.cfg.Authorizer != nil {
@@ -73,7 +73,7 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 			op = OpUnregister
 		}
 		if err := r.cfg.Authorizer.Authorize(req, op); err != nil {
-			r.apiError(w, http.StatusUnauthorized, "unauthorized", err.Error())
+			r.apiError(w, http.StatusUnauthorized, CodeUnauthorized, err.Error())
 			return
 		}
 	}
@@ -81,32 +81,32 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, req.Body, r.cfg.MaxBodyBytes))
 	tooLarge := func(err error) bool {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			r.apiError(w, http.StatusRequestTimeout, "timeout",
+			r.apiError(w, http.StatusRequestTimeout, CodeTimeout,
 				fmt.Sprintf("request body not received within %v", r.cfg.RequestHeaderTimeout))
 			return true
 		}
 		if _, ok := errors.AsType[*http.MaxBytesError](err); !ok {
 			return false
 		}
-		r.apiError(w, http.StatusRequestEntityTooLarge, "body_too_large",
+		r.apiError(w, http.StatusRequestEntityTooLarge, CodeBodyTooLarge,
 			fmt.Sprintf("request body exceeds %d bytes", r.cfg.MaxBodyBytes))
 		return true
 	}
 	if err := dec.Decode(&body); err != nil {
 		if !tooLarge(err) {
-			r.apiError(w, http.StatusBadRequest, "bad_json", "malformed JSON body: "+err.Error())
+			r.apiError(w, http.StatusBadRequest, CodeBadJSON, "malformed JSON body: "+err.Error())
 		}
 		return
 	}
 	// The limit may be hit only after the object, while looking for its end.
 	if _, err := dec.Token(); err != io.EOF {
 		if !tooLarge(err) {
-			r.apiError(w, http.StatusBadRequest, "bad_json", "malformed JSON body: trailing data after the object")
+			r.apiError(w, http.StatusBadRequest, CodeBadJSON, "malformed JSON body: trailing data after the object")
 		}
 		return
 	}
 	if n := len(body.Key); n < MinCIDKeyLen || n > r.cfg.MaxKeyLen {
-		r.apiError(w, http.StatusBadRequest, "key_length",
+		r.apiError(w, http.StatusBadRequest, CodeKeyLength,
 			fmt.Sprintf("key is %d bytes; it must be %d to %d bytes", n, MinCIDKeyLen, r.cfg.MaxKeyLen))
 		return
 	}
@@ -122,7 +122,7 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 	maxNum := int64(r.cfg.MaxCIDsPerRegistration)
 	// Written so as not to overflow: first may be as large as int64 allows.
 	if body.Num < 1 || body.Num > maxNum || first < 1 || first > int64(^uint32(0))-body.Num+1 {
-		r.apiError(w, http.StatusBadRequest, "num_range",
+		r.apiError(w, http.StatusBadRequest, CodeNumRange,
 			fmt.Sprintf("num must be 1 to %d and first+num-1 at most 2^32-1 (got first %d, num %d)", maxNum, first, body.Num))
 		return
 	}
@@ -132,7 +132,7 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 		observed, _ = qc.RemoteAddr().(*net.UDPAddr)
 	}
 	if observed == nil {
-		r.apiError(w, http.StatusInternalServerError, "no_address", "cannot tell the address of this connection")
+		r.apiError(w, http.StatusInternalServerError, CodeNoAddress, "cannot tell the address of this connection")
 		return
 	}
 	reg, status, code, err := r.register(body.Key, uint32(first), uint32(body.Num), observed, qc)
@@ -167,13 +167,13 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 	}
 	d, err := r.newDest(ap, local)
 	if err != nil {
-		return RegisterResponse{}, http.StatusForbidden, "target", err
+		return RegisterResponse{}, http.StatusForbidden, CodeTarget, err
 	}
 	src := sourceOf(ap.Addr())
 	ttl := r.cfg.RegistrationTTL
 	for attempt := 0; ; attempt++ {
 		r.regMu.Lock()
-		reg := r.regs[string(key)]
+		reg := r.regs.get(string(key))
 		if status, code, err := r.checkLimitsLocked(reg, src, num); err != nil {
 			r.regMu.Unlock()
 			return RegisterResponse{}, status, code, err
@@ -188,7 +188,7 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 
 		derived := num - overlap(oldFirst, uint32(len(oldCIDs)), first, num)
 		if ok, wait := r.derivations.allowN(src, float64(derived), time.Now()); !ok {
-			return RegisterResponse{}, http.StatusTooManyRequests, "limit_derive", &retryAfterError{
+			return RegisterResponse{}, http.StatusTooManyRequests, CodeLimitDerive, &retryAfterError{
 				wait: wait,
 				err: fmt.Errorf("%s registered too many new CIDs lately (budget %d per second, bursts of %d); this window needs %d",
 					src, r.cfg.DerivationsPerSecond, r.cfg.DerivationBurst, derived),
@@ -200,13 +200,13 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 		}
 
 		r.regMu.Lock()
-		cur := r.regs[string(key)]
+		cur := r.regs.get(string(key))
 		if cur != reg || (reg != nil && reg.gen != gen) {
 			r.regMu.Unlock()
 			if attempt < 2 {
 				continue
 			}
-			return RegisterResponse{}, http.StatusConflict, "conflict",
+			return RegisterResponse{}, http.StatusConflict, CodeConflict,
 				errors.New("the registration of this key kept changing under concurrent requests; retry")
 		}
 		// Other registrations may have changed the counts meanwhile.
@@ -215,7 +215,7 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 			return RegisterResponse{}, status, code, err
 		}
 		expires := time.Now().Add(ttl)
-		r.applyLocked(key, reg, src, d, local, qc, first, cids, expires)
+		r.regs.put(string(key), reg, src, d, local, qc, first, cids, expires)
 		r.regMu.Unlock()
 		return RegisterResponse{
 			Addr:    ap.String(),
@@ -229,11 +229,11 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 
 // checkLimitsLocked decides whether reg (nil for a new key) may hold a
 // window of num CIDs for source src. r.regMu must be held.
-func (r *Relay) checkLimitsLocked(reg *registration, src netip.Prefix, num uint32) (int, string, error) {
+func (r *Relay) checkLimitsLocked(reg *regEntry, src netip.Prefix, num uint32) (int, string, error) {
 	if r.closing {
-		return http.StatusServiceUnavailable, "closing", errors.New("relay is shutting down")
+		return http.StatusServiceUnavailable, CodeClosing, errors.New("relay is shutting down")
 	}
-	use := r.perSource[src]
+	use := r.regs.usage(src)
 	var mine, held int // what reg holds already: from src, and in total
 	if reg != nil {
 		held = int(reg.num)
@@ -242,69 +242,22 @@ func (r *Relay) checkLimitsLocked(reg *registration, src netip.Prefix, num uint3
 		}
 	}
 	if (reg == nil || reg.src != src) && use.regs >= r.cfg.MaxRegistrationsPerSource {
-		return http.StatusTooManyRequests, "limit_source",
+		return http.StatusTooManyRequests, CodeLimitSource,
 			fmt.Errorf("too many registrations from %s (limit %d)", src, r.cfg.MaxRegistrationsPerSource)
 	}
-	if reg == nil && len(r.regs) >= r.cfg.MaxRegistrations {
-		return http.StatusServiceUnavailable, "limit_total",
+	if reg == nil && r.regs.count() >= r.cfg.MaxRegistrations {
+		return http.StatusServiceUnavailable, CodeLimitTotal,
 			fmt.Errorf("relay holds the maximum of %d registrations", r.cfg.MaxRegistrations)
 	}
 	if int(num) > mine && use.cids-mine+int(num) > r.cfg.MaxCIDsPerSource {
-		return http.StatusTooManyRequests, "limit_source_cids",
+		return http.StatusTooManyRequests, CodeLimitSourceCIDs,
 			fmt.Errorf("registrations from %s would hold %d CIDs (limit %d)", src, use.cids-mine+int(num), r.cfg.MaxCIDsPerSource)
 	}
 	if added := int64(num) - int64(held); added > 0 && r.table.size.Load()+added > int64(r.cfg.MaxCIDs) {
-		return http.StatusServiceUnavailable, "limit_cids",
+		return http.StatusServiceUnavailable, CodeLimitCIDs,
 			fmt.Errorf("relay holds the maximum of %d CIDs", r.cfg.MaxCIDs)
 	}
 	return 0, "", nil
-}
-
-// applyLocked installs the window cids, starting at index first, for key:
-// reg is its registration (nil for a new one), checked by
-// checkLimitsLocked. r.regMu must be held.
-func (r *Relay) applyLocked(key []byte, reg *registration, src netip.Prefix, d *dest, local netip.AddrPort, qc *quic.Conn,
-	first uint32, cids []CID, expires time.Time) {
-	if reg == nil {
-		reg = &registration{key: string(key)}
-		r.xdpTakeBucket(reg)
-		r.regs[reg.key] = reg
-	}
-	r.moveSourceLocked(reg, src)
-	reg.local, reg.conn = local, qc
-	old := reg.dest.Swap(d)
-	r.setTargetLocked(reg, d)
-	reg.expires.Store(expires.UnixNano())
-	oldFirst, oldCIDs := reg.first, reg.cids
-	oldEnd, newEnd := uint64(oldFirst)+uint64(len(oldCIDs)), uint64(first)+uint64(len(cids))
-	if old != nil && old.ap != d.ap {
-		// The kept part of the window forwards to the new address too.
-		if lo, hi := max(uint64(oldFirst), uint64(first)), min(oldEnd, newEnd); lo < hi {
-			r.xdpPut(cids[lo-uint64(first):hi-uint64(first)], reg)
-		}
-		r.stats.rebinds.Add(1) // a peer that saw its NAT rebind refreshes at once
-	}
-	// Move the window: remove what falls out, add what is new.
-	var gone, added []CID
-	for i, c := range oldCIDs {
-		if j := uint64(oldFirst) + uint64(i); j < uint64(first) || j >= newEnd {
-			r.table.remove(c, reg)
-			gone = append(gone, c)
-		}
-	}
-	for i, c := range cids {
-		if j := uint64(first) + uint64(i); j < uint64(oldFirst) || j >= oldEnd {
-			r.table.insert(c, reg)
-			added = append(added, c)
-		}
-	}
-	r.xdpDelete(gone)
-	r.xdpPut(added, reg)
-	u := r.perSource[src]
-	u.cids += len(cids) - len(oldCIDs)
-	r.perSource[src] = u
-	reg.first, reg.num, reg.cids = first, uint32(len(cids)), cids
-	reg.gen++
 }
 
 // overlap returns how many indexes the windows [f1, f1+n1) and [f2, f2+n2)
@@ -370,55 +323,13 @@ func (r *Relay) newDest(ap netip.AddrPort, local netip.AddrPort) (*dest, error) 
 	if !ok {
 		return nil, fmt.Errorf("%w: the relay socket cannot send to %s", errTarget, ap)
 	}
-	return &dest{addr: net.UDPAddrFromAddrPort(ap), ap: ap, raw: raw}, nil
-}
-
-// moveSourceLocked accounts reg, and the CIDs it holds, under source src.
-// r.regMu must be held.
-func (r *Relay) moveSourceLocked(reg *registration, src netip.Prefix) {
-	if reg.src == src {
-		return
-	}
-	if reg.src.IsValid() {
-		r.releaseSourceLocked(reg)
-	}
-	reg.src = src
-	u := r.perSource[src]
-	u.regs++
-	u.cids += len(reg.cids)
-	r.perSource[src] = u
-}
-
-// releaseSourceLocked takes reg out of its source's usage. r.regMu must be
-// held.
-func (r *Relay) releaseSourceLocked(reg *registration) {
-	u := r.perSource[reg.src]
-	u.regs--
-	u.cids -= len(reg.cids)
-	if u.regs <= 0 {
-		delete(r.perSource, reg.src)
-	} else {
-		r.perSource[reg.src] = u
-	}
-}
-
-// removeLocked deletes a registration and its CIDs. r.regMu must be held.
-func (r *Relay) removeLocked(reg *registration) {
-	for _, c := range reg.cids {
-		r.table.remove(c, reg)
-	}
-	r.xdpDelete(reg.cids)
-	r.setTargetLocked(reg, nil)
-	r.xdpReleaseBucket(reg)
-	delete(r.regs, reg.key)
-	r.releaseSourceLocked(reg)
-	reg.gen++
+	return &dest{ap: ap, raw: raw}, nil
 }
 
 func (r *Relay) unregister(key []byte) {
 	r.regMu.Lock()
 	defer r.regMu.Unlock()
-	if reg := r.regs[string(key)]; reg != nil {
-		r.removeLocked(reg)
+	if reg := r.regs.get(string(key)); reg != nil {
+		r.regs.remove(reg)
 	}
 }

@@ -161,19 +161,19 @@ type snapReg struct {
 
 // relaySnap is a copy of the relay's table and registrations.
 type relaySnap struct {
-	cids      map[CID]*registration
+	cids      map[CID]*regEntry
 	regs      map[string]snapReg
 	perSource map[netip.Prefix]sourceUsage
 }
 
 func relaySnapshot(r *Relay) relaySnap {
-	s := relaySnap{cids: make(map[CID]*registration), regs: make(map[string]snapReg)}
+	s := relaySnap{cids: make(map[CID]*regEntry), regs: make(map[string]snapReg)}
 	r.regMu.Lock()
-	for k, reg := range r.regs {
+	for k, reg := range r.regs.(*memRegistry).regs {
 		s.regs[k] = snapReg{first: reg.first, num: reg.num, src: reg.src,
 			dest: reg.dest.Load().ap.String(), expires: reg.expires.Load()}
 	}
-	s.perSource = maps.Clone(r.perSource)
+	s.perSource = maps.Clone(r.regs.(*memRegistry).perSource)
 	for i := range r.table.shards {
 		sh := &r.table.shards[i]
 		sh.mu.RLock()

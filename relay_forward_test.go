@@ -258,7 +258,7 @@ func BenchmarkForwardBatch8(b *testing.B) {
 func BenchmarkClassify(b *testing.B) {
 	// The clock stands still here, so the per-registration caps (a policy,
 	// not a cost) are raised beyond what b.N datagrams need.
-	r, err := ListenRelay("127.0.0.1:0", &RelayConfig{Identity: GenerateIdentity(), MaxCIDsPerRegistration: 100000,
+	r, err := ListenRelay("127.0.0.1:0", &RelayConfig{Identity: GenerateIdentity(), MaxCIDsPerRegistration: 100000, MaxCIDsPerSource: 100000,
 		MaxPacketsPerSecond: 1 << 40, MaxBytesPerSecond: 1 << 50})
 	if err != nil {
 		b.Fatal(err)
@@ -390,7 +390,7 @@ func TestForwardSegments(t *testing.T) {
 	if st := g.r.Stats(); st.Forwarded != uint64(len(sizes)) {
 		t.Fatalf("Forwarded = %d, want %d", st.Forwarded, len(sizes))
 	}
-	t.Logf("UDP GSO in use: %v", g.rc.io.gso)
+	t.Logf("UDP GSO in use: %v", g.rc.io.usesGSO())
 }
 
 // TestForwardSourceRule: in one batch, datagrams for a registered CID from

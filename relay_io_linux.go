@@ -3,6 +3,7 @@
 package quicpipe
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -35,7 +36,7 @@ type batchIO struct {
 
 	keep []int // indexes of datagrams kept for quic-go
 
-	resets [][64]byte // per-slot buffers for stateless resets
+	resets [][maxResetLen]byte // per-slot buffers for stateless resets
 
 	// UDP GSO: consecutive forwarded datagrams for one destination leave
 	// as one message whose segments the kernel splits late, which costs
@@ -44,7 +45,7 @@ type batchIO struct {
 	niov    int        // iovecs used by the queued messages
 	smeta   []sendMeta // per queued message
 	scmsg   [][]byte   // UDP_SEGMENT control message per queued message
-	hmacBuf [32]byte
+	hmacBuf [sha256.Size]byte
 
 	// State for the bound syscall functions.
 	rcount, rn int
@@ -111,7 +112,7 @@ func (io *batchIO) grow(n int) {
 	io.shdrs = make([]unix.Mmsghdr, n)
 	io.siovs = make([]unix.Iovec, n)
 	io.keep = make([]int, 0, n)
-	io.resets = make([][64]byte, n)
+	io.resets = make([][maxResetLen]byte, n)
 	io.smeta = make([]sendMeta, n)
 	io.scmsg = make([][]byte, n)
 	for i := range io.scmsg {
@@ -346,3 +347,6 @@ func (io *batchIO) sendmmsg(fd uintptr) bool {
 	}
 	return true // never wait for writability
 }
+
+// usesGSO reports whether forwarded datagrams go out as UDP GSO messages.
+func (io *batchIO) usesGSO() bool { return io.gso }

@@ -3,6 +3,7 @@
 package quicpipe
 
 import (
+	"crypto/sha256"
 	"net"
 	"net/netip"
 
@@ -19,9 +20,8 @@ type batchIO struct {
 	keep  []int
 	addrs []net.Addr
 
-	resets  [][64]byte
-	hmacBuf [32]byte
-	gso     bool // always false: UDP GSO exists only on Linux
+	resets  [][maxResetLen]byte
+	hmacBuf [sha256.Size]byte
 }
 
 type queued struct {
@@ -45,7 +45,7 @@ func (io *batchIO) grow(n int) {
 		io.keep = make([]int, 0, n)
 		io.out = make([]queued, 0, n)
 		io.addrs = make([]net.Addr, n)
-		io.resets = make([][64]byte, n)
+		io.resets = make([][maxResetLen]byte, n)
 	}
 }
 
@@ -75,13 +75,13 @@ func (io *batchIO) resetBuf(i int) []byte { return io.resets[i][:] }
 
 func (io *batchIO) queueTo(b []byte, i int) {
 	if ua, ok := io.addrs[i].(*net.UDPAddr); ok {
-		io.out = append(io.out, queued{b, &dest{addr: ua}})
+		io.out = append(io.out, queued{b, &dest{ap: ua.AddrPort()}})
 	}
 }
 
 func (io *batchIO) flush() (sent, failed int) {
 	for _, q := range io.out {
-		if _, err := io.conn.WriteToUDP(q.b, q.d.addr); err != nil {
+		if _, err := io.conn.WriteToUDPAddrPort(q.b, q.d.ap); err != nil {
 			failed++
 		} else {
 			sent++
@@ -90,3 +90,7 @@ func (io *batchIO) flush() (sent, failed int) {
 	io.out = io.out[:0]
 	return sent, failed
 }
+
+// usesGSO reports whether forwarded datagrams go out as UDP GSO messages:
+// never outside Linux.
+func (io *batchIO) usesGSO() bool { return false }

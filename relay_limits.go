@@ -6,42 +6,124 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"math"
+	"math/bits"
 	"net/netip"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/quic-go/quic-go"
 )
 
-// rateLimiter is a token bucket read and refilled lock-free on the
-// forwarding path. Races between refills can only err on the side of
-// letting a few more tokens through.
-type rateLimiter struct {
-	last   atomic.Int64 // unix nanoseconds of the last refill
+// tokenBucket is a token bucket, read and refilled lock-free (the
+// forwarding path takes from its buckets without locks). Its tokens are in
+// whatever unit the caller picks: packets, bytes, millionths of a request.
+// Races between refills can only err on the side of letting a few more
+// tokens through.
+type tokenBucket struct {
+	last   atomic.Int64 // unix nanoseconds of the last refill; 0: never refilled
 	tokens atomic.Int64
 }
 
-// allow takes n tokens at time now from a bucket refilled at rate tokens per
-// second up to burst. rate 0 means unlimited.
-func (l *rateLimiter) allow(n, now, rate, burst int64) bool {
+// allow takes n tokens at time now (unix nanoseconds) from a bucket refilled
+// at rate tokens per second up to burst; a new bucket starts full. rate 0
+// (or negative) means unlimited.
+func (b *tokenBucket) allow(n, now, rate, burst int64) bool {
 	if rate <= 0 {
 		return true
 	}
-	last := l.last.Load()
-	if now > last && l.last.CompareAndSwap(last, now) {
-		elapsed := min(now-last, int64(1e9)) // a full second refills any bucket
-		add := elapsed * rate / 1e9
-		if last == 0 {
-			add = burst
+	// Refill with the tokens earned since the last refill.
+	last := b.last.Load()
+	if now > last && b.last.CompareAndSwap(last, now) {
+		add := burst
+		if last != 0 {
+			add = earned(now-last, rate, burst)
 		}
-		if t := l.tokens.Add(add); t > burst {
-			l.tokens.Store(burst)
+		if t := b.tokens.Add(add); t > burst {
+			b.tokens.Store(burst)
 		}
 	}
-	if l.tokens.Add(-n) < 0 {
-		l.tokens.Add(n)
+	if b.tokens.Add(-n) < 0 {
+		b.tokens.Add(n)
 		return false
 	}
 	return true
+}
+
+// earned returns the tokens that elapsed nanoseconds earn at rate tokens
+// per second, at most burst.
+func earned(elapsed, rate, burst int64) int64 {
+	const second = int64(time.Second)
+	if elapsed < second && rate < math.MaxInt64/second {
+		return min(elapsed*rate/second, burst)
+	}
+	hi, lo := bits.Mul64(uint64(elapsed), uint64(rate))
+	if hi >= uint64(second) {
+		return burst // the quotient would overflow: far more than any burst
+	}
+	q, _ := bits.Div64(hi, lo, uint64(second))
+	return int64(min(q, uint64(burst)))
+}
+
+// sourceLimiter is a token bucket per source: an IPv4 address or an IPv6
+// /64 prefix. A bucket that has refilled completely is the same as none, so
+// full buckets are swept when the table reaches its bound.
+type sourceLimiter struct {
+	rate, burst float64
+	max         int
+
+	mu      sync.Mutex
+	buckets map[netip.Prefix]*tokenBucket
+}
+
+// sourceTokenUnit is how many of a sourceLimiter's bucket tokens make one of
+// its tokens, so that fractional rates count exactly enough.
+const sourceTokenUnit = 1e6
+
+// units returns v tokens in bucket tokens, at least 1.
+func (l *sourceLimiter) units(v float64) int64 {
+	return int64(min(max(v*sourceTokenUnit, 1), 1<<62))
+}
+
+// allow takes a token for the source of ip, or tells how long until one is
+// available.
+func (l *sourceLimiter) allow(ip netip.Addr, now time.Time) (bool, time.Duration) {
+	return l.allowN(sourceOf(ip), 1, now)
+}
+
+// allowN takes n tokens for src, or tells how long until n are available.
+// n must not exceed the burst.
+func (l *sourceLimiter) allowN(src netip.Prefix, n float64, now time.Time) (bool, time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.buckets[src]
+	if b == nil {
+		if len(l.buckets) >= l.max {
+			l.sweep(now)
+			if len(l.buckets) >= l.max {
+				return false, time.Second
+			}
+		}
+		b = new(tokenBucket)
+		l.buckets[src] = b
+	}
+	rate, burst, need := l.units(l.rate), l.units(l.burst), int64(n*sourceTokenUnit)
+	if b.allow(need, now.UnixNano(), rate, burst) {
+		return true, 0
+	}
+	missing := float64(need - b.tokens.Load())
+	return false, time.Duration(missing / float64(rate) * float64(time.Second))
+}
+
+// sweep forgets the buckets that are full again. l.mu must be held.
+func (l *sourceLimiter) sweep(now time.Time) {
+	rate, burst := l.units(l.rate), l.units(l.burst)
+	for src, b := range l.buckets {
+		if b.tokens.Load()+earned(now.UnixNano()-b.last.Load(), rate, burst) >= burst {
+			delete(l.buckets, src)
+		}
+	}
 }
 
 // addrClass is the scope of an address, from most to least local.

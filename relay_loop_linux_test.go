@@ -371,7 +371,7 @@ func TestForwardingLoopMigration(t *testing.T) {
 		defer r1.r.regMu.Unlock()
 		r2.r.regMu.Lock()
 		defer r2.r.regMu.Unlock()
-		g1, g2 := r1.r.regs[string(k)], r2.r.regs[string(k)]
+		g1, g2 := r1.r.regs.get(string(k)), r2.r.regs.get(string(k))
 		return g1 != nil && g2 != nil && g1.dest.Load().ap == r2.addr && g2.dest.Load().ap == r1.addr
 	}
 	deadline := time.Now().Add(4 * time.Second)
@@ -396,7 +396,7 @@ func startXDPRelayIn(t testing.TB, ns xdpNetns, dev string, addr netip.Addr, cfg
 	t.Helper()
 	cfg.Identity = GenerateIdentity()
 	cfg.Logger = testLogger(t)
-	cfg.XDP = &XDPConfig{Interface: dev, Mode: xdp.ModeGeneric}
+	cfg.FastPath = xdpFastPath(dev, xdp.ModeGeneric)
 	var r *Relay
 	err := ns.Do(func() error {
 		c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(addr, xdpRelayPort)))

@@ -95,7 +95,7 @@ func (s *targetSet) remove(k addrKey) bool {
 // setTargetLocked makes d the address whose datagrams reg vouches for,
 // keeping the relay's target set (and the XDP program's copy of it) in step.
 // A nil d withdraws reg's target. r.regMu must be held.
-func (r *Relay) setTargetLocked(reg *registration, d *dest) {
+func (r *Relay) setTargetLocked(reg *regEntry, d *dest) {
 	var k addrKey
 	if d != nil {
 		k = keyOf(d.ap)
@@ -115,25 +115,6 @@ func (r *Relay) setTargetLocked(reg *registration, d *dest) {
 	reg.target, reg.targetAP, reg.hasTarget = k, d.ap, true
 	if r.targets.add(k) {
 		r.xdpSource(d.ap, true)
-	}
-}
-
-// followWakeEvery bounds how often datagrams from an unknown source make the
-// relay check whether one registration's HTTP/3 connection migrated.
-const followWakeEvery = 50_000_000 // 50ms, in nanoseconds
-
-// wakeFollow asks the janitor to check at once whether reg's HTTP/3
-// connection moved: a datagram for reg's CIDs arrived from an address that no
-// registration forwards to, most likely after the peer's NAT rebound. It
-// never blocks and runs at most once per followWakeEvery per registration.
-func (r *Relay) wakeFollow(reg *registration, now int64) {
-	last := reg.wake.Load()
-	if now-last < followWakeEvery || !reg.wake.CompareAndSwap(last, now) {
-		return
-	}
-	select {
-	case r.follow <- reg:
-	default:
 	}
 }
 

@@ -1,36 +1,82 @@
 package quicpipe
 
 import (
-	"fmt"
+	"log/slog"
 	"net/netip"
-
-	"github.com/quicpipe/quicpipe/xdp"
+	"time"
 )
 
-// XDPConfig turns on the relay's XDP fast path (Linux): an eBPF program on
-// a network interface forwards registered peers' packets inside the kernel.
+// FastPath is the relay's view of a kernel fast path: a program that forwards
+// registered peers' packets before they reach the relay's socket. Package
+// xdp's Program implements it on Linux; package relayxdp attaches one for a
+// relay (see RelayConfig.FastPath).
+//
 // The relay stays the authority: the program's map is a cache of its
 // registrations, filled when a peer registers and again whenever the
 // userspace path forwards a packet the program missed (after an eviction),
-// emptied when a registration goes away.
-type XDPConfig struct {
-	// Interface is the network interface the peers' packets arrive on,
-	// for example "eth0" (or "lo" to try it locally). Required.
-	Interface string
-	// Mode is how to attach; the zero value tries native mode, then generic.
-	Mode xdp.Mode
-	// MapSize is the capacity of the program's CID map, of its set of
-	// allowed sources, and the number of registrations it caps with a rate
-	// bucket of their own (further ones are forwarded in userspace). If
-	// zero, xdp.DefaultMapSize is used.
-	MapSize int
+// emptied when a registration goes away. The program forwards only from
+// the sources the relay allows, and applies the relay's rate caps to what it
+// forwards. Its methods must be safe for concurrent use.
+type FastPath interface {
+	// PutBucket maps cid to dst: the program sends packets for cid to dst
+	// (from src; the zero netip.AddrPort answers from the address each
+	// packet was sent to), counted against rate bucket bucket (1 to
+	// Buckets; 0 for none).
+	PutBucket(cid [CIDLen]byte, dst, src netip.AddrPort, bucket uint32) error
+	// Delete removes cid; deleting a CID that is not there is not an error.
+	Delete(cid [CIDLen]byte) error
+	// Buckets returns the number of rate buckets, numbered from 1.
+	Buckets() int
+	// ResetBucket refills rate bucket bucket, for a registration that
+	// takes it over from another.
+	ResetBucket(bucket uint32) error
+	// AllowSource lets the program forward datagrams from src;
+	// RemoveSource undoes it.
+	AllowSource(src netip.AddrPort) error
+	RemoveSource(src netip.AddrPort) error
+	// EachCounter calls fn with the name of each of the program's outcomes
+	// ("forwarded_ipv4", "forwarded_ipv6", the reasons it passed or dropped
+	// frames) and the frames and bytes counted for it.
+	EachCounter(fn func(outcome string, packets, bytes uint64)) error
+	// Close detaches the program and frees it.
+	Close() error
 }
 
-// relayXDP is the relay's handle on its XDP program. The relay uses it with
+// FastPathConfig is what the relay tells RelayConfig.FastPath when it starts
+// its fast path.
+type FastPathConfig struct {
+	// Port is the relay's UDP port.
+	Port uint16
+	// MaxPacketsPerSecond, MaxBytesPerSecond, MaxTotalPacketsPerSecond
+	// and MaxTotalBytesPerSecond are the relay's rate caps (see
+	// RelayConfig), defaults applied: zero or negative means none.
+	MaxPacketsPerSecond, MaxBytesPerSecond           int64
+	MaxTotalPacketsPerSecond, MaxTotalBytesPerSecond int64
+	// Logger is the relay's logger, never nil.
+	Logger *slog.Logger
+}
+
+// FastPathStat counts what a fast path did with frames of one outcome (see
+// RelayStats.XDP).
+type FastPathStat struct {
+	// Packets counts frames; Bytes counts their bytes, Ethernet and IP
+	// headers included.
+	Packets, Bytes uint64
+}
+
+// reputLimit bounds the set of CIDs put back recently (relayXDP.reput): when
+// it is full, it starts again empty.
+const reputLimit = 1 << 16
+
+// reputEvery is how often, at most, the forwarding path puts one CID back
+// into the fast path's map (nanoseconds).
+const reputEvery = int64(time.Second)
+
+// relayXDP is the relay's handle on its fast path. The relay uses it with
 // r.regMu held (registration changes) or from the forwarding goroutine
 // (re-puts).
 type relayXDP struct {
-	prog *xdp.Program
+	prog FastPath
 	// reput remembers when the forwarding path last put a CID back, so that
 	// a burst of missed packets costs one map update per CID per second.
 	// Only the forwarding goroutine uses it.
@@ -43,7 +89,7 @@ type relayXDP struct {
 
 // xdpTakeBucket gives reg a rate bucket of the program, refilled, if one is
 // free. r.regMu must be held.
-func (r *Relay) xdpTakeBucket(reg *registration) {
+func (r *Relay) xdpTakeBucket(reg *regEntry) {
 	x := r.xdp
 	if x == nil {
 		return
@@ -68,54 +114,41 @@ func (r *Relay) xdpTakeBucket(reg *registration) {
 }
 
 // xdpReleaseBucket returns reg's bucket. r.regMu must be held.
-func (r *Relay) xdpReleaseBucket(reg *registration) {
+func (r *Relay) xdpReleaseBucket(reg *regEntry) {
 	if r.xdp != nil && reg.xdpBucket != 0 {
 		r.xdp.freeBuckets = append(r.xdp.freeBuckets, reg.xdpBucket)
 	}
 }
 
-// attachXDP loads and attaches the program for the relay's port.
+// attachXDP starts the fast path for the relay's port.
 func (r *Relay) attachXDP() error {
-	c := r.cfg.XDP
-	rate := func(v int64) int64 { return min(max(v, 0), xdp.MaxRate) }
-	buckets := c.MapSize
-	if buckets == 0 {
-		buckets = xdp.DefaultMapSize
-	}
-	prog, err := xdp.Attach(xdp.Config{
-		Interface: c.Interface,
-		Ports:     []uint16{uint16(r.Addr().Port)},
-		Mode:      c.Mode,
-		MapSize:   c.MapSize,
-		// The program applies the relay's forwarding rule and rate caps
-		// itself: what it passes up, userspace decides on.
-		FilterSources:            true,
-		Buckets:                  buckets,
-		MaxPacketsPerSecond:      rate(r.cfg.MaxPacketsPerSecond),
-		MaxBytesPerSecond:        rate(r.cfg.MaxBytesPerSecond),
-		MaxTotalPacketsPerSecond: rate(r.cfg.MaxTotalPacketsPerSecond),
-		MaxTotalBytesPerSecond:   rate(r.cfg.MaxTotalBytesPerSecond),
+	c := r.cfg
+	prog, err := c.FastPath(FastPathConfig{
+		Port:                     uint16(r.Addr().Port),
+		MaxPacketsPerSecond:      c.MaxPacketsPerSecond,
+		MaxBytesPerSecond:        c.MaxBytesPerSecond,
+		MaxTotalPacketsPerSecond: c.MaxTotalPacketsPerSecond,
+		MaxTotalBytesPerSecond:   c.MaxTotalBytesPerSecond,
+		Logger:                   r.log,
 	})
 	if err != nil {
-		return fmt.Errorf("quicpipe: XDP on %s: %w", c.Interface, err)
+		return err
 	}
-	r.xdp = &relayXDP{prog: prog, reput: make(map[CID]int64), buckets: uint32(buckets)}
-	r.log.Info("XDP fast path active", "interface", c.Interface, "mode", prog.Mode().String())
+	r.xdp = &relayXDP{prog: prog, reput: make(map[CID]int64), buckets: uint32(prog.Buckets())}
 	return nil
 }
 
-// XDPMode reports the mode of the attached XDP program and whether one is
-// attached.
-func (r *Relay) XDPMode() (xdp.Mode, bool) {
+// FastPath returns the relay's fast path (see RelayConfig.FastPath), or nil.
+func (r *Relay) FastPath() FastPath {
 	if r.xdp == nil {
-		return 0, false
+		return nil
 	}
-	return r.xdp.prog.Mode(), true
+	return r.xdp.prog
 }
 
 // xdpPut caches cids of reg in the program's map. A registration without a
 // rate bucket (all taken) is left to userspace, which caps it.
-func (r *Relay) xdpPut(cids []CID, reg *registration) {
+func (r *Relay) xdpPut(cids []CID, reg *regEntry) {
 	if r.xdp == nil || reg.xdpBucket == 0 {
 		return
 	}
@@ -156,17 +189,17 @@ func (r *Relay) xdpDelete(cids []CID) {
 }
 
 // xdpReput puts a CID the program missed back into its map. It runs on the
-// forwarding goroutine, at most once per CID per second.
-func (r *Relay) xdpReput(cid []byte, reg *registration, d *dest, now int64) {
+// forwarding goroutine, at most once per CID per reputEvery.
+func (r *Relay) xdpReput(cid []byte, reg *regEntry, d *dest, now int64) {
 	if reg.xdpBucket == 0 {
 		return
 	}
 	var c CID
 	copy(c[:], cid)
-	if last, ok := r.xdp.reput[c]; ok && now-last < 1e9 {
+	if last, ok := r.xdp.reput[c]; ok && now-last < reputEvery {
 		return
 	}
-	if len(r.xdp.reput) >= 1<<16 {
+	if len(r.xdp.reput) >= reputLimit {
 		clear(r.xdp.reput)
 	}
 	r.xdp.reput[c] = now
@@ -187,13 +220,16 @@ func (r *Relay) xdpReput(cid []byte, reg *registration, d *dest, now int64) {
 }
 
 // xdpStats returns the program's counters, or nil.
-func (r *Relay) xdpStats() map[string]xdp.Stat {
+func (r *Relay) xdpStats() map[string]FastPathStat {
 	if r.xdp == nil {
 		return nil
 	}
-	c, err := r.xdp.prog.Counters()
+	m := make(map[string]FastPathStat)
+	err := r.xdp.prog.EachCounter(func(outcome string, packets, bytes uint64) {
+		m[outcome] = FastPathStat{Packets: packets, Bytes: bytes}
+	})
 	if err != nil {
 		return nil
 	}
-	return c.Map()
+	return m
 }

@@ -231,7 +231,7 @@ func newXDPLab(tb testing.TB, mode xdp.Mode) *xdpLab {
 func (lab *xdpLab) startRelay(tb testing.TB, addr netip.Addr, cfg RelayConfig, withXDP bool) (*Relay, func()) {
 	tb.Helper()
 	if withXDP {
-		cfg.XDP = &XDPConfig{Interface: "r0", Mode: lab.mode}
+		cfg.FastPath = xdpFastPath("r0", lab.mode)
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger(tb)
@@ -273,11 +273,11 @@ func (lab *xdpLab) startRelay(tb testing.TB, addr netip.Addr, cfg RelayConfig, w
 	}
 	tb.Cleanup(stop)
 	if withXDP {
-		if m, ok := r.XDPMode(); !ok || m != lab.mode {
+		if m, ok := xdpMode(r); !ok || m != lab.mode {
 			tb.Fatalf("relay's XDP program attached %v (%v), want %v", ok, m, lab.mode)
 		}
-	} else if _, ok := r.XDPMode(); ok {
-		tb.Fatal("relay attached an XDP program without RelayConfig.XDP")
+	} else if _, ok := xdpMode(r); ok {
+		tb.Fatal("relay attached an XDP program without RelayConfig.FastPath")
 	}
 	return r, stop
 }
@@ -299,6 +299,43 @@ func (lab *xdpLab) diagnose(tb testing.TB, r *Relay) {
 	}
 }
 
+// xdpFastPath returns a RelayConfig.FastPath attaching the XDP program to
+// iface, as package relayxdp's (which imports this package, so tests here
+// cannot use it) does.
+func xdpFastPath(iface string, mode xdp.Mode) func(FastPathConfig) (FastPath, error) {
+	return func(fc FastPathConfig) (FastPath, error) {
+		rate := func(v int64) int64 { return min(max(v, 0), xdp.MaxRate) }
+		prog, err := xdp.Attach(xdp.Config{
+			Interface:                iface,
+			Ports:                    []uint16{fc.Port},
+			Mode:                     mode,
+			FilterSources:            true,
+			MaxPacketsPerSecond:      rate(fc.MaxPacketsPerSecond),
+			MaxBytesPerSecond:        rate(fc.MaxBytesPerSecond),
+			MaxTotalPacketsPerSecond: rate(fc.MaxTotalPacketsPerSecond),
+			MaxTotalBytesPerSecond:   rate(fc.MaxTotalBytesPerSecond),
+		})
+		if err != nil {
+			return nil, err
+		}
+		return prog, nil
+	}
+}
+
+// xdpProgram returns r's XDP program, or nil.
+func xdpProgram(r *Relay) *xdp.Program {
+	p, _ := r.FastPath().(*xdp.Program)
+	return p
+}
+
+// xdpMode reports the mode of r's XDP program and whether it has one.
+func xdpMode(r *Relay) (xdp.Mode, bool) {
+	if p := xdpProgram(r); p != nil {
+		return p.Mode(), true
+	}
+	return 0, false
+}
+
 // xdpStat reads one of the program's counters from a stats snapshot.
 func xdpStat(s RelayStats, name string) uint64 { return s.XDP[name].Packets }
 
@@ -309,7 +346,7 @@ func xdpForgetAll(tb testing.TB, r *Relay) int {
 	r.regMu.Lock()
 	defer r.regMu.Unlock()
 	n := 0
-	for _, reg := range r.regs {
+	for _, reg := range r.regs.(*memRegistry).regs {
 		cids, err := deriveRange(nil, []byte(reg.key), reg.first, int(reg.num))
 		if err != nil {
 			tb.Fatal(err)
@@ -759,7 +796,7 @@ func TestRelayXDPReputRace(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if r, err = NewRelay(c, &RelayConfig{Identity: GenerateIdentity(), XDP: &XDPConfig{Interface: "lo"}}); err != nil {
+		if r, err = NewRelay(c, &RelayConfig{Identity: GenerateIdentity(), FastPath: xdpFastPath("lo", xdp.ModeAuto)}); err != nil {
 			c.Close()
 			return err
 		}
@@ -785,7 +822,7 @@ func TestRelayXDPReputRace(t *testing.T) {
 	// passes it to the stack.
 	run := func(cid CID) (netip.AddrPort, bool) {
 		t.Helper()
-		action, out, err := r.xdp.prog.Run(xdpTestFrame(cid, relayAddr))
+		action, out, err := xdpProgram(r).Run(xdpTestFrame(cid, relayAddr))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -795,7 +832,7 @@ func TestRelayXDPReputRace(t *testing.T) {
 		dst := netip.AddrFrom4([4]byte(out[30:34]))
 		return netip.AddrPortFrom(dst, uint16(out[36])<<8|uint16(out[37])), true
 	}
-	register := func(key []byte, to netip.AddrPort) (CID, *registration, *dest) {
+	register := func(key []byte, to netip.AddrPort) (CID, *regEntry, *dest) {
 		t.Helper()
 		if _, _, _, err := r.register(key, 1, 1, net.UDPAddrFromAddrPort(to), nil); err != nil {
 			t.Fatal(err)

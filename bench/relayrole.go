@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/quicpipe/quicpipe"
+	"github.com/quicpipe/quicpipe/relayxdp"
 	"github.com/quicpipe/quicpipe/xdp"
 )
 
@@ -90,7 +91,7 @@ func relayRole(args []string) error {
 		if *xdpMode == "generic" {
 			m = xdp.ModeGeneric
 		}
-		cfg.XDP = &quicpipe.XDPConfig{Interface: *xdpIf, Mode: m}
+		cfg.FastPath = relayxdp.New(relayxdp.Config{Interface: *xdpIf, Mode: m})
 	}
 	r, err := quicpipe.ListenRelay(*listen, cfg)
 	if err != nil {
@@ -98,8 +99,8 @@ func relayRole(args []string) error {
 	}
 	go r.Serve(context.Background())
 	ready := map[string]any{"addr": r.Addr().String(), "key": hex.EncodeToString(pub(cfg.Identity))}
-	if m, ok := r.XDPMode(); ok {
-		ready["xdp_mode"] = m.String()
+	if prog, ok := r.FastPath().(*xdp.Program); ok {
+		ready["xdp_mode"] = prog.Mode().String()
 	}
 	say("ready", ready)
 	serveCommands(func(cmd string, a []string) (any, error) {

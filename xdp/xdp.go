@@ -408,6 +408,22 @@ func (p *Program) Counters() (Counters, error) {
 	return p.counters()
 }
 
+// EachCounter calls fn with each outcome's name and counters, summed over
+// CPUs, in the order of the outcomes.
+func (p *Program) EachCounter(fn func(outcome string, packets, bytes uint64)) error {
+	c, err := p.Counters()
+	if err != nil {
+		return err
+	}
+	for o, v := range c {
+		fn(Outcome(o).String(), v.Packets, v.Bytes)
+	}
+	return nil
+}
+
+// Buckets returns the number of rate buckets (Config.Buckets).
+func (p *Program) Buckets() int { return int(p.buckets) }
+
 // Run runs the program once on frame (an Ethernet frame) in the kernel
 // without sending anything (BPF_PROG_TEST_RUN), and returns its action
 // (ActionPass, ActionTX, ...) and the frame as the program left it. Counters

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/quicpipe/quicpipe"
+	"github.com/quicpipe/quicpipe/relaymetrics"
+	"github.com/quicpipe/quicpipe/relayxdp"
 	"github.com/quicpipe/quicpipe/xdp"
 )
 
@@ -60,14 +62,13 @@ func cmdRelay(ctx context.Context, e *env) error {
 		if !ok {
 			return usageError(fs, e, "-xdp-mode must be auto, native or generic")
 		}
-		cfg.XDP = &quicpipe.XDPConfig{Interface: *xdpIface, Mode: mode}
+		cfg.FastPath = relayxdp.New(relayxdp.Config{Interface: *xdpIface, Mode: mode})
 	}
 	key, err := loadIdentity(e, *identity)
 	if err != nil {
 		return err
 	}
 	cfg.Identity = key
-	cfg.MetricsAddr = *metrics
 	cfg.AllowPrivateTargets = *allowPrivate
 	cfg.Logger = logger(e, *verbose)
 	if *mailbox {
@@ -87,6 +88,15 @@ func cmdRelay(ctx context.Context, e *env) error {
 	relay, err := quicpipe.ListenRelay(*listen, &cfg)
 	if err != nil {
 		return err
+	}
+	if *metrics != "" {
+		ms, err := relaymetrics.Listen(*metrics, relay)
+		if err != nil {
+			relay.Close()
+			return fmt.Errorf("quicpipe: relay: %w", err)
+		}
+		defer ms.Close()
+		cfg.Logger.Info("serving metrics", "addr", ms.Addr().String())
 	}
 	pub := quicpipe.EncodeKey(publicKey(key))
 	// Standard output: two lines for scripts.

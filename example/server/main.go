@@ -32,6 +32,8 @@ import (
 
 	"github.com/quicpipe/quicpipe"
 	"github.com/quicpipe/quicpipe/example/internal/demo"
+	"github.com/quicpipe/quicpipe/relayxdp"
+	"github.com/quicpipe/quicpipe/xdp"
 )
 
 const defaultListen = "127.0.0.1:4433"
@@ -58,21 +60,21 @@ func run() error {
 	}
 	iface := os.Getenv("QUICPIPE_XDP_IFACE")
 	if iface != "" {
-		cfg.XDP = &quicpipe.XDPConfig{Interface: iface}
+		cfg.FastPath = relayxdp.New(relayxdp.Config{Interface: iface})
 	}
 	relay, err := quicpipe.ListenRelay(listen, cfg)
 	if err != nil && iface != "" {
 		// XDP needs Linux, root (CAP_BPF and CAP_NET_ADMIN) and the
 		// interface: without them, say why and serve in userspace.
 		fmt.Fprintf(os.Stderr, "server: XDP unavailable on %s (%v); serving on the userspace path\n", iface, err)
-		cfg.XDP = nil
+		cfg.FastPath = nil
 		relay, err = quicpipe.ListenRelay(listen, cfg)
 	}
 	if err != nil {
 		return err
 	}
-	if mode, ok := relay.XDPMode(); ok {
-		fmt.Fprintf(os.Stderr, "server: XDP active on %s (%s mode)\n", iface, mode)
+	if prog, ok := relay.FastPath().(*xdp.Program); ok {
+		fmt.Fprintf(os.Stderr, "server: XDP active on %s (%s mode)\n", iface, prog.Mode())
 	}
 	// The first line of standard output tells scripts and tests where to go.
 	fmt.Printf("listening on %s\n", relay.Addr())

@@ -1,4 +1,7 @@
-package quicpipe
+// Package relaymetrics exports a Quicpipe relay's statistics (Relay.Stats)
+// to Prometheus, all named quicpipe_relay_*. It is a package of its own so
+// that programs that do not export metrics do not link the Prometheus client.
+package relaymetrics
 
 import (
 	"fmt"
@@ -9,12 +12,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/quicpipe/quicpipe"
 )
 
-// relayCollector exports a relay's counters to Prometheus. It reads them at
-// scrape time, so metrics cost nothing on the forwarding path.
-type relayCollector struct {
-	r *Relay
+// collector exports a relay's counters. It reads them at scrape time, so
+// metrics cost nothing on the forwarding path.
+type collector struct {
+	r *quicpipe.Relay
 
 	forwarded, forwardedBytes, toServer, dropped, handshakes *prometheus.Desc
 	registered, rejected, expired, rebinds                   *prometheus.Desc
@@ -23,14 +28,14 @@ type relayCollector struct {
 	idleClosed, headerTimeouts                               *prometheus.Desc
 }
 
-// Collector returns a Prometheus collector for the relay's metrics, all named
-// quicpipe_relay_*, for a service that serves its own /metrics. With
-// RelayConfig.MetricsAddr the relay serves them itself.
-func (r *Relay) Collector() prometheus.Collector {
+// NewCollector returns a Prometheus collector for r's metrics, for a service
+// that serves its own /metrics. Listen serves them on an address of their
+// own.
+func NewCollector(r *quicpipe.Relay) prometheus.Collector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("quicpipe_relay_"+name, help, labels, nil)
 	}
-	return &relayCollector{
+	return &collector{
 		r:              r,
 		forwarded:      d("forwarded_packets_total", "Datagrams forwarded to peers.", "path"),
 		forwardedBytes: d("forwarded_bytes_total", "Bytes forwarded to peers.", "path"),
@@ -54,7 +59,7 @@ func (r *Relay) Collector() prometheus.Collector {
 	}
 }
 
-func (c *relayCollector) Describe(ch chan<- *prometheus.Desc) {
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.forwarded, c.forwardedBytes, c.toServer, c.dropped, c.handshakes,
 		c.registered, c.rejected, c.expired, c.rebinds, c.registrations, c.cids, c.xdpPackets, c.xdpBytes,
 		c.conns, c.handshaking, c.connsRefused, c.retries, c.idleClosed, c.headerTimeouts} {
@@ -62,7 +67,7 @@ func (c *relayCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-func (c *relayCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	s := c.r.Stats()
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
@@ -105,22 +110,33 @@ func (c *relayCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.headerTimeouts, s.HeaderTimeouts)
 }
 
-// serveMetrics starts the Prometheus listener on RelayConfig.MetricsAddr.
-func (r *Relay) serveMetrics() error {
-	ln, err := net.Listen("tcp", r.cfg.MetricsAddr)
-	if err != nil {
-		return fmt.Errorf("quicpipe: metrics listener: %w", err)
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(r.Collector())
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	r.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	r.metricsAddr = ln.Addr()
-	r.log.Info("serving metrics", "addr", ln.Addr().String())
-	go r.metrics.Serve(ln)
-	return nil
+// Server serves a relay's metrics at /metrics over HTTP.
+type Server struct {
+	srv  *http.Server
+	addr net.Addr
 }
 
-// MetricsAddr returns the address of the metrics listener, or nil.
-func (r *Relay) MetricsAddr() net.Addr { return r.metricsAddr }
+// Listen listens on the TCP address addr (for example "127.0.0.1:9090") and
+// serves r's metrics there at /metrics until Close.
+func Listen(addr string, r *quicpipe.Relay) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("quicpipe: metrics listener: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(r))
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	s := &Server{
+		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
+		addr: ln.Addr(),
+	}
+	go s.srv.Serve(ln)
+	return s, nil
+}
+
+// Addr returns the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.addr }
+
+// Close stops the server.
+func (s *Server) Close() error { return s.srv.Close() }

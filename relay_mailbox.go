@@ -131,9 +131,9 @@ func populateMailboxConfig(c *MailboxConfig) (*MailboxConfig, error) {
 
 // mailboxRejectCodes are the codes of refused mailbox requests.
 var mailboxRejectCodes = []string{
-	"bad_method", "unauthorized", "bad_key", "bad_signature", "bad_flight", "body_too_large",
-	"no_mailbox", "rate_limited", "mailbox_busy", "limit_mailboxes", "closing", "no_address",
-	"limit_source",
+	CodeBadMethod, CodeUnauthorized, CodeBadKey, CodeBadSignature, CodeBadFlight, CodeBodyTooLarge,
+	CodeNoMailbox, CodeRateLimited, CodeMailboxBusy, CodeLimitMailboxes, CodeClosing, CodeNoAddress,
+	CodeLimitSource,
 }
 
 // MailboxStats is a snapshot of a relay's mailbox counters.
@@ -225,7 +225,7 @@ func (m *mailboxServer) fail(w http.ResponseWriter, status int, code, msg string
 func (m *mailboxServer) handle(w http.ResponseWriter, req *http.Request) {
 	if req.Method != http.MethodGet && req.Method != http.MethodPost {
 		w.Header().Set("Allow", "GET, POST")
-		m.fail(w, http.StatusMethodNotAllowed, "bad_method", "method "+req.Method+" not allowed")
+		m.fail(w, http.StatusMethodNotAllowed, CodeBadMethod, "method "+req.Method+" not allowed")
 		return
 	}
 	if a := m.r.cfg.Authorizer; a != nil {
@@ -234,20 +234,20 @@ func (m *mailboxServer) handle(w http.ResponseWriter, req *http.Request) {
 			op = OpMailboxPost
 		}
 		if err := a.Authorize(req, op); err != nil {
-			m.fail(w, http.StatusUnauthorized, "unauthorized", err.Error())
+			m.fail(w, http.StatusUnauthorized, CodeUnauthorized, err.Error())
 			return
 		}
 	}
 	enc := strings.TrimPrefix(req.URL.Path, MailboxPath)
 	key, err := base64.RawURLEncoding.DecodeString(enc)
 	if err != nil || len(key) != ed25519.PublicKeySize {
-		m.fail(w, http.StatusBadRequest, "bad_key",
+		m.fail(w, http.StatusBadRequest, CodeBadKey,
 			"the path must end with a 32-byte public key in unpadded URL-safe base64 (43 characters)")
 		return
 	}
 	qc, _ := req.Context().Value(quicConnKey{}).(*quic.Conn)
 	if qc == nil {
-		m.fail(w, http.StatusInternalServerError, "no_address", "cannot tell the connection of this request")
+		m.fail(w, http.StatusInternalServerError, CodeNoAddress, "cannot tell the connection of this request")
 		return
 	}
 	if req.Method == http.MethodGet {
@@ -277,23 +277,23 @@ func mailboxExporter(qc *quic.Conn, key ed25519.PublicKey) ([]byte, error) {
 // request or the relay ends.
 func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.Conn, key ed25519.PublicKey) {
 	if m.isClosing() {
-		m.fail(w, http.StatusServiceUnavailable, "closing", "relay is shutting down")
+		m.fail(w, http.StatusServiceUnavailable, CodeClosing, "relay is shutting down")
 		return
 	}
 	sig, err := base64.RawURLEncoding.DecodeString(req.Header.Get(MailboxSignatureHeader))
 	if err != nil || len(sig) != ed25519.SignatureSize {
-		m.fail(w, http.StatusForbidden, "bad_signature",
+		m.fail(w, http.StatusForbidden, CodeBadSignature,
 			"opening a mailbox needs a "+MailboxSignatureHeader+" header: an Ed25519 signature in unpadded URL-safe base64")
 		return
 	}
 	ekm, err := mailboxExporter(qc, key)
 	if err != nil || !ed25519.Verify(key, mailboxMessage(key, ekm), sig) {
-		m.fail(w, http.StatusForbidden, "bad_signature", "the signature does not prove possession of this key on this connection")
+		m.fail(w, http.StatusForbidden, CodeBadSignature, "the signature does not prove possession of this key on this connection")
 		return
 	}
 	ua, _ := qc.RemoteAddr().(*net.UDPAddr)
 	if ua == nil {
-		m.fail(w, http.StatusInternalServerError, "no_address", "cannot tell the address of this connection")
+		m.fail(w, http.StatusInternalServerError, CodeNoAddress, "cannot tell the address of this connection")
 		return
 	}
 	mb := &mailbox{
@@ -306,14 +306,14 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 	old := m.boxes[string(key)]
 	if old == nil && len(m.boxes) >= m.cfg.MaxMailboxes {
 		m.mu.Unlock()
-		m.fail(w, http.StatusServiceUnavailable, "limit_mailboxes",
+		m.fail(w, http.StatusServiceUnavailable, CodeLimitMailboxes,
 			fmt.Sprintf("relay holds the maximum of %d mailboxes", m.cfg.MaxMailboxes))
 		return
 	}
 	// Taking over a mailbox the same source holds adds none to its count.
 	if (old == nil || old.src != mb.src) && m.perSource[mb.src] >= m.cfg.MaxMailboxesPerSource {
 		m.mu.Unlock()
-		m.fail(w, http.StatusTooManyRequests, "limit_source",
+		m.fail(w, http.StatusTooManyRequests, CodeLimitSource,
 			fmt.Sprintf("%s holds the maximum of %d mailboxes per source", mb.src, m.cfg.MaxMailboxesPerSource))
 		return
 	}
@@ -382,47 +382,47 @@ func (m *mailboxServer) releaseLocked(mb *mailbox) {
 // and answers 204 once it is written into the holder's request.
 func (m *mailboxServer) post(w http.ResponseWriter, req *http.Request, qc *quic.Conn, key []byte) {
 	if m.isClosing() {
-		m.fail(w, http.StatusServiceUnavailable, "closing", "relay is shutting down")
+		m.fail(w, http.StatusServiceUnavailable, CodeClosing, "relay is shutting down")
 		return
 	}
 	ua, _ := qc.RemoteAddr().(*net.UDPAddr)
 	if ua == nil {
-		m.fail(w, http.StatusInternalServerError, "no_address", "cannot tell the address of this connection")
+		m.fail(w, http.StatusInternalServerError, CodeNoAddress, "cannot tell the address of this connection")
 		return
 	}
 	if ok, wait := m.limiter.allow(ua.AddrPort().Addr(), time.Now()); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(wait.Seconds())))))
-		m.fail(w, http.StatusTooManyRequests, "rate_limited",
+		m.fail(w, http.StatusTooManyRequests, CodeRateLimited,
 			fmt.Sprintf("too many posts from this address (%g per second, bursts of %d)", m.cfg.PostRate, m.cfg.PostBurst))
 		return
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, m.cfg.MaxPostBytes))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			m.fail(w, http.StatusRequestEntityTooLarge, "body_too_large",
+			m.fail(w, http.StatusRequestEntityTooLarge, CodeBodyTooLarge,
 				fmt.Sprintf("post body exceeds %d bytes", m.cfg.MaxPostBytes))
 			return
 		}
-		m.fail(w, http.StatusBadRequest, "bad_flight", "reading the body: "+err.Error())
+		m.fail(w, http.StatusBadRequest, CodeBadFlight, "reading the body: "+err.Error())
 		return
 	}
 	var f FirstFlight
 	if err := f.UnmarshalBinary(body); err != nil {
-		m.fail(w, http.StatusBadRequest, "bad_flight", err.Error())
+		m.fail(w, http.StatusBadRequest, CodeBadFlight, err.Error())
 		return
 	}
 	m.mu.Lock()
 	mb := m.boxes[string(key)]
 	m.mu.Unlock()
 	if mb == nil {
-		m.fail(w, http.StatusNotFound, "no_mailbox", "nobody holds this mailbox: the accepter is not listening at this relay")
+		m.fail(w, http.StatusNotFound, CodeNoMailbox, "nobody holds this mailbox: the accepter is not listening at this relay")
 		return
 	}
 	p := &mailboxPost{frame: mailboxFrame(mailboxFrameFlight, body), done: make(chan error, 1)}
 	select {
 	case mb.queue <- p:
 	default:
-		m.fail(w, http.StatusServiceUnavailable, "mailbox_busy", "the mailbox has too many flights waiting")
+		m.fail(w, http.StatusServiceUnavailable, CodeMailboxBusy, "the mailbox has too many flights waiting")
 		return
 	}
 	t := time.NewTimer(m.cfg.DeliveryTimeout)
@@ -438,11 +438,11 @@ func (m *mailboxServer) post(w http.ResponseWriter, req *http.Request, qc *quic.
 			werr = errors.New("gone")
 		}
 	case <-t.C:
-		m.fail(w, http.StatusServiceUnavailable, "mailbox_busy", "the accepter did not take the flight in time")
+		m.fail(w, http.StatusServiceUnavailable, CodeMailboxBusy, "the accepter did not take the flight in time")
 		return
 	}
 	if werr != nil {
-		m.fail(w, http.StatusNotFound, "no_mailbox", "the accepter left before the flight was delivered")
+		m.fail(w, http.StatusNotFound, CodeNoMailbox, "the accepter left before the flight was delivered")
 		return
 	}
 	m.delivered.Add(1)
@@ -484,65 +484,4 @@ func readMailboxFrame(r io.Reader, buf []byte) (typ byte, payload []byte, err er
 		return 0, nil, err
 	}
 	return hdr[0], buf, nil
-}
-
-// sourceLimiter is a token bucket per source: an IPv4 address or an IPv6
-// /64 prefix. A bucket that has refilled completely is the same as none, so
-// full buckets are swept when the table reaches its bound.
-type sourceLimiter struct {
-	rate, burst float64
-	max         int
-
-	mu      sync.Mutex
-	buckets map[netip.Prefix]*tokenBucket
-}
-
-type tokenBucket struct {
-	tokens float64
-	last   time.Time
-}
-
-// allow takes a token for the source of ip, or tells how long until one is
-// available.
-func (l *sourceLimiter) allow(ip netip.Addr, now time.Time) (bool, time.Duration) {
-	return l.allowN(sourceOf(ip), 1, now)
-}
-
-// allowN takes n tokens for src, or tells how long until n are available.
-// n must not exceed the burst.
-func (l *sourceLimiter) allowN(src netip.Prefix, n float64, now time.Time) (bool, time.Duration) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b := l.buckets[src]
-	if b == nil {
-		if len(l.buckets) >= l.max {
-			l.sweep(now)
-			if len(l.buckets) >= l.max {
-				return false, time.Second
-			}
-		}
-		b = &tokenBucket{tokens: l.burst, last: now}
-		l.buckets[src] = b
-	}
-	if dt := now.Sub(b.last).Seconds(); dt > 0 {
-		b.tokens = min(l.burst, b.tokens+dt*l.rate)
-	}
-	b.last = now
-	if b.tokens >= n {
-		b.tokens -= n
-		return true, 0
-	}
-	if l.rate <= 0 {
-		return false, time.Hour
-	}
-	return false, time.Duration((n - b.tokens) / l.rate * float64(time.Second))
-}
-
-// sweep forgets the buckets that are full again. l.mu must be held.
-func (l *sourceLimiter) sweep(now time.Time) {
-	for src, b := range l.buckets {
-		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
-			delete(l.buckets, src)
-		}
-	}
 }
