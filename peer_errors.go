@@ -91,3 +91,56 @@ func relayConnError(ctx context.Context, addr string, pinned ed25519.PublicKey, 
 	}
 	return e
 }
+
+// RelayError is returned (wrapped) when the relay refuses a request: it
+// carries the relay's answer. errors.Is matches it against the sentinel
+// error of its code, where there is one: ErrUnauthorized, ErrNoMailbox,
+// ErrRelayLimit, ErrRelayClosing or ErrNotSupported.
+type RelayError struct {
+	// Status is the HTTP status of the answer.
+	Status int
+	// Code is the relay's machine-readable reason: one of the Code*
+	// constants (a newer relay may send others).
+	Code string
+	// Message is the relay's human-readable message.
+	Message string
+}
+
+func (e *RelayError) Error() string {
+	return fmt.Sprintf("quicpipe: relay refused the request: %d %s: %s", e.Status, e.Code, e.Message)
+}
+
+// Unwrap returns the sentinel error of the answer's code, or nil if the code
+// has none (a malformed request: a bug, not a condition to handle).
+func (e *RelayError) Unwrap() error {
+	switch e.Code {
+	case CodeUnauthorized:
+		return ErrUnauthorized
+	case CodeNoMailbox:
+		return ErrNoMailbox
+	case CodeLimitSource, CodeLimitSourceCIDs, CodeLimitDerive, CodeLimitTotal, CodeLimitCIDs,
+		CodeRateLimited, CodeMailboxBusy, CodeLimitMailboxes:
+		return ErrRelayLimit
+	case CodeClosing:
+		return ErrRelayClosing
+	case CodeNotFound:
+		return ErrNotSupported
+	}
+	return nil
+}
+
+// Sentinel errors of the relay's refusals that a caller can act on; a
+// *RelayError with the matching code wraps each (see RelayError.Unwrap).
+var (
+	// ErrNoMailbox: nobody holds the mailbox dialed at the relay (the
+	// accepter is not listening, or left before the flight reached it).
+	ErrNoMailbox = errors.New("quicpipe: no mailbox open for that key at the relay")
+	// ErrRelayLimit: the relay refused the request at one of its limits
+	// (per source, in total, or a rate); a later attempt may succeed.
+	ErrRelayLimit = errors.New("quicpipe: refused at a relay limit")
+	// ErrRelayClosing: the relay is shutting down or draining.
+	ErrRelayClosing = errors.New("quicpipe: relay closing")
+	// ErrNotSupported: the relay does not serve the endpoint asked for (the
+	// mailbox is off, or the relay is older).
+	ErrNotSupported = errors.New("quicpipe: not supported by the relay")
+)

@@ -63,7 +63,7 @@ type mailboxClient struct {
 // OpenMailbox opens the Accepter's mailbox at its relay: dialers may then
 // reach it with Dialer.DialMailbox, and AcceptMailbox returns their
 // connections. It returns once the relay has confirmed the mailbox (a
-// *RelayError if the relay refuses, for example with code "not_found" if its
+// *RelayError if the relay refuses: errors.Is(err, ErrNotSupported) if its
 // mailbox is off). The Accepter then keeps the mailbox open, reopening it
 // after a lost connection, until CloseMailbox or Close. Calling OpenMailbox
 // on an open mailbox does nothing.
@@ -385,8 +385,8 @@ func (c *mailboxClient) accept(f *FirstFlight) {
 // PostToMailbox posts a first flight to the mailbox of the accepter whose
 // key is peer, at the Dialer's relay, over the Dialer's connection to it. It
 // returns once the relay has written the flight to the accepter, or a
-// *RelayError: code "no_mailbox" if the accepter is not listening there,
-// "rate_limited" or "mailbox_busy" if the relay is overloaded.
+// *RelayError: errors.Is(err, ErrNoMailbox) if the accepter is not
+// listening there, ErrRelayLimit if the relay refuses more for now.
 func (d *Dialer) PostToMailbox(ctx context.Context, peer ed25519.PublicKey, f *FirstFlight) error {
 	if len(peer) != ed25519.PublicKeySize {
 		return fmt.Errorf("quicpipe: peer key must be %d bytes, got %d", ed25519.PublicKeySize, len(peer))

@@ -24,20 +24,6 @@ import (
 	"github.com/quic-go/quic-go/qlogwriter"
 )
 
-// RelayError is returned when the relay refuses a request.
-type RelayError struct {
-	// Status is the HTTP status of the answer.
-	Status int
-	// Code is the relay's machine-readable reason (see ErrorResponse).
-	Code string
-	// Message is the relay's human-readable message.
-	Message string
-}
-
-func (e *RelayError) Error() string {
-	return fmt.Sprintf("quicpipe: relay refused the request: %d %s: %s", e.Status, e.Code, e.Message)
-}
-
 // Registration describes a peer's current registration with its relay.
 type Registration struct {
 	// Observed is this peer's public address as the relay sees it (what
@@ -345,8 +331,8 @@ func (s *relaySession) register(ctx context.Context) error {
 	end := min(uint64(s.gen.Issued())+uint64(s.window), math.MaxUint32)
 	err := post(first, end)
 	var re *RelayError
-	if errors.As(err, &re) && (re.Code == "num_range" || re.Code == "limit_source_cids") {
-		if re.Code == "num_range" {
+	if errors.As(err, &re) && (re.Code == CodeNumRange || re.Code == CodeLimitSourceCIDs) {
+		if re.Code == CodeNumRange {
 			err = fmt.Errorf("quicpipe: the window of CIDs %d to %d (from the oldest live connection's to %d beyond the last issued) is larger than the relay allows; close long-lived connections or raise the relay's MaxCIDsPerRegistration: %w",
 				first, end, s.window, err)
 		} else {

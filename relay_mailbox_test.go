@@ -225,7 +225,7 @@ func TestMailboxDial(t *testing.T) {
 	waitFor(t, func() bool { return e.relay.MailboxStats().Open == 0 }, "the relay forgets the closed mailbox")
 	_, err := d.DialMailbox(ctx, pub(bID))
 	var re *RelayError
-	if !errors.As(err, &re) || re.Code != "no_mailbox" || re.Status != http.StatusNotFound {
+	if !errors.As(err, &re) || re.Code != CodeNoMailbox || re.Status != http.StatusNotFound || !errors.Is(err, ErrNoMailbox) {
 		t.Fatalf("dial after CloseMailbox: %v, want 404 no_mailbox", err)
 	}
 }

@@ -130,8 +130,7 @@ func dialTicketOnce(ctx context.Context, t *quicpipe.Ticket, cfg *quicpipe.Confi
 // noMailbox reports whether err is the relay's answer that nobody listens
 // with the ticket.
 func noMailbox(err error) bool {
-	var re *quicpipe.RelayError
-	return errors.As(err, &re) && re.Code == "no_mailbox"
+	return errors.Is(err, quicpipe.ErrNoMailbox)
 }
 
 // errNoListener is connect's error when the relay still knows nobody

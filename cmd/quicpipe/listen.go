@@ -187,8 +187,7 @@ func openListener(ctx context.Context, e *env, ticket *quicpipe.Ticket, o *liste
 	}
 	if err := a.OpenMailbox(ctx); err != nil {
 		a.Close()
-		var re *quicpipe.RelayError
-		if errors.As(err, &re) && re.Code == "not_found" {
+		if errors.Is(err, quicpipe.ErrNotSupported) {
 			return nil, fmt.Errorf("the relay does not offer mailboxes: %w", err)
 		}
 		if rerr := relayProblem(err, true); rerr != nil && ctx.Err() == nil {
