@@ -5,12 +5,12 @@ import "time"
 // The relay's registration API, served over HTTP/3 under /v1/. The wire format
 // is specified in docs/PROTOCOL.md.
 
-// RegisterPath is the path of the registration endpoint.
-const RegisterPath = "/v1/register"
+// registerPath is the path of the registration endpoint.
+const registerPath = "/v1/register"
 
-// RegisterRequest is the JSON body of POST /v1/register and DELETE
+// registerRequest is the JSON body of POST /v1/register and DELETE
 // /v1/register.
-type RegisterRequest struct {
+type registerRequest struct {
 	// Key is the peer's CID key (16 to 64 bytes; base64 in JSON).
 	Key []byte `json:"key"`
 	// Num is the number of CIDs to register (at least 1).
@@ -19,8 +19,8 @@ type RegisterRequest struct {
 	First uint32 `json:"first,omitempty"`
 }
 
-// RegisterResponse is the JSON answer to a successful registration.
-type RegisterResponse struct {
+// registerResponse is the JSON answer to a successful registration.
+type registerResponse struct {
 	// Addr is the peer's address as the relay observed it on the HTTP/3
 	// connection that carried the request: the address CIDs forward to.
 	Addr string `json:"addr"`
@@ -33,8 +33,8 @@ type RegisterResponse struct {
 	TTL int `json:"ttl"`
 }
 
-// ErrorResponse is the JSON body of every error answer of the relay API.
-type ErrorResponse struct {
+// errorResponse is the JSON body of every error answer of the relay API.
+type errorResponse struct {
 	// Error is a human-readable message.
 	Error string `json:"error"`
 	// Code is a stable machine-readable reason: one of the Code* constants,

@@ -148,7 +148,7 @@ func TestBadRelay(t *testing.T) {
 			change: func(c *Config) { c.RelayKey = wrongKey },
 			reason: ErrRelayKeyMismatch,
 			want: func(*Config) []string {
-				return []string{"relay " + e.relay.Addr().String() + " presented the key " + EncodeKey(relayKey) + ", not the pinned relay key " + EncodeKey(wrongKey)}
+				return []string{"relay " + e.relay.LocalAddr().String() + " presented the key " + EncodeKey(relayKey) + ", not the pinned relay key " + EncodeKey(wrongKey)}
 			},
 			within: 3 * time.Second,
 		},

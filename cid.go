@@ -94,17 +94,17 @@ func deriveRange(dst []CID, key []byte, first uint32, n int) ([]CID, error) {
 	return dst, nil
 }
 
-// NewCIDKey returns a fresh random 32-byte CID key.
-func NewCIDKey() []byte {
+// newCIDKey returns a fresh random 32-byte CID key.
+func newCIDKey() []byte {
 	k := make([]byte, 32)
 	rand.Read(k)
 	return k
 }
 
-// CIDGenerator is a quic.ConnectionIDGenerator that issues a peer's
+// cidGenerator is a quic.ConnectionIDGenerator that issues a peer's
 // connection IDs in order: DeriveCID(key, 1), DeriveCID(key, 2), ...
 // It is safe for concurrent use.
-type CIDGenerator struct {
+type cidGenerator struct {
 	mu     sync.Mutex
 	d      *deriver
 	issued uint32
@@ -117,11 +117,11 @@ type CIDGenerator struct {
 	linger time.Duration
 }
 
-var _ quic.ConnectionIDGenerator = (*CIDGenerator)(nil)
+var _ quic.ConnectionIDGenerator = (*cidGenerator)(nil)
 
-// NewCIDGenerator returns a generator for key, which must be MinCIDKeyLen to
+// newCIDGenerator returns a generator for key, which must be MinCIDKeyLen to
 // MaxCIDKeyLen bytes long. Later changes to key do not affect the generator.
-func NewCIDGenerator(key []byte) (*CIDGenerator, error) {
+func newCIDGenerator(key []byte) (*cidGenerator, error) {
 	if len(key) < MinCIDKeyLen || len(key) > MaxCIDKeyLen {
 		return nil, ErrCIDKeyLength
 	}
@@ -129,11 +129,11 @@ func NewCIDGenerator(key []byte) (*CIDGenerator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &CIDGenerator{d: d}, nil
+	return &cidGenerator{d: d}, nil
 }
 
 // GenerateConnectionID issues the next connection ID.
-func (g *CIDGenerator) GenerateConnectionID() (quic.ConnectionID, error) {
+func (g *cidGenerator) GenerateConnectionID() (quic.ConnectionID, error) {
 	g.mu.Lock()
 	if g.issued == math.MaxUint32 {
 		g.mu.Unlock()
@@ -151,11 +151,11 @@ func (g *CIDGenerator) GenerateConnectionID() (quic.ConnectionID, error) {
 }
 
 // ConnectionIDLen returns CIDLen.
-func (g *CIDGenerator) ConnectionIDLen() int { return CIDLen }
+func (g *cidGenerator) ConnectionIDLen() int { return CIDLen }
 
 // Issued reports how many connection IDs the generator has issued; the last
 // one issued has this index.
-func (g *CIDGenerator) Issued() uint32 {
+func (g *cidGenerator) Issued() uint32 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.issued
@@ -164,7 +164,7 @@ func (g *CIDGenerator) Issued() uint32 {
 // pin records that a connection is about to be created: it uses no index
 // issued before the call. Until unpin is called, floor stays at or below
 // that index. unpin may be called more than once.
-func (g *CIDGenerator) pin() (unpin func()) {
+func (g *cidGenerator) pin() (unpin func()) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.pins == nil {
@@ -185,7 +185,7 @@ func (g *CIDGenerator) pin() (unpin func()) {
 // that missed its CONNECTION_CLOSE still reaches it through the relay and
 // gets the close again (or a stateless reset) instead of waiting for its
 // idle timeout.
-func (g *CIDGenerator) releaseAfter(ctx context.Context, unpin func()) {
+func (g *cidGenerator) releaseAfter(ctx context.Context, unpin func()) {
 	g.mu.Lock()
 	linger := g.linger
 	g.mu.Unlock()
@@ -199,7 +199,7 @@ func (g *CIDGenerator) releaseAfter(ctx context.Context, unpin func()) {
 }
 
 // setLinger sets how long pins outlive their connections (see releaseAfter).
-func (g *CIDGenerator) setLinger(d time.Duration) {
+func (g *cidGenerator) setLinger(d time.Duration) {
 	g.mu.Lock()
 	g.linger = d
 	g.mu.Unlock()
@@ -210,7 +210,7 @@ func (g *CIDGenerator) setLinger(d time.Duration) {
 // below it belong to connections that are gone (or to connections that
 // were never pinned, such as the one to the relay, which the relay does not
 // route by CID).
-func (g *CIDGenerator) floor() uint32 {
+func (g *cidGenerator) floor() uint32 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	f := uint64(g.issued) + 1
@@ -221,7 +221,7 @@ func (g *CIDGenerator) floor() uint32 {
 }
 
 // setNotify installs a function called (outside the lock) after each issue.
-func (g *CIDGenerator) setNotify(f func(issued uint32)) {
+func (g *cidGenerator) setNotify(f func(issued uint32)) {
 	g.mu.Lock()
 	g.notify = f
 	g.mu.Unlock()

@@ -65,14 +65,14 @@ func TestDeriveCIDErrors(t *testing.T) {
 			}
 		})
 	}
-	if _, err := NewCIDGenerator(make([]byte, 15)); err == nil {
+	if _, err := newCIDGenerator(make([]byte, 15)); err == nil {
 		t.Fatal("NewCIDGenerator accepted a 15-byte key")
 	}
 }
 
 func TestCIDGenerator(t *testing.T) {
-	key := NewCIDKey()
-	g, err := NewCIDGenerator(key)
+	key := newCIDKey()
+	g, err := newCIDGenerator(key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestRelayCIDGenerator(t *testing.T) {
 }
 
 func BenchmarkDeriveCID(b *testing.B) {
-	key := NewCIDKey()
+	key := newCIDKey()
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		DeriveCID(key, uint32(i+1))
@@ -129,7 +129,7 @@ func BenchmarkDeriveCID(b *testing.B) {
 }
 
 func BenchmarkDeriveRange1024(b *testing.B) {
-	key := NewCIDKey()
+	key := newCIDKey()
 	dst := make([]CID, 0, 1024)
 	b.ReportAllocs()
 	for b.Loop() {

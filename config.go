@@ -152,7 +152,7 @@ func populateConfig(c *Config, accepter bool) (*Config, error) {
 		}
 	}
 	if cfg.CIDKey == nil {
-		cfg.CIDKey = NewCIDKey()
+		cfg.CIDKey = newCIDKey()
 	} else if len(cfg.CIDKey) < MinCIDKeyLen || len(cfg.CIDKey) > MaxCIDKeyLen {
 		return nil, fmt.Errorf("quicpipe: Config.CIDKey is %d bytes: %w", len(cfg.CIDKey), ErrCIDKeyLength)
 	}

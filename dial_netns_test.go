@@ -53,7 +53,7 @@ func (l *dialLab) config(t *testing.T, ns *netlab.NS, id ed25519.PrivateKey, tru
 	}
 	conn := l.peerSocket(t, ns)
 	return &Config{
-		RelayAddr:      l.relay.Addr().String(),
+		RelayAddr:      l.relay.LocalAddr().String(),
 		RelayKey:       pub(l.relayID),
 		Identity:       id,
 		TrustedPeers:   trusted,
@@ -154,7 +154,7 @@ func TestDialListenerOutage(t *testing.T) {
 			l.echoAccepter(t, ctx, pub(l.aID))
 			d := l.dialer(t, ctx, l.aID)
 
-			relay := l.relay.Addr().IP.String()
+			relay := l.relay.udpAddr().IP.String()
 			dctx, dcancel := context.WithTimeout(ctx, tc.deadline)
 			defer dcancel()
 			start := time.Now()
@@ -178,7 +178,7 @@ func TestDialListenerOutage(t *testing.T) {
 // once its flight is posted lets the listener's answer through but not the
 // rest of the handshake.
 func TestDialErrorSaysHowFar(t *testing.T) {
-	relay := func(l *dialLab) string { return l.relay.Addr().IP.String() }
+	relay := func(l *dialLab) string { return l.relay.udpAddr().IP.String() }
 	for _, tc := range []struct {
 		name  string
 		block func(l *dialLab) *netlab.NS // where the block goes
@@ -253,7 +253,7 @@ func TestDialLoss(t *testing.T) {
 		ds[i] = l.dialer(t, ctx, ids[i])
 	}
 
-	relay := l.relay.Addr().IP.String()
+	relay := l.relay.udpAddr().IP.String()
 	for _, nat := range []struct {
 		ns  *netlab.NS
 		pct int

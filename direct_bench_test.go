@@ -254,7 +254,7 @@ func TestLabRelayProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Printf("RELAY %s\n", r.Addr())
+	fmt.Printf("RELAY %s\n", r.LocalAddr())
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		io.Copy(io.Discard, os.Stdin)

@@ -26,7 +26,7 @@ func TestNATFallbackShortIdleTimeout(t *testing.T) {
 	qconf := &quic.Config{KeepAlivePeriod: time.Second, MaxIdleTimeout: idle}
 	dcfg := &Config{Conn: l.peerSocket(t, l.peerA), QUICConfig: qconf}
 	acfg := &Config{Conn: l.peerSocket(t, l.peerB), QUICConfig: qconf}
-	p := dialDirect(t, ctx, l.relay.Addr().String(), l.relayID, l.aID, l.bID, dcfg, acfg, 0)
+	p := dialDirect(t, ctx, l.relay.LocalAddr().String(), l.relayID, l.aID, l.bID, dcfg, acfg, 0)
 	p.waitDirect(t, ctx)
 
 	restore := l.cut(t)

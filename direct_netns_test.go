@@ -178,7 +178,7 @@ func (l *natLab) peerSocket(t testing.TB, ns *netlab.NS) *net.UDPConn {
 func (l *natLab) dial(t *testing.T, ctx context.Context, timing *directTiming) *directPeers {
 	dcfg := &Config{Conn: l.peerSocket(t, l.peerA)}
 	acfg := &Config{Conn: l.peerSocket(t, l.peerB)}
-	return dialDirectTimed(t, ctx, l.relay.Addr().String(), l.relayID, l.aID, l.bID, dcfg, acfg, 0, timing)
+	return dialDirectTimed(t, ctx, l.relay.LocalAddr().String(), l.relayID, l.aID, l.bID, dcfg, acfg, 0, timing)
 }
 
 // cut drops the traffic between the two NATs' WAN addresses at the wan

@@ -53,7 +53,7 @@ func TestDirectScopeLoopback(t *testing.T) {
 				t.Cleanup(func() { c.Close() })
 				return &Config{Conn: c, DirectAnyScope: anyScope}
 			}
-			p := dialDirect(t, ctx, r.Addr().String(), relayID, GenerateIdentity(), GenerateIdentity(), sock(), sock(), 0)
+			p := dialDirect(t, ctx, r.LocalAddr().String(), relayID, GenerateIdentity(), GenerateIdentity(), sock(), sock(), 0)
 			p.waitDirect(t, ctx)
 			// Let a candidate refresh and a few probe rounds pass.
 			time.Sleep(candidateRefresh + time.Second)

@@ -191,7 +191,7 @@ func TestDirectLoopback(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			e := newTestEnv(t, tc.listen, nil)
-			p := dialDirect(t, ctx, e.relay.Addr().String(), e.relayID, e.aID, e.bID, nil, nil, 0)
+			p := dialDirect(t, ctx, e.relay.LocalAddr().String(), e.relayID, e.aID, e.bID, nil, nil, 0)
 			dp := p.waitDirect(t, ctx)
 			t.Logf("direct after %v: %+v", time.Since(p.established).Round(time.Millisecond), dp)
 			if want := netAddrPort(p.a.Registration().Observed); dp.Remote != want {
@@ -220,7 +220,7 @@ func TestDirectLoopback(t *testing.T) {
 			if ds.PunchSuccesses < 1 || as.PunchSuccesses < 1 || ds.Fallbacks != 0 {
 				t.Errorf("stats: dialer %+v, accepter %+v", ds, as)
 			}
-			if ra := p.dc.RemoteAddr().(*net.UDPAddr).AddrPort(); netAddrPort(ra) != netAddrPort(e.relay.Addr().AddrPort()) {
+			if ra := p.dc.RemoteAddr().(*net.UDPAddr).AddrPort(); netAddrPort(ra) != netAddrPort(e.relay.udpAddr().AddrPort()) {
 				t.Errorf("quic-go's remote address is %v, want the relay's", ra)
 			}
 		})
@@ -234,7 +234,7 @@ func TestDirectDisabled(t *testing.T) {
 	defer cancel()
 	e := newTestEnv(t, "127.0.0.1:0", nil)
 	off := &Config{DisableDirect: true}
-	p := dialDirect(t, ctx, e.relay.Addr().String(), e.relayID, e.aID, e.bID, off, off, 0)
+	p := dialDirect(t, ctx, e.relay.LocalAddr().String(), e.relayID, e.aID, e.bID, off, off, 0)
 	if err := transfer(ctx, p.dc, p.ac, 1<<20, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +256,7 @@ func dialOneSideDisabled(t *testing.T, ctx context.Context) *directPeers {
 	e := newTestEnv(t, "127.0.0.1:0", nil)
 	fast := defaultDirectTiming
 	fast.pingsPerCand, fast.retryMin = 4, 200*time.Millisecond
-	p := dialDirectTimed(t, ctx, e.relay.Addr().String(), e.relayID, e.aID, e.bID,
+	p := dialDirectTimed(t, ctx, e.relay.LocalAddr().String(), e.relayID, e.aID, e.bID,
 		nil, &Config{DisableDirect: true}, 0, &fast)
 	return p
 }

@@ -264,7 +264,7 @@ func TestLeakedFirstFlightDropped(t *testing.T) {
 	var sent uint64
 	for _, f := range flights {
 		for _, dg := range f.Datagrams {
-			if _, err := probe.WriteToUDP(dg, e.relay.Addr()); err != nil {
+			if _, err := probe.WriteToUDP(dg, e.relay.udpAddr()); err != nil {
 				t.Fatal(err)
 			}
 			sent++
@@ -530,8 +530,8 @@ func TestRelayOnCallerSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Addr().String() != conn.LocalAddr().String() {
-		t.Fatalf("Addr = %v, want %v", r.Addr(), conn.LocalAddr())
+	if r.LocalAddr().String() != conn.LocalAddr().String() {
+		t.Fatalf("Addr = %v, want %v", r.LocalAddr(), conn.LocalAddr())
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

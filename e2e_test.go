@@ -48,7 +48,7 @@ func newTestEnv(t testing.TB, listen string, rcfg *RelayConfig) *testEnv {
 
 func (e *testEnv) config(id ed25519.PrivateKey, trusted ...ed25519.PrivateKey) *Config {
 	c := &Config{
-		RelayAddr: e.relay.Addr().String(),
+		RelayAddr: e.relay.LocalAddr().String(),
 		RelayKey:  e.relayID.Public().(ed25519.PublicKey),
 		Identity:  id,
 		// These tests exercise the relay; direct_test.go turns direct

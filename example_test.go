@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"time"
 
 	"github.com/quicpipe/quicpipe"
@@ -20,7 +21,7 @@ func exampleRelay(ctx context.Context) (addr string, key ed25519.PublicKey) {
 		log.Fatal(err)
 	}
 	go r.Serve(ctx)
-	return r.Addr().String(), id.Public().(ed25519.PublicKey)
+	return r.LocalAddr().String(), id.Public().(ed25519.PublicKey)
 }
 
 // This example carries a first flight by hand: the dialer's DeliverFunc
@@ -171,7 +172,7 @@ func ExampleListenRelay() {
 	done := make(chan error, 1)
 	go func() { done <- r.Serve(ctx) }()
 
-	fmt.Println(r.Addr().IP)
+	fmt.Println(r.LocalAddr().(*net.UDPAddr).IP)
 	cancel() // or r.Shutdown(ctx) to drain first
 	fmt.Println("Serve:", <-done)
 	r.Close()

@@ -261,7 +261,7 @@ func FuzzRegisterBody(f *testing.F) {
 	methods := []string{http.MethodPost, http.MethodDelete, http.MethodGet, http.MethodPut}
 	f.Fuzz(func(t *testing.T, body []byte, m byte, withConn bool) {
 		method := methods[int(m)%len(methods)]
-		req := httptest.NewRequest(method, RegisterPath, bytes.NewReader(body))
+		req := httptest.NewRequest(method, registerPath, bytes.NewReader(body))
 		if withConn {
 			req = req.WithContext(context.WithValue(req.Context(), quicConnKey{}, qc))
 		}
@@ -291,7 +291,7 @@ func FuzzRegisterBody(f *testing.F) {
 			if method != http.MethodPost || !withConn {
 				t.Fatalf("%s (connection %v): got 200, want it only for POST with a connection", method, withConn)
 			}
-			var resp RegisterResponse
+			var resp registerResponse
 			if err := json.Unmarshal(data, &resp); err != nil {
 				t.Fatalf("200 answer %q: %v", data, err)
 			}
@@ -325,7 +325,7 @@ func FuzzRegisterBody(f *testing.F) {
 			if ct := res.Header.Get("Content-Type"); ct != "application/json" {
 				t.Fatalf("Content-Type: got %q, want application/json", ct)
 			}
-			var e ErrorResponse
+			var e errorResponse
 			if err := json.Unmarshal(data, &e); err != nil {
 				t.Fatalf("error answer %q is not JSON: %v", data, err)
 			}

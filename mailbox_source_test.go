@@ -30,7 +30,7 @@ func (e *mailboxEnv) rawClientFrom(t *testing.T, ctx context.Context, ip string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	qc, err := tr.Dial(ctx, e.relay.Addr(), tlsConf, &quic.Config{})
+	qc, err := tr.Dial(ctx, e.relay.LocalAddr(), tlsConf, &quic.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,8 +50,8 @@ func holdMailbox(t *testing.T, cc *http3.ClientConn, qc *quic.Conn, id ed25519.P
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+ServerName+MailboxPath+EncodeKey(key), nil)
-	req.Header.Set(MailboxSignatureHeader, base64.RawURLEncoding.EncodeToString(ed25519.Sign(id, mailboxMessage(key, ekm))))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+ServerName+mailboxPath+EncodeKey(key), nil)
+	req.Header.Set(mailboxSignatureHeader, base64.RawURLEncoding.EncodeToString(ed25519.Sign(id, mailboxMessage(key, ekm))))
 	resp, err := cc.RoundTrip(req)
 	if err != nil {
 		t.Fatal(err)

@@ -28,7 +28,7 @@ type peer struct {
 	ownConn   bool
 	pconn     *peerConn
 	tr        *quic.Transport
-	gen       *CIDGenerator
+	gen       *cidGenerator
 	relayAddr *net.UDPAddr
 	sess      *relaySession
 	direct    *directManager // nil if Config.DisableDirect
@@ -77,7 +77,7 @@ func newPeer(ctx context.Context, cfg *Config, opts peerOptions) (*peer, error) 
 		}
 		p.ownConn = true
 	}
-	if p.gen, err = NewCIDGenerator(cfg.CIDKey); err != nil {
+	if p.gen, err = newCIDGenerator(cfg.CIDKey); err != nil {
 		p.closeSocket()
 		return nil, err
 	}

@@ -202,12 +202,12 @@ func (c *mailboxClient) open(ctx context.Context) (io.ReadCloser, error) {
 	}
 	sig := ed25519.Sign(cfg.Identity, mailboxMessage(pub, ekm))
 	rctx, rcancel := context.WithCancel(c.ctx)
-	req, err := http.NewRequestWithContext(rctx, http.MethodGet, "https://"+ServerName+MailboxPath+EncodeKey(pub), nil)
+	req, err := http.NewRequestWithContext(rctx, http.MethodGet, "https://"+ServerName+mailboxPath+EncodeKey(pub), nil)
 	if err != nil {
 		rcancel()
 		return nil, err
 	}
-	req.Header.Set(MailboxSignatureHeader, base64.RawURLEncoding.EncodeToString(sig))
+	req.Header.Set(mailboxSignatureHeader, base64.RawURLEncoding.EncodeToString(sig))
 	sess.authorize(req)
 	// The caller's ctx and the relay timeout bound the wait for the answer
 	// only: canceling them before it arrives cancels the request.
@@ -402,11 +402,11 @@ func (d *Dialer) PostToMailbox(ctx context.Context, peer ed25519.PublicKey, f *F
 	}
 	rctx, cancel := context.WithTimeout(ctx, d.p.cfg.RelayTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodPost, "https://"+ServerName+MailboxPath+EncodeKey(peer), bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(rctx, http.MethodPost, "https://"+ServerName+mailboxPath+EncodeKey(peer), bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", MailboxContentType)
+	req.Header.Set("Content-Type", mailboxContentType)
 	sess.authorize(req)
 	resp, err := cc.RoundTrip(req)
 	if err != nil {
@@ -441,9 +441,9 @@ func DialMailbox(ctx context.Context, cfg *Config, peer ed25519.PublicKey) (*qui
 func relayErrorOf(resp *http.Response) error {
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswerBody))
-	var e ErrorResponse
+	var e errorResponse
 	if json.Unmarshal(data, &e) != nil || e.Code == "" {
-		e = ErrorResponse{Code: "unknown", Error: string(bytes.TrimSpace(data))}
+		e = errorResponse{Code: "unknown", Error: string(bytes.TrimSpace(data))}
 	}
 	return &RelayError{Status: resp.StatusCode, Code: e.Code, Message: e.Error}
 }

@@ -45,7 +45,7 @@ type relaySession struct {
 	tlsConf   *tls.Config
 	pinned    ed25519.PublicKey // the relay's key; nil with Config.RelayTLSConfig
 	key       []byte
-	gen       *CIDGenerator
+	gen       *cidGenerator
 	window    uint32
 	timeout   time.Duration
 	token     string
@@ -71,7 +71,7 @@ type relaySession struct {
 	wg        sync.WaitGroup
 }
 
-func newRelaySession(tr *quic.Transport, addr *net.UDPAddr, tlsConf *tls.Config, key []byte, gen *CIDGenerator, cfg *Config) *relaySession {
+func newRelaySession(tr *quic.Transport, addr *net.UDPAddr, tlsConf *tls.Config, key []byte, gen *cidGenerator, cfg *Config) *relaySession {
 	s := &relaySession{
 		tr:        tr,
 		addr:      addr,
@@ -322,9 +322,9 @@ func (s *relaySession) closeConnLocked() {
 func (s *relaySession) register(ctx context.Context) error {
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
-	var resp RegisterResponse
+	var resp registerResponse
 	post := func(first uint32, end uint64) error {
-		body, _ := json.Marshal(RegisterRequest{Key: s.key, First: first, Num: uint32(end - uint64(first) + 1)})
+		body, _ := json.Marshal(registerRequest{Key: s.key, First: first, Num: uint32(end - uint64(first) + 1)})
 		return s.doLocked(ctx, http.MethodPost, body, &resp, true)
 	}
 	first := s.gen.floor()
@@ -371,7 +371,7 @@ func (e *windowFullError) Error() string { return e.err.Error() }
 func (e *windowFullError) Unwrap() error { return e.err }
 
 // apply records a registration the relay accepted. s.regMu must be held.
-func (s *relaySession) apply(resp RegisterResponse) error {
+func (s *relaySession) apply(resp registerResponse) error {
 	observed, perr := netip.ParseAddrPort(resp.Addr)
 	if perr != nil {
 		return fmt.Errorf("quicpipe: relay answered a bad address %q: %w", resp.Addr, perr)
@@ -408,13 +408,13 @@ func (s *relaySession) doLocked(ctx context.Context, method string, body []byte,
 			return err
 		}
 		rctx, cancel := context.WithTimeout(ctx, s.timeout)
-		req, _ := http.NewRequestWithContext(rctx, method, "https://"+ServerName+RegisterPath, bytes.NewReader(body))
+		req, _ := http.NewRequestWithContext(rctx, method, "https://"+ServerName+registerPath, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		s.authorize(req)
 		resp, err := cc.RoundTrip(req)
 		if err != nil {
 			cancel()
-			lastErr = fmt.Errorf("quicpipe: relay %s: %s %s: %w", s.addr, method, RegisterPath, err)
+			lastErr = fmt.Errorf("quicpipe: relay %s: %s %s: %w", s.addr, method, registerPath, err)
 			s.closeConnLocked()
 			if ctx.Err() != nil {
 				return lastErr
@@ -451,7 +451,7 @@ func (s *relaySession) close() {
 		defer s.regMu.Unlock()
 		if s.qc != nil && s.qc.Context().Err() == nil && s.regEnd.Load() > 0 {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			body, _ := json.Marshal(RegisterRequest{Key: s.key})
+			body, _ := json.Marshal(registerRequest{Key: s.key})
 			if err := s.doLocked(ctx, http.MethodDelete, body, nil, false); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 				s.log.Debug("unregister failed", "err", err)
 			}

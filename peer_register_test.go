@@ -26,7 +26,7 @@ func TestRelaySessionRecheckObserved(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			e := newTestEnv(t, "127.0.0.1:0", nil)
-			nat := newImpairNAT(t, e.relay.Addr(), 0, 0)
+			nat := newImpairNAT(t, e.relay.udpAddr(), 0, 0)
 			cfg := e.config(e.aID)
 			cfg.RelayAddr = nat.inside.LocalAddr().String()
 			cfg.RelayKeepAlive = 300 * time.Millisecond

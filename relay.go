@@ -195,10 +195,10 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		r.locals.refresh()
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc(RegisterPath, r.handleRegister)
+	mux.HandleFunc(registerPath, r.handleRegister)
 	if c.Mailbox != nil {
 		r.mailbox = newMailboxServer(r, c.Mailbox)
-		mux.HandleFunc(MailboxPath, r.mailbox.handle)
+		mux.HandleFunc(mailboxPath, r.mailbox.handle)
 	}
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, req *http.Request) {
 		r.apiError(w, http.StatusNotFound, CodeNotFound, "no such endpoint: "+req.URL.Path)
@@ -218,8 +218,11 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 
 type quicConnKey struct{}
 
-// Addr returns the address the relay listens on.
-func (r *Relay) Addr() *net.UDPAddr { return r.conn.LocalAddr().(*net.UDPAddr) }
+// LocalAddr returns the address the relay listens on (a *net.UDPAddr).
+func (r *Relay) LocalAddr() net.Addr { return r.conn.LocalAddr() }
+
+// udpAddr returns the address the relay listens on.
+func (r *Relay) udpAddr() *net.UDPAddr { return r.conn.LocalAddr().(*net.UDPAddr) }
 
 // Serve serves the registration API and forwards packets until ctx is done
 // or Close is called, then closes the relay. It returns nil in both cases,
@@ -231,7 +234,7 @@ func (r *Relay) Serve(ctx context.Context) error {
 		r.wg.Go(r.janitor)
 		done := make(chan error, 1)
 		go func() { done <- r.acceptConns() }()
-		r.log.Info("relay serving", "addr", r.Addr().String())
+		r.log.Info("relay serving", "addr", r.LocalAddr().String())
 		if r.cfg.Authorizer == nil {
 			r.log.Warn("relay API is open: anyone can register (set RelayConfig.Authorizer to restrict it)")
 		}

@@ -53,7 +53,7 @@ func (c rejectCounters) fail(w http.ResponseWriter, status int, code, msg string
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(ErrorResponse{Error: msg, Code: code})
+	json.NewEncoder(w).Encode(errorResponse{Error: msg, Code: code})
 }
 
 // apiError writes a JSON error answer and counts it.
@@ -157,9 +157,9 @@ func (r *Relay) handleRegister(w http.ResponseWriter, req *http.Request) {
 // The CIDs new to the window are derived without r.regMu, from a snapshot
 // of the registration taken under it; if the registration changed before
 // they are applied (a concurrent request for the same key), it starts over.
-func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *quic.Conn) (RegisterResponse, int, string, error) {
+func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *quic.Conn) (registerResponse, int, string, error) {
 	ap := netAddrPort(addr.AddrPort())
-	local := netAddrPort(r.Addr().AddrPort())
+	local := netAddrPort(r.udpAddr().AddrPort())
 	if qc != nil {
 		if la, ok := qc.LocalAddr().(*net.UDPAddr); ok {
 			local = netAddrPort(la.AddrPort())
@@ -167,7 +167,7 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 	}
 	d, err := r.newDest(ap, local)
 	if err != nil {
-		return RegisterResponse{}, http.StatusForbidden, CodeTarget, err
+		return registerResponse{}, http.StatusForbidden, CodeTarget, err
 	}
 	src := sourceOf(ap.Addr())
 	ttl := r.cfg.RegistrationTTL
@@ -176,7 +176,7 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 		reg := r.regs.get(string(key))
 		if status, code, err := r.checkLimitsLocked(reg, src, num); err != nil {
 			r.regMu.Unlock()
-			return RegisterResponse{}, status, code, err
+			return registerResponse{}, status, code, err
 		}
 		var gen uint64
 		var oldFirst uint32
@@ -188,7 +188,7 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 
 		derived := num - overlap(oldFirst, uint32(len(oldCIDs)), first, num)
 		if ok, wait := r.derivations.allowN(src, float64(derived), time.Now()); !ok {
-			return RegisterResponse{}, http.StatusTooManyRequests, CodeLimitDerive, &retryAfterError{
+			return registerResponse{}, http.StatusTooManyRequests, CodeLimitDerive, &retryAfterError{
 				wait: wait,
 				err: fmt.Errorf("%s registered too many new CIDs lately (budget %d per second, bursts of %d); this window needs %d",
 					src, r.cfg.DerivationsPerSecond, r.cfg.DerivationBurst, derived),
@@ -206,18 +206,18 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 			if attempt < 2 {
 				continue
 			}
-			return RegisterResponse{}, http.StatusConflict, CodeConflict,
+			return registerResponse{}, http.StatusConflict, CodeConflict,
 				errors.New("the registration of this key kept changing under concurrent requests; retry")
 		}
 		// Other registrations may have changed the counts meanwhile.
 		if status, code, err := r.checkLimitsLocked(reg, src, num); err != nil {
 			r.regMu.Unlock()
-			return RegisterResponse{}, status, code, err
+			return registerResponse{}, status, code, err
 		}
 		expires := time.Now().Add(ttl)
 		r.regs.put(string(key), reg, src, d, local, qc, first, cids, expires)
 		r.regMu.Unlock()
-		return RegisterResponse{
+		return registerResponse{
 			Addr:    ap.String(),
 			First:   first,
 			Num:     num,
@@ -316,7 +316,7 @@ func (r *Relay) newDest(ap netip.AddrPort, local netip.AddrPort) (*dest, error) 
 	if err := checkTarget(ap, local, r.cfg.AllowPrivateTargets); err != nil {
 		return nil, err
 	}
-	if ap.Port() == uint16(r.Addr().Port) && r.locals.has(ap.Addr()) {
+	if ap.Port() == uint16(r.udpAddr().Port) && r.locals.has(ap.Addr()) {
 		return nil, fmt.Errorf("%w: %s is an address of the relay's host on the relay's port", errTarget, ap)
 	}
 	raw, ok := r.rconn.io.encode(ap)

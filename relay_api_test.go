@@ -42,7 +42,7 @@ func newAPIClientFrom(t testing.TB, e *testEnv, ip string) *apiClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newAPIClientOn(t, e.relayID.Public().(ed25519.PublicKey), e.relay.Addr(), udp)
+	return newAPIClientOn(t, e.relayID.Public().(ed25519.PublicKey), e.relay.udpAddr(), udp)
 }
 
 // newAPIClientOn is an apiClient on udp, which it closes at the end of the
@@ -103,16 +103,16 @@ func (c *apiClient) do(t testing.TB, method, path string, body []byte) apiAnswer
 }
 
 // register POSTs a registration and requires a 200 answer.
-func (c *apiClient) register(t testing.TB, key []byte, first, num int64) RegisterResponse {
+func (c *apiClient) register(t testing.TB, key []byte, first, num int64) registerResponse {
 	t.Helper()
-	a := c.do(t, http.MethodPost, RegisterPath, regBody(key, first, num))
+	a := c.do(t, http.MethodPost, registerPath, regBody(key, first, num))
 	if a.status != http.StatusOK {
-		t.Fatalf("POST %s: got status %d (%s), want 200", RegisterPath, a.status, a.body)
+		t.Fatalf("POST %s: got status %d (%s), want 200", registerPath, a.status, a.body)
 	}
 	if ct := a.header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("Content-Type: got %q, want %q", ct, "application/json")
 	}
-	var resp RegisterResponse
+	var resp registerResponse
 	if err := json.Unmarshal(a.body, &resp); err != nil {
 		t.Fatalf("answer %q: %v", a.body, err)
 	}
@@ -137,7 +137,7 @@ func checkAPIError(t testing.TB, a apiAnswer, status int, code string) {
 	if ct := a.header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("Content-Type: got %q, want %q", ct, "application/json")
 	}
-	var e ErrorResponse
+	var e errorResponse
 	dec := json.NewDecoder(bytes.NewReader(a.body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&e); err != nil {
@@ -236,7 +236,7 @@ func checkCIDWindow(t testing.TB, r *Relay, key []byte, first, num uint32, addr 
 }
 
 // checkResponseWindow checks the window a registration returned.
-func checkResponseWindow(t testing.TB, resp RegisterResponse, first, num uint32) {
+func checkResponseWindow(t testing.TB, resp registerResponse, first, num uint32) {
 	t.Helper()
 	if resp.First != first || resp.Num != num {
 		t.Errorf("window: got first %d num %d, want first %d num %d", resp.First, resp.Num, first, num)
@@ -249,7 +249,7 @@ func TestRelayAPIRegister(t *testing.T) {
 	e := newTestEnv(t, "127.0.0.1:0", nil)
 	r := e.relay
 	c := newAPIClient(t, e)
-	key := NewCIDKey()
+	key := newCIDKey()
 
 	t.Run("register", func(t *testing.T) {
 		before := time.Now()
@@ -325,9 +325,9 @@ func TestRelayAPIRegister(t *testing.T) {
 		}
 	})
 	t.Run("delete", func(t *testing.T) {
-		other := NewCIDKey()
+		other := newCIDKey()
 		c.register(t, other, 0, 8)
-		a := c.do(t, http.MethodDelete, RegisterPath, regBody(key, 0, 0))
+		a := c.do(t, http.MethodDelete, registerPath, regBody(key, 0, 0))
 		if a.status != http.StatusNoContent {
 			t.Fatalf("DELETE: got status %d (%s), want 204", a.status, a.body)
 		}
@@ -343,10 +343,10 @@ func TestRelayAPIRegister(t *testing.T) {
 		}
 		checkCIDWindow(t, r, other, 1, 8, c.addr())
 		// Deleting again, or deleting an unknown key, is not an error.
-		if a := c.do(t, http.MethodDelete, RegisterPath, regBody(key, 0, 0)); a.status != http.StatusNoContent {
+		if a := c.do(t, http.MethodDelete, registerPath, regBody(key, 0, 0)); a.status != http.StatusNoContent {
 			t.Errorf("second DELETE: got status %d, want 204", a.status)
 		}
-		a = c.do(t, http.MethodDelete, RegisterPath, regBody(other, 0, 0))
+		a = c.do(t, http.MethodDelete, registerPath, regBody(other, 0, 0))
 		if a.status != http.StatusNoContent {
 			t.Errorf("DELETE: got status %d, want 204", a.status)
 		}
@@ -378,54 +378,54 @@ func TestRelayAPIErrors(t *testing.T) {
 		status             int
 		code               string
 	}{
-		{"malformed JSON", "POST", RegisterPath, `{"key":`, 400, "bad_json"},
-		{"empty body", "POST", RegisterPath, ``, 400, "bad_json"},
-		{"not an object", "POST", RegisterPath, `[1,2,3]`, 400, "bad_json"},
-		{"bare string", "POST", RegisterPath, `"hello"`, 400, "bad_json"},
-		{"trailing garbage", "POST", RegisterPath, `{"key":"` + k + `","num":64}xyz`, 400, "bad_json"},
-		{"trailing object", "POST", RegisterPath, `{"key":"` + k + `","num":64}{}`, 400, "bad_json"},
-		{"trailing bracket", "POST", RegisterPath, `{"key":"` + k + `","num":64}]`, 400, "bad_json"},
-		{"key is a number", "POST", RegisterPath, `{"key":123,"num":64}`, 400, "bad_json"},
+		{"malformed JSON", "POST", registerPath, `{"key":`, 400, "bad_json"},
+		{"empty body", "POST", registerPath, ``, 400, "bad_json"},
+		{"not an object", "POST", registerPath, `[1,2,3]`, 400, "bad_json"},
+		{"bare string", "POST", registerPath, `"hello"`, 400, "bad_json"},
+		{"trailing garbage", "POST", registerPath, `{"key":"` + k + `","num":64}xyz`, 400, "bad_json"},
+		{"trailing object", "POST", registerPath, `{"key":"` + k + `","num":64}{}`, 400, "bad_json"},
+		{"trailing bracket", "POST", registerPath, `{"key":"` + k + `","num":64}]`, 400, "bad_json"},
+		{"key is a number", "POST", registerPath, `{"key":123,"num":64}`, 400, "bad_json"},
 		// encoding/json also decodes a []byte from an array of numbers:
 		// this one is well-formed but only 3 bytes long.
-		{"key is a short array", "POST", RegisterPath, `{"key":[1,2,3],"num":64}`, 400, "key_length"},
-		{"key is an array of strings", "POST", RegisterPath, `{"key":["a","b"],"num":64}`, 400, "bad_json"},
-		{"key array element above 255", "POST", RegisterPath, `{"key":[256,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"num":64}`, 400, "bad_json"},
-		{"num is a string", "POST", RegisterPath, `{"key":"` + k + `","num":"64"}`, 400, "bad_json"},
-		{"num is fractional", "POST", RegisterPath, `{"key":"` + k + `","num":1.5}`, 400, "bad_json"},
-		{"num overflows int64", "POST", RegisterPath, `{"key":"` + k + `","num":1e30}`, 400, "bad_json"},
-		{"first is a bool", "POST", RegisterPath, `{"key":"` + k + `","num":64,"first":true}`, 400, "bad_json"},
-		{"key not base64", "POST", RegisterPath, `{"key":"not base64!!","num":64}`, 400, "bad_json"},
-		{"key URL-safe base64", "POST", RegisterPath, `{"key":"` + base64.URLEncoding.EncodeToString(bytes.Repeat([]byte{0xfb}, 32)) + `","num":64}`, 400, "bad_json"},
-		{"key missing", "POST", RegisterPath, `{"num":64}`, 400, "key_length"},
-		{"key null", "POST", RegisterPath, `{"key":null,"num":64}`, 400, "key_length"},
-		{"key empty", "POST", RegisterPath, `{"key":"","num":64}`, 400, "key_length"},
-		{"key 15 bytes", "POST", RegisterPath, string(regBody(make([]byte, 15), 0, 64)), 400, "key_length"},
-		{"key 65 bytes", "POST", RegisterPath, string(regBody(make([]byte, 65), 0, 64)), 400, "key_length"},
-		{"num missing", "POST", RegisterPath, `{"key":"` + k + `"}`, 400, "num_range"},
-		{"num 0", "POST", RegisterPath, string(regBody(key, 0, 0)), 400, "num_range"},
-		{"num negative", "POST", RegisterPath, string(regBody(key, 0, -1)), 400, "num_range"},
-		{"num above MaxCIDsPerRegistration", "POST", RegisterPath, string(regBody(key, 0, 4097)), 400, "num_range"},
-		{"num 2^40", "POST", RegisterPath, string(regBody(key, 0, 1<<40)), 400, "num_range"},
-		{"first negative", "POST", RegisterPath, string(regBody(key, -1, 64)), 400, "num_range"},
-		{"first+num beyond 2^32-1", "POST", RegisterPath, string(regBody(key, 1<<32-1, 2)), 400, "num_range"},
-		{"first beyond 2^32-1", "POST", RegisterPath, string(regBody(key, 1<<32, 1)), 400, "num_range"},
+		{"key is a short array", "POST", registerPath, `{"key":[1,2,3],"num":64}`, 400, "key_length"},
+		{"key is an array of strings", "POST", registerPath, `{"key":["a","b"],"num":64}`, 400, "bad_json"},
+		{"key array element above 255", "POST", registerPath, `{"key":[256,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"num":64}`, 400, "bad_json"},
+		{"num is a string", "POST", registerPath, `{"key":"` + k + `","num":"64"}`, 400, "bad_json"},
+		{"num is fractional", "POST", registerPath, `{"key":"` + k + `","num":1.5}`, 400, "bad_json"},
+		{"num overflows int64", "POST", registerPath, `{"key":"` + k + `","num":1e30}`, 400, "bad_json"},
+		{"first is a bool", "POST", registerPath, `{"key":"` + k + `","num":64,"first":true}`, 400, "bad_json"},
+		{"key not base64", "POST", registerPath, `{"key":"not base64!!","num":64}`, 400, "bad_json"},
+		{"key URL-safe base64", "POST", registerPath, `{"key":"` + base64.URLEncoding.EncodeToString(bytes.Repeat([]byte{0xfb}, 32)) + `","num":64}`, 400, "bad_json"},
+		{"key missing", "POST", registerPath, `{"num":64}`, 400, "key_length"},
+		{"key null", "POST", registerPath, `{"key":null,"num":64}`, 400, "key_length"},
+		{"key empty", "POST", registerPath, `{"key":"","num":64}`, 400, "key_length"},
+		{"key 15 bytes", "POST", registerPath, string(regBody(make([]byte, 15), 0, 64)), 400, "key_length"},
+		{"key 65 bytes", "POST", registerPath, string(regBody(make([]byte, 65), 0, 64)), 400, "key_length"},
+		{"num missing", "POST", registerPath, `{"key":"` + k + `"}`, 400, "num_range"},
+		{"num 0", "POST", registerPath, string(regBody(key, 0, 0)), 400, "num_range"},
+		{"num negative", "POST", registerPath, string(regBody(key, 0, -1)), 400, "num_range"},
+		{"num above MaxCIDsPerRegistration", "POST", registerPath, string(regBody(key, 0, 4097)), 400, "num_range"},
+		{"num 2^40", "POST", registerPath, string(regBody(key, 0, 1<<40)), 400, "num_range"},
+		{"first negative", "POST", registerPath, string(regBody(key, -1, 64)), 400, "num_range"},
+		{"first+num beyond 2^32-1", "POST", registerPath, string(regBody(key, 1<<32-1, 2)), 400, "num_range"},
+		{"first beyond 2^32-1", "POST", registerPath, string(regBody(key, 1<<32, 1)), 400, "num_range"},
 		// first+num-1 overflows int64 unless the check is careful.
-		{"first+num overflows int64", "POST", RegisterPath, string(regBody(key, 1<<63-1, 2)), 400, "num_range"},
-		{"first MaxInt64", "POST", RegisterPath, string(regBody(key, 1<<63-1, 1)), 400, "num_range"},
-		{"first overflows int64", "POST", RegisterPath, `{"key":"` + k + `","first":9223372036854775808,"num":1}`, 400, "bad_json"},
-		{"body too large", "POST", RegisterPath, `{"key":"` + string(big) + `","num":64}`, 413, "body_too_large"},
-		{"body too large after the object", "POST", RegisterPath, `{"key":"` + k + `","num":64}` + strings.Repeat(" ", 5000), 413, "body_too_large"},
-		{"GET", "GET", RegisterPath, ``, 405, "bad_method"},
-		{"PUT", "PUT", RegisterPath, string(regBody(key, 0, 64)), 405, "bad_method"},
-		{"PATCH", "PATCH", RegisterPath, string(regBody(key, 0, 64)), 405, "bad_method"},
-		{"DELETE malformed JSON", "DELETE", RegisterPath, `{`, 400, "bad_json"},
-		{"DELETE key 15 bytes", "DELETE", RegisterPath, string(regBody(make([]byte, 15), 0, 0)), 400, "key_length"},
-		{"DELETE body too large", "DELETE", RegisterPath, `{"key":"` + string(big) + `"}`, 413, "body_too_large"},
+		{"first+num overflows int64", "POST", registerPath, string(regBody(key, 1<<63-1, 2)), 400, "num_range"},
+		{"first MaxInt64", "POST", registerPath, string(regBody(key, 1<<63-1, 1)), 400, "num_range"},
+		{"first overflows int64", "POST", registerPath, `{"key":"` + k + `","first":9223372036854775808,"num":1}`, 400, "bad_json"},
+		{"body too large", "POST", registerPath, `{"key":"` + string(big) + `","num":64}`, 413, "body_too_large"},
+		{"body too large after the object", "POST", registerPath, `{"key":"` + k + `","num":64}` + strings.Repeat(" ", 5000), 413, "body_too_large"},
+		{"GET", "GET", registerPath, ``, 405, "bad_method"},
+		{"PUT", "PUT", registerPath, string(regBody(key, 0, 64)), 405, "bad_method"},
+		{"PATCH", "PATCH", registerPath, string(regBody(key, 0, 64)), 405, "bad_method"},
+		{"DELETE malformed JSON", "DELETE", registerPath, `{`, 400, "bad_json"},
+		{"DELETE key 15 bytes", "DELETE", registerPath, string(regBody(make([]byte, 15), 0, 0)), 400, "key_length"},
+		{"DELETE body too large", "DELETE", registerPath, `{"key":"` + string(big) + `"}`, 413, "body_too_large"},
 		{"unknown path", "POST", "/v1/nope", string(regBody(key, 0, 64)), 404, "not_found"},
 		{"unknown path GET", "GET", "/v1/stats", ``, 404, "not_found"},
 		{"v1 root", "GET", "/v1/", ``, 404, "not_found"},
-		{"register with trailing slash", "POST", RegisterPath + "/", string(regBody(key, 0, 64)), 404, "not_found"},
+		{"register with trailing slash", "POST", registerPath + "/", string(regBody(key, 0, 64)), 404, "not_found"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := r.Stats()
@@ -466,7 +466,7 @@ func TestRelayAPIErrors(t *testing.T) {
 			// quirk: docs say base64, but []byte accepts both).
 			`{"key":[7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7,7],"num":64}`,
 		} {
-			a := c.do(t, http.MethodPost, RegisterPath, []byte(body))
+			a := c.do(t, http.MethodPost, registerPath, []byte(body))
 			if a.status != http.StatusOK {
 				t.Errorf("body %s: got status %d (%s), want 200", body, a.status, a.body)
 			}
@@ -483,11 +483,11 @@ func TestRelayAPILimits(t *testing.T) {
 		c.register(t, fixedKey(1), 0, 8)
 		c.register(t, fixedKey(2), 0, 8)
 		state := relaySnapshot(r)
-		a := c.do(t, http.MethodPost, RegisterPath, regBody(fixedKey(3), 0, 8))
+		a := c.do(t, http.MethodPost, registerPath, regBody(fixedKey(3), 0, 8))
 		checkAPIError(t, a, http.StatusTooManyRequests, "limit_source")
 		// The limit is per IP, not per socket.
 		c2 := newAPIClient(t, e)
-		a = c2.do(t, http.MethodPost, RegisterPath, regBody(fixedKey(3), 0, 8))
+		a = c2.do(t, http.MethodPost, registerPath, regBody(fixedKey(3), 0, 8))
 		checkAPIError(t, a, http.StatusTooManyRequests, "limit_source")
 		checkUnchanged(t, state, relaySnapshot(r))
 		if got := r.Stats().Rejected["limit_source"]; got != 2 {
@@ -497,7 +497,7 @@ func TestRelayAPILimits(t *testing.T) {
 		c.register(t, fixedKey(1), 0, 16)
 		c2.register(t, fixedKey(2), 0, 16)
 		// Room is made by deleting one.
-		if a := c.do(t, http.MethodDelete, RegisterPath, regBody(fixedKey(1), 0, 0)); a.status != http.StatusNoContent {
+		if a := c.do(t, http.MethodDelete, registerPath, regBody(fixedKey(1), 0, 0)); a.status != http.StatusNoContent {
 			t.Fatalf("DELETE: got status %d, want 204", a.status)
 		}
 		c.register(t, fixedKey(3), 0, 8)
@@ -512,7 +512,7 @@ func TestRelayAPILimits(t *testing.T) {
 		c.register(t, fixedKey(1), 0, 8)
 		c.register(t, fixedKey(2), 0, 8)
 		state := relaySnapshot(r)
-		a := c.do(t, http.MethodPost, RegisterPath, regBody(fixedKey(3), 0, 8))
+		a := c.do(t, http.MethodPost, registerPath, regBody(fixedKey(3), 0, 8))
 		checkAPIError(t, a, http.StatusServiceUnavailable, "limit_total")
 		checkUnchanged(t, state, relaySnapshot(r))
 		if got := r.Stats().Rejected["limit_total"]; got != 1 {
@@ -526,11 +526,11 @@ func TestRelayAPILimits(t *testing.T) {
 		c := newAPIClient(t, e)
 		c.register(t, fixedKey(1), 0, 64)
 		state := relaySnapshot(r)
-		a := c.do(t, http.MethodPost, RegisterPath, regBody(fixedKey(2), 0, 64))
+		a := c.do(t, http.MethodPost, registerPath, regBody(fixedKey(2), 0, 64))
 		checkAPIError(t, a, http.StatusServiceUnavailable, "limit_cids")
 		checkUnchanged(t, state, relaySnapshot(r))
 		// Growing an existing window past the limit is refused too.
-		a = c.do(t, http.MethodPost, RegisterPath, regBody(fixedKey(1), 0, 101))
+		a = c.do(t, http.MethodPost, registerPath, regBody(fixedKey(1), 0, 101))
 		checkAPIError(t, a, http.StatusServiceUnavailable, "limit_cids")
 		checkUnchanged(t, state, relaySnapshot(r))
 		if got := r.Stats().Rejected["limit_cids"]; got != 2 {
@@ -549,7 +549,7 @@ func TestRelayAPILimits(t *testing.T) {
 		e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{MaxKeyLen: 32})
 		c := newAPIClient(t, e)
 		c.register(t, make([]byte, 32), 0, 1)
-		checkAPIError(t, c.do(t, http.MethodPost, RegisterPath, regBody(make([]byte, 33), 0, 1)), 400, "key_length")
+		checkAPIError(t, c.do(t, http.MethodPost, registerPath, regBody(make([]byte, 33), 0, 1)), 400, "key_length")
 	})
 }
 

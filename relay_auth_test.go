@@ -19,7 +19,7 @@ func TestTokenAuthorizerShortSecret(t *testing.T) {
 			body := tokenPrefix + "." + exp + ".mallory"
 			forged := body + "." + tokenMAC(secret, body)
 			a := &TokenAuthorizer{Secret: secret}
-			req, _ := http.NewRequest(http.MethodPost, "https://quicpipe"+RegisterPath, nil)
+			req, _ := http.NewRequest(http.MethodPost, "https://quicpipe"+registerPath, nil)
 			req.Header.Set("Authorization", "Bearer "+forged)
 			err := a.Authorize(req, OpRegister)
 			if err == nil {

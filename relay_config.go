@@ -211,7 +211,7 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 		cfg.MaxBytesPerSecond = 125_000_000
 	}
 	if cfg.StatelessResetKey == nil && cfg.Identity != nil {
-		k := StatelessResetKeyFromIdentity(cfg.Identity)
+		k := statelessResetKeyFromIdentity(cfg.Identity)
 		cfg.StatelessResetKey = &k
 	}
 	if ta, ok := cfg.Authorizer.(*TokenAuthorizer); ok {

@@ -81,7 +81,7 @@ func (c *h3Client) dial(ctx context.Context, r *Relay, qconf *quic.Config) (*qui
 	if qconf == nil {
 		qconf = &quic.Config{HandshakeIdleTimeout: 3 * time.Second}
 	}
-	return c.tr.Dial(ctx, r.Addr(), tlsConf, qconf)
+	return c.tr.Dial(ctx, r.LocalAddr(), tlsConf, qconf)
 }
 
 // registerOn registers key over qc and returns the HTTP status.
@@ -93,7 +93,7 @@ func registerOn(t testing.TB, ctx context.Context, qc *quic.Conn, key []byte) in
 // registerWith registers key over cc and returns the HTTP status.
 func registerWith(t testing.TB, ctx context.Context, cc *http3.ClientConn, key []byte) int {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://quicpipe"+RegisterPath, bytes.NewReader(regBody(key, 0, 8)))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://quicpipe"+registerPath, bytes.NewReader(regBody(key, 0, 8)))
 	resp, err := cc.RoundTrip(req)
 	if err != nil {
 		t.Fatalf("register: %v", err)
@@ -271,7 +271,7 @@ func TestRequestHeaderTimeout(t *testing.T) {
 	pr, pw := io.Pipe()
 	defer pw.Close()
 	go pw.Write([]byte(`{"key":`))
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://quicpipe"+RegisterPath, pr)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "https://quicpipe"+registerPath, pr)
 	start := time.Now()
 	resp, err := cc.RoundTrip(req)
 	if err != nil {
@@ -348,7 +348,7 @@ func halfOpenFrom(t *testing.T, r *Relay, n int, ip func(int) net.IP) {
 		dcid := make([]byte, 8)
 		rand.Read(dcid)
 		for _, d := range sealFlight(t, dcid, info.SCID, hello, 1252).Datagrams {
-			if _, err := u.WriteToUDP(d, r.Addr()); err != nil {
+			if _, err := u.WriteToUDP(d, r.udpAddr()); err != nil {
 				t.Fatal(err)
 			}
 		}

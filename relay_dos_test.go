@@ -111,7 +111,7 @@ func TestDoSRelayProcess(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Serve(ctx) }()
-	fmt.Printf("RELAY %s\n", r.Addr())
+	fmt.Printf("RELAY %s\n", r.LocalAddr())
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		runtime.GC()

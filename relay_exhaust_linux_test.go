@@ -40,7 +40,7 @@ func TestRelaySourceIPv6Prefix(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return newAPIClientOn(t, pub(relayID), r.Addr(), udp)
+		return newAPIClientOn(t, pub(relayID), r.udpAddr(), udp)
 	}
 	prefix := netip.MustParsePrefix("fd00:12:0:1::/64")
 
@@ -52,7 +52,7 @@ func TestRelaySourceIPv6Prefix(t *testing.T) {
 	regs := 0
 	for k := range 3 {
 		for i, c := range same {
-			a := c.do(t, http.MethodPost, RegisterPath, regBody([]byte(fmt.Sprintf("v6-key-%02d-%02d-padding", i, k)), 0, 8))
+			a := c.do(t, http.MethodPost, registerPath, regBody([]byte(fmt.Sprintf("v6-key-%02d-%02d-padding", i, k)), 0, 8))
 			if a.status == http.StatusOK {
 				regs++
 				continue
@@ -68,13 +68,13 @@ func TestRelaySourceIPv6Prefix(t *testing.T) {
 	}
 	// CIDs: the /64 holds at most MaxCIDsPerSource, spread or not.
 	for i, c := range same {
-		c.do(t, http.MethodDelete, RegisterPath, regBody([]byte(fmt.Sprintf("v6-key-%02d-%02d-padding", i, 0)), 0, 0))
-		c.do(t, http.MethodDelete, RegisterPath, regBody([]byte(fmt.Sprintf("v6-key-%02d-%02d-padding", i, 1)), 0, 0))
+		c.do(t, http.MethodDelete, registerPath, regBody([]byte(fmt.Sprintf("v6-key-%02d-%02d-padding", i, 0)), 0, 0))
+		c.do(t, http.MethodDelete, registerPath, regBody([]byte(fmt.Sprintf("v6-key-%02d-%02d-padding", i, 1)), 0, 0))
 	}
 	num := int64(r.cfg.MaxCIDsPerRegistration)
 	held := 0
 	for i, c := range same {
-		a := c.do(t, http.MethodPost, RegisterPath, regBody(fixedKey(byte(0x60+i)), 0, num))
+		a := c.do(t, http.MethodPost, registerPath, regBody(fixedKey(byte(0x60+i)), 0, num))
 		if a.status == http.StatusOK {
 			held += int(num)
 			continue

@@ -44,7 +44,7 @@ func (c *apiClient) try(ctx context.Context, method, path string, body []byte) (
 	if resp.StatusCode/100 == 2 {
 		return resp.StatusCode, "", nil
 	}
-	var e ErrorResponse
+	var e errorResponse
 	json.Unmarshal(data, &e)
 	return resp.StatusCode, e.Code, nil
 }
@@ -65,7 +65,7 @@ func fillFromSource(t testing.TB, c *apiClient, r *Relay, src int) (int, string)
 	held := 0
 	for k := 0; k < 1000; k++ {
 		key := []byte(fmt.Sprintf("fill-%06d-%06d-padding", src, k))
-		status, code, err := c.try(ctx, http.MethodPost, RegisterPath, regBody(key, 0, int64(num)))
+		status, code, err := c.try(ctx, http.MethodPost, registerPath, regBody(key, 0, int64(num)))
 		if err != nil {
 			t.Fatalf("source %d, registration %d: %v", src, k, err)
 		}
@@ -109,7 +109,7 @@ func TestMeasureRelayFill(t *testing.T) {
 			t.Logf("table full (%d CIDs) with %d sources in %v; RSS %d -> %d MB",
 				r.Stats().CIDs, filling, time.Since(start).Round(time.Millisecond), rss0, rssMB())
 			honest := newAPIClient(t, e)
-			status, code, err := honest.try(context.Background(), http.MethodPost, RegisterPath, regBody(fixedKey(0xee), 0, 64))
+			status, code, err := honest.try(context.Background(), http.MethodPost, registerPath, regBody(fixedKey(0xee), 0, 64))
 			t.Logf("a new listener from another source then gets: %d %s %v", status, code, err)
 			return
 		}
@@ -147,10 +147,10 @@ func BenchmarkRegisterUnderWindowAttack(b *testing.B) {
 	key := fixedKey(0x42)
 	once := func() time.Duration {
 		t0 := time.Now()
-		if status, code, err := honest.try(ctx, http.MethodPost, RegisterPath, regBody(key, 0, 64)); err != nil || status != http.StatusOK {
+		if status, code, err := honest.try(ctx, http.MethodPost, registerPath, regBody(key, 0, 64)); err != nil || status != http.StatusOK {
 			b.Fatalf("honest registration: %d %s %v", status, code, err)
 		}
-		if status, _, err := honest.try(ctx, http.MethodDelete, RegisterPath, regBody(key, 0, 0)); err != nil || status != http.StatusNoContent {
+		if status, _, err := honest.try(ctx, http.MethodDelete, registerPath, regBody(key, 0, 0)); err != nil || status != http.StatusNoContent {
 			b.Fatalf("honest delete: %d %v", status, err)
 		}
 		return time.Since(t0)
@@ -173,7 +173,7 @@ func BenchmarkRegisterUnderWindowAttack(b *testing.B) {
 		wg.Go(func() {
 			for j := 0; actx.Err() == nil; j++ {
 				first := 1 + int64(j%2)*num
-				status, _, err := c.try(actx, http.MethodPost, RegisterPath, regBody(akey, first, num))
+				status, _, err := c.try(actx, http.MethodPost, registerPath, regBody(akey, first, num))
 				if err != nil {
 					continue
 				}
@@ -237,7 +237,7 @@ func TestRelaySourceCIDLimit(t *testing.T) {
 	c := newAPIClientFrom(t, e, loopbackSource(0))
 	for k := range 2 {
 		key := []byte(fmt.Sprintf("fill-%06d-%06d-padding", 0, k))
-		if a := c.do(t, http.MethodDelete, RegisterPath, regBody(key, 0, 0)); a.status != http.StatusNoContent {
+		if a := c.do(t, http.MethodDelete, registerPath, regBody(key, 0, 0)); a.status != http.StatusNoContent {
 			t.Fatalf("DELETE: got status %d, want 204", a.status)
 		}
 	}
@@ -255,13 +255,13 @@ func TestRelaySourceCIDLimitRefresh(t *testing.T) {
 	a, b := fixedKey(1), fixedKey(2)
 	c.register(t, a, 0, 200)
 	c.register(t, b, 0, 100)
-	checkAPIError(t, c.do(t, http.MethodPost, RegisterPath, regBody(fixedKey(3), 0, 1)), http.StatusTooManyRequests, "limit_source_cids")
+	checkAPIError(t, c.do(t, http.MethodPost, registerPath, regBody(fixedKey(3), 0, 1)), http.StatusTooManyRequests, "limit_source_cids")
 	state := relaySnapshot(r)
-	checkAPIError(t, c.do(t, http.MethodPost, RegisterPath, regBody(b, 0, 101)), http.StatusTooManyRequests, "limit_source_cids")
+	checkAPIError(t, c.do(t, http.MethodPost, registerPath, regBody(b, 0, 101)), http.StatusTooManyRequests, "limit_source_cids")
 	checkUnchanged(t, state, relaySnapshot(r))
 	c.register(t, a, 50, 200) // slides
 	c.register(t, a, 50, 150) // shrinks
-	checkAPIError(t, c.do(t, http.MethodPost, RegisterPath, regBody(fixedKey(3), 0, 51)), http.StatusTooManyRequests, "limit_source_cids")
+	checkAPIError(t, c.do(t, http.MethodPost, registerPath, regBody(fixedKey(3), 0, 51)), http.StatusTooManyRequests, "limit_source_cids")
 	c.register(t, fixedKey(3), 0, 50)
 	checkCIDWindow(t, r, a, 50, 150, c.addr())
 	if u := relaySnapshot(r).perSource[netip.MustParsePrefix("127.0.0.1/32")]; u != (sourceUsage{regs: 3, cids: 300}) {
@@ -275,7 +275,7 @@ func TestRelaySourceCIDLimitRefresh(t *testing.T) {
 	if u := relaySnapshot(r).perSource[netip.MustParsePrefix("127.0.0.1/32")]; u != (sourceUsage{regs: 2, cids: 200}) {
 		t.Errorf("usage of the first source after a move: got %+v, want 2 registrations, 200 CIDs", u)
 	}
-	checkAPIError(t, c2.do(t, http.MethodPost, RegisterPath, regBody(fixedKey(5), 0, 1)), http.StatusTooManyRequests, "limit_source_cids")
+	checkAPIError(t, c2.do(t, http.MethodPost, registerPath, regBody(fixedKey(5), 0, 1)), http.StatusTooManyRequests, "limit_source_cids")
 }
 
 // TestRegisterDerivationBudget: a source that slides a large window back
@@ -299,7 +299,7 @@ func TestRegisterDerivationBudget(t *testing.T) {
 		if cur == next {
 			next = 1
 		}
-		a := attacker.do(t, http.MethodPost, RegisterPath, regBody(key, next, num))
+		a := attacker.do(t, http.MethodPost, registerPath, regBody(key, next, num))
 		if a.status == http.StatusOK {
 			ok++
 			cur = next
@@ -348,7 +348,7 @@ func TestRegisterDerivesOutsideLock(t *testing.T) {
 	go func() {
 		// Not c.do: that calls t.Fatal, which must not run off the test's
 		// goroutine.
-		status, code, err := slow.try(context.Background(), http.MethodPost, RegisterPath, regBody(key, 1, 1000))
+		status, code, err := slow.try(context.Background(), http.MethodPost, registerPath, regBody(key, 1, 1000))
 		done <- apiAnswer{status: status, body: []byte(code + fmt.Sprint(err))}
 	}()
 	select {
@@ -402,12 +402,12 @@ func TestRelaySessionSourceFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key := NewCIDKey()
-	gen, err := NewCIDGenerator(key)
+	key := newCIDKey()
+	gen, err := newCIDGenerator(key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newRelaySession(tr, e.relay.Addr(), tlsConf, key, gen, cfg)
+	s := newRelaySession(tr, e.relay.udpAddr(), tlsConf, key, gen, cfg)
 	defer s.close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

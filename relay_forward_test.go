@@ -45,13 +45,13 @@ func newForwardRig(tb testing.TB, size int) *forwardRig {
 	if err := g.rc.io.init(g.sock); err != nil {
 		tb.Fatal(err)
 	}
-	key := NewCIDKey()
+	key := newCIDKey()
 	if _, _, _, err := r.register(key, 1, 64, g.sink.LocalAddr().(*net.UDPAddr), nil); err != nil {
 		tb.Fatal(err)
 	}
 	// The sender is a registered peer too: the relay forwards only from
 	// the addresses of live registrations.
-	if _, _, _, err := r.register(NewCIDKey(), 1, 1, g.sender.LocalAddr().(*net.UDPAddr), nil); err != nil {
+	if _, _, _, err := r.register(newCIDKey(), 1, 1, g.sender.LocalAddr().(*net.UDPAddr), nil); err != nil {
 		tb.Fatal(err)
 	}
 	cid, _ := DeriveCID(key, 7)
@@ -155,7 +155,7 @@ func TestClassify(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	key := NewCIDKey()
+	key := newCIDKey()
 	if _, _, _, err := r.register(key, 1, 8, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +264,7 @@ func BenchmarkClassify(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer r.Close()
-	key := NewCIDKey()
+	key := newCIDKey()
 	if _, _, _, err := r.register(key, 1, 100000, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}, nil); err != nil {
 		b.Fatal(err)
 	}

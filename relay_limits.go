@@ -186,10 +186,10 @@ func checkTarget(target netip.AddrPort, local netip.AddrPort, allowPrivate bool)
 		errTarget, tc, target, scopeOf(local.Addr()))
 }
 
-// StatelessResetKeyFromIdentity derives a relay's stateless reset key from
+// statelessResetKeyFromIdentity derives a relay's stateless reset key from
 // its identity, so that it stays the same across restarts without being
 // configured separately.
-func StatelessResetKeyFromIdentity(identity ed25519.PrivateKey) quic.StatelessResetKey {
+func statelessResetKeyFromIdentity(identity ed25519.PrivateKey) quic.StatelessResetKey {
 	var k quic.StatelessResetKey
 	h := hmac.New(sha256.New, identity.Seed())
 	h.Write([]byte("quicpipe relay stateless reset key v1"))

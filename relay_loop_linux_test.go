@@ -158,8 +158,8 @@ func newLoopAttacker(t testing.TB) *loopAttacker {
 
 func newLoopAttackerOn(t testing.TB, sc *spoofConn) *loopAttacker {
 	t.Helper()
-	k0 := NewCIDKey()
-	gen, err := NewCIDGenerator(k0)
+	k0 := newCIDKey()
+	gen, err := newCIDGenerator(k0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +188,7 @@ func (a *loopAttacker) client(t testing.TB, addr netip.AddrPort, relayKey ed2551
 
 // register POSTs a registration of key with num CIDs.
 func loopRegister(c *http.Client, key []byte, num int64) error {
-	req, err := http.NewRequest(http.MethodPost, "https://quicpipe"+RegisterPath, bytes.NewReader(regBody(key, 1, num)))
+	req, err := http.NewRequest(http.MethodPost, "https://quicpipe"+registerPath, bytes.NewReader(regBody(key, 1, num)))
 	if err != nil {
 		return err
 	}
@@ -220,7 +220,7 @@ func startLoopRelay(t testing.TB, listen string, reach netip.Addr, cfg RelayConf
 		t.Fatal(err)
 	}
 	serveRelay(t, r, nil)
-	return &loopRelay{r: r, id: cfg.Identity, addr: netip.AddrPortFrom(reach, uint16(r.Addr().Port))}
+	return &loopRelay{r: r, id: cfg.Identity, addr: netip.AddrPortFrom(reach, uint16(r.udpAddr().Port))}
 }
 
 func (l *loopRelay) key() ed25519.PublicKey { return l.id.Public().(ed25519.PublicKey) }
@@ -255,7 +255,7 @@ func injectFromAndCount(t testing.TB, src *net.UDPConn, key []byte, to netip.Add
 	t.Helper()
 	// The injector is a registered peer at the first relay, as an
 	// attacker can always be.
-	if _, _, _, err := relays[0].r.register(NewCIDKey(), 1, 1, src.LocalAddr().(*net.UDPAddr), nil); err != nil {
+	if _, _, _, err := relays[0].r.register(newCIDKey(), 1, 1, src.LocalAddr().(*net.UDPAddr), nil); err != nil {
 		t.Fatal(err)
 	}
 	sum := func() (n uint64) {
@@ -291,7 +291,7 @@ func TestForwardingLoopTwoRelays(t *testing.T) {
 		}
 		done()
 	}
-	k := NewCIDKey()
+	k := newCIDKey()
 	err2 := a.spoofedRegister(t, r2, r1.addr, k)
 	err1 := a.spoofedRegister(t, r1, r2.addr, k)
 	t.Logf("registration of K at R2 spoofed from R1: %v; at R1 spoofed from R2: %v", err2, err1)
@@ -324,7 +324,7 @@ func TestForwardingLoopOneRelayTwoAddresses(t *testing.T) {
 		t.Fatalf("registering K0 from the attacker's real address: %v", err)
 	}
 	done()
-	k := NewCIDKey()
+	k := newCIDKey()
 	err := a.spoofedRegister(t, r, other, k)
 	t.Logf("registration of K spoofed from the relay's other address %v: %v", other, err)
 	fwd := injectAndCount(t, k, r.addr, r)
@@ -337,7 +337,7 @@ func TestForwardingLoopOneRelayTwoAddresses(t *testing.T) {
 	}
 	// However the relay came to see that address, it refuses it as a
 	// target.
-	if _, _, code, err := r.r.register(NewCIDKey(), 1, 1, net.UDPAddrFromAddrPort(other), nil); code != "target" {
+	if _, _, code, err := r.r.register(newCIDKey(), 1, 1, net.UDPAddrFromAddrPort(other), nil); code != "target" {
 		t.Errorf("registering %v as a target: code %q (%v), want \"target\"", other, code, err)
 	}
 }
@@ -352,7 +352,7 @@ func TestForwardingLoopMigration(t *testing.T) {
 	r1 := startLoopRelay(t, "127.0.0.1:0", netip.MustParseAddr("127.0.0.1"), RelayConfig{})
 	r2 := startLoopRelay(t, "127.0.0.1:0", netip.MustParseAddr("127.0.0.1"), RelayConfig{})
 	a := newLoopAttacker(t)
-	k := NewCIDKey()
+	k := newCIDKey()
 	for _, r := range []*loopRelay{r1, r2} {
 		c, done := a.client(t, r.addr, r.key())
 		defer done()
@@ -438,12 +438,12 @@ func TestForwardingLoopXDP(t *testing.T) {
 		}
 		done()
 	}
-	k := NewCIDKey()
+	k := newCIDKey()
 	err2 := a.spoofedRegister(t, r2, r1.addr, k)
 	err1 := a.spoofedRegister(t, r1, r2.addr, k)
 	t.Logf("registration of K at R2 spoofed from R1: %v; at R1 spoofed from R2: %v", err2, err1)
 	src := lab.a.listenUDP(t, netip.AddrPortFrom(fam.a, 0))
-	if _, _, _, err := r1.r.register(NewCIDKey(), 1, 1, src.LocalAddr().(*net.UDPAddr), nil); err != nil {
+	if _, _, _, err := r1.r.register(newCIDKey(), 1, 1, src.LocalAddr().(*net.UDPAddr), nil); err != nil {
 		t.Fatal(err)
 	}
 	fwd := injectFromAndCount(t, src, k, r2.addr, r2, r1)
@@ -469,7 +469,7 @@ func TestRelayXDPRateCap(t *testing.T) {
 	const pps = 1000
 	r, _ := lab.startRelay(t, fam.r, RelayConfig{Identity: GenerateIdentity(), MaxPacketsPerSecond: pps}, true)
 	recv := lab.b.listenUDP(t, netip.AddrPortFrom(fam.b, 0))
-	key := NewCIDKey()
+	key := newCIDKey()
 	if _, _, _, err := r.register(key, 1, 1, recv.LocalAddr().(*net.UDPAddr), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -483,7 +483,7 @@ func TestRelayXDPRateCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer send.Close()
-	if _, _, _, err := r.register(NewCIDKey(), 1, 1, send.LocalAddr().(*net.UDPAddr), nil); err != nil {
+	if _, _, _, err := r.register(newCIDKey(), 1, 1, send.LocalAddr().(*net.UDPAddr), nil); err != nil {
 		t.Fatal(err)
 	}
 	cid, _ := DeriveCID(key, 1)
@@ -539,7 +539,7 @@ func TestTargetOnRelayHost(t *testing.T) {
 	defer r.Close()
 	try := func(target string) string {
 		t.Helper()
-		_, _, code, _ := r.register(NewCIDKey(), 1, 1, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(target)), nil)
+		_, _, code, _ := r.register(newCIDKey(), 1, 1, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(target)), nil)
 		return code
 	}
 	for _, tc := range []struct{ target, code string }{
@@ -570,7 +570,7 @@ func TestUnknownSourceWakesFollow(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close() // not served: nothing reads r.follow but this test
-	key := NewCIDKey()
+	key := newCIDKey()
 	if _, _, _, err := r.register(key, 1, 1, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}, nil); err != nil {
 		t.Fatal(err)
 	}

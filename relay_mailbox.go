@@ -29,17 +29,17 @@ import (
 // flight is forgotten. docs/PROTOCOL.md specifies the API and
 // docs/decisions/0005-mailbox.md explains the choices.
 
-// MailboxPath is the prefix of the mailbox endpoints: MailboxPath followed by
+// mailboxPath is the prefix of the mailbox endpoints: mailboxPath followed by
 // EncodeKey of the accepter's public key.
-const MailboxPath = "/v1/mailbox/"
+const mailboxPath = "/v1/mailbox/"
 
-// MailboxSignatureHeader carries the accepter's signature when it opens its
+// mailboxSignatureHeader carries the accepter's signature when it opens its
 // mailbox (unpadded URL-safe base64 of the 64-byte Ed25519 signature).
-const MailboxSignatureHeader = "Quicpipe-Signature"
+const mailboxSignatureHeader = "Quicpipe-Signature"
 
-// MailboxContentType is the content type of a mailbox post (the binary form
+// mailboxContentType is the content type of a mailbox post (the binary form
 // of a first flight) and of the open mailbox's stream of frames.
-const MailboxContentType = "application/octet-stream"
+const mailboxContentType = "application/octet-stream"
 
 const (
 	// mailboxExporterLabel is the TLS exporter label (RFC 8446 section
@@ -238,7 +238,7 @@ func (m *mailboxServer) handle(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 	}
-	enc := strings.TrimPrefix(req.URL.Path, MailboxPath)
+	enc := strings.TrimPrefix(req.URL.Path, mailboxPath)
 	key, err := base64.RawURLEncoding.DecodeString(enc)
 	if err != nil || len(key) != ed25519.PublicKeySize {
 		m.fail(w, http.StatusBadRequest, CodeBadKey,
@@ -280,10 +280,10 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 		m.fail(w, http.StatusServiceUnavailable, CodeClosing, "relay is shutting down")
 		return
 	}
-	sig, err := base64.RawURLEncoding.DecodeString(req.Header.Get(MailboxSignatureHeader))
+	sig, err := base64.RawURLEncoding.DecodeString(req.Header.Get(mailboxSignatureHeader))
 	if err != nil || len(sig) != ed25519.SignatureSize {
 		m.fail(w, http.StatusForbidden, CodeBadSignature,
-			"opening a mailbox needs a "+MailboxSignatureHeader+" header: an Ed25519 signature in unpadded URL-safe base64")
+			"opening a mailbox needs a "+mailboxSignatureHeader+" header: an Ed25519 signature in unpadded URL-safe base64")
 		return
 	}
 	ekm, err := mailboxExporter(qc, key)
@@ -336,7 +336,7 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 	}()
 
 	rc := http.NewResponseController(w)
-	w.Header().Set("Content-Type", MailboxContentType)
+	w.Header().Set("Content-Type", mailboxContentType)
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {

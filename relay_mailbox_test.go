@@ -42,7 +42,7 @@ func newMailboxEnv(t *testing.T, mcfg *MailboxConfig) *mailboxEnv {
 
 func (e *mailboxEnv) config(id ed25519.PrivateKey, trusted ...ed25519.PublicKey) *Config {
 	return &Config{
-		RelayAddr:    e.relay.Addr().String(),
+		RelayAddr:    e.relay.LocalAddr().String(),
 		RelayKey:     e.relayID.Public().(ed25519.PublicKey),
 		Identity:     id,
 		TrustedPeers: trusted,
@@ -96,7 +96,7 @@ func (e *mailboxEnv) rawClient(t *testing.T, ctx context.Context) (*http3.Client
 	if err != nil {
 		t.Fatal(err)
 	}
-	qc, err := quic.DialAddr(ctx, e.relay.Addr().String(), tlsConf, &quic.Config{})
+	qc, err := quic.DialAddr(ctx, e.relay.LocalAddr().String(), tlsConf, &quic.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -109,9 +109,9 @@ func do(t *testing.T, cc *http3.ClientConn, method string, key ed25519.PublicKey
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, method, "https://"+ServerName+MailboxPath+EncodeKey(key), bytes.NewReader(body))
+	req, _ := http.NewRequestWithContext(ctx, method, "https://"+ServerName+mailboxPath+EncodeKey(key), bytes.NewReader(body))
 	if sig != nil {
-		req.Header.Set(MailboxSignatureHeader, base64.RawURLEncoding.EncodeToString(sig))
+		req.Header.Set(mailboxSignatureHeader, base64.RawURLEncoding.EncodeToString(sig))
 	}
 	resp, err := cc.RoundTrip(req)
 	if err != nil {
@@ -369,7 +369,7 @@ func TestMailboxPostLimits(t *testing.T) {
 		}
 	}
 	// Other methods and bad keys.
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPut, "https://"+ServerName+MailboxPath+EncodeKey(key), nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPut, "https://"+ServerName+mailboxPath+EncodeKey(key), nil)
 	resp, err := cc.RoundTrip(req)
 	if err != nil {
 		t.Fatal(err)
@@ -378,7 +378,7 @@ func TestMailboxPostLimits(t *testing.T) {
 		t.Errorf("PUT: %v (Allow %q)", err, resp.Header.Get("Allow"))
 	}
 	for _, path := range []string{"short", EncodeKey(key) + "x", EncodeKey(key) + "/more", ""} {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+ServerName+MailboxPath+path, nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+ServerName+mailboxPath+path, nil)
 		resp, err := cc.RoundTrip(req)
 		if err != nil {
 			t.Fatal(err)
@@ -489,7 +489,7 @@ func TestMailboxOff(t *testing.T) {
 	}
 	go r.Serve(ctx)
 	t.Cleanup(func() { r.Close() })
-	a, err := NewAccepter(ctx, &Config{RelayAddr: r.Addr().String(), RelayKey: pub(id), Identity: GenerateIdentity(),
+	a, err := NewAccepter(ctx, &Config{RelayAddr: r.LocalAddr().String(), RelayKey: pub(id), Identity: GenerateIdentity(),
 		TrustedPeers: []ed25519.PublicKey{pub(GenerateIdentity())}})
 	if err != nil {
 		t.Fatal(err)
@@ -555,7 +555,7 @@ func TestDialTicket(t *testing.T) {
 	defer cancel()
 	e := newMailboxEnv(t, nil)
 	bID := GenerateIdentity()
-	ticket := &Ticket{Peer: pub(bID), RelayAddr: e.relay.Addr().String(), RelayKey: pub(e.relayID), Secret: NewTicketSecret()}
+	ticket := &Ticket{Peer: pub(bID), RelayAddr: e.relay.LocalAddr().String(), RelayKey: pub(e.relayID), Secret: NewTicketSecret()}
 	a := e.mailboxAccepter(t, ctx, bID, pub(ticket.DialerIdentity()))
 	go echoMailbox(ctx, a)
 	parsed, err := ParseTicket(ticket.String())

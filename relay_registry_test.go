@@ -33,7 +33,7 @@ func (x *recordIndex) moved(e *regEntry, cids []CID)      { x.add("moved %s %d",
 func TestMemRegistry(t *testing.T) {
 	x := &recordIndex{}
 	var reg registry = newMemRegistry(x)
-	key := NewCIDKey()
+	key := newCIDKey()
 	a := &dest{ap: netip.MustParseAddrPort("192.0.2.1:1000")}
 	b := &dest{ap: netip.MustParseAddrPort("198.51.100.1:2000")}
 	srcA, srcB := sourceOf(a.ap.Addr()), sourceOf(b.ap.Addr())

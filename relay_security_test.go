@@ -131,9 +131,9 @@ func TestCheckTarget(t *testing.T) {
 // scope it does not serve; each attempt must be refused and counted.
 func TestReflectionRefused(t *testing.T) {
 	e := newTestEnv(t, "127.0.0.1:0", nil)
-	key := NewCIDKey()
+	key := newCIDKey()
 	for _, target := range []*net.UDPAddr{
-		e.relay.Addr(),                             // itself
+		e.relay.udpAddr(),                          // itself
 		{IP: net.IPv4(10, 0, 0, 1), Port: 53},      // private, relay on loopback
 		{IP: net.IPv4(224, 0, 0, 251), Port: 5353}, // multicast
 	} {
@@ -158,7 +158,7 @@ func TestCIDTheft(t *testing.T) {
 	before := e.relay.table.lookup(victim[:])
 	attacker := newAPIClient(t, e)
 	for _, first := range []int64{0, 1, 2, 1000} {
-		attacker.register(t, NewCIDKey(), first, 64)
+		attacker.register(t, newCIDKey(), first, 64)
 	}
 	// A CID taken verbatim as a key registers that key's own CIDs, not the
 	// victim's.
@@ -203,7 +203,7 @@ func TestForwardingFloodContained(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sink.Close()
-	key := NewCIDKey()
+	key := newCIDKey()
 	if _, _, _, err := e.relay.register(key, 1, 8, sink.LocalAddr().(*net.UDPAddr), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +216,7 @@ func TestForwardingFloodContained(t *testing.T) {
 	defer src.Close()
 	// The flooder is a registered peer: the relay forwards only from the
 	// addresses of live registrations.
-	if _, _, _, err := e.relay.register(NewCIDKey(), 1, 1, src.LocalAddr().(*net.UDPAddr), nil); err != nil {
+	if _, _, _, err := e.relay.register(newCIDKey(), 1, 1, src.LocalAddr().(*net.UDPAddr), nil); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
@@ -228,7 +228,7 @@ func TestForwardingFloodContained(t *testing.T) {
 				return
 			default:
 			}
-			src.WriteToUDP(flood, e.relay.Addr())
+			src.WriteToUDP(flood, e.relay.udpAddr())
 		}
 	})
 	err = echo(ctx, dc, 2<<20, 9)
@@ -265,7 +265,7 @@ func TestRelayRestart(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			addr := r1.Addr().String()
+			addr := r1.LocalAddr().String()
 			go r1.Serve(ctx)
 			e := &testEnv{relay: r1, relayID: relayID, aID: GenerateIdentity(), bID: GenerateIdentity()}
 			dc, ac, _, _ := e.pipe(t, ctx, false)
@@ -312,7 +312,7 @@ func TestNATRebinding(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	e := newTestEnv(t, "127.0.0.1:0", nil)
-	nat := newImpairNAT(t, e.relay.Addr(), 0, 0)
+	nat := newImpairNAT(t, e.relay.udpAddr(), 0, 0)
 	a, err := NewAccepter(ctx, e.config(e.bID, e.aID))
 	if err != nil {
 		t.Fatal(err)

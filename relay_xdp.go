@@ -124,7 +124,7 @@ func (r *Relay) xdpReleaseBucket(reg *regEntry) {
 func (r *Relay) attachXDP() error {
 	c := r.cfg
 	prog, err := c.FastPath(FastPathConfig{
-		Port:                     uint16(r.Addr().Port),
+		Port:                     uint16(r.udpAddr().Port),
 		MaxPacketsPerSecond:      c.MaxPacketsPerSecond,
 		MaxBytesPerSecond:        c.MaxBytesPerSecond,
 		MaxTotalPacketsPerSecond: c.MaxTotalPacketsPerSecond,

@@ -619,7 +619,7 @@ func (lab *xdpLab) load(b *testing.B, withXDP bool) xdpLoad {
 	recv := lab.b.listenUDP(b, netip.AddrPortFrom(fam.b, 0))
 	defer recv.Close()
 	xdpForceBuffer(b, recv, unix.SO_RCVBUFFORCE, 16<<20)
-	key := NewCIDKey()
+	key := newCIDKey()
 	if _, _, _, err := r.register(key, 1, 1, recv.LocalAddr().(*net.UDPAddr), nil); err != nil {
 		b.Fatal(err)
 	}
@@ -643,7 +643,7 @@ func (lab *xdpLab) load(b *testing.B, withXDP bool) xdpLoad {
 	defer send.Close()
 	// The sender is a registered peer: the relay and its program forward
 	// only from the addresses of live registrations.
-	if _, _, _, err := r.register(NewCIDKey(), 1, 1, send.LocalAddr().(*net.UDPAddr), nil); err != nil {
+	if _, _, _, err := r.register(newCIDKey(), 1, 1, send.LocalAddr().(*net.UDPAddr), nil); err != nil {
 		b.Fatal(err)
 	}
 
@@ -814,7 +814,7 @@ func TestRelayXDPReputRace(t *testing.T) {
 	newAddr := netip.MustParseAddrPort("127.0.0.3:6666")
 	// The test frames come from 127.0.0.9:40000: a registered peer, as the
 	// program forwards only from the addresses of live registrations.
-	if _, _, _, err := r.register(NewCIDKey(), 1, 1, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 9), Port: 40000}, nil); err != nil {
+	if _, _, _, err := r.register(newCIDKey(), 1, 1, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 9), Port: 40000}, nil); err != nil {
 		t.Fatal(err)
 	}
 
@@ -849,7 +849,7 @@ func TestRelayXDPReputRace(t *testing.T) {
 	}
 
 	t.Run("unregistered", func(t *testing.T) {
-		key := NewCIDKey()
+		key := newCIDKey()
 		cid, reg, d := register(key, oldAddr)
 		r.unregister(key)
 		if got, ok := run(cid); ok {
@@ -861,7 +861,7 @@ func TestRelayXDPReputRace(t *testing.T) {
 		}
 	})
 	t.Run("moved", func(t *testing.T) {
-		key := NewCIDKey()
+		key := newCIDKey()
 		cid, reg, d := register(key, oldAddr)
 		register(key, newAddr)
 		r.xdpReput(cid[:], reg, d, time.Now().UnixNano()) // the late put

@@ -66,7 +66,7 @@ func TestSoakRelayMain(t *testing.T) {
 		fmt.Println("error", err)
 		os.Exit(1)
 	}
-	fmt.Println("ready", r.Addr())
+	fmt.Println("ready", r.LocalAddr())
 	go func() { // exit when the parent closes stdin
 		bufio.NewReader(os.Stdin).ReadString('\n')
 		r.Close()

@@ -59,9 +59,9 @@ func keyID(pub ed25519.PublicKey) []byte {
 	return sum[:20]
 }
 
-// Certificate returns a self-signed TLS certificate for an Ed25519 identity.
+// certificate returns a self-signed TLS certificate for an Ed25519 identity.
 // It is valid for ServerName and for both server and client authentication.
-func Certificate(identity ed25519.PrivateKey) (tls.Certificate, error) {
+func certificate(identity ed25519.PrivateKey) (tls.Certificate, error) {
 	if len(identity) != ed25519.PrivateKeySize {
 		return tls.Certificate{}, fmt.Errorf("quicpipe: identity must be a %d-byte Ed25519 private key, got %d bytes", ed25519.PrivateKeySize, len(identity))
 	}
@@ -176,7 +176,7 @@ func ClientTLSConfig(identity ed25519.PrivateKey, server ed25519.PublicKey, alpn
 		VerifyConnection: verifyPinned([]ed25519.PublicKey{server}),
 	}
 	if identity != nil {
-		cert, err := Certificate(identity)
+		cert, err := certificate(identity)
 		if err != nil {
 			return nil, err
 		}
@@ -195,7 +195,7 @@ func ClientTLSConfig(identity ed25519.PrivateKey, server ed25519.PublicKey, alpn
 // the pinned keys (an accepter's case), or the handshake fails with an error
 // wrapping ErrUntrustedKey.
 func ServerTLSConfig(identity ed25519.PrivateKey, clients []ed25519.PublicKey, alpn string) (*tls.Config, error) {
-	cert, err := Certificate(identity)
+	cert, err := certificate(identity)
 	if err != nil {
 		return nil, err
 	}

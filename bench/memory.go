@@ -281,7 +281,12 @@ func memClientRole(args []string) error {
 	register := func(num int) error {
 		key := make([]byte, 32)
 		rand.Read(key)
-		body, _ := json.Marshal(quicpipe.RegisterRequest{Key: key, Num: uint32(num), First: 1})
+		// The registration body of docs/PROTOCOL.md.
+		body, _ := json.Marshal(struct {
+			Key   []byte `json:"key"`
+			Num   uint32 `json:"num"`
+			First uint32 `json:"first"`
+		}{key, uint32(num), 1})
 		resp, err := client.Post(url, "application/json", bytes.NewReader(body))
 		if err != nil {
 			return err

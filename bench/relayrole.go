@@ -98,7 +98,7 @@ func relayRole(args []string) error {
 		return err
 	}
 	go r.Serve(context.Background())
-	ready := map[string]any{"addr": r.Addr().String(), "key": hex.EncodeToString(pub(cfg.Identity))}
+	ready := map[string]any{"addr": r.LocalAddr().String(), "key": hex.EncodeToString(pub(cfg.Identity))}
 	if prog, ok := r.FastPath().(*xdp.Program); ok {
 		ready["xdp_mode"] = prog.Mode().String()
 	}

@@ -56,7 +56,7 @@ func cmdListen(ctx context.Context, e *env) error {
 			return err
 		}
 		defer relay.Close()
-		ticket.RelayAddr = relay.Addr().String()
+		ticket.RelayAddr = relay.LocalAddr().String()
 		ticket.RelayKey = relay.key
 		where = "a relay in this process at " + ticket.RelayAddr
 	} else {
@@ -314,7 +314,7 @@ func startRelay(ctx context.Context, addr string, log *slog.Logger) (*inProcessR
 	if err != nil {
 		return nil, err
 	}
-	if r.Addr().IP.IsUnspecified() {
+	if r.LocalAddr().(*net.UDPAddr).IP.IsUnspecified() {
 		r.Close()
 		return nil, fmt.Errorf("-relay-listen %s: give an address dialers can reach, not the unspecified address", addr)
 	}

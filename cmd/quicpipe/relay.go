@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -100,10 +101,11 @@ func cmdRelay(ctx context.Context, e *env) error {
 	}
 	pub := quicpipe.EncodeKey(publicKey(key))
 	// Standard output: two lines for scripts.
-	fmt.Fprintf(e.stdout, "relay listening on %s\nrelay key %s\n", relay.Addr(), pub)
-	addr := relay.Addr().String()
-	if relay.Addr().IP.IsUnspecified() {
-		addr = fmt.Sprintf("<this host's address>:%d", relay.Addr().Port)
+	fmt.Fprintf(e.stdout, "relay listening on %s\nrelay key %s\n", relay.LocalAddr(), pub)
+	local := relay.LocalAddr().(*net.UDPAddr)
+	addr := local.String()
+	if local.IP.IsUnspecified() {
+		addr = fmt.Sprintf("<this host's address>:%d", local.Port)
 	}
 	fmt.Fprintf(e.stderr, "quicpipe: listeners use this relay with\n\n    %s listen -relay %s -relay-key %s\n\n", selfCommand(e.arg0), addr, pub)
 	if *tokenSecret == "" {

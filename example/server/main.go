@@ -77,7 +77,7 @@ func run() error {
 		fmt.Fprintf(os.Stderr, "server: XDP active on %s (%s mode)\n", iface, prog.Mode())
 	}
 	// The first line of standard output tells scripts and tests where to go.
-	fmt.Printf("listening on %s\n", relay.Addr())
+	fmt.Printf("listening on %s\n", relay.LocalAddr())
 
 	// Serve until Ctrl-C or SIGTERM, then report what was forwarded where.
 	served := make(chan error, 1)
