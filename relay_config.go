@@ -121,8 +121,10 @@ type RelayConfig struct {
 	// means unlimited.
 	MaxPacketsPerSecond, MaxBytesPerSecond int64
 	// MaxTotalPacketsPerSecond and MaxTotalBytesPerSecond cap what the relay
-	// forwards in total (userspace and the XDP program each apply them to
-	// what they forward). If zero, there is no global cap.
+	// forwards in total (userspace and the fast path each apply them to what
+	// they forward). As for the per-registration caps, zero selects the
+	// default and a negative value means unlimited; the default here is
+	// unlimited.
 	MaxTotalPacketsPerSecond, MaxTotalBytesPerSecond int64
 	// StatelessResetKey lets the relay reset, after a restart, the HTTP/3
 	// connections of peers registered before it, so that they notice at once
