@@ -53,6 +53,8 @@ const (
 	natRandom
 )
 
+func isRelayed(p PathInfo) bool { return p.Kind == PathRelayed }
+
 func (k natKind) String() string {
 	return [...]string{"port-preserving", "port-preserving, no input firewall", "fully-random"}[k]
 }

@@ -54,8 +54,7 @@ func (w *pathWatch) wait(ctx context.Context, ok func(PathInfo) bool) (PathInfo,
 	}
 }
 
-func isDirect(p PathInfo) bool  { return p.Kind == PathDirect }
-func isRelayed(p PathInfo) bool { return p.Kind == PathRelayed }
+func isDirect(p PathInfo) bool { return p.Kind == PathDirect }
 
 // directPeers are a Dialer and an Accepter with direct paths on, and one
 // connection between them.
