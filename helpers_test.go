@@ -127,8 +127,8 @@ func cloneDatagrams(ds [][]byte) [][]byte {
 }
 
 // echo sends size bytes on a new stream of c and checks that the same bytes
-// come back (SHA-256); the other side echoes the stream (serveEcho,
-// echoOnce). It gives up when ctx ends.
+// come back (SHA-256); the other side echoes the stream (serveEcho). It
+// gives up when ctx ends.
 func echo(ctx context.Context, c *quic.Conn, size int, seed byte) error {
 	s, err := c.OpenStreamSync(ctx)
 	if err != nil {
@@ -190,4 +190,20 @@ func socketInterfaceAddrs(conn *net.UDPConn) func() ([]netip.Addr, error) {
 		}
 		return out, nil
 	}
+}
+
+// serveEcho echoes every stream the connection accepts.
+func serveEcho(ctx context.Context, c *quic.Conn) {
+	go func() {
+		for {
+			s, err := c.AcceptStream(ctx)
+			if err != nil {
+				return
+			}
+			go func() {
+				io.Copy(s, s)
+				s.Close()
+			}()
+		}
+	}()
 }

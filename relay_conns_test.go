@@ -457,7 +457,7 @@ func TestPeersThroughRetry(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	dc, ac, _, _ := e.pipe(t, ctx, true)
-	go echoOnce(ac)
+	serveEcho(ctx, ac)
 	if err := echo(ctx, dc, 64<<10, 1); err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -80,11 +79,11 @@ func (e *mailboxEnv) mailboxAccepter(t *testing.T, ctx context.Context, id ed255
 	return a
 }
 
-// echoMailbox accepts one connection from a's mailbox and echoes one
-// stream on it.
+// echoMailbox accepts one connection from a's mailbox and echoes its
+// streams.
 func echoMailbox(ctx context.Context, a *Accepter) {
 	if qc, err := a.AcceptMailbox(ctx); err == nil {
-		echoOnce(qc)
+		serveEcho(ctx, qc)
 	}
 }
 
@@ -149,35 +148,6 @@ func testFlightBinary(t *testing.T) []byte {
 
 func pub(k ed25519.PrivateKey) ed25519.PublicKey { return k.Public().(ed25519.PublicKey) }
 
-// echoOnce accepts one stream on qc and echoes it.
-func echoOnce(qc *quic.Conn) {
-	s, err := qc.AcceptStream(context.Background())
-	if err != nil {
-		return
-	}
-	io.Copy(s, s)
-	s.Close()
-}
-
-func roundTripStream(t *testing.T, ctx context.Context, qc *quic.Conn, msg string) {
-	t.Helper()
-	s, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.WriteString(s, msg); err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	got, err := io.ReadAll(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != msg {
-		t.Fatalf("echo: got %q, want %q", got, msg)
-	}
-}
-
 // TestMailboxDial: a dialer reaches an accepter through its mailbox, twice
 // (the mailbox stays open), and the relay keeps nothing afterwards.
 func TestMailboxDial(t *testing.T) {
@@ -200,7 +170,7 @@ func TestMailboxDial(t *testing.T) {
 				return
 			}
 			accepted <- qc
-			echoOnce(qc)
+			serveEcho(ctx, qc)
 		}()
 		qc, err := d.DialMailbox(ctx, pub(bID))
 		if err != nil {
@@ -209,7 +179,9 @@ func TestMailboxDial(t *testing.T) {
 		if got := PeerKey(qc.ConnectionState().TLS); !bytes.Equal(got, pub(bID)) {
 			t.Fatalf("dialed key %x, want the accepter's", got)
 		}
-		roundTripStream(t, ctx, qc, "hello through the mailbox")
+		if err := echo(ctx, qc, 1000, 0); err != nil {
+			t.Fatalf("hello through the mailbox: %v", err)
+		}
 		if ac := <-accepted; ac == nil || !bytes.Equal(PeerKey(ac.ConnectionState().TLS), pub(aID)) {
 			t.Fatal("accepted connection does not carry the dialer's key")
 		}
@@ -296,7 +268,9 @@ func TestMailboxAuthentication(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	roundTripStream(t, ctx, qc, "still mine")
+	if err := echo(ctx, qc, 1000, 0); err != nil {
+		t.Fatalf("still mine: %v", err)
+	}
 }
 
 // TestMailboxUntrustedDialer: the mailbox delivers anyone's flight, but the
@@ -440,7 +414,9 @@ func TestMailboxTakeover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	roundTripStream(t, ctx, qc, "to the second")
+	if err := echo(ctx, qc, 1000, 0); err != nil {
+		t.Fatalf("to the second: %v", err)
+	}
 	if s := e.relay.MailboxStats(); s.Open != 1 || s.Opened != 2 {
 		t.Errorf("stats %+v, want 1 open, 2 opened", s)
 	}
@@ -475,7 +451,9 @@ func TestMailboxReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	roundTripStream(t, ctx, qc, "after the drop")
+	if err := echo(ctx, qc, 1000, 0); err != nil {
+		t.Fatalf("after the drop: %v", err)
+	}
 }
 
 // TestMailboxOff: a relay without a mailbox refuses to open one.
@@ -567,7 +545,9 @@ func TestDialTicket(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.CloseWithError(0, "")
-	roundTripStream(t, ctx, conn, "ticket holder")
+	if err := echo(ctx, conn, 1000, 0); err != nil {
+		t.Fatalf("ticket holder: %v", err)
+	}
 
 	parsed.Secret = nil
 	if _, err := DialTicket(ctx, parsed, nil); err == nil || !strings.Contains(err.Error(), "Config.Identity is required") {

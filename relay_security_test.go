@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -170,22 +169,6 @@ func TestCIDTheft(t *testing.T) {
 	if err := echo(ctx, dc, 256<<10, 3); err != nil {
 		t.Fatalf("victim's pipe: %v", err)
 	}
-}
-
-// serveEcho echoes every stream the connection accepts.
-func serveEcho(ctx context.Context, c *quic.Conn) {
-	go func() {
-		for {
-			s, err := c.AcceptStream(ctx)
-			if err != nil {
-				return
-			}
-			go func() {
-				io.Copy(s, s)
-				s.Close()
-			}()
-		}
-	}()
 }
 
 // TestForwardingFloodContained floods one registration beyond its packet
