@@ -34,6 +34,14 @@ type regEntry struct {
 	hasTarget bool
 }
 
+// newRegEntry returns a new registration of key, its forwarding entry owned
+// by it (see wakeFollow).
+func newRegEntry(key string) *regEntry {
+	e := &regEntry{key: key}
+	e.Owner = e
+	return e
+}
+
 // sourceUsage is what the registrations of one source hold.
 type sourceUsage struct {
 	regs, cids int
@@ -120,8 +128,7 @@ func (m *memRegistry) entries(fn func(e *regEntry) bool) {
 func (m *memRegistry) put(key string, reg *regEntry, src netip.Prefix, d *forward.Dest, local netip.AddrPort, qc *quic.Conn,
 	first uint32, cids []CID, expires time.Time) *regEntry {
 	if reg == nil {
-		reg = &regEntry{key: key}
-		reg.Owner = reg
+		reg = newRegEntry(key)
 		m.ix.created(reg)
 		m.regs[reg.key] = reg
 	}

@@ -3,6 +3,8 @@ package quicpipe
 import (
 	"log/slog"
 	"net/netip"
+
+	"github.com/quicpipe/quicpipe/internal/forward"
 )
 
 // FastPath is the relay's view of a kernel fast path: a program that forwards
@@ -40,6 +42,9 @@ type FastPath interface {
 	// Close detaches the program and frees it.
 	Close() error
 }
+
+// The forwarding engine puts the CIDs the fast path missed back itself.
+var _ forward.FastPath = FastPath(nil)
 
 // FastPathConfig is what the relay tells RelayConfig.FastPath when it starts
 // its fast path.
