@@ -110,7 +110,9 @@ func NewConn(c *net.UDPConn, table *Table, targets *Targets, cfg Config) (*Conn,
 func (c *Conn) CIDGenerator() RelayCIDGenerator { return RelayCIDGenerator{Epoch: c.epoch} }
 
 // SetFastPath makes the forwarding path put the CIDs that fp missed back
-// into its map. It must be called before the first datagram is read.
+// into its map. It must be called before the first CID is inserted into the
+// table: the forwarding goroutine reads it only after a table hit, and the
+// table's lock orders the two.
 func (c *Conn) SetFastPath(fp FastPath) {
 	c.fast = &fastPath{fp: fp, reput: make(map[[CIDLen]byte]int64)}
 }

@@ -28,13 +28,20 @@ func (f *mapFastPath) Delete(cid [CIDLen]byte) error {
 	return nil
 }
 
-// lookup returns where the fast path sends a datagram for cid, or false if
-// it passes it to the stack.
-func (f *mapFastPath) lookup(cid [CIDLen]byte) (netip.AddrPort, bool) {
+func (f *mapFastPath) lookup(_ *testing.T, cid [CIDLen]byte) (netip.AddrPort, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	ap, ok := f.m[cid]
 	return ap, ok
+}
+
+// testFastPath is a fast path under test: its map, and where it sends a
+// datagram for a CID.
+type testFastPath interface {
+	FastPath
+	// lookup returns where the fast path sends a datagram for cid, or
+	// false if it passes it to the stack.
+	lookup(t *testing.T, cid [CIDLen]byte) (netip.AddrPort, bool)
 }
 
 // TestReputRace replays, step by step, the forwarding path putting a missed
@@ -43,10 +50,13 @@ func (f *mapFastPath) lookup(cid [CIDLen]byte) (netip.AddrPort, bool) {
 // destination when the registration is removed, or moves to a new address,
 // and only then puts the CID back. The map must not keep an entry that
 // userspace no longer holds: a CID whose registration is gone must miss, and
-// a moved one must not forward to the old address. (The relay's own XDP
-// tests run the real program; this one replays the interleaving.)
+// a moved one must not forward to the old address. It runs against a plain
+// map here, and against the XDP program on Linux (TestReputRaceXDP).
 func TestReputRace(t *testing.T) {
-	fp := &mapFastPath{m: make(map[[CIDLen]byte]netip.AddrPort)}
+	testReputRace(t, &mapFastPath{m: make(map[[CIDLen]byte]netip.AddrPort)})
+}
+
+func testReputRace(t *testing.T, fp testFastPath) {
 	c := newTestConn(t, testConfig())
 	c.SetFastPath(fp)
 	oldAddr := netip.MustParseAddrPort("127.0.0.2:5555")
@@ -57,8 +67,10 @@ func TestReputRace(t *testing.T) {
 		t.Helper()
 		e, cids := register(t, c, to, 1)
 		e.FastBucket = 1
-		fp.PutBucket(cids[0], to, netip.AddrPort{}, e.FastBucket)
-		if got, ok := fp.lookup(cids[0]); !ok || got != to {
+		if err := fp.PutBucket(cids[0], to, netip.AddrPort{}, e.FastBucket); err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := fp.lookup(t, cids[0]); !ok || got != to {
 			t.Fatalf("after registering: program sends to %v (%v), want %v", got, ok, to)
 		}
 		return cids[0], e, e.Dest()
@@ -68,11 +80,11 @@ func TestReputRace(t *testing.T) {
 		cid, e, d := register(oldAddr)
 		c.table.Remove(cid, e) // the relay unregisters: table, then map
 		fp.Delete(cid)
-		if got, ok := fp.lookup(cid); ok {
+		if got, ok := fp.lookup(t, cid); ok {
 			t.Fatalf("after unregistering: program sends to %v", got)
 		}
 		c.reput(cid[:], e, d, time.Now().UnixNano()) // the late put
-		if got, ok := fp.lookup(cid); ok {
+		if got, ok := fp.lookup(t, cid); ok {
 			t.Errorf("a CID whose registration is gone stays in the map, forwarding to %v", got)
 		}
 	})
@@ -80,9 +92,14 @@ func TestReputRace(t *testing.T) {
 		cid, e, d := register(oldAddr)
 		nd, _ := c.NewDest(newAddr) // the relay moves it: destination, then map
 		e.SetDest(nd)
-		fp.PutBucket(cid, newAddr, netip.AddrPort{}, e.FastBucket)
+		if err := fp.PutBucket(cid, newAddr, netip.AddrPort{}, e.FastBucket); err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := fp.lookup(t, cid); !ok || got != newAddr {
+			t.Fatalf("after moving: program sends to %v (%v), want %v", got, ok, newAddr)
+		}
 		c.reput(cid[:], e, d, time.Now().UnixNano()) // the late put
-		if got, ok := fp.lookup(cid); ok && got != newAddr {
+		if got, ok := fp.lookup(t, cid); ok && got != newAddr {
 			t.Errorf("a moved registration's CID forwards to %v, want %v or a miss", got, newAddr)
 		}
 	})
