@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/quicpipe/quicpipe/internal/forward"
 )
 
 // TestCIDVectors checks DeriveCID against the test vectors published in
@@ -88,7 +90,7 @@ func TestCIDGenerator(t *testing.T) {
 		if string(c.Bytes()) != string(want[:]) {
 			t.Fatalf("CID %d = %x, want %x", i, c.Bytes(), want)
 		}
-		if IsRelayCID(c.Bytes()) {
+		if forward.IsRelayCID(c.Bytes()) {
 			t.Fatalf("peer CID %x has the relay bit set", c.Bytes())
 		}
 	}
@@ -100,23 +102,6 @@ func TestCIDGenerator(t *testing.T) {
 	key[0] ^= 1
 	if want, _ := DeriveCID(key, 101); string(c.Bytes()) != string(want[:]) {
 		t.Fatal("generator changed when the caller's key slice changed")
-	}
-}
-
-func TestRelayCIDGenerator(t *testing.T) {
-	seen := map[string]bool{}
-	for range 1000 {
-		c, err := RelayCIDGenerator{}.GenerateConnectionID()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if c.Len() != CIDLen || !IsRelayCID(c.Bytes()) {
-			t.Fatalf("relay CID %x: want %d bytes with the high bit set", c.Bytes(), CIDLen)
-		}
-		if seen[string(c.Bytes())] {
-			t.Fatalf("relay CID %x repeated", c.Bytes())
-		}
-		seen[string(c.Bytes())] = true
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quicpipe/quicpipe/internal/forward"
 )
 
 func TestEndToEndDatagrams(t *testing.T) {
@@ -239,7 +240,7 @@ func TestLeakedFirstFlightDropped(t *testing.T) {
 	// another run: the epoch differs) and must be filtered all the same.
 	lookalike := func(f *FirstFlight) bool {
 		info, err := f.check()
-		return err == nil && len(info.ODCID) == CIDLen && IsRelayCID(info.ODCID)
+		return err == nil && len(info.ODCID) == CIDLen && forward.IsRelayCID(info.ODCID)
 	}
 	first, stop := capture()
 	defer stop()

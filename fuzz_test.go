@@ -314,7 +314,7 @@ func FuzzRegisterBody(f *testing.F) {
 			r.regMu.Unlock()
 			for _, i := range []uint32{resp.First, resp.First + resp.Num - 1} {
 				c, _ := DeriveCID([]byte(reg.key), i)
-				if r.table.lookup(c[:]) != reg {
+				if lookupReg(r, c[:]) != reg {
 					t.Fatalf("CID %d of the answered window: got no entry, want one", i)
 				}
 			}

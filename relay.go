@@ -2,13 +2,9 @@ package quicpipe
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"hash"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +15,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/quicpipe/quicpipe/internal/forward"
 )
 
 // Relay forwards QUIC packets between peers by destination connection ID and
@@ -33,15 +30,15 @@ type Relay struct {
 	cfg     *RelayConfig
 	conn    *net.UDPConn
 	ownConn bool
-	rconn   *relayConn
+	rconn   *forward.Conn // the forwarding engine: the socket as quic-go sees it
 	tr      *quic.Transport
 	ln      *quic.Listener
 	h3      *http3.Server
 	log     *slog.Logger
 
-	table   *cidTable
-	targets targetSet  // addresses of live registrations: the only sources forwarded
-	locals  localAddrs // the host's addresses, never a target on the relay's port
+	table   *forward.Table
+	targets forward.Targets // addresses of live registrations: the only sources forwarded
+	locals  localAddrs      // the host's addresses, never a target on the relay's port
 	// follow carries registrations whose peer seems to have moved from the
 	// forwarding path to the janitor (see wakeFollow).
 	follow chan *regEntry
@@ -55,7 +52,6 @@ type Relay struct {
 	// a registration's CIDs are derived, before they are applied.
 	derivations     sourceLimiter
 	testHookDerived atomic.Pointer[func()]
-	initials        initialFilter
 
 	stats relayCounters
 	conns *connLimits
@@ -68,17 +64,6 @@ type Relay struct {
 	connWG      sync.WaitGroup // serveConn goroutines
 
 	mailbox *mailboxServer // nil if RelayConfig.Mailbox is nil
-
-	// Global forwarding caps; only the forwarding goroutine touches them.
-	totalPackets, totalBytes tokenBucket
-
-	// epoch marks this run's CIDs (see RelayCIDGenerator). Packets for
-	// earlier runs' CIDs get a stateless reset from resetter (keyed like
-	// quic-go's), at most resets per second; only the forwarding goroutine
-	// uses them.
-	epoch    [3]byte
-	resetter hash.Hash
-	resets   tokenBucket
 
 	xdp *relayXDP // nil unless RelayConfig.FastPath is set
 
@@ -141,7 +126,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		cfg:    c,
 		conn:   conn,
 		log:    c.Logger,
-		table:  newCIDTable(),
+		table:  forward.NewTable(),
 		follow: make(chan *regEntry, 64),
 		closed: make(chan struct{}),
 
@@ -149,19 +134,22 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 			rate:    float64(c.DerivationsPerSecond),
 			burst:   float64(c.DerivationBurst),
 			max:     c.MaxRegistrations,
-			buckets: make(map[netip.Prefix]*tokenBucket),
+			buckets: make(map[netip.Prefix]*forward.TokenBucket),
 		},
 		conns: newConnLimits(c),
 	}
 	r.regs = newMemRegistry((*relayIndex)(r))
 	r.closeCtx, r.closeCancel = context.WithCancel(context.Background())
 	r.stats.rejected = newRejectCounters(rejectCodes)
-	rand.Read(r.epoch[:])
-	if c.StatelessResetKey != nil {
-		r.resetter = hmac.New(sha256.New, c.StatelessResetKey[:])
-	}
-	r.rconn = &relayConn{udpSocket: udpSocket{conn}, relay: r}
-	if err := r.rconn.io.init(conn); err != nil {
+	r.rconn, err = forward.NewConn(conn, r.table, &r.targets, forward.Config{
+		ResetKey:                 c.StatelessResetKey,
+		MaxPacketsPerSecond:      c.MaxPacketsPerSecond,
+		MaxBytesPerSecond:        c.MaxBytesPerSecond,
+		MaxTotalPacketsPerSecond: c.MaxTotalPacketsPerSecond,
+		MaxTotalBytesPerSecond:   c.MaxTotalBytesPerSecond,
+		Follow:                   r.wakeFollow,
+	})
+	if err != nil {
 		return nil, fmt.Errorf("quicpipe: relay socket: %w", err)
 	}
 	// Stateless resets only ever answer packets for the relay's own CIDs:
@@ -169,7 +157,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	// a peer connection whose registration lapsed is never reset.
 	r.tr = &quic.Transport{
 		Conn:                  r.rconn,
-		ConnectionIDGenerator: RelayCIDGenerator{Epoch: r.epoch},
+		ConnectionIDGenerator: r.rconn.CIDGenerator(),
 		StatelessResetKey:     c.StatelessResetKey,
 		ConnContext:           r.connContext,
 		VerifySourceAddress:   r.conns.needRetry,

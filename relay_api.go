@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quicpipe/quicpipe/internal/forward"
 )
 
 // registerBody is RegisterRequest as decoded from JSON, with wide integer
@@ -253,7 +254,7 @@ func (r *Relay) checkLimitsLocked(reg *regEntry, src netip.Prefix, num uint32) (
 		return http.StatusTooManyRequests, CodeLimitSourceCIDs,
 			fmt.Errorf("registrations from %s would hold %d CIDs (limit %d)", src, use.cids-mine+int(num), r.cfg.MaxCIDsPerSource)
 	}
-	if added := int64(num) - int64(held); added > 0 && r.table.size.Load()+added > int64(r.cfg.MaxCIDs) {
+	if added := int64(num) - int64(held); added > 0 && int64(r.table.Len())+added > int64(r.cfg.MaxCIDs) {
 		return http.StatusServiceUnavailable, CodeLimitCIDs,
 			fmt.Errorf("relay holds the maximum of %d CIDs", r.cfg.MaxCIDs)
 	}
@@ -312,18 +313,18 @@ func netAddrPort(ap netip.AddrPort) netip.AddrPort {
 }
 
 // newDest checks a forwarding target and encodes it for the socket.
-func (r *Relay) newDest(ap netip.AddrPort, local netip.AddrPort) (*dest, error) {
+func (r *Relay) newDest(ap netip.AddrPort, local netip.AddrPort) (*forward.Dest, error) {
 	if err := checkTarget(ap, local, r.cfg.AllowPrivateTargets); err != nil {
 		return nil, err
 	}
 	if ap.Port() == uint16(r.udpAddr().Port) && r.locals.has(ap.Addr()) {
 		return nil, fmt.Errorf("%w: %s is an address of the relay's host on the relay's port", errTarget, ap)
 	}
-	raw, ok := r.rconn.io.encode(ap)
+	d, ok := r.rconn.NewDest(ap)
 	if !ok {
 		return nil, fmt.Errorf("%w: the relay socket cannot send to %s", errTarget, ap)
 	}
-	return &dest{ap: ap, raw: raw}, nil
+	return d, nil
 }
 
 func (r *Relay) unregister(key []byte) {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/quicpipe/quicpipe/internal/forward"
 )
 
 // apiClient speaks the registration API over real HTTP/3, from its own UDP
@@ -171,15 +172,13 @@ func relaySnapshot(r *Relay) relaySnap {
 	r.regMu.Lock()
 	for k, reg := range r.regs.(*memRegistry).regs {
 		s.regs[k] = snapReg{first: reg.first, num: reg.num, src: reg.src,
-			dest: reg.dest.Load().ap.String(), expires: reg.expires.Load()}
+			dest: reg.Dest().AP.String(), expires: reg.Expires()}
 	}
 	s.perSource = maps.Clone(r.regs.(*memRegistry).perSource)
-	for i := range r.table.shards {
-		sh := &r.table.shards[i]
-		sh.mu.RLock()
-		maps.Copy(s.cids, sh.m)
-		sh.mu.RUnlock()
-	}
+	r.table.Range(func(c [CIDLen]byte, e *forward.Entry) bool {
+		s.cids[c] = e.Owner.(*regEntry)
+		return true
+	})
 	r.regMu.Unlock()
 	return s
 }
@@ -197,6 +196,15 @@ func checkUnchanged(t testing.TB, before, after relaySnap) {
 	}
 }
 
+// lookupReg returns the registration that the CID c maps to in r's table,
+// or nil.
+func lookupReg(r *Relay, c []byte) *regEntry {
+	if e := r.table.Lookup(c); e != nil {
+		return e.Owner.(*regEntry)
+	}
+	return nil
+}
+
 // checkWindow checks that exactly the CIDs first..first+num-1 of key are in
 // the table, forwarding to addr.
 func checkCIDWindow(t testing.TB, r *Relay, key []byte, first, num uint32, addr string) {
@@ -204,14 +212,14 @@ func checkCIDWindow(t testing.TB, r *Relay, key []byte, first, num uint32, addr 
 	for j := uint64(first); j < uint64(first)+uint64(num); j++ {
 		i := uint32(j)
 		c, _ := DeriveCID(key, i)
-		reg := r.table.lookup(c[:])
+		reg := lookupReg(r, c[:])
 		if reg == nil {
 			t.Fatalf("CID %d of the key: got no entry, want one", i)
 		}
 		if reg.key != string(key) {
 			t.Fatalf("CID %d: got a registration for another key, want this key's", i)
 		}
-		if got := reg.dest.Load().ap.String(); got != addr {
+		if got := reg.Dest().AP.String(); got != addr {
 			t.Fatalf("CID %d forwards to %s, want %s", i, got, addr)
 		}
 	}
@@ -220,7 +228,7 @@ func checkCIDWindow(t testing.TB, r *Relay, key []byte, first, num uint32, addr 
 			continue
 		}
 		c, _ := DeriveCID(key, i)
-		if r.table.lookup(c[:]) != nil {
+		if lookupReg(r, c[:]) != nil {
 			t.Errorf("CID %d (outside the window %d..%d): got an entry, want none", i, first, first+num-1)
 		}
 	}
@@ -291,7 +299,7 @@ func TestRelayAPIRegister(t *testing.T) {
 				continue
 			}
 			cid, _ := DeriveCID(key, i)
-			if r.table.lookup(cid[:]) != nil {
+			if lookupReg(r, cid[:]) != nil {
 				t.Fatalf("CID %d: got an entry after shrinking to 65..74, want none", i)
 			}
 		}
@@ -337,7 +345,7 @@ func TestRelayAPIRegister(t *testing.T) {
 		}
 		for i := uint32(1); i <= 64; i++ {
 			cid, _ := DeriveCID(key, i)
-			if r.table.lookup(cid[:]) != nil {
+			if lookupReg(r, cid[:]) != nil {
 				t.Fatalf("CID %d of the deleted key: got an entry, want none", i)
 			}
 		}
@@ -593,7 +601,7 @@ func TestRelayAPIExpiry(t *testing.T) {
 	}
 	for i := uint32(1); i <= 16; i++ {
 		cid, _ := DeriveCID(lapsing, i)
-		if r.table.lookup(cid[:]) != nil {
+		if lookupReg(r, cid[:]) != nil {
 			t.Fatalf("CID %d of the expired key: got an entry, want none", i)
 		}
 	}

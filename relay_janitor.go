@@ -36,7 +36,7 @@ func (r *Relay) expire(now time.Time) {
 	r.regMu.Lock()
 	defer r.regMu.Unlock()
 	r.regs.entries(func(reg *regEntry) bool {
-		if reg.expires.Load() < now.UnixNano() {
+		if reg.Expires() < now.UnixNano() {
 			r.regs.remove(reg)
 			r.stats.expired.Add(1)
 		} else {

@@ -6,65 +6,14 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"math"
-	"math/bits"
 	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quicpipe/quicpipe/internal/addrscope"
+	"github.com/quicpipe/quicpipe/internal/forward"
 )
-
-// tokenBucket is a token bucket, read and refilled lock-free (the
-// forwarding path takes from its buckets without locks). Its tokens are in
-// whatever unit the caller picks: packets, bytes, millionths of a request.
-// Races between refills can only err on the side of letting a few more
-// tokens through.
-type tokenBucket struct {
-	last   atomic.Int64 // unix nanoseconds of the last refill; 0: never refilled
-	tokens atomic.Int64
-}
-
-// allow takes n tokens at time now (unix nanoseconds) from a bucket refilled
-// at rate tokens per second up to burst; a new bucket starts full. rate 0
-// (or negative) means unlimited.
-func (b *tokenBucket) allow(n, now, rate, burst int64) bool {
-	if rate <= 0 {
-		return true
-	}
-	// Refill with the tokens earned since the last refill.
-	last := b.last.Load()
-	if now > last && b.last.CompareAndSwap(last, now) {
-		add := burst
-		if last != 0 {
-			add = earned(now-last, rate, burst)
-		}
-		if t := b.tokens.Add(add); t > burst {
-			b.tokens.Store(burst)
-		}
-	}
-	if b.tokens.Add(-n) < 0 {
-		b.tokens.Add(n)
-		return false
-	}
-	return true
-}
-
-// earned returns the tokens that elapsed nanoseconds earn at rate tokens
-// per second, at most burst.
-func earned(elapsed, rate, burst int64) int64 {
-	const second = int64(time.Second)
-	if elapsed < second && rate < math.MaxInt64/second {
-		return min(elapsed*rate/second, burst)
-	}
-	hi, lo := bits.Mul64(uint64(elapsed), uint64(rate))
-	if hi >= uint64(second) {
-		return burst // the quotient would overflow: far more than any burst
-	}
-	q, _ := bits.Div64(hi, lo, uint64(second))
-	return int64(min(q, uint64(burst)))
-}
 
 // sourceLimiter is a token bucket per source: an IPv4 address or an IPv6
 // /64 prefix. A bucket that has refilled completely is the same as none, so
@@ -74,7 +23,7 @@ type sourceLimiter struct {
 	max         int
 
 	mu      sync.Mutex
-	buckets map[netip.Prefix]*tokenBucket
+	buckets map[netip.Prefix]*forward.TokenBucket
 }
 
 // sourceTokenUnit is how many of a sourceLimiter's bucket tokens make one of
@@ -105,14 +54,14 @@ func (l *sourceLimiter) allowN(src netip.Prefix, n float64, now time.Time) (bool
 				return false, time.Second
 			}
 		}
-		b = new(tokenBucket)
+		b = new(forward.TokenBucket)
 		l.buckets[src] = b
 	}
 	rate, burst, need := l.units(l.rate), l.units(l.burst), int64(n*sourceTokenUnit)
-	if b.allow(need, now.UnixNano(), rate, burst) {
+	if b.Allow(need, now.UnixNano(), rate, burst) {
 		return true, 0
 	}
-	missing := float64(need - b.tokens.Load())
+	missing := float64(need - b.Tokens())
 	return false, time.Duration(missing / float64(rate) * float64(time.Second))
 }
 
@@ -120,45 +69,10 @@ func (l *sourceLimiter) allowN(src netip.Prefix, n float64, now time.Time) (bool
 func (l *sourceLimiter) sweep(now time.Time) {
 	rate, burst := l.units(l.rate), l.units(l.burst)
 	for src, b := range l.buckets {
-		if b.tokens.Load()+earned(now.UnixNano()-b.last.Load(), rate, burst) >= burst {
+		if b.Full(now.UnixNano(), rate, burst) {
 			delete(l.buckets, src)
 		}
 	}
-}
-
-// addrClass is the scope of an address, from most to least local.
-type addrClass int
-
-const (
-	classLoopback addrClass = iota
-	classLinkLocal
-	classPrivate
-	classPublic
-	classInvalid // unspecified, multicast, broadcast
-)
-
-var (
-	cgnat      = netip.MustParsePrefix("100.64.0.0/10")
-	limitedBC  = netip.MustParseAddr("255.255.255.255")
-	thisNet    = netip.MustParsePrefix("0.0.0.0/8")
-	classNames = [...]string{"loopback", "link-local", "private", "public", "invalid"}
-)
-
-func (c addrClass) String() string { return classNames[c] }
-
-func scopeOf(a netip.Addr) addrClass {
-	a = a.Unmap()
-	switch {
-	case !a.IsValid(), a.IsUnspecified(), a.IsMulticast(), a == limitedBC, a.Is4() && thisNet.Contains(a):
-		return classInvalid
-	case a.IsLoopback():
-		return classLoopback
-	case a.IsLinkLocalUnicast():
-		return classLinkLocal
-	case a.IsPrivate(), cgnat.Contains(a):
-		return classPrivate
-	}
-	return classPublic
 }
 
 // errTarget is wrapped by the errors of checkTarget.
@@ -171,19 +85,19 @@ var errTarget = errors.New("forwarding target refused")
 // private network serves that network) or allowPrivate is set. Invalid
 // addresses and the relay's own address are never allowed.
 func checkTarget(target netip.AddrPort, local netip.AddrPort, allowPrivate bool) error {
-	tc := scopeOf(target.Addr())
+	tc := addrscope.Of(target.Addr())
 	switch {
-	case tc == classInvalid || target.Port() == 0:
+	case tc == addrscope.Invalid || target.Port() == 0:
 		return fmt.Errorf("%w: %s is not a unicast address", errTarget, target)
 	case netAddrPort(target) == netAddrPort(local):
 		return fmt.Errorf("%w: %s is the relay itself", errTarget, target)
-	case tc == classPublic || allowPrivate:
+	case tc == addrscope.Public || allowPrivate:
 		return nil
-	case local.IsValid() && scopeOf(local.Addr()) == tc:
+	case local.IsValid() && addrscope.Of(local.Addr()) == tc:
 		return nil
 	}
 	return fmt.Errorf("%w: %s target %s, but the relay serves %s addresses there",
-		errTarget, tc, target, scopeOf(local.Addr()))
+		errTarget, tc, target, addrscope.Of(local.Addr()))
 }
 
 // statelessResetKeyFromIdentity derives a relay's stateless reset key from

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quicpipe/quicpipe/internal/forward"
 )
 
 // The mailbox delivers dialers' first flights through the relay. An accepter
@@ -210,7 +211,7 @@ func newMailboxServer(r *Relay, cfg *MailboxConfig) *mailboxServer {
 			rate:    cfg.PostRate,
 			burst:   float64(cfg.PostBurst),
 			max:     cfg.MaxSources,
-			buckets: make(map[netip.Prefix]*tokenBucket),
+			buckets: make(map[netip.Prefix]*forward.TokenBucket),
 		},
 	}
 	return m

@@ -16,6 +16,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"github.com/quicpipe/quicpipe/internal/forward"
 )
 
 // mailboxEnv is a relay with its mailbox on, on IPv4 loopback.
@@ -492,7 +493,7 @@ func TestMailboxOff(t *testing.T) {
 
 // TestSourceLimiter checks the token bucket with a synthetic clock.
 func TestSourceLimiter(t *testing.T) {
-	l := sourceLimiter{rate: 2, burst: 3, max: 2, buckets: make(map[netip.Prefix]*tokenBucket)}
+	l := sourceLimiter{rate: 2, burst: 3, max: 2, buckets: make(map[netip.Prefix]*forward.TokenBucket)}
 	now := time.Unix(1000, 0)
 	a, b, c := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("198.51.100.7")
 	for i := range 3 {

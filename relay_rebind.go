@@ -3,6 +3,8 @@ package quicpipe
 import (
 	"net"
 	"time"
+
+	"github.com/quicpipe/quicpipe/internal/forward"
 )
 
 // refusedMoveLogEvery bounds how often one registration logs that its
@@ -24,7 +26,7 @@ func (r *Relay) followLocked(reg *regEntry) {
 		return
 	}
 	ap := netAddrPort(ua.AddrPort())
-	if ap == reg.dest.Load().ap {
+	if ap == reg.Dest().AP {
 		return
 	}
 	d, err := r.newDest(ap, reg.local)
@@ -41,17 +43,14 @@ func (r *Relay) followLocked(reg *regEntry) {
 	r.log.Info("registration followed its peer to a new address", "addr", ap.String())
 }
 
-// followWakeEvery bounds how often datagrams from an unknown source make the
-// relay check whether one registration's HTTP/3 connection migrated.
-const followWakeEvery = 50_000_000 // 50ms, in nanoseconds
-
-// wakeFollow asks the janitor to check at once whether reg's HTTP/3
-// connection moved: a datagram for reg's CIDs arrived from an address that no
-// registration forwards to, most likely after the peer's NAT rebound. It
-// never blocks and runs at most once per followWakeEvery per registration.
-func (r *Relay) wakeFollow(reg *regEntry, now int64) {
-	last := reg.wake.Load()
-	if now-last < followWakeEvery || !reg.wake.CompareAndSwap(last, now) {
+// wakeFollow asks the janitor to check at once whether the HTTP/3
+// connection of e's registration moved: the forwarding path calls it
+// (forward.Config.Follow) when a datagram for e's CIDs arrived from an
+// address that no registration forwards to, most likely after the peer's
+// NAT rebound, at most once per 50ms per registration. It never blocks.
+func (r *Relay) wakeFollow(e *forward.Entry) {
+	reg, ok := e.Owner.(*regEntry)
+	if !ok {
 		return
 	}
 	select {

@@ -2,26 +2,21 @@ package quicpipe
 
 import (
 	"net/netip"
-	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quicpipe/quicpipe/internal/forward"
 )
 
 // regEntry is the relay's record of one peer key: the window of CIDs
 // derived from it and the address they forward to.
 type regEntry struct {
+	// Entry is what the forwarding path reads, without locks: the
+	// destination, the expiry, the rate buckets, the fast path's bucket
+	// (FastBucket). Its Owner is the regEntry.
+	forward.Entry
+
 	key string // the CID key; identifies the registration
-
-	// Read on the forwarding path without locks.
-	dest    atomic.Pointer[dest]
-	expires atomic.Int64 // unix nanoseconds
-
-	// Forwarding rate caps, touched only on the forwarding path.
-	packets, bytes tokenBucket
-	// wake is when the forwarding path last asked the janitor to follow
-	// this registration (unix nanoseconds); see Relay.wakeFollow.
-	wake atomic.Int64
 
 	// Guarded by Relay.regMu.
 	first, num uint32
@@ -34,23 +29,22 @@ type regEntry struct {
 	// refused address.
 	refusedLogged time.Time
 	// The address this registration vouches for in Relay.targets.
-	target    addrKey
+	target    forward.AddrKey
 	targetAP  netip.AddrPort
 	hasTarget bool
-	// xdpBucket is the registration's rate bucket in the XDP program (0:
-	// none). Set before its CIDs are published, never changed after.
-	xdpBucket uint32
+}
+
+// newRegEntry returns a new registration of key, its forwarding entry owned
+// by it (see wakeFollow).
+func newRegEntry(key string) *regEntry {
+	e := &regEntry{key: key}
+	e.Owner = e
+	return e
 }
 
 // sourceUsage is what the registrations of one source hold.
 type sourceUsage struct {
 	regs, cids int
-}
-
-// dest is a forwarding destination, immutable once published.
-type dest struct {
-	ap  netip.AddrPort
-	raw rawAddr // ap encoded for the socket
 }
 
 // registry is the relay's table of registrations: which peer key holds
@@ -76,11 +70,11 @@ type registry interface {
 	// installs the window cids, starting at index first, forwarding to d,
 	// for source src, until expires. local is where the registering
 	// connection qc reached the relay. It returns the registration.
-	put(key string, e *regEntry, src netip.Prefix, d *dest, local netip.AddrPort, qc *quic.Conn,
+	put(key string, e *regEntry, src netip.Prefix, d *forward.Dest, local netip.AddrPort, qc *quic.Conn,
 		first uint32, cids []CID, expires time.Time) *regEntry
 	// move forwards e to d, a new address of its peer (from source src),
 	// without changing its window.
-	move(e *regEntry, src netip.Prefix, d *dest)
+	move(e *regEntry, src netip.Prefix, d *forward.Dest)
 	// remove deletes e and its CIDs.
 	remove(e *regEntry)
 }
@@ -95,7 +89,7 @@ type regIndex interface {
 	removed(e *regEntry)
 	// setTarget makes d the address e forwards to and vouches for (nil:
 	// none).
-	setTarget(e *regEntry, d *dest)
+	setTarget(e *regEntry, d *forward.Dest)
 	// addCIDs and removeCIDs publish and withdraw CIDs of e.
 	addCIDs(e *regEntry, cids []CID)
 	removeCIDs(e *regEntry, cids []CID)
@@ -131,21 +125,21 @@ func (m *memRegistry) entries(fn func(e *regEntry) bool) {
 	}
 }
 
-func (m *memRegistry) put(key string, reg *regEntry, src netip.Prefix, d *dest, local netip.AddrPort, qc *quic.Conn,
+func (m *memRegistry) put(key string, reg *regEntry, src netip.Prefix, d *forward.Dest, local netip.AddrPort, qc *quic.Conn,
 	first uint32, cids []CID, expires time.Time) *regEntry {
 	if reg == nil {
-		reg = &regEntry{key: key}
+		reg = newRegEntry(key)
 		m.ix.created(reg)
 		m.regs[reg.key] = reg
 	}
 	m.moveSource(reg, src)
 	reg.local, reg.conn = local, qc
-	old := reg.dest.Swap(d)
+	old := reg.SetDest(d)
 	m.ix.setTarget(reg, d)
-	reg.expires.Store(expires.UnixNano())
+	reg.SetExpires(expires.UnixNano())
 	oldFirst, oldCIDs := reg.first, reg.cids
 	oldEnd, newEnd := uint64(oldFirst)+uint64(len(oldCIDs)), uint64(first)+uint64(len(cids))
-	if old != nil && old.ap != d.ap {
+	if old != nil && old.AP != d.AP {
 		// The kept part of the window forwards to the new address too (a
 		// peer that saw its NAT rebind refreshes at once).
 		lo, hi := max(uint64(oldFirst), uint64(first)), min(oldEnd, newEnd)
@@ -177,9 +171,9 @@ func (m *memRegistry) put(key string, reg *regEntry, src netip.Prefix, d *dest, 
 	return reg
 }
 
-func (m *memRegistry) move(reg *regEntry, src netip.Prefix, d *dest) {
+func (m *memRegistry) move(reg *regEntry, src netip.Prefix, d *forward.Dest) {
 	m.moveSource(reg, src)
-	reg.dest.Store(d)
+	reg.SetDest(d)
 	m.ix.setTarget(reg, d)
 	m.ix.moved(reg, reg.cids)
 }
@@ -226,18 +220,18 @@ type relayIndex Relay
 func (x *relayIndex) created(e *regEntry) { (*Relay)(x).xdpTakeBucket(e) }
 func (x *relayIndex) removed(e *regEntry) { (*Relay)(x).xdpReleaseBucket(e) }
 
-func (x *relayIndex) setTarget(e *regEntry, d *dest) { (*Relay)(x).setTargetLocked(e, d) }
+func (x *relayIndex) setTarget(e *regEntry, d *forward.Dest) { (*Relay)(x).setTargetLocked(e, d) }
 
 func (x *relayIndex) addCIDs(e *regEntry, cids []CID) {
 	for _, c := range cids {
-		x.table.insert(c, e)
+		x.table.Insert(c, &e.Entry)
 	}
 	(*Relay)(x).xdpPut(cids, e)
 }
 
 func (x *relayIndex) removeCIDs(e *regEntry, cids []CID) {
 	for _, c := range cids {
-		x.table.remove(c, e)
+		x.table.Remove(c, &e.Entry)
 	}
 	(*Relay)(x).xdpDelete(cids)
 }

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/quicpipe/quicpipe/internal/forward"
 )
 
 // recordIndex is a regIndex that records the calls a registry makes.
@@ -17,12 +19,12 @@ func (x *recordIndex) add(format string, args ...any) {
 
 func (x *recordIndex) created(e *regEntry) { x.add("created %s", e.key) }
 func (x *recordIndex) removed(e *regEntry) { x.add("removed %s", e.key) }
-func (x *recordIndex) setTarget(e *regEntry, d *dest) {
+func (x *recordIndex) setTarget(e *regEntry, d *forward.Dest) {
 	if d == nil {
 		x.add("target %s none", e.key)
 		return
 	}
-	x.add("target %s %v", e.key, d.ap)
+	x.add("target %s %v", e.key, d.AP)
 }
 func (x *recordIndex) addCIDs(e *regEntry, cids []CID)    { x.add("add %s %d", e.key, len(cids)) }
 func (x *recordIndex) removeCIDs(e *regEntry, cids []CID) { x.add("remove %s %d", e.key, len(cids)) }
@@ -34,9 +36,9 @@ func TestMemRegistry(t *testing.T) {
 	x := &recordIndex{}
 	var reg registry = newMemRegistry(x)
 	key := newCIDKey()
-	a := &dest{ap: netip.MustParseAddrPort("192.0.2.1:1000")}
-	b := &dest{ap: netip.MustParseAddrPort("198.51.100.1:2000")}
-	srcA, srcB := sourceOf(a.ap.Addr()), sourceOf(b.ap.Addr())
+	a := &forward.Dest{AP: netip.MustParseAddrPort("192.0.2.1:1000")}
+	b := &forward.Dest{AP: netip.MustParseAddrPort("198.51.100.1:2000")}
+	srcA, srcB := sourceOf(a.AP.Addr()), sourceOf(b.AP.Addr())
 	exp := time.Now().Add(time.Minute)
 	step := func(name string, want []string, do func()) {
 		t.Helper()
@@ -71,8 +73,8 @@ func TestMemRegistry(t *testing.T) {
 	step("move", []string{"target " + k + " 192.0.2.1:1000", "moved " + k + " 10"}, func() {
 		reg.move(e, srcA, a)
 	})
-	if e.dest.Load() != a || reg.usage(srcA) != (sourceUsage{regs: 1, cids: 10}) || reg.usage(srcB) != (sourceUsage{}) {
-		t.Fatalf("after move: dest %v, usage %+v and %+v", e.dest.Load().ap, reg.usage(srcA), reg.usage(srcB))
+	if e.Dest() != a || reg.usage(srcA) != (sourceUsage{regs: 1, cids: 10}) || reg.usage(srcB) != (sourceUsage{}) {
+		t.Fatalf("after move: dest %v, usage %+v and %+v", e.Dest().AP, reg.usage(srcA), reg.usage(srcB))
 	}
 	n := 0
 	reg.entries(func(*regEntry) bool { n++; return true })

@@ -154,7 +154,7 @@ func TestCIDTheft(t *testing.T) {
 	dc, ac, d, _ := e.pipe(t, ctx, true)
 	serveEcho(ctx, ac)
 	victim, _ := DeriveCID(d.p.cfg.CIDKey, 1)
-	before := e.relay.table.lookup(victim[:])
+	before := e.relay.table.Lookup(victim[:])
 	attacker := newAPIClient(t, e)
 	for _, first := range []int64{0, 1, 2, 1000} {
 		attacker.register(t, newCIDKey(), first, 64)
@@ -163,7 +163,7 @@ func TestCIDTheft(t *testing.T) {
 	// victim's.
 	stolen := append(append([]byte{}, victim[:]...), victim[:4]...)
 	attacker.register(t, stolen, 0, 64)
-	if got := e.relay.table.lookup(victim[:]); got != before {
+	if got := e.relay.table.Lookup(victim[:]); got != before {
 		t.Fatal("the victim's CID now maps to another registration")
 	}
 	if err := echo(ctx, dc, 256<<10, 3); err != nil {

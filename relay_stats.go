@@ -2,14 +2,11 @@ package quicpipe
 
 import "sync/atomic"
 
-// relayCounters are the relay's counters. Forwarding adds to them once per
-// batch.
+// relayCounters are the relay's counters outside the forwarding path (the
+// forwarding engine keeps its own: forward.Conn.Counters).
 type relayCounters struct {
-	forwarded, forwardedBytes, toServer, sendErrors atomic.Uint64
-	drops                                           [numVerdicts]atomic.Uint64
-	handshakes, expired, registered, rebinds        atomic.Uint64
-	resets                                          atomic.Uint64
-	rejected                                        rejectCounters
+	handshakes, expired, registered, rebinds atomic.Uint64
+	rejected                                 rejectCounters
 }
 
 // rejectCodes are the codes of refused API requests.
@@ -17,32 +14,6 @@ var rejectCodes = []string{
 	CodeBadMethod, CodeBadJSON, CodeBodyTooLarge, CodeKeyLength, CodeNumRange,
 	CodeLimitTotal, CodeLimitSource, CodeLimitCIDs, CodeNotFound, CodeNoAddress, CodeClosing,
 	CodeUnauthorized, CodeTarget, CodeLimitSourceCIDs, CodeLimitDerive, CodeConflict, CodeTimeout,
-}
-
-type batchCounts struct {
-	fwd, fwdBytes, toServer, sendErrs, resets uint64
-	drops                                     [numVerdicts]uint64
-}
-
-func (c *relayCounters) add(b *batchCounts) {
-	if b.fwd > 0 {
-		c.forwarded.Add(b.fwd)
-		c.forwardedBytes.Add(b.fwdBytes)
-	}
-	if b.toServer > 0 {
-		c.toServer.Add(b.toServer)
-	}
-	if b.sendErrs > 0 {
-		c.sendErrors.Add(b.sendErrs)
-	}
-	if b.resets > 0 {
-		c.resets.Add(b.resets)
-	}
-	for v, n := range b.drops {
-		if n > 0 {
-			c.drops[v].Add(n)
-		}
-	}
 }
 
 // RelayStats is a snapshot of a relay's counters.
@@ -108,26 +79,27 @@ type RelayStats struct {
 // Stats returns a snapshot of the relay's counters.
 func (r *Relay) Stats() RelayStats {
 	c := &r.stats
+	f := r.rconn.Counters()
 	s := RelayStats{
-		Forwarded:      c.forwarded.Load(),
-		ForwardedBytes: c.forwardedBytes.Load(),
-		ToServer:       c.toServer.Load(),
+		Forwarded:      f.Forwarded,
+		ForwardedBytes: f.ForwardedBytes,
+		ToServer:       f.ToServer,
 		Handshakes:     c.handshakes.Load(),
 		Registered:     c.registered.Load(),
 		Expired:        c.expired.Load(),
 		Rebinds:        c.rebinds.Load(),
-		Resets:         c.resets.Load(),
-		CIDs:           int(r.table.size.Load()),
+		Resets:         f.Resets,
+		CIDs:           r.table.Len(),
 		Dropped: map[string]uint64{
-			"unknown_cid":    c.drops[dropUnknown].Load(),
-			"expired":        c.drops[dropExpired].Load(),
-			"peer_initial":   c.drops[dropPeerInitial].Load(),
-			"malformed":      c.drops[dropMalformed].Load(),
-			"rate_limit":     c.drops[dropRateLimited].Load(),
-			"stale_cid":      c.drops[resetStale].Load(),
-			"unknown_source": c.drops[dropUnknownSource].Load(),
-			"relay_scid":     c.drops[dropRelaySCID].Load(),
-			"send_error":     c.sendErrors.Load(),
+			"unknown_cid":    f.UnknownCID,
+			"expired":        f.Expired,
+			"peer_initial":   f.PeerInitial,
+			"malformed":      f.Malformed,
+			"rate_limit":     f.RateLimited,
+			"stale_cid":      f.StaleCID,
+			"unknown_source": f.UnknownSource,
+			"relay_scid":     f.RelaySCID,
+			"send_error":     f.SendErrors,
 		},
 		Rejected: c.rejected.snapshot(),
 	}

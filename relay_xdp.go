@@ -3,7 +3,8 @@ package quicpipe
 import (
 	"log/slog"
 	"net/netip"
-	"time"
+
+	"github.com/quicpipe/quicpipe/internal/forward"
 )
 
 // FastPath is the relay's view of a kernel fast path: a program that forwards
@@ -42,6 +43,9 @@ type FastPath interface {
 	Close() error
 }
 
+// The forwarding engine puts the CIDs the fast path missed back itself.
+var _ forward.FastPath = FastPath(nil)
+
 // FastPathConfig is what the relay tells RelayConfig.FastPath when it starts
 // its fast path.
 type FastPathConfig struct {
@@ -64,23 +68,11 @@ type FastPathStat struct {
 	Packets, Bytes uint64
 }
 
-// reputLimit bounds the set of CIDs put back recently (relayXDP.reput): when
-// it is full, it starts again empty.
-const reputLimit = 1 << 16
-
-// reputEvery is how often, at most, the forwarding path puts one CID back
-// into the fast path's map (nanoseconds).
-const reputEvery = int64(time.Second)
-
 // relayXDP is the relay's handle on its fast path. The relay uses it with
-// r.regMu held (registration changes) or from the forwarding goroutine
-// (re-puts).
+// r.regMu held; the forwarding engine puts missed CIDs back on its own
+// (forward.Conn.SetFastPath).
 type relayXDP struct {
 	prog FastPath
-	// reput remembers when the forwarding path last put a CID back, so that
-	// a burst of missed packets costs one map update per CID per second.
-	// Only the forwarding goroutine uses it.
-	reput map[CID]int64
 	// Rate buckets of the program, one per registration while there are
 	// enough (bucket 0: none, only the total cap). Guarded by Relay.regMu.
 	nextBucket, buckets uint32
@@ -110,13 +102,13 @@ func (r *Relay) xdpTakeBucket(reg *regEntry) {
 		x.freeBuckets = append(x.freeBuckets, b)
 		return
 	}
-	reg.xdpBucket = b
+	reg.FastBucket = b
 }
 
 // xdpReleaseBucket returns reg's bucket. r.regMu must be held.
 func (r *Relay) xdpReleaseBucket(reg *regEntry) {
-	if r.xdp != nil && reg.xdpBucket != 0 {
-		r.xdp.freeBuckets = append(r.xdp.freeBuckets, reg.xdpBucket)
+	if r.xdp != nil && reg.FastBucket != 0 {
+		r.xdp.freeBuckets = append(r.xdp.freeBuckets, reg.FastBucket)
 	}
 }
 
@@ -134,7 +126,8 @@ func (r *Relay) attachXDP() error {
 	if err != nil {
 		return err
 	}
-	r.xdp = &relayXDP{prog: prog, reput: make(map[CID]int64), buckets: uint32(prog.Buckets())}
+	r.xdp = &relayXDP{prog: prog, buckets: uint32(prog.Buckets())}
+	r.rconn.SetFastPath(prog)
 	return nil
 }
 
@@ -149,12 +142,12 @@ func (r *Relay) FastPath() FastPath {
 // xdpPut caches cids of reg in the program's map. A registration without a
 // rate bucket (all taken) is left to userspace, which caps it.
 func (r *Relay) xdpPut(cids []CID, reg *regEntry) {
-	if r.xdp == nil || reg.xdpBucket == 0 {
+	if r.xdp == nil || reg.FastBucket == 0 {
 		return
 	}
-	d := reg.dest.Load()
+	d := reg.Dest()
 	for _, c := range cids {
-		if err := r.xdp.prog.PutBucket(c, d.ap, netip.AddrPort{}, reg.xdpBucket); err != nil {
+		if err := r.xdp.prog.PutBucket(c, d.AP, netip.AddrPort{}, reg.FastBucket); err != nil {
 			r.log.Debug("XDP map update failed", "err", err)
 			return
 		}
@@ -185,37 +178,6 @@ func (r *Relay) xdpDelete(cids []CID) {
 	}
 	for _, c := range cids {
 		r.xdp.prog.Delete(c)
-	}
-}
-
-// xdpReput puts a CID the program missed back into its map. It runs on the
-// forwarding goroutine, at most once per CID per reputEvery.
-func (r *Relay) xdpReput(cid []byte, reg *regEntry, d *dest, now int64) {
-	if reg.xdpBucket == 0 {
-		return
-	}
-	var c CID
-	copy(c[:], cid)
-	if last, ok := r.xdp.reput[c]; ok && now-last < reputEvery {
-		return
-	}
-	if len(r.xdp.reput) >= reputLimit {
-		clear(r.xdp.reput)
-	}
-	r.xdp.reput[c] = now
-	if r.xdp.prog.PutBucket(c, d.ap, netip.AddrPort{}, reg.xdpBucket) != nil {
-		return
-	}
-	// The registration may have changed since the caller looked the CID up
-	// and loaded d: removed (its CIDs deleted from the map) or moved (its
-	// CIDs put again with the new address). Then this put brought back an
-	// entry that nothing would ever delete or correct. Those changes update
-	// the table and the destination before the map, so a check after the
-	// put sees them: take the entry out again, and let the next packet miss
-	// and come here with the current destination.
-	if reg := r.table.lookup(cid); reg == nil || reg.dest.Load().ap != d.ap {
-		r.xdp.prog.Delete(c)
-		delete(r.xdp.reput, c)
 	}
 }
 

@@ -1,6 +1,6 @@
 //go:build linux
 
-package quicpipe
+package forward
 
 import (
 	"crypto/sha256"
@@ -65,7 +65,7 @@ const (
 
 // sendMeta describes one queued message.
 type sendMeta struct {
-	d      *dest // nil for a stateless reset
+	d      *Dest // nil for a stateless reset
 	seg    int   // segment size
 	segs   int   // datagrams in the message
 	bytes  int
@@ -216,8 +216,8 @@ func (io *batchIO) addr(i int) net.Addr {
 
 // srcKey returns the source address of received datagram i as the
 // forwarding rule compares it, without allocating.
-func (io *batchIO) srcKey(i int) addrKey {
-	var k addrKey
+func (io *batchIO) srcKey(i int) AddrKey {
+	var k AddrKey
 	sa := &io.names[i]
 	switch sa.Family {
 	case unix.AF_INET:
@@ -241,7 +241,7 @@ func zoneName(index int) string {
 
 // queue adds datagram b for d to the send batch: as one more segment of the
 // last message if that goes to d too and GSO allows, else as a new message.
-func (io *batchIO) queue(b []byte, d *dest) {
+func (io *batchIO) queue(b []byte, d *Dest) {
 	v := io.niov
 	io.siovs[v].Base = unsafe.SliceData(b)
 	io.siovs[v].SetLen(len(b))

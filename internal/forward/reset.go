@@ -1,4 +1,4 @@
-package quicpipe
+package forward
 
 import "crypto/rand"
 
@@ -22,16 +22,17 @@ const (
 // datagram b, received in slot i, which carries a relay CID of an earlier run.
 // The reset is shorter than b, so the relay never amplifies, and peers never
 // send resets, so resets cannot loop.
-func (r *Relay) queueReset(b []byte, i int, io *batchIO, now int64) bool {
-	if r.resetter == nil || len(b) < minResetLen+1 || !r.resets.allow(1, now, maxResetsPerSecond, maxResetsPerSecond) {
+func (c *Conn) queueReset(b []byte, i int, now int64) bool {
+	if c.resetter == nil || len(b) < minResetLen+1 || !c.resets.Allow(1, now, maxResetsPerSecond, maxResetsPerSecond) {
 		return false
 	}
+	io := &c.io
 	out := io.resetBuf(i)[:min(len(b)-1, maxResetLen)]
 	rand.Read(out[:len(out)-resetTokenLen])
 	out[0] = 0x40 | out[0]&0x3f // looks like a short-header packet
-	r.resetter.Reset()
-	r.resetter.Write(b[shortDCIDOffset : shortDCIDOffset+CIDLen])
-	copy(out[len(out)-resetTokenLen:], r.resetter.Sum(io.hmacBuf[:0]))
+	c.resetter.Reset()
+	c.resetter.Write(b[shortDCIDOffset : shortDCIDOffset+CIDLen])
+	copy(out[len(out)-resetTokenLen:], c.resetter.Sum(io.hmacBuf[:0]))
 	io.queueTo(out, i)
 	return true
 }

@@ -1,4 +1,4 @@
-package quicpipe
+package forward
 
 import (
 	"net/netip"
@@ -11,17 +11,17 @@ import (
 // shorter datagram, another destination, or the segment limit.
 func TestQueueCoalesces(t *testing.T) {
 	g := newForwardRig(t, 1200)
-	if !g.rc.io.gso {
+	if !g.c.io.gso {
 		t.Skip("the kernel does not offer UDP_SEGMENT on this socket")
 	}
-	io := &g.rc.io
+	io := &g.c.io
 	io.grow(maxGSOSegments + 8)
-	d1 := &dest{ap: netip.MustParseAddrPort("127.0.0.1:1")}
-	d2 := &dest{ap: netip.MustParseAddrPort("127.0.0.1:2")}
+	d1 := &Dest{AP: netip.MustParseAddrPort("127.0.0.1:1")}
+	d2 := &Dest{AP: netip.MustParseAddrPort("127.0.0.1:2")}
 	buf := make([]byte, 1200)
 	type pkt struct {
 		n int
-		d *dest
+		d *Dest
 	}
 	for _, tc := range []struct {
 		name string

@@ -1,4 +1,4 @@
-package quicpipe
+package forward
 
 import (
 	"slices"
@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go/http3"
+	"github.com/quicpipe/quicpipe/internal/batch"
 	"github.com/quicpipe/quicpipe/internal/wire"
 	"golang.org/x/net/ipv4"
 )
@@ -13,51 +14,46 @@ import (
 // route forwards the datagrams of one batch that belong to peers and
 // compacts the others into the lowest slots of ms. It returns how many are
 // left for quic-go.
-func (r *Relay) route(ms []ipv4.Message, io *batchIO) int {
+func (c *Conn) route(ms []ipv4.Message) int {
 	now := time.Now().UnixNano()
+	io := &c.io
 	io.grow(len(ms))
 	io.keep = io.keep[:0]
-	var c batchCounts
+	var n batchCounts
 	var src srcCheck // consecutive datagrams from one source: one lookup
 	for i := range ms {
 		b := ms[i].Buffers[0][:ms[i].N]
 		src.set(io.srcKey(i))
-		v, d := r.classify(b, &src, now)
+		v, d := c.classify(b, &src, now)
 		switch v {
 		case forward:
 			io.queue(b, d)
-			c.fwdBytes += uint64(len(b))
+			n.fwdBytes += uint64(len(b))
 		case toServer:
 			io.keep = append(io.keep, i)
 		case resetStale:
-			if r.queueReset(b, i, io, now) {
-				c.resets++
+			if c.queueReset(b, i, now) {
+				n.resets++
 			} else {
-				c.drops[v]++
+				n.drops[v]++
 			}
 		default:
-			c.drops[v]++
+			n.drops[v]++
 		}
 	}
 	if len(io.keep) < len(ms) {
 		sent, failed := io.flush()
-		c.fwd += uint64(max(sent-int(c.resets), 0))
-		c.sendErrs += uint64(failed)
+		n.fwd += uint64(max(sent-int(n.resets), 0))
+		n.sendErrs += uint64(failed)
 	}
 	// Forwarded datagrams are on the wire: their buffers may now be
 	// overwritten by the ones kept for quic-go.
 	for j, i := range io.keep {
-		addr := io.addr(i)
-		if i != j {
-			dst, src := &ms[j], &ms[i]
-			dst.N = copy(dst.Buffers[0], src.Buffers[0][:src.N])
-			dst.NN = copy(dst.OOB, src.OOB[:src.NN])
-			dst.Flags = src.Flags
-		}
-		ms[j].Addr = addr
+		ms[i].Addr = io.addr(i)
+		batch.Move(ms, j, i)
 	}
-	c.toServer = uint64(len(io.keep))
-	r.stats.add(&c)
+	n.toServer = uint64(len(io.keep))
+	c.stats.add(&n)
 	return len(io.keep)
 }
 
@@ -94,21 +90,21 @@ const (
 // srcCheck is the forwarding rule's verdict on one source address,
 // remembered across the datagrams of a batch that come from it.
 type srcCheck struct {
-	key   addrKey
+	key   AddrKey
 	known int8 // 0: not looked up yet; 1: a live registration's target; -1: not
 }
 
 // set makes src the source checked, forgetting the verdict if it changed.
-func (c *srcCheck) set(src addrKey) {
-	if c.key != src {
-		*c = srcCheck{key: src}
+func (s *srcCheck) set(src AddrKey) {
+	if s.key != src {
+		*s = srcCheck{key: src}
 	}
 }
 
 // classify decides what to do with datagram b, received from src, and, for
 // forward, returns the destination. It does not allocate on any path a
 // forwarded packet takes.
-func (r *Relay) classify(b []byte, src *srcCheck, now int64) (verdict, *dest) {
+func (c *Conn) classify(b []byte, src *srcCheck, now int64) (verdict, *Dest) {
 	if len(b) < shortDCIDOffset+CIDLen {
 		return dropMalformed, nil
 	}
@@ -116,35 +112,35 @@ func (r *Relay) classify(b []byte, src *srcCheck, now int64) (verdict, *dest) {
 	if b[0]&longHeaderBit == 0 {
 		cid = b[shortDCIDOffset : shortDCIDOffset+CIDLen]
 		if IsRelayCID(cid) {
-			if [3]byte(cid[1:4]) != r.epoch {
+			if [3]byte(cid[1:4]) != c.epoch {
 				return resetStale, nil
 			}
 			return toServer, nil
 		}
 	} else {
 		if len(b) < longDCIDOffset+CIDLen || b[longDCIDLenOffset] != CIDLen {
-			return r.classifyLongUnknown(b, now), nil
+			return c.classifyLongUnknown(b, now), nil
 		}
 		cid = b[longDCIDOffset : longDCIDOffset+CIDLen]
 		if IsRelayCID(cid) {
-			if [3]byte(cid[1:4]) == r.epoch {
+			if [3]byte(cid[1:4]) == c.epoch {
 				return toServer, nil
 			}
 			// A client picks its first DCID at random: one in 26 of
 			// quic-go's is 12 bytes with the high bit set and looks like
 			// a relay CID of another run. It gets the same first-flight
 			// check as any unknown DCID.
-			return r.classifyLongUnknown(b, now), nil
+			return c.classifyLongUnknown(b, now), nil
 		}
 	}
-	reg := r.table.lookup(cid)
-	if reg == nil {
+	e := c.table.Lookup(cid)
+	if e == nil {
 		if b[0]&longHeaderBit == 0 {
 			return dropUnknown, nil
 		}
-		return r.classifyLongUnknown(b, now), nil
+		return c.classifyLongUnknown(b, now), nil
 	}
-	if reg.expires.Load() < now {
+	if e.expires.Load() < now {
 		return dropExpired, nil
 	}
 	// The forwarding rule: only datagrams from an address that a live
@@ -153,12 +149,12 @@ func (r *Relay) classify(b []byte, src *srcCheck, now int64) (verdict, *dest) {
 	// forwarded again (docs/RELAY.md).
 	if src.known == 0 {
 		src.known = -1
-		if r.targets.has(&src.key) {
+		if c.targets.Has(&src.key) {
 			src.known = 1
 		}
 	}
 	if src.known < 0 {
-		r.wakeFollow(reg, now)
+		c.wakeFollow(e, now)
 		return dropUnknownSource, nil
 	}
 	// A relay's Initial, Handshake or Retry (its source CID is a relay
@@ -168,19 +164,34 @@ func (r *Relay) classify(b []byte, src *srcCheck, now int64) (verdict, *dest) {
 		return dropRelaySCID, nil
 	}
 	n := int64(len(b))
-	if !reg.packets.allow(1, now, r.cfg.MaxPacketsPerSecond, r.cfg.MaxPacketsPerSecond) ||
-		!reg.bytes.allow(n, now, r.cfg.MaxBytesPerSecond, r.cfg.MaxBytesPerSecond) ||
-		!r.totalPackets.allow(1, now, r.cfg.MaxTotalPacketsPerSecond, r.cfg.MaxTotalPacketsPerSecond) ||
-		!r.totalBytes.allow(n, now, r.cfg.MaxTotalBytesPerSecond, r.cfg.MaxTotalBytesPerSecond) {
+	if !e.packets.Allow(1, now, c.cfg.MaxPacketsPerSecond, c.cfg.MaxPacketsPerSecond) ||
+		!e.bytes.Allow(n, now, c.cfg.MaxBytesPerSecond, c.cfg.MaxBytesPerSecond) ||
+		!c.totalPackets.Allow(1, now, c.cfg.MaxTotalPacketsPerSecond, c.cfg.MaxTotalPacketsPerSecond) ||
+		!c.totalBytes.Allow(n, now, c.cfg.MaxTotalBytesPerSecond, c.cfg.MaxTotalBytesPerSecond) {
 		return dropRateLimited, nil
 	}
-	d := reg.dest.Load()
-	if r.xdp != nil {
-		// With XDP on, a forwarded packet is one the program missed
-		// (most likely evicted from its map): put its CID back.
-		r.xdpReput(cid, reg, d, now)
+	d := e.dest.Load()
+	if c.fast != nil {
+		// With a fast path on, a forwarded packet is one the program
+		// missed (most likely evicted from its map): put its CID back.
+		c.reput(cid, e, d, now)
 	}
 	return forward, d
+}
+
+// followWakeEvery bounds how often datagrams from an unknown source make the
+// relay check whether one registration's peer moved.
+const followWakeEvery = 50_000_000 // 50ms, in nanoseconds
+
+// wakeFollow calls Config.Follow for e, at most once per followWakeEvery:
+// a datagram for e's CIDs arrived from an address that no registration
+// forwards to, most likely after the peer's NAT rebound.
+func (c *Conn) wakeFollow(e *Entry, now int64) {
+	last := e.wake.Load()
+	if c.cfg.Follow == nil || now-last < followWakeEvery || !e.wake.CompareAndSwap(last, now) {
+		return
+	}
+	c.cfg.Follow(e)
 }
 
 // initialFilter remembers the original destination CIDs of Initial packets
@@ -204,15 +215,15 @@ const (
 // re-register, with the same kind of source CID. The two differ in the ALPN of
 // their ClientHello, which the relay reads from the Initial packet (Initial
 // protection uses public keys). now is the batch's receive time (unix nano).
-func (r *Relay) classifyLongUnknown(b []byte, now int64) verdict {
+func (c *Conn) classifyLongUnknown(b []byte, now int64) verdict {
 	hdr, err := wire.ParseLongHeader(b)
 	if err != nil || hdr.Type != wire.Initial || len(hdr.SCID) != CIDLen || IsRelayCID(hdr.SCID) {
 		return toServer
 	}
-	if r.table.lookup(hdr.SCID) == nil {
+	if c.table.Lookup(hdr.SCID) == nil {
 		return toServer
 	}
-	f := &r.initials
+	f := &c.initials
 	f.mu.Lock()
 	exp, ok := f.seen[string(hdr.DCID)]
 	f.mu.Unlock()

@@ -1,20 +1,75 @@
-package quicpipe
+package forward
 
 import (
+	"crypto/rand"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"golang.org/x/net/ipv4"
 )
+
+// testConfig is the forwarding configuration of a relay with RelayConfig's
+// default caps.
+func testConfig() Config {
+	var k quic.StatelessResetKey
+	rand.Read(k[:])
+	return Config{ResetKey: &k, MaxPacketsPerSecond: 100000, MaxBytesPerSecond: 125_000_000}
+}
+
+// listenLoopback returns a UDP socket on 127.0.0.1, closed when tb ends.
+func listenLoopback(tb testing.TB) *net.UDPConn {
+	tb.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c.SetReadBuffer(4 << 20)
+	c.SetWriteBuffer(4 << 20)
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// newTestConn returns a Conn on its own loopback socket, with an empty
+// table and target set.
+func newTestConn(tb testing.TB, cfg Config) *Conn {
+	tb.Helper()
+	c, err := NewConn(listenLoopback(tb), NewTable(), new(Targets), cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
+// register does what the relay does for a registration of n CIDs
+// forwarding to (and from) to, valid for an hour: it publishes n random peer
+// CIDs (high bit clear) for a new entry and adds to to the target set.
+func register(tb testing.TB, c *Conn, to netip.AddrPort, n int) (*Entry, [][CIDLen]byte) {
+	tb.Helper()
+	d, ok := c.NewDest(to)
+	if !ok {
+		tb.Fatalf("the socket cannot send to %v", to)
+	}
+	e := new(Entry)
+	e.SetDest(d)
+	e.SetExpires(time.Now().Add(time.Hour).UnixNano())
+	c.targets.Add(KeyOf(to))
+	cids := make([][CIDLen]byte, n)
+	for i := range cids {
+		rand.Read(cids[i][:])
+		cids[i][0] &= 0x7f
+		c.table.Insert(cids[i], e)
+	}
+	return e, cids
+}
 
 // forwardRig drives the relay's forwarding path (batch read, classify,
 // batch send) on its own loopback socket, without quic-go's read loop, so
 // that tests and benchmarks can count its cost per datagram.
 type forwardRig struct {
-	r      *Relay
-	rc     *relayConn
+	c      *Conn
 	sock   *net.UDPConn // the forwarding socket under test
 	sender *net.UDPConn
 	sink   *net.UDPConn
@@ -25,39 +80,18 @@ type forwardRig struct {
 
 func newForwardRig(tb testing.TB, size int) *forwardRig {
 	tb.Helper()
-	r, err := ListenRelay("127.0.0.1:0", &RelayConfig{Identity: GenerateIdentity()})
-	if err != nil {
+	g := &forwardRig{sock: listenLoopback(tb), sender: listenLoopback(tb), sink: listenLoopback(tb)}
+	var err error
+	if g.c, err = NewConn(g.sock, NewTable(), new(Targets), testConfig()); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { r.Close() })
-	listen := func() *net.UDPConn {
-		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		c.SetReadBuffer(4 << 20)
-		c.SetWriteBuffer(4 << 20)
-		tb.Cleanup(func() { c.Close() })
-		return c
-	}
-	g := &forwardRig{r: r, sock: listen(), sender: listen(), sink: listen()}
-	g.rc = &relayConn{udpSocket: udpSocket{g.sock}, relay: r}
-	if err := g.rc.io.init(g.sock); err != nil {
-		tb.Fatal(err)
-	}
-	key := newCIDKey()
-	if _, _, _, err := r.register(key, 1, 64, g.sink.LocalAddr().(*net.UDPAddr), nil); err != nil {
-		tb.Fatal(err)
-	}
+	_, cids := register(tb, g.c, g.sink.LocalAddr().(*net.UDPAddr).AddrPort(), 64)
 	// The sender is a registered peer too: the relay forwards only from
 	// the addresses of live registrations.
-	if _, _, _, err := r.register(newCIDKey(), 1, 1, g.sender.LocalAddr().(*net.UDPAddr), nil); err != nil {
-		tb.Fatal(err)
-	}
-	cid, _ := DeriveCID(key, 7)
+	register(tb, g.c, g.sender.LocalAddr().(*net.UDPAddr).AddrPort(), 1)
 	g.pkt = make([]byte, size)
 	g.pkt[0] = 0x40 // short header
-	copy(g.pkt[1:], cid[:])
+	copy(g.pkt[1:], cids[6][:])
 	g.to = g.sock.LocalAddr().(*net.UDPAddr).AddrPort()
 	g.ms = make([]ipv4.Message, 8)
 	for i := range g.ms {
@@ -77,12 +111,12 @@ func (g *forwardRig) round(tb testing.TB, n int) int {
 	}
 	kept := 0
 	for done := 0; done < n; {
-		k, err := g.rc.io.read(g.ms, 0)
+		k, err := g.c.io.read(g.ms, 0)
 		if err != nil {
 			tb.Fatal(err)
 		}
 		done += k
-		kept += g.r.route(g.ms[:k], &g.rc.io)
+		kept += g.c.route(g.ms[:k])
 	}
 	return kept
 }
@@ -94,7 +128,7 @@ func TestForwardNoAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Fatalf("forwarding 8 datagrams allocated %.1f times, want 0", allocs)
 	}
-	if got := g.r.Stats().Forwarded; got < 8*200 {
+	if got := g.c.Counters().Forwarded; got < 8*200 {
 		t.Fatalf("forwarded %d datagrams, want at least %d", got, 8*200)
 	}
 	// The sink really receives them, unchanged.
@@ -116,7 +150,7 @@ func TestForwardMixedBatch(t *testing.T) {
 	own := make([]byte, 100)
 	own[0] = 0x40
 	own[1] = 0x80 // relay's own CID, of this run
-	copy(own[2:5], g.r.epoch[:])
+	copy(own[2:5], g.c.epoch[:])
 	for i := range 4 {
 		g.sender.WriteToUDPAddrPort(g.pkt, g.to)
 		own[20] = byte(i)
@@ -124,12 +158,12 @@ func TestForwardMixedBatch(t *testing.T) {
 	}
 	var kept []byte
 	for done := 0; done < 8; {
-		k, err := g.rc.io.read(g.ms, 0)
+		k, err := g.c.io.read(g.ms, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		done += k
-		n := g.r.route(g.ms[:k], &g.rc.io)
+		n := g.c.route(g.ms[:k])
 		for i := range n {
 			m := g.ms[i]
 			if m.N != len(own) || m.Buffers[0][1] != 0x80 {
@@ -144,25 +178,20 @@ func TestForwardMixedBatch(t *testing.T) {
 	if string(kept) != "\x00\x01\x02\x03" {
 		t.Fatalf("kept datagrams in order %v, want 0 1 2 3", kept)
 	}
-	if st := g.r.Stats(); st.Forwarded != 4 || st.ToServer != 4 {
+	if st := g.c.Counters(); st.Forwarded != 4 || st.ToServer != 4 {
 		t.Fatalf("forwarded %d, to server %d; want 4 and 4", st.Forwarded, st.ToServer)
 	}
 }
 
 func TestClassify(t *testing.T) {
-	r, err := ListenRelay("127.0.0.1:0", &RelayConfig{Identity: GenerateIdentity()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	key := newCIDKey()
-	if _, _, _, err := r.register(key, 1, 8, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}, nil); err != nil {
-		t.Fatal(err)
-	}
-	reg, _ := DeriveCID(key, 3)
-	unknown, _ := DeriveCID(key, 9)
-	peer := keyOf(netip.MustParseAddrPort("127.0.0.1:9")) // the registered peer's address
-	short := func(cid CID) []byte { return append([]byte{0x40}, append(cid[:], make([]byte, 30)...)...) }
+	r := newTestConn(t, testConfig())
+	_, cids := register(t, r, netip.MustParseAddrPort("127.0.0.1:9"), 8)
+	reg := cids[2]
+	var unknown [CIDLen]byte
+	rand.Read(unknown[:])
+	unknown[0] &= 0x7f
+	peer := KeyOf(netip.MustParseAddrPort("127.0.0.1:9")) // the registered peer's address
+	short := func(cid [CIDLen]byte) []byte { return append([]byte{0x40}, append(cid[:], make([]byte, 30)...)...) }
 	long := func(cid []byte) []byte {
 		b := []byte{0xc0, 0, 0, 0, 1, byte(len(cid))}
 		b = append(b, cid...)
@@ -199,14 +228,14 @@ func TestClassify(t *testing.T) {
 			if got != tc.want {
 				t.Fatalf("classify = %d, want %d", got, tc.want)
 			}
-			if got == forward && (d == nil || d.ap.Port() != 9) {
+			if got == forward && (d == nil || d.AP.Port() != 9) {
 				t.Fatalf("forward destination %v, want port 9", d)
 			}
 		})
 	}
 	// The forwarding rule: a registered CID from an address that no live
 	// registration forwards to is dropped.
-	stranger := keyOf(netip.MustParseAddrPort("127.0.0.1:10"))
+	stranger := KeyOf(netip.MustParseAddrPort("127.0.0.1:10"))
 	if got, _ := r.classify(short(reg), &srcCheck{key: stranger}, now); got != dropUnknownSource {
 		t.Fatalf("classify from an unknown source = %d, want %d", got, dropUnknownSource)
 	}
@@ -258,23 +287,17 @@ func BenchmarkForwardBatch8(b *testing.B) {
 func BenchmarkClassify(b *testing.B) {
 	// The clock stands still here, so the per-registration caps (a policy,
 	// not a cost) are raised beyond what b.N datagrams need.
-	r, err := ListenRelay("127.0.0.1:0", &RelayConfig{Identity: GenerateIdentity(), MaxCIDsPerRegistration: 100000, MaxCIDsPerSource: 100000,
-		MaxPacketsPerSecond: 1 << 40, MaxBytesPerSecond: 1 << 50})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer r.Close()
-	key := newCIDKey()
-	if _, _, _, err := r.register(key, 1, 100000, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}, nil); err != nil {
-		b.Fatal(err)
-	}
+	cfg := testConfig()
+	cfg.MaxPacketsPerSecond, cfg.MaxBytesPerSecond = 1<<40, 1<<50
+	r := newTestConn(b, cfg)
+	_, cids := register(b, r, netip.MustParseAddrPort("127.0.0.1:9"), 100000)
 	pkts := make([][]byte, 1024)
 	for i := range pkts {
-		cid, _ := DeriveCID(key, uint32(i*97+1))
+		cid := cids[i*97]
 		pkts[i] = append([]byte{0x40}, append(cid[:], make([]byte, 1187)...)...)
 	}
 	now := time.Now().UnixNano()
-	src := keyOf(netip.MustParseAddrPort("127.0.0.1:9"))
+	src := KeyOf(netip.MustParseAddrPort("127.0.0.1:9"))
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
@@ -327,9 +350,9 @@ func FuzzRelayDatagram(f *testing.F) {
 		if len(b) > 1500 {
 			b = b[:1500]
 		}
-		v, d := g.r.classify(b, &srcCheck{key: keyOf(g.sender.LocalAddr().(*net.UDPAddr).AddrPort())}, time.Now().UnixNano())
+		v, d := g.c.classify(b, &srcCheck{key: KeyOf(g.sender.LocalAddr().(*net.UDPAddr).AddrPort())}, time.Now().UnixNano())
 		if v == forward {
-			if d == nil || d.ap != g.sink.LocalAddr().(*net.UDPAddr).AddrPort() {
+			if d == nil || d.AP != g.sink.LocalAddr().(*net.UDPAddr).AddrPort() {
 				t.Fatalf("forwarded to %v", d)
 			}
 			if len(b) < 1+CIDLen {
@@ -342,7 +365,7 @@ func FuzzRelayDatagram(f *testing.F) {
 			ms[i].OOB = make([]byte, 128)
 			ms[i].N = copy(ms[i].Buffers[0], b)
 		}
-		if k := g.r.route(ms, &g.rc.io); k < 0 || k > len(ms) {
+		if k := g.c.route(ms); k < 0 || k > len(ms) {
 			t.Fatalf("route kept %d of %d", k, len(ms))
 		}
 	})
@@ -367,12 +390,12 @@ func TestForwardSegments(t *testing.T) {
 		}
 	}
 	for done := 0; done < len(sizes); {
-		k, err := g.rc.io.read(g.ms, 0)
+		k, err := g.c.io.read(g.ms, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		done += k
-		if kept := g.r.route(g.ms[:k], &g.rc.io); kept != 0 {
+		if kept := g.c.route(g.ms[:k]); kept != 0 {
 			t.Fatalf("%d datagrams kept for quic-go, want 0", kept)
 		}
 	}
@@ -387,10 +410,10 @@ func TestForwardSegments(t *testing.T) {
 			t.Fatalf("datagram %d: got %d bytes, want %d (contents differ: %v)", i, n, len(want), n == len(want))
 		}
 	}
-	if st := g.r.Stats(); st.Forwarded != uint64(len(sizes)) {
+	if st := g.c.Counters(); st.Forwarded != uint64(len(sizes)) {
 		t.Fatalf("Forwarded = %d, want %d", st.Forwarded, len(sizes))
 	}
-	t.Logf("UDP GSO in use: %v", g.rc.io.usesGSO())
+	t.Logf("UDP GSO in use: %v", g.c.io.usesGSO())
 }
 
 // TestForwardSourceRule: in one batch, datagrams for a registered CID from
@@ -409,16 +432,53 @@ func TestForwardSourceRule(t *testing.T) {
 		}
 	}
 	for done := 0; done < 8; {
-		k, err := g.rc.io.read(g.ms, 0)
+		k, err := g.c.io.read(g.ms, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		done += k
-		if n := g.r.route(g.ms[:k], &g.rc.io); n != 0 {
+		if n := g.c.route(g.ms[:k]); n != 0 {
 			t.Fatalf("%d datagrams kept for quic-go, want 0", n)
 		}
 	}
-	if st := g.r.Stats(); st.Forwarded != 4 || st.Dropped["unknown_source"] != 4 {
-		t.Fatalf("forwarded %d, unknown_source %d; want 4 and 4", st.Forwarded, st.Dropped["unknown_source"])
+	if st := g.c.Counters(); st.Forwarded != 4 || st.UnknownSource != 4 {
+		t.Fatalf("forwarded %d, unknown_source %d; want 4 and 4", st.Forwarded, st.UnknownSource)
+	}
+}
+
+// TestUnknownSourceWakesFollow: a datagram for a registered CID from an
+// unregistered address calls Config.Follow with its entry at once, at most
+// every followWakeEvery.
+func TestUnknownSourceWakesFollow(t *testing.T) {
+	follow := make(chan *Entry, 64)
+	cfg := testConfig()
+	cfg.Follow = func(e *Entry) {
+		select {
+		case follow <- e:
+		default:
+		}
+	}
+	r := newTestConn(t, cfg)
+	e, cids := register(t, r, netip.MustParseAddrPort("127.0.0.1:9"), 1)
+	pkt := append([]byte{0x40}, append(cids[0][:], make([]byte, 30)...)...)
+	moved := KeyOf(netip.MustParseAddrPort("127.0.0.1:10"))
+	now := time.Now().UnixNano()
+	for i, at := range []int64{now, now + 1e6, now + followWakeEvery + 1} {
+		if v, _ := r.classify(pkt, &srcCheck{key: moved}, at); v != dropUnknownSource {
+			t.Fatalf("classify = %d, want %d", v, dropUnknownSource)
+		}
+		select {
+		case got := <-follow:
+			if i == 1 {
+				t.Error("woke the janitor twice within followWakeEvery")
+			}
+			if got != e {
+				t.Error("woke the janitor for another registration")
+			}
+		default:
+			if i != 1 {
+				t.Errorf("datagram %d did not wake the janitor", i)
+			}
+		}
 	}
 }

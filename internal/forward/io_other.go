@@ -1,6 +1,6 @@
 //go:build !linux
 
-package quicpipe
+package forward
 
 import (
 	"crypto/sha256"
@@ -26,7 +26,7 @@ type batchIO struct {
 
 type queued struct {
 	b []byte
-	d *dest
+	d *Dest
 }
 
 // rawAddr is a destination as the portable path sends to it.
@@ -62,26 +62,26 @@ func (io *batchIO) addr(i int) net.Addr { return io.addrs[i] }
 
 // srcKey returns the source address of received datagram i as the
 // forwarding rule compares it.
-func (io *batchIO) srcKey(i int) addrKey {
+func (io *batchIO) srcKey(i int) AddrKey {
 	if ua, ok := io.addrs[i].(*net.UDPAddr); ok {
-		return keyOf(ua.AddrPort())
+		return KeyOf(ua.AddrPort())
 	}
-	return addrKey{}
+	return AddrKey{}
 }
 
-func (io *batchIO) queue(b []byte, d *dest) { io.out = append(io.out, queued{b, d}) }
+func (io *batchIO) queue(b []byte, d *Dest) { io.out = append(io.out, queued{b, d}) }
 
 func (io *batchIO) resetBuf(i int) []byte { return io.resets[i][:] }
 
 func (io *batchIO) queueTo(b []byte, i int) {
 	if ua, ok := io.addrs[i].(*net.UDPAddr); ok {
-		io.out = append(io.out, queued{b, &dest{ap: ua.AddrPort()}})
+		io.out = append(io.out, queued{b, &Dest{AP: ua.AddrPort()}})
 	}
 }
 
 func (io *batchIO) flush() (sent, failed int) {
 	for _, q := range io.out {
-		if _, err := io.conn.WriteToUDPAddrPort(q.b, q.d.ap); err != nil {
+		if _, err := io.conn.WriteToUDPAddrPort(q.b, q.d.AP); err != nil {
 			failed++
 		} else {
 			sent++

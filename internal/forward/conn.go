@@ -1,0 +1,238 @@
+// Package forward is the relay's forwarding engine: it reads the relay's
+// socket in batches, forwards every datagram whose destination CID is
+// registered to the registered address, answers packets for relay CIDs of an
+// earlier run with stateless resets, drops what must not reach anyone, and
+// hands the rest to the relay's HTTP/3 server (quic-go).
+//
+// The relay keeps its registrations; it tells the engine about them through
+// a Table (CID -> *Entry), a Targets set (the addresses datagrams are
+// forwarded from) and each Entry's destination and expiry. The engine tells
+// the relay about a peer that seems to have moved through Config.Follow, and
+// counts what it did (Conn.Counters).
+package forward
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"hash"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"golang.org/x/net/ipv4"
+)
+
+// Config configures a Conn.
+type Config struct {
+	// ResetKey is the key of the stateless resets the relay's quic-go
+	// transport sends (quic.Transport.StatelessResetKey); nil: no resets.
+	ResetKey *quic.StatelessResetKey
+	// MaxPacketsPerSecond and MaxBytesPerSecond cap what one entry
+	// forwards; MaxTotalPacketsPerSecond and MaxTotalBytesPerSecond cap
+	// all forwarding. Zero or negative: no cap.
+	MaxPacketsPerSecond, MaxBytesPerSecond           int64
+	MaxTotalPacketsPerSecond, MaxTotalBytesPerSecond int64
+	// Follow, if set, is called on the forwarding goroutine when a datagram
+	// for e's CIDs arrives from an address that no live registration
+	// forwards to (most likely after the peer's NAT rebound), at most once
+	// per followWakeEvery per entry. It must not block.
+	Follow func(e *Entry)
+}
+
+// FastPath is what the forwarding path needs of a kernel fast path (see the
+// relay's FastPath): putting a CID the program missed back into its map.
+// Its methods must be safe for concurrent use.
+type FastPath interface {
+	// PutBucket maps cid to dst, sent from src (zero: from the address
+	// each packet was sent to), counted against rate bucket bucket.
+	PutBucket(cid [CIDLen]byte, dst, src netip.AddrPort, bucket uint32) error
+	// Delete removes cid.
+	Delete(cid [CIDLen]byte) error
+}
+
+// Conn is the relay's socket as quic-go sees it. It implements
+// quic.OOBCapablePacketConn and ReadBatch, so quic-go keeps batched reads,
+// ECN and GSO, and reads through Conn.ReadBatch. There, every datagram whose
+// destination CID is registered is forwarded at once (one sendmmsg per
+// batch on Linux, runs for one destination as UDP GSO messages) and only the
+// rest is returned to quic-go's HTTP/3 server.
+//
+// quic-go pairs messages[i] with its own buffer i, so ReadBatch never
+// reorders messages or swaps their buffers: forwarded datagrams are sent
+// first, then the datagrams for quic-go are moved down into the lowest slots.
+type Conn struct {
+	socket // the socket, owned by the caller of NewConn
+	io     batchIO
+
+	table   *Table
+	targets *Targets
+	cfg     Config
+
+	// epoch marks this run's CIDs (see RelayCIDGenerator). Packets for
+	// earlier runs' CIDs get a stateless reset from resetter (keyed like
+	// quic-go's), at most maxResetsPerSecond; only the forwarding
+	// goroutine uses them.
+	epoch    [3]byte
+	resetter hash.Hash
+	resets   TokenBucket
+
+	// Global forwarding caps; only the forwarding goroutine touches them.
+	totalPackets, totalBytes TokenBucket
+
+	initials initialFilter
+	fast     *fastPath // nil unless SetFastPath was called
+
+	stats counters
+}
+
+// NewConn returns the forwarding engine on c, forwarding by table to the
+// destinations of its entries, from the sources in targets. The caller keeps
+// ownership of c, table and targets; Conn.Close closes c.
+func NewConn(c *net.UDPConn, table *Table, targets *Targets, cfg Config) (*Conn, error) {
+	fc := &Conn{socket: socket{c}, table: table, targets: targets, cfg: cfg}
+	rand.Read(fc.epoch[:])
+	if cfg.ResetKey != nil {
+		fc.resetter = hmac.New(sha256.New, cfg.ResetKey[:])
+	}
+	if err := fc.io.init(c); err != nil {
+		return nil, err // the socket's own error; the relay says which socket
+	}
+	return fc, nil
+}
+
+// CIDGenerator returns the generator of the relay's own connection IDs for
+// this Conn's run: packets for them go to quic-go, packets for those of
+// another run get a stateless reset.
+func (c *Conn) CIDGenerator() RelayCIDGenerator { return RelayCIDGenerator{Epoch: c.epoch} }
+
+// SetFastPath makes the forwarding path put the CIDs that fp missed back
+// into its map. It must be called before the first CID is inserted into the
+// table: the forwarding goroutine reads it only after a table hit, and the
+// table's lock orders the two.
+func (c *Conn) SetFastPath(fp FastPath) {
+	c.fast = &fastPath{fp: fp, reput: make(map[[CIDLen]byte]int64)}
+}
+
+// NewDest returns ap as a destination for the socket, or false if the
+// socket's family cannot reach it.
+func (c *Conn) NewDest(ap netip.AddrPort) (*Dest, bool) {
+	raw, ok := c.io.encode(ap)
+	if !ok {
+		return nil, false
+	}
+	return &Dest{AP: ap, raw: raw}, true
+}
+
+// ReadBatch reads datagrams until some are for quic-go, forwarding the
+// others, and returns how many it left in the lowest slots of ms.
+func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
+	for {
+		n, err := c.io.read(ms, flags)
+		if err != nil {
+			return 0, err
+		}
+		if k := c.route(ms[:n]); k > 0 {
+			return k, nil
+		}
+	}
+}
+
+// socket passes quic.OOBCapablePacketConn's methods through to the
+// *net.UDPConn. Conn embeds it, not the *net.UDPConn, so that quic-go sees
+// only these methods and Conn's ReadBatch, never the socket's own.
+type socket struct {
+	conn *net.UDPConn
+}
+
+func (s socket) ReadFrom(b []byte) (int, net.Addr, error)     { return s.conn.ReadFrom(b) }
+func (s socket) WriteTo(b []byte, addr net.Addr) (int, error) { return s.conn.WriteTo(b, addr) }
+func (s socket) Close() error                                 { return s.conn.Close() }
+func (s socket) LocalAddr() net.Addr                          { return s.conn.LocalAddr() }
+func (s socket) SetDeadline(t time.Time) error                { return s.conn.SetDeadline(t) }
+func (s socket) SetReadDeadline(t time.Time) error            { return s.conn.SetReadDeadline(t) }
+func (s socket) SetWriteDeadline(t time.Time) error           { return s.conn.SetWriteDeadline(t) }
+func (s socket) SyscallConn() (syscall.RawConn, error)        { return s.conn.SyscallConn() }
+func (s socket) SetReadBuffer(n int) error                    { return s.conn.SetReadBuffer(n) }
+func (s socket) SetWriteBuffer(n int) error                   { return s.conn.SetWriteBuffer(n) }
+func (s socket) ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr, err error) {
+	return s.conn.ReadMsgUDP(b, oob)
+}
+func (s socket) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
+	return s.conn.WriteMsgUDP(b, oob, addr)
+}
+
+var _ quic.OOBCapablePacketConn = (*Conn)(nil)
+
+// Counters is a snapshot of what a Conn did with the datagrams it read.
+type Counters struct {
+	// Forwarded and ForwardedBytes count datagrams sent on to peers.
+	Forwarded, ForwardedBytes uint64
+	// ToServer counts datagrams handed to quic-go.
+	ToServer uint64
+	// SendErrors counts forwarded datagrams the kernel refused.
+	SendErrors uint64
+	// Resets counts stateless resets sent.
+	Resets uint64
+	// Datagrams dropped, by reason: short header and CID not registered;
+	// entry expired; a peer's first flight sent to the relay; too short for
+	// a QUIC header; over a forwarding rate; a relay CID of an earlier run
+	// that got no reset; from an address no live registration forwards to;
+	// a long header with a relay's source CID.
+	UnknownCID, Expired, PeerInitial, Malformed, RateLimited, StaleCID, UnknownSource, RelaySCID uint64
+}
+
+// counters are a Conn's counters. Forwarding adds to them once per batch.
+type counters struct {
+	forwarded, forwardedBytes, toServer, sendErrors, resets atomic.Uint64
+	drops                                                   [numVerdicts]atomic.Uint64
+}
+
+type batchCounts struct {
+	fwd, fwdBytes, toServer, sendErrs, resets uint64
+	drops                                     [numVerdicts]uint64
+}
+
+func (c *counters) add(b *batchCounts) {
+	if b.fwd > 0 {
+		c.forwarded.Add(b.fwd)
+		c.forwardedBytes.Add(b.fwdBytes)
+	}
+	if b.toServer > 0 {
+		c.toServer.Add(b.toServer)
+	}
+	if b.sendErrs > 0 {
+		c.sendErrors.Add(b.sendErrs)
+	}
+	if b.resets > 0 {
+		c.resets.Add(b.resets)
+	}
+	for v, n := range b.drops {
+		if n > 0 {
+			c.drops[v].Add(n)
+		}
+	}
+}
+
+// Counters returns a snapshot of c's counters.
+func (c *Conn) Counters() Counters {
+	s := &c.stats
+	return Counters{
+		Forwarded:      s.forwarded.Load(),
+		ForwardedBytes: s.forwardedBytes.Load(),
+		ToServer:       s.toServer.Load(),
+		SendErrors:     s.sendErrors.Load(),
+		Resets:         s.resets.Load(),
+		UnknownCID:     s.drops[dropUnknown].Load(),
+		Expired:        s.drops[dropExpired].Load(),
+		PeerInitial:    s.drops[dropPeerInitial].Load(),
+		Malformed:      s.drops[dropMalformed].Load(),
+		RateLimited:    s.drops[dropRateLimited].Load(),
+		StaleCID:       s.drops[resetStale].Load(),
+		UnknownSource:  s.drops[dropUnknownSource].Load(),
+		RelaySCID:      s.drops[dropRelaySCID].Load(),
+	}
+}
