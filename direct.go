@@ -172,7 +172,7 @@ func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrP
 	m := &directManager{
 		pc:       pc,
 		relay:    netAddrPort(relay),
-		cands:    &candidateCache{conn: pc.conn, relay: netAddrPort(relay), obs: obs, anyScope: cfg.DirectAnyScope, addrs: cfg.InterfaceAddrs},
+		cands:    &candidateCache{conn: pc.UDPConn(), relay: netAddrPort(relay), obs: obs, anyScope: cfg.DirectAnyScope, addrs: cfg.InterfaceAddrs},
 		recheck:  recheck,
 		log:      cfg.Logger,
 		onChange: cfg.OnPathChange,
@@ -191,8 +191,8 @@ func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrP
 	}
 	m.cands.ttl = m.timing.refresh
 	if m.timing.lowTTL > 0 {
-		m.lowTTL4 = ttlOOB(pc.conn, false, m.timing.lowTTL)
-		m.lowTTL6 = ttlOOB(pc.conn, true, m.timing.lowTTL)
+		m.lowTTL4 = ttlOOB(pc.UDPConn(), false, m.timing.lowTTL)
+		m.lowTTL6 = ttlOOB(pc.UDPConn(), true, m.timing.lowTTL)
 	}
 	m.wg.Go(m.dispatch)
 	m.wg.Go(m.deliverEvents)

@@ -140,7 +140,7 @@ func (c *peerConn) removeRoute(remote *net.UDPAddr) {
 // writeCtrl sends a control datagram to "to", with optional control
 // messages (a low TTL).
 func (c *peerConn) writeCtrl(b, oob []byte, to netip.AddrPort) error {
-	_, _, err := c.conn.WriteMsgUDPAddrPort(b, oob, to)
+	_, _, err := c.UDPConn().WriteMsgUDPAddrPort(b, oob, to)
 	return err
 }
 
@@ -154,7 +154,7 @@ func (c *peerConn) writeRoute(r *connRoute, b, oob []byte, addr *net.UDPAddr) (i
 			r.recordLast(b, oob)
 		}
 		r.sends.Add(1)
-		n, oobn, err := c.conn.WriteMsgUDPAddrPort(b, oob, *d)
+		n, oobn, err := c.UDPConn().WriteMsgUDPAddrPort(b, oob, *d)
 		if err == nil {
 			return n, oobn, nil
 		}

@@ -29,7 +29,7 @@ func (c *peerConn) inject(b []byte, from net.Addr) {
 	c.injected = append(c.injected, injectedPacket{b: bytes.Clone(b), from: from})
 	if !c.userDeadline && !c.woken {
 		c.woken = true
-		c.conn.SetReadDeadline(time.Unix(1, 0))
+		c.UDPConn().SetReadDeadline(time.Unix(1, 0))
 	}
 }
 
@@ -60,5 +60,5 @@ func (c *peerConn) SetReadDeadline(t time.Time) error {
 	defer c.injMu.Unlock()
 	c.userDeadline = !t.IsZero()
 	c.woken = false
-	return c.conn.SetReadDeadline(t)
+	return c.UDPConn().SetReadDeadline(t)
 }

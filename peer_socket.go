@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/quicpipe/quicpipe/internal/batch"
 	"golang.org/x/net/ipv4"
 )
 
@@ -31,10 +32,10 @@ import (
 //     the direct-path manager (direct_route.go). See
 //     docs/decisions/0010-direct-path.md.
 //
-// The *net.UDPConn is held in udpSocket, not embedded: quic-go must see only
-// the methods declared here and udpSocket's pass-throughs.
+// The *net.UDPConn is held in a batch.Socket, not embedded: quic-go must see
+// only the methods declared here and the Socket's pass-throughs.
 type peerConn struct {
-	udpSocket
+	batch.Socket
 	pc    *ipv4.PacketConn
 	relay netip.AddrPort
 
@@ -48,10 +49,10 @@ type peerConn struct {
 // relay's address as their source.
 func newPeerConn(c *net.UDPConn, relay netip.AddrPort, direct bool) *peerConn {
 	pc := &peerConn{
-		udpSocket: udpSocket{c},
-		pc:        ipv4.NewPacketConn(c),
-		relay:     netAddrPort(relay),
-		holdBack:  holdBack{holds: make(map[string]*capture)},
+		Socket:   batch.NewSocket(c),
+		pc:       ipv4.NewPacketConn(c),
+		relay:    netAddrPort(relay),
+		holdBack: holdBack{holds: make(map[string]*capture)},
 	}
 	if direct {
 		pc.relayUDP = net.UDPAddrFromAddrPort(relay)
@@ -83,7 +84,7 @@ func (c *peerConn) writeUnheld(b, oob []byte, addr *net.UDPAddr) (n, oobn int, e
 // writeRelay sends to addr as given. WriteMsgUDPAddrPort does not allocate
 // a sockaddr per send as WriteMsgUDP does.
 func (c *peerConn) writeRelay(b, oob []byte, addr *net.UDPAddr) (int, int, error) {
-	return c.conn.WriteMsgUDPAddrPort(b, oob, netAddrPort(addr.AddrPort()))
+	return c.UDPConn().WriteMsgUDPAddrPort(b, oob, netAddrPort(addr.AddrPort()))
 }
 
 // ReadBatch is how quic-go reads: injected datagrams first, then the socket.
@@ -97,7 +98,7 @@ func (c *peerConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			c.injMu.Lock()
 			if c.woken && !c.userDeadline {
 				c.woken = false
-				c.conn.SetReadDeadline(time.Time{})
+				c.UDPConn().SetReadDeadline(time.Time{})
 				c.injMu.Unlock()
 				continue
 			}
@@ -116,7 +117,7 @@ func (c *peerConn) SetDeadline(t time.Time) error {
 	if err := c.SetReadDeadline(t); err != nil {
 		return err
 	}
-	return c.conn.SetWriteDeadline(t)
+	return c.UDPConn().SetWriteDeadline(t)
 }
 
 func (c *peerConn) WriteTo(b []byte, addr net.Addr) (int, error) {

@@ -1,5 +1,7 @@
-// Package batch holds what the relay and the peer share in handling a batch
-// of datagrams read for quic-go.
+// Package batch holds what the relay's forwarding engine and the peer's
+// socket share in handing quic-go batches of datagrams: the pass-through
+// socket both wrap (Socket), and moving a kept datagram within a batch
+// (Move).
 package batch
 
 import "golang.org/x/net/ipv4"

@@ -19,10 +19,9 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
-	"syscall"
-	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/quicpipe/quicpipe/internal/batch"
 	"golang.org/x/net/ipv4"
 )
 
@@ -65,8 +64,8 @@ type FastPath interface {
 // reorders messages or swaps their buffers: forwarded datagrams are sent
 // first, then the datagrams for quic-go are moved down into the lowest slots.
 type Conn struct {
-	socket // the socket, owned by the caller of NewConn
-	io     batchIO
+	batch.Socket // the socket, owned by the caller of NewConn
+	io           batchIO
 
 	table   *Table
 	targets *Targets
@@ -93,7 +92,7 @@ type Conn struct {
 // destinations of its entries, from the sources in targets. The caller keeps
 // ownership of c, table and targets; Conn.Close closes c.
 func NewConn(c *net.UDPConn, table *Table, targets *Targets, cfg Config) (*Conn, error) {
-	fc := &Conn{socket: socket{c}, table: table, targets: targets, cfg: cfg}
+	fc := &Conn{Socket: batch.NewSocket(c), table: table, targets: targets, cfg: cfg}
 	rand.Read(fc.epoch[:])
 	if cfg.ResetKey != nil {
 		fc.resetter = hmac.New(sha256.New, cfg.ResetKey[:])
@@ -139,30 +138,6 @@ func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			return k, nil
 		}
 	}
-}
-
-// socket passes quic.OOBCapablePacketConn's methods through to the
-// *net.UDPConn. Conn embeds it, not the *net.UDPConn, so that quic-go sees
-// only these methods and Conn's ReadBatch, never the socket's own.
-type socket struct {
-	conn *net.UDPConn
-}
-
-func (s socket) ReadFrom(b []byte) (int, net.Addr, error)     { return s.conn.ReadFrom(b) }
-func (s socket) WriteTo(b []byte, addr net.Addr) (int, error) { return s.conn.WriteTo(b, addr) }
-func (s socket) Close() error                                 { return s.conn.Close() }
-func (s socket) LocalAddr() net.Addr                          { return s.conn.LocalAddr() }
-func (s socket) SetDeadline(t time.Time) error                { return s.conn.SetDeadline(t) }
-func (s socket) SetReadDeadline(t time.Time) error            { return s.conn.SetReadDeadline(t) }
-func (s socket) SetWriteDeadline(t time.Time) error           { return s.conn.SetWriteDeadline(t) }
-func (s socket) SyscallConn() (syscall.RawConn, error)        { return s.conn.SyscallConn() }
-func (s socket) SetReadBuffer(n int) error                    { return s.conn.SetReadBuffer(n) }
-func (s socket) SetWriteBuffer(n int) error                   { return s.conn.SetWriteBuffer(n) }
-func (s socket) ReadMsgUDP(b, oob []byte) (n, oobn, flags int, addr *net.UDPAddr, err error) {
-	return s.conn.ReadMsgUDP(b, oob)
-}
-func (s socket) WriteMsgUDP(b, oob []byte, addr *net.UDPAddr) (n, oobn int, err error) {
-	return s.conn.WriteMsgUDP(b, oob, addr)
 }
 
 var _ quic.OOBCapablePacketConn = (*Conn)(nil)
