@@ -104,6 +104,9 @@ type RelayError struct {
 	Code string
 	// Message is the relay's human-readable message.
 	Message string
+	// RetryAfter is the wait the relay asked for before another attempt
+	// (its Retry-After header, at most a minute), or zero.
+	RetryAfter time.Duration
 }
 
 func (e *RelayError) Error() string {

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -27,6 +28,12 @@ import (
 var ErrMailboxTaken = errors.New("quicpipe: mailbox taken over by another connection with the same key")
 
 const (
+	// postBusyFirstWait and postBusyMaxWait bound the pauses between
+	// posts the relay refused as busy.
+	postBusyFirstWait = 100 * time.Millisecond
+	postBusyMaxWait   = time.Second
+	// maxRetryAfter bounds the Retry-After a relay may ask for, in seconds.
+	maxRetryAfter = 60
 	// mailboxPending bounds the handshakes of mailbox dials in progress
 	// (and established connections not yet taken by AcceptMailbox).
 	mailboxPending = 16
@@ -386,7 +393,11 @@ func (c *mailboxClient) accept(f *FirstFlight) {
 // key is peer, at the Dialer's relay, over the Dialer's connection to it. It
 // returns once the relay has written the flight to the accepter, or a
 // *RelayError: errors.Is(err, ErrNoMailbox) if the accepter is not
-// listening there, ErrRelayLimit if the relay refuses more for now.
+// listening there. A refusal for now (code "mailbox_busy": flights are
+// piling up for that accepter; "rate_limited": this address posts too
+// often) is tried again after the relay's Retry-After, or a pause growing
+// from 100 ms to 1 s, while ctx leaves time for it; then the refusal is
+// returned (errors.Is(err, ErrRelayLimit)).
 func (d *Dialer) PostToMailbox(ctx context.Context, peer ed25519.PublicKey, f *FirstFlight) error {
 	if len(peer) != ed25519.PublicKeySize {
 		return fmt.Errorf("quicpipe: peer key must be %d bytes, got %d", ed25519.PublicKeySize, len(peer))
@@ -395,6 +406,36 @@ func (d *Dialer) PostToMailbox(ctx context.Context, peer ed25519.PublicKey, f *F
 	if err != nil {
 		return err
 	}
+	wait := postBusyFirstWait
+	for {
+		err := d.postOnce(ctx, peer, body)
+		var re *RelayError
+		if !errors.As(err, &re) || (re.Code != CodeMailboxBusy && re.Code != CodeRateLimited) {
+			return err
+		}
+		// Busy or over the post rate: the relay refused for now. Try again
+		// after the wait it asked for, else after a growing pause, while
+		// ctx allows.
+		pause := wait
+		if re.RetryAfter > 0 {
+			pause = re.RetryAfter
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < pause {
+			return err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, postBusyMaxWait)
+	}
+}
+
+// postOnce posts one binary first flight to peer's mailbox.
+func (d *Dialer) postOnce(ctx context.Context, peer ed25519.PublicKey, body []byte) error {
 	sess := d.p.sess
 	cc, _, err := sess.currentConn(ctx)
 	if err != nil {
@@ -445,5 +486,9 @@ func relayErrorOf(resp *http.Response) error {
 	if json.Unmarshal(data, &e) != nil || e.Code == "" {
 		e = errorResponse{Code: "unknown", Error: string(bytes.TrimSpace(data))}
 	}
-	return &RelayError{Status: resp.StatusCode, Code: e.Code, Message: e.Error}
+	re := &RelayError{Status: resp.StatusCode, Code: e.Code, Message: e.Error}
+	if secs, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && secs > 0 {
+		re.RetryAfter = time.Duration(min(secs, maxRetryAfter)) * time.Second
+	}
+	return re
 }

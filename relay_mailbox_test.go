@@ -555,3 +555,39 @@ func TestDialTicket(t *testing.T) {
 		t.Fatalf("DialTicket without secret or identity: %v", err)
 	}
 }
+
+// TestPostToMailboxRetries: a post the relay refuses for now (429
+// rate_limited with Retry-After, or 503 mailbox_busy when flights pile up,
+// which ten simultaneous dials to one accepter behind a lossy link met) is
+// tried again while the context allows.
+func TestPostToMailboxRetries(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	e := newMailboxEnv(t, &MailboxConfig{PostRate: 1, PostBurst: 1})
+	aID, bID := GenerateIdentity(), GenerateIdentity()
+	e.mailboxAccepter(t, ctx, bID, pub(aID))
+	f, err := ParseFirstFlight(testFlightBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := e.dialer(t, ctx, aID)
+	if err := d.PostToMailbox(ctx, pub(bID), f); err != nil {
+		t.Fatalf("first post: %v", err)
+	}
+	// The second post exceeds the source's rate: the relay asks for a
+	// second's wait, and the post goes through after it.
+	if err := d.PostToMailbox(ctx, pub(bID), f); err != nil {
+		t.Fatalf("second post: %v, want it to wait for the relay's Retry-After and go through", err)
+	}
+	if n := e.relay.MailboxStats().Rejected[CodeRateLimited]; n != 1 {
+		t.Errorf("rate_limited counted %d times, want 1 (one refusal, then the retry)", n)
+	}
+	// With too little time left for the wait, the refusal is returned.
+	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancelShort()
+	err = d.PostToMailbox(short, pub(bID), f)
+	var re *RelayError
+	if !errors.As(err, &re) || re.Code != CodeRateLimited || re.RetryAfter != time.Second || !errors.Is(err, ErrRelayLimit) {
+		t.Fatalf("post with 200 ms left: %v, want rate_limited with a 1 s Retry-After", err)
+	}
+}
