@@ -337,6 +337,12 @@ func BenchmarkLoopbackBaseline(b *testing.B) {
 // decision and batch routing: nothing may panic, a datagram is forwarded
 // only for a registered CID, and everything else is kept for quic-go or
 // dropped and counted.
+//
+// The batch takes the real path: the registered sender sends the datagram
+// twice to the relay's socket, the relay reads both with recvmmsg (so route
+// sees real source addresses), and what it forwards or answers with a
+// stateless reset is read back at the sink and at the sender, so that no
+// socket buffer fills up over a long run.
 func FuzzRelayDatagram(f *testing.F) {
 	g := newForwardRig(f, 1200)
 	f.Add(g.pkt)
@@ -346,30 +352,95 @@ func FuzzRelayDatagram(f *testing.F) {
 	f.Add(append([]byte{0xc0, 0, 0, 0, 1, 8}, make([]byte, 40)...))
 	f.Add(append([]byte{0xc0, 0, 0, 0, 1, 12}, append(g.pkt[1:13], 12)...))
 	f.Add(append([]byte{0x40, 0x80}, make([]byte, 30)...))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		if len(b) > 1500 {
-			b = b[:1500]
-		}
-		v, d := g.c.classify(b, &srcCheck{key: KeyOf(g.sender.LocalAddr().(*net.UDPAddr).AddrPort())}, time.Now().UnixNano())
+	from := g.sender.LocalAddr().(*net.UDPAddr).AddrPort()
+	sink := g.sink.LocalAddr().(*net.UDPAddr).AddrPort()
+	buf := make([]byte, fuzzMaxDatagram)
+	rbuf := make([]byte, 2000)
+	f.Fuzz(func(t *testing.T, in []byte) {
+		// Longer inputs are cut by copy, not by a branch on the length:
+		// such a branch is coverage that only inputs over the limit
+		// reach, and the fuzzer then spends its minimization time (60s
+		// per input by default, counted as no execs) on an O(n²) search
+		// for a shorter input that cannot exist.
+		b := buf[:copy(buf, in)]
+		v, d := g.c.classify(b, &srcCheck{key: KeyOf(from)}, time.Now().UnixNano())
 		if v == forward {
-			if d == nil || d.AP != g.sink.LocalAddr().(*net.UDPAddr).AddrPort() {
+			if d == nil || d.AP != sink {
 				t.Fatalf("forwarded to %v", d)
 			}
 			if len(b) < 1+CIDLen {
 				t.Fatal("forwarded a datagram too short for a CID")
 			}
 		}
-		ms := make([]ipv4.Message, 2)
-		for i := range ms {
-			ms[i].Buffers = [][]byte{make([]byte, 1500)}
-			ms[i].OOB = make([]byte, 128)
-			ms[i].N = copy(ms[i].Buffers[0], b)
+		before := g.c.Counters()
+		const batch = 2
+		for range batch {
+			if _, err := g.sender.WriteToUDPAddrPort(b, g.to); err != nil {
+				t.Fatal(err)
+			}
 		}
-		if k := g.c.route(ms); k < 0 || k > len(ms) {
-			t.Fatalf("route kept %d of %d", k, len(ms))
+		g.sock.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for done := 0; done < batch; {
+			n, err := g.c.io.read(g.ms[:batch-done], 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done += n
+			ms := g.ms[:n]
+			k := g.c.route(ms)
+			if k < 0 || k > len(ms) {
+				t.Fatalf("route kept %d of %d", k, len(ms))
+			}
+			for i := range k {
+				if string(ms[i].Buffers[0][:ms[i].N]) != string(b) {
+					t.Fatalf("slot %d kept for quic-go holds %d bytes, not the datagram", i, ms[i].N)
+				}
+				if a, ok := ms[i].Addr.(*net.UDPAddr); !ok || a.AddrPort() != from {
+					t.Fatalf("slot %d kept for quic-go from %v, want %v", i, ms[i].Addr, from)
+				}
+			}
+		}
+		after := g.c.Counters()
+		fwd, resets, sendErrs := after.Forwarded-before.Forwarded, after.Resets-before.Resets, after.SendErrors-before.SendErrors
+		if fwd > 0 && !(v == forward || v == dropRateLimited) {
+			t.Fatalf("forwarded %d datagrams that classify says are %d", fwd, v)
+		}
+		counted := fwd + resets + after.ToServer - before.ToServer +
+			after.UnknownCID - before.UnknownCID + after.Expired - before.Expired +
+			after.PeerInitial - before.PeerInitial + after.Malformed - before.Malformed +
+			after.RateLimited - before.RateLimited + after.StaleCID - before.StaleCID +
+			after.UnknownSource - before.UnknownSource + after.RelaySCID - before.RelaySCID
+		if sendErrs == 0 && counted != batch {
+			t.Fatalf("%d datagrams counted, want %d (%+v -> %+v)", counted, batch, before, after)
+		}
+		// What was forwarded arrives at the sink unchanged; what was
+		// answered with a reset gets a shorter datagram back.
+		for range fwd {
+			g.sink.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, src, err := g.sink.ReadFromUDPAddrPort(rbuf)
+			if err != nil {
+				t.Fatalf("a forwarded datagram did not arrive: %v", err)
+			}
+			if string(rbuf[:n]) != string(b) || src != g.to {
+				t.Fatalf("sink got %d bytes from %v, want the %d-byte datagram from %v", n, src, len(b), g.to)
+			}
+		}
+		for range resets {
+			g.sender.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, src, err := g.sender.ReadFromUDPAddrPort(rbuf)
+			if err != nil {
+				t.Fatalf("a stateless reset did not arrive: %v", err)
+			}
+			if n >= len(b) || n < minResetLen || src != g.to {
+				t.Fatalf("reset of %d bytes from %v answers a %d-byte datagram", n, src, len(b))
+			}
 		}
 	})
 }
+
+// fuzzMaxDatagram is the longest datagram FuzzRelayDatagram sends: the
+// size of the rig's read buffers.
+const fuzzMaxDatagram = 1500
 
 // TestForwardSegments forwards runs of datagrams for one destination, which
 // the relay sends as UDP GSO messages where the kernel allows: every
