@@ -18,7 +18,11 @@ import (
 
 // CIDLen is the length in bytes of every connection ID used on a peer
 // connection and by the relay.
-const CIDLen = forward.CIDLen
+const CIDLen = 12
+
+// The forwarding engine reads CIDs of the same length.
+var _ [CIDLen - forward.CIDLen]struct{}
+var _ [forward.CIDLen - CIDLen]struct{}
 
 // Limits on the length of a CID key, the secret from which a peer derives its
 // connection IDs.
