@@ -120,6 +120,10 @@ type Member struct {
 	known    map[string]entryInfo // bucket key -> the last entry seen or written
 	lastSeen map[string]time.Time // member -> when its liveness was last renewed (local clock)
 	liveRev  map[string]uint64    // member -> revision of its liveness key
+	// ownSeen is when this member last saw its own liveness renewed
+	// through the watch: until it has lately, it cannot tell a dead member
+	// from its own cut link to NATS, and declares no member dead.
+	ownSeen time.Time
 
 	started   atomic.Bool
 	closeOnce sync.Once
@@ -468,6 +472,9 @@ func (m *Member) entry(e jetstream.KeyValueEntry, t Table, initial bool) {
 			return
 		}
 		if id == m.id {
+			if !del {
+				m.ownRenewed(time.Now())
+			}
 			return
 		}
 		if del {
@@ -547,11 +554,36 @@ func (m *Member) regEntry(e jetstream.KeyValueEntry, t Table, k string, del, ini
 	m.applied.Add(1)
 }
 
+// ownRenewed notes that this member saw its own liveness renewed at now.
+// After a gap (its link to NATS was down), every other member gets a full
+// LivenessTTL again to show it is alive: their renewals were as invisible
+// as this member's own.
+func (m *Member) ownRenewed(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.ownSeen.IsZero() && now.Sub(m.ownSeen) > m.blindAfter() {
+		for id := range m.lastSeen {
+			m.lastSeen[id] = now
+		}
+	}
+	m.ownSeen = now
+}
+
+// blindAfter is how long after its own last renewal seen a member stops
+// judging the others: two renewal periods.
+func (m *Member) blindAfter() time.Duration { return 2 * m.cfg.LivenessTTL / 3 }
+
 // checkMembers declares dead the members whose liveness was not renewed
-// within LivenessTTL.
+// within LivenessTTL, unless this member's own link to NATS seems down:
+// then they keep their registrations, and the relay forwards with the
+// table it has.
 func (m *Member) checkMembers(t Table, now time.Time) {
 	var dead []string
 	m.mu.Lock()
+	if now.Sub(m.ownSeen) > m.blindAfter() {
+		m.mu.Unlock()
+		return
+	}
 	for id, seen := range m.lastSeen {
 		if now.Sub(seen) > m.cfg.LivenessTTL {
 			dead = append(dead, id)

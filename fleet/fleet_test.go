@@ -32,6 +32,12 @@ const testBucket = "fleet-test"
 // startNATS starts a NATS server with JetStream on loopback, its store in
 // a temporary directory, and stops it at the end of the test.
 func startNATS(t *testing.T, jetStream bool) string {
+	url, _ := startNATSServer(t, jetStream)
+	return url
+}
+
+// startNATSServer is startNATS, returning the server too.
+func startNATSServer(t *testing.T, jetStream bool) (string, *server.Server) {
 	t.Helper()
 	s, err := server.NewServer(&server.Options{
 		Host:      "127.0.0.1",
@@ -52,7 +58,7 @@ func startNATS(t *testing.T, jetStream bool) string {
 	if !s.ReadyForConnections(10 * time.Second) {
 		t.Fatal("NATS server not ready within 10s")
 	}
-	return s.ClientURL()
+	return s.ClientURL(), s
 }
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -248,23 +254,7 @@ func TestFleetForward(t *testing.T) {
 	// The sender, a target of a live registration, sends to b for a CID of
 	// the sink's key: b forwards it to the sink, registered at a.
 	cid, _ := quicpipe.DeriveCID(k1, 3)
-	forwarded := func(to *net.UDPAddr) bool {
-		dg := testDatagram(cid)
-		for range 20 {
-			if _, err := sender.sink.udp.WriteTo(dg, to); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case got := <-sink.sink.got:
-				if !bytes.Equal(got, dg) {
-					t.Fatalf("sink got %x, want %x", got, dg)
-				}
-				return true
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-		return false
-	}
+	forwarded := func(to *net.UDPAddr) bool { return forwards(t, sender, sink, cid, to) }
 	if !forwarded(b.addr()) {
 		t.Fatalf("b did not forward a datagram for a's registration; b's stats: %+v", b.relay.Stats().Dropped)
 	}
@@ -306,6 +296,58 @@ func TestFleetForward(t *testing.T) {
 	}
 	if s := b.m.Stats(); s.Malformed+s.Foreign+s.Refused != 0 {
 		t.Fatalf("b ignored entries: %+v", s)
+	}
+}
+
+// forwards sends datagrams for cid from sender to the relay at to, and
+// reports whether one reaches sink within 2s.
+func forwards(t *testing.T, sender, sink *client, cid quicpipe.CID, to *net.UDPAddr) bool {
+	t.Helper()
+	dg := testDatagram(cid)
+	for range 20 {
+		if _, err := sender.sink.udp.WriteTo(dg, to); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-sink.sink.got:
+			if !bytes.Equal(got, dg) {
+				t.Fatalf("sink got %x, want %x", got, dg)
+			}
+			return true
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return false
+}
+
+// TestFleetNATSDown stops NATS: the members cannot tell whether the others
+// are alive, so they keep the registrations they have and go on
+// forwarding for them.
+func TestFleetNATSDown(t *testing.T) {
+	const ttl = time.Second
+	url, s := startNATSServer(t, true)
+	a := newTestMember(t, url, "a", ttl)
+	b := newTestMember(t, url, "b", ttl)
+	sink, sender := newClient(t, a), newClient(t, a)
+	k1, k2 := newKey(t), newKey(t)
+	sink.do(t, http.MethodPost, k1, 1, 8)
+	sender.do(t, http.MethodPost, k2, 1, 8)
+	waitFor(t, 5*time.Second, "b holds a's registrations", func() bool {
+		_, ok1 := b.relay.FleetRecord(k1)
+		_, ok2 := b.relay.FleetRecord(k2)
+		return ok1 && ok2
+	})
+	s.Shutdown()
+	time.Sleep(3 * ttl)
+	if _, ok := b.relay.FleetRecord(k1); !ok {
+		t.Fatal("b dropped a's registration while NATS was down")
+	}
+	cid, _ := quicpipe.DeriveCID(k1, 2)
+	if !forwards(t, sender, sink, cid, b.addr()) {
+		t.Fatal("b stopped forwarding for a's registration while NATS was down")
+	}
+	if g := b.m.Stats().MembersGone; g != 0 {
+		t.Fatalf("b declared %d members dead while NATS was down", g)
 	}
 }
 
@@ -398,6 +440,18 @@ func TestFleetBadEntries(t *testing.T) {
 	defer cancel()
 	hexKey := strings.Repeat("ab", 32)
 	good := `{"v":1,"member":"x","first":1,"num":4,"addr":"127.0.0.1:9"}`
+	// Each entry is put once the previous one is counted: the bucket keeps
+	// one value per key, and a watcher may skip a value replaced before it
+	// was delivered.
+	put := func(key, value string, counter func(Stats) uint64, what string) {
+		t.Helper()
+		before := counter(a.m.Stats())
+		if _, err := kv.Put(ctx, key, []byte(value)); err != nil {
+			t.Fatalf("put %s: %v", key, err)
+		}
+		waitFor(t, 5*time.Second, what+" entry "+key+" "+value+" counted", func() bool { return counter(a.m.Stats()) == before+1 })
+	}
+	malformed := func(s Stats) uint64 { return s.Malformed }
 	for _, e := range []struct{ key, value string }{
 		{"r.zz", good},              // not hex
 		{"r.ABAB" + hexKey, good},   // upper case
@@ -405,33 +459,24 @@ func TestFleetBadEntries(t *testing.T) {
 		{"r." + hexKey, `{"v":2}`},  // another version
 		{"r." + hexKey, strings.Replace(good, `"x"`, `"a b"`, 1)},           // bad member
 		{"r." + hexKey, strings.Replace(good, "127.0.0.1:9", "nowhere", 1)}, // bad address
+		{"r." + hexKey, strings.Repeat(" ", 2000) + good},                   // too long
 		{"m." + strings.Repeat("m", 65), "x"},                               // bad member id
 	} {
-		if _, err := kv.Put(ctx, e.key, []byte(e.value)); err != nil {
-			t.Fatalf("put %s: %v", e.key, err)
-		}
+		put(e.key, e.value, malformed, "malformed")
 	}
-	waitFor(t, 5*time.Second, "malformed entries counted", func() bool { return a.m.Stats().Malformed == 7 })
-	for _, e := range []struct{ key, value string }{
-		{"other.thing", good}, // foreign
-		{"zzz", "x"},          // foreign
-	} {
-		if _, err := kv.Put(ctx, e.key, []byte(e.value)); err != nil {
-			t.Fatalf("put %s: %v", e.key, err)
-		}
-	}
-	waitFor(t, 5*time.Second, "foreign entries counted", func() bool { return a.m.Stats().Foreign == 2 })
+	foreign := func(s Stats) uint64 { return s.Foreign }
+	put("other.thing", good, foreign, "foreign")
+	put("zzz", "x", foreign, "foreign")
+	refused := func(s Stats) uint64 { return s.Refused }
 	for _, v := range []string{
 		strings.Replace(good, `"num":4`, `"num":0`, 1),             // empty window
 		strings.Replace(good, `"num":4`, `"num":100000`, 1),        // window too large
+		strings.Replace(good, `"first":1`, `"first":0`, 1),         // index 0
 		strings.Replace(good, "127.0.0.1:9", "0.0.0.0:0", 1),       // not a unicast target
 		strings.Replace(good, "127.0.0.1:9", a.addr().String(), 1), // the relay itself
 	} {
-		if _, err := kv.Put(ctx, "r."+hexKey, []byte(v)); err != nil {
-			t.Fatal(err)
-		}
+		put("r."+hexKey, v, refused, "refused")
 	}
-	waitFor(t, 5*time.Second, "refused records counted", func() bool { return a.m.Stats().Refused == 4 })
 	if n := a.relay.Stats().Registrations; n != 0 {
 		t.Fatalf("relay holds %d registrations after bad entries, want 0", n)
 	}
