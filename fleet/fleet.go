@@ -91,6 +91,9 @@ type Stats struct {
 	Malformed, Foreign, Refused uint64
 	// MembersGone counts members found dead.
 	MembersGone uint64
+	// Rewatches counts the times the member watched the bucket anew after
+	// its watch stopped delivering (a NATS restart).
+	Rewatches uint64
 	// Pending is the number of changes waiting to be written.
 	Pending int
 }
@@ -124,6 +127,11 @@ type Member struct {
 	// through the watch: until it has lately, it cannot tell a dead member
 	// from its own cut link to NATS, and declares no member dead.
 	ownSeen time.Time
+	// ownSeenRev is the revision of the member's own liveness key last seen
+	// through the watch, beatRev and beatAt those of the last renewal
+	// written: a renewal that does not come back means a lost watch.
+	ownSeenRev, beatRev uint64
+	beatAt              time.Time
 
 	started   atomic.Bool
 	closeOnce sync.Once
@@ -131,6 +139,7 @@ type Member struct {
 	writes, heartbeats, writeErrors   atomic.Uint64
 	applied, removed                  atomic.Uint64
 	malformed, foreign, refused, gone atomic.Uint64
+	rewatches                         atomic.Uint64
 }
 
 // change is a write waiting for the writer: a put of rec, or a delete.
@@ -308,7 +317,7 @@ func (m *Member) Stats() Stats {
 		Writes: m.writes.Load(), Heartbeats: m.heartbeats.Load(), WriteErrors: m.writeErrors.Load(),
 		Applied: m.applied.Load(), Removed: m.removed.Load(),
 		Malformed: m.malformed.Load(), Foreign: m.foreign.Load(), Refused: m.refused.Load(),
-		MembersGone: m.gone.Load(), Pending: n,
+		MembersGone: m.gone.Load(), Rewatches: m.rewatches.Load(), Pending: n,
 	}
 }
 
@@ -323,7 +332,7 @@ func (m *Member) heartbeat() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(m.ctx, m.cfg.Timeout)
-		_, err := m.kv.Put(ctx, memberKey(m.id), []byte(time.Now().UTC().Format(time.RFC3339Nano)))
+		rev, err := m.kv.Put(ctx, memberKey(m.id), []byte(time.Now().UTC().Format(time.RFC3339Nano)))
 		cancel()
 		if err != nil {
 			if m.ctx.Err() == nil {
@@ -332,6 +341,9 @@ func (m *Member) heartbeat() {
 			continue
 		}
 		m.heartbeats.Add(1)
+		m.mu.Lock()
+		m.beatRev, m.beatAt = rev, time.Now()
+		m.mu.Unlock()
 	}
 }
 
@@ -430,31 +442,101 @@ func isWrongRevision(err error) bool {
 }
 
 // watch applies the bucket's entries to t until the member closes. It
-// closes ready once the entries present at start are applied.
+// closes ready once the entries present at start are applied. A watch that
+// stops delivering (the member's own renewals no longer come back through
+// it, as after a NATS restart) is replaced by a new one, which replays the
+// bucket.
 func (m *Member) watch(w jetstream.KeyWatcher, t Table, ready chan struct{}) {
-	defer w.Stop()
+	defer func() {
+		if w != nil {
+			w.Stop()
+		}
+	}()
 	check := time.NewTicker(max(m.cfg.LivenessTTL/4, 10*time.Millisecond))
 	defer check.Stop()
+	updates := w.Updates()
 	initial := true
+	seen := make(map[string]bool) // keys replayed by this watch before its end marker
 	for {
 		select {
 		case <-m.ctx.Done():
 			return
-		case e, ok := <-w.Updates():
+		case e, ok := <-updates:
 			if !ok {
-				if m.ctx.Err() == nil {
-					m.log.Error("fleet: the bucket's watcher stopped")
-				}
-				return
+				m.log.Warn("fleet: the bucket's watch stopped; watching again")
+				updates = nil
+				continue
 			}
 			if e == nil {
-				initial = false
-				close(ready)
+				if initial {
+					m.sweep(t, seen)
+					initial, seen = false, nil
+					if ready != nil {
+						close(ready)
+						ready = nil
+					}
+				}
 				continue
+			}
+			if initial {
+				seen[e.Key()] = true
 			}
 			m.entry(e, t, initial)
 		case <-check.C:
-			m.checkMembers(t, time.Now())
+			now := time.Now()
+			m.checkMembers(t, now)
+			if updates != nil && !m.watchStale(now) {
+				continue
+			}
+			if w != nil {
+				w.Stop()
+				w, updates = nil, nil
+			}
+			nw, err := m.kv.WatchAll(m.ctx)
+			if err != nil {
+				m.log.Debug("fleet: cannot watch the bucket yet", "err", err)
+				continue
+			}
+			m.log.Info("fleet: watching the bucket again")
+			m.rewatches.Add(1)
+			w, updates = nw, nw.Updates()
+			initial, seen = true, make(map[string]bool)
+		}
+	}
+}
+
+// watchStale reports whether the watch lost the bucket: this member's
+// last renewal was written a quarter of LivenessTTL ago and has not come
+// back through it.
+func (m *Member) watchStale(now time.Time) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.beatRev != 0 && m.beatRev != m.ownSeenRev && now.Sub(m.beatAt) > m.cfg.LivenessTTL/4
+}
+
+// sweep removes, once a new watch has replayed the bucket, the other
+// members' registrations it did not replay: deleted while this member was
+// not watching.
+func (m *Member) sweep(t Table, seen map[string]bool) {
+	type gone struct {
+		key    []byte
+		member string
+	}
+	var gs []gone
+	m.mu.Lock()
+	for k, info := range m.known {
+		if seen[k] || info.member == m.id {
+			continue
+		}
+		delete(m.known, k)
+		if key, err := hex.DecodeString(k[len(regPrefix):]); err == nil {
+			gs = append(gs, gone{key, info.member})
+		}
+	}
+	m.mu.Unlock()
+	for _, g := range gs {
+		if t.RemoveRemote(g.key, g.member) {
+			m.removed.Add(1)
 		}
 	}
 }
@@ -473,7 +555,7 @@ func (m *Member) entry(e jetstream.KeyValueEntry, t Table, initial bool) {
 		}
 		if id == m.id {
 			if !del {
-				m.ownRenewed(time.Now())
+				m.ownRenewed(time.Now(), e.Revision())
 			}
 			return
 		}
@@ -558,7 +640,7 @@ func (m *Member) regEntry(e jetstream.KeyValueEntry, t Table, k string, del, ini
 // After a gap (its link to NATS was down), every other member gets a full
 // LivenessTTL again to show it is alive: their renewals were as invisible
 // as this member's own.
-func (m *Member) ownRenewed(now time.Time) {
+func (m *Member) ownRenewed(now time.Time, rev uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.ownSeen.IsZero() && now.Sub(m.ownSeen) > m.blindAfter() {
@@ -566,7 +648,7 @@ func (m *Member) ownRenewed(now time.Time) {
 			m.lastSeen[id] = now
 		}
 	}
-	m.ownSeen = now
+	m.ownSeen, m.ownSeenRev = now, rev
 }
 
 // blindAfter is how long after its own last renewal seen a member stops

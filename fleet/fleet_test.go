@@ -529,3 +529,59 @@ func TestNewUnreachable(t *testing.T) {
 
 func (c *sinkConn) SetReadBuffer(n int) error  { return c.udp.SetReadBuffer(n) }
 func (c *sinkConn) SetWriteBuffer(n int) error { return c.udp.SetWriteBuffer(n) }
+
+// TestFleetNATSRestart restarts NATS (same port, same store): the members
+// reconnect, and a registration made after the restart reaches the other
+// member.
+func TestFleetNATSRestart(t *testing.T) {
+	const ttl = 2 * time.Second
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	opts := &server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true}
+	start := func() *server.Server {
+		s, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Start()
+		t.Cleanup(func() {
+			s.Shutdown()
+			s.WaitForShutdown()
+		})
+		if !s.ReadyForConnections(10 * time.Second) {
+			t.Fatal("NATS server not ready within 10s")
+		}
+		return s
+	}
+	s := start()
+	url := s.ClientURL()
+	a := newTestMember(t, url, "a", ttl)
+	b := newTestMember(t, url, "b", ttl)
+	c1, c2 := newClient(t, a), newClient(t, a)
+	k1, k2 := newKey(t), newKey(t)
+	c1.do(t, http.MethodPost, k1, 1, 8)
+	waitFor(t, 5*time.Second, "b holds a's first registration", func() bool {
+		_, ok := b.relay.FleetRecord(k1)
+		return ok
+	})
+	s.Shutdown()
+	s.WaitForShutdown()
+	start()
+	waitFor(t, 10*time.Second, "members reconnect", func() bool { return a.nc.IsConnected() && b.nc.IsConnected() })
+	c2.do(t, http.MethodPost, k2, 1, 8)
+	d := waitFor(t, 15*time.Second, "b holds a registration made after the restart", func() bool {
+		_, ok := b.relay.FleetRecord(k2)
+		return ok
+	})
+	t.Logf("registration after the restart applied at b after %v", d)
+	if n := b.m.Stats().Rewatches; n < 1 {
+		t.Fatalf("b watched the bucket anew %d times, want at least 1", n)
+	}
+	if _, ok := b.relay.FleetRecord(k1); !ok {
+		t.Fatal("b lost the registration made before the restart")
+	}
+}
