@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -26,6 +27,19 @@ func (r *recordingReplicator) Remove([]byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.ops = append(r.ops, "remove")
+}
+
+// targets returns the distinct targets of the puts recorded so far.
+func (r *recordingReplicator) targets() map[string]bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := make(map[string]bool)
+	for _, op := range r.ops {
+		if f := strings.Fields(op); len(f) == 4 {
+			m[f[3]] = true
+		}
+	}
+	return m
 }
 
 func (r *recordingReplicator) take() []string {
