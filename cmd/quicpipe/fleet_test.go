@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"net"
 	"testing"
 	"time"
 
@@ -61,5 +62,40 @@ func TestRelayFleet(t *testing.T) {
 	}
 	if !present("b") {
 		t.Fatal("relay b's liveness key went")
+	}
+}
+
+// TestRelayFleetNode runs a relay with an embedded NATS node (-fleet-node)
+// and a second relay that joins through it.
+func TestRelayFleetNode(t *testing.T) {
+	binary(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeAddr := l.Addr().String()
+	l.Close()
+	startRelayProc(t, "relay-a", t.TempDir(), "127.0.0.1:0", "-fleet-node", t.TempDir(), "-fleet-node-listen", nodeAddr, "-fleet-member", "a")
+	url := "nats://" + nodeAddr
+	startRelayProc(t, "relay-b", t.TempDir(), "127.0.0.1:0", "-fleet", url, "-fleet-member", "b")
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, fleet.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"a", "b"} {
+		if _, err := kv.Get(ctx, "m."+m); err != nil {
+			t.Fatalf("liveness key of %s: %v", m, err)
+		}
 	}
 }

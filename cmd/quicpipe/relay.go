@@ -11,6 +11,7 @@ import (
 
 	"github.com/quicpipe/quicpipe"
 	"github.com/quicpipe/quicpipe/fleet"
+	"github.com/quicpipe/quicpipe/fleet/natsnode"
 	"github.com/quicpipe/quicpipe/relaymetrics"
 	"github.com/quicpipe/quicpipe/relayxdp"
 	"github.com/quicpipe/quicpipe/xdp"
@@ -54,6 +55,10 @@ func cmdRelay(ctx context.Context, e *env) error {
 	fleetMember := fs.String("fleet-member", "", "this relay's `id` in the fleet: letters, digits, - and _ (default: random)")
 	fleetTTL := fs.Duration("fleet-ttl", 0, "a fleet member that does not renew its liveness for this long is dead (0: 6s)")
 	fleetReplicas := fs.Int("fleet-replicas", 0, "copies of the fleet's bucket in a NATS cluster, when this member creates it (0: 1)")
+	nodeStore := fs.String("fleet-node", "", "run an embedded NATS node (JetStream) storing its data in this `directory`; -fleet defaults to it")
+	nodeListen := fs.String("fleet-node-listen", "127.0.0.1:4222", "`address` the embedded NATS node serves members on")
+	nodeCluster := fs.String("fleet-node-cluster", "", "`address` the embedded NATS node routes with the other members' nodes on (empty: it runs alone)")
+	nodeRoutes := fs.String("fleet-node-routes", "", "the other members' -fleet-node-cluster `addresses`, comma-separated")
 	verbose := fs.Bool("v", false, "log everything, not only warnings")
 	fs.BoolVar(&e.jsonLogs, "log-json", false, "write logs as JSON, one object a line")
 	if err := parseFlags(fs, e); err != nil {
@@ -90,6 +95,26 @@ func cmdRelay(ctx context.Context, e *env) error {
 		// Open on purpose: the library would warn naming its Go API
 		// (RelayConfig.Authorizer); the command's user needs the flag.
 		cfg.Authorizer = openAPI
+	}
+	if *nodeStore != "" {
+		name := *fleetMember
+		if name == "" {
+			name = "node-" + strings.ReplaceAll(*nodeListen, ":", "-")
+		}
+		var routes []string
+		if *nodeRoutes != "" {
+			routes = strings.Split(*nodeRoutes, ",")
+		}
+		node, err := natsnode.Start(natsnode.Config{Name: name, StoreDir: *nodeStore, Listen: *nodeListen,
+			ClusterListen: *nodeCluster, Routes: routes})
+		if err != nil {
+			return err
+		}
+		defer node.Close()
+		cfg.Logger.Info("embedded NATS node serving", "url", node.ClientURL())
+		if *fleetURL == "" {
+			*fleetURL = node.ClientURL()
+		}
 	}
 	var member *fleet.Member
 	if *fleetURL != "" {
