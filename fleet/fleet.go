@@ -261,7 +261,8 @@ func (m *Member) queue(c change) {
 // t (the Relay whose Replicator m is), renews m's liveness and writes the
 // relay's changes, until Close. It returns once the registrations already
 // in the bucket are applied, or with an error if the bucket cannot be
-// watched.
+// watched or ctx ends first (Close the member then). Call Close only after
+// Start returned.
 func (m *Member) Start(ctx context.Context, t Table) error {
 	if !m.started.CompareAndSwap(false, true) {
 		return errors.New("fleet: Member started twice")
