@@ -46,6 +46,9 @@ type Relay struct {
 	regMu   sync.Mutex
 	regs    registry // guarded by regMu
 	closing bool
+	// remoteRegs counts the registrations held by other members of a
+	// fleet (see ApplyRemote). Guarded by regMu.
+	remoteRegs int
 
 	// derivations is the per-source budget of CIDs derived (see
 	// RelayConfig.DerivationsPerSecond); testHookDerived, if set, runs after
@@ -286,7 +289,7 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	r.log.Info("relay draining")
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
-	for r.registrations() > 0 {
+	for r.localRegistrations() > 0 {
 		select {
 		case <-ctx.Done():
 			return r.Close()
@@ -302,4 +305,20 @@ func (r *Relay) registrations() int {
 	r.regMu.Lock()
 	defer r.regMu.Unlock()
 	return r.regs.count()
+}
+
+// localRegistrations returns the number of registrations the relay holds
+// itself, not for other members of a fleet.
+func (r *Relay) localRegistrations() int {
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	return r.regs.count() - r.remoteRegs
+}
+
+// remoteRegistrations returns the number of registrations held by other
+// members of a fleet.
+func (r *Relay) remoteRegistrations() int {
+	r.regMu.Lock()
+	defer r.regMu.Unlock()
+	return r.remoteRegs
 }

@@ -216,7 +216,16 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 			return registerResponse{}, status, code, err
 		}
 		expires := time.Now().Add(ttl)
-		r.regs.put(string(key), reg, src, d, local, qc, first, cids, expires)
+		before := shapeOf(reg)
+		reg = r.regs.put(string(key), reg, src, d, local, qc, first, cids, expires)
+		if before.remote {
+			// The peer registered here after another member: it is ours now.
+			reg.member = ""
+			r.remoteRegs--
+		}
+		if shapeOf(reg) != before {
+			r.replicatePut(reg)
+		}
 		r.regMu.Unlock()
 		return registerResponse{
 			Addr:    ap.String(),
@@ -331,6 +340,6 @@ func (r *Relay) unregister(key []byte) {
 	r.regMu.Lock()
 	defer r.regMu.Unlock()
 	if reg := r.regs.get(string(key)); reg != nil {
-		r.regs.remove(reg)
+		r.removeLocked(reg)
 	}
 }

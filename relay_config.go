@@ -142,6 +142,13 @@ type RelayConfig struct {
 	// (Linux only); NewRelay fails with its error. If nil, every packet is
 	// forwarded in userspace.
 	FastPath func(FastPathConfig) (FastPath, error)
+	// Replicator, if not nil, is told of every change to the relay's own
+	// registrations (created, moved to a new address, window slid,
+	// removed), never of a plain refresh, so that it can share them with
+	// the other members of a relay fleet (see Replicator and package
+	// fleet). If nil, the relay keeps its table to itself, as a single
+	// relay does.
+	Replicator Replicator
 	// Logger receives the relay's logs. If nil, the relay logs nothing. The
 	// relay never logs per packet.
 	Logger *slog.Logger

@@ -37,7 +37,7 @@ func (r *Relay) expire(now time.Time) {
 	defer r.regMu.Unlock()
 	r.regs.entries(func(reg *regEntry) bool {
 		if reg.Expires() < now.UnixNano() {
-			r.regs.remove(reg)
+			r.removeLocked(reg)
 			r.stats.expired.Add(1)
 		} else {
 			r.followLocked(reg)

@@ -40,6 +40,7 @@ func (r *Relay) followLocked(reg *regEntry) {
 		return
 	}
 	r.regs.move(reg, sourceOf(ap.Addr()), d)
+	r.replicatePut(reg)
 	r.log.Info("registration followed its peer to a new address", "addr", ap.String())
 }
 

@@ -32,6 +32,10 @@ type regEntry struct {
 	target    forward.AddrKey
 	targetAP  netip.AddrPort
 	hasTarget bool
+	// member is the fleet member that holds the registration ("" for the
+	// relay's own: see ApplyRemote). A remote registration has no source
+	// (src is the zero Prefix), no connection and no expiry.
+	member string
 }
 
 // newRegEntry returns a new registration of key, its forwarding entry owned
@@ -163,9 +167,11 @@ func (m *memRegistry) put(key string, reg *regEntry, src netip.Prefix, d *forwar
 	}
 	m.ix.removeCIDs(reg, gone)
 	m.ix.addCIDs(reg, added)
-	u := m.perSource[src]
-	u.cids += len(cids) - len(oldCIDs)
-	m.perSource[src] = u
+	if src.IsValid() {
+		u := m.perSource[src]
+		u.cids += len(cids) - len(oldCIDs)
+		m.perSource[src] = u
+	}
 	reg.first, reg.num, reg.cids = first, uint32(len(cids)), cids
 	reg.gen++
 	return reg
@@ -187,7 +193,8 @@ func (m *memRegistry) remove(reg *regEntry) {
 	reg.gen++
 }
 
-// moveSource accounts reg, and the CIDs it holds, under source src.
+// moveSource accounts reg, and the CIDs it holds, under source src. A
+// remote registration (src the zero Prefix) counts under no source.
 func (m *memRegistry) moveSource(reg *regEntry, src netip.Prefix) {
 	if reg.src == src {
 		return
@@ -196,6 +203,9 @@ func (m *memRegistry) moveSource(reg *regEntry, src netip.Prefix) {
 		m.releaseSource(reg)
 	}
 	reg.src = src
+	if !src.IsValid() {
+		return
+	}
 	u := m.perSource[src]
 	u.regs++
 	u.cids += len(reg.cids)
@@ -204,6 +214,9 @@ func (m *memRegistry) moveSource(reg *regEntry, src netip.Prefix) {
 
 // releaseSource takes reg out of its source's usage.
 func (m *memRegistry) releaseSource(reg *regEntry) {
+	if !reg.src.IsValid() {
+		return
+	}
 	u := m.perSource[reg.src]
 	u.regs--
 	u.cids -= len(reg.cids)

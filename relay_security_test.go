@@ -290,11 +290,12 @@ func TestRelayRestart(t *testing.T) {
 
 // TestNATRebinding moves the dialer's public address in the middle of a
 // transfer: the relay follows its migrated connection, and the pipe
-// continues without losing a byte.
+// continues without losing a byte. The move reaches the relay's Replicator.
 func TestNATRebinding(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	e := newTestEnv(t, "127.0.0.1:0", nil)
+	rep := &recordingReplicator{}
+	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{Replicator: rep})
 	nat := newImpairNAT(t, e.relay.udpAddr(), 0, 0)
 	a, err := NewAccepter(ctx, e.config(e.bID, e.aID))
 	if err != nil {
@@ -326,6 +327,7 @@ func TestNATRebinding(t *testing.T) {
 	if err := echo(ctx, dc, 256<<10, 4); err != nil {
 		t.Fatal(err)
 	}
+	before := rep.targets()
 	nat.rebindAll(t)
 	start := time.Now()
 	if err := echo(ctx, dc, 4<<20, 5); err != nil {
@@ -334,6 +336,9 @@ func TestNATRebinding(t *testing.T) {
 	t.Logf("transfer finished %v after the rebinding; relay rebinds=%d", time.Since(start).Round(time.Millisecond), e.relay.Stats().Rebinds)
 	if e.relay.Stats().Rebinds == 0 {
 		t.Fatal("the relay never moved the registration to the new address")
+	}
+	if after := rep.targets(); len(after) <= len(before) {
+		t.Fatalf("replicated targets: %v before the rebinding, %v after; want a new one", before, after)
 	}
 }
 

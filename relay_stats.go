@@ -57,6 +57,9 @@ type RelayStats struct {
 	XDP map[string]FastPathStat
 	// Registrations and CIDs are the current table sizes.
 	Registrations, CIDs int
+	// RemoteRegistrations is how many of Registrations other members of a
+	// relay fleet hold (see ApplyRemote); 0 without a fleet.
+	RemoteRegistrations int
 
 	// Conns is the number of HTTP/3 connections, established or in their
 	// handshake; Handshaking counts those still in their handshake.
@@ -104,6 +107,7 @@ func (r *Relay) Stats() RelayStats {
 		Rejected: c.rejected.snapshot(),
 	}
 	s.Registrations = r.registrations()
+	s.RemoteRegistrations = r.remoteRegistrations()
 	s.Conns, s.Handshaking = r.conns.counts()
 	s.ConnsRefused = r.conns.refused.snapshot()
 	s.Retries = r.conns.retries.Load()

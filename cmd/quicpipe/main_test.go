@@ -486,6 +486,7 @@ func TestUsage(t *testing.T) {
 		{"not-a-ticket", []string{"connect", "hello"}, 1, `bad ticket: a ticket starts with "qp1"`},
 		{"insecure-identity", []string{"key", "-identity", insecure}, 1, "chmod 600 " + insecure},
 		{"relay-args", []string{"relay", "extra"}, 2, "unexpected arguments"},
+		{"relay-fleet-unreachable", []string{"relay", "-listen", "127.0.0.1:0", "-fleet", "nats://127.0.0.1:1"}, 1, "cannot connect to NATS at nats://127.0.0.1:1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/quicpipe/quicpipe"
+	"github.com/quicpipe/quicpipe/fleet"
+	"github.com/quicpipe/quicpipe/fleet/natsnode"
 	"github.com/quicpipe/quicpipe/relaymetrics"
 	"github.com/quicpipe/quicpipe/relayxdp"
 	"github.com/quicpipe/quicpipe/xdp"
@@ -49,6 +51,14 @@ func cmdRelay(ctx context.Context, e *env) error {
 	fs.IntVar(&mcfg.PostBurst, "mailbox-burst", 0, "mailbox posts a source IP may make at once (0: 20)")
 	fs.IntVar(&mcfg.MaxMailboxes, "max-mailboxes", 0, "mailboxes open at once (0: 100000)")
 	fs.IntVar(&mcfg.MaxMailboxesPerSource, "max-mailboxes-per-source", 0, "mailboxes open at once per source (IPv4 address or IPv6 /64) (0: 64)")
+	fleetURL := fs.String("fleet", "", "join a relay fleet: share registrations with the other members through the NATS JetStream at this `URL` (comma-separated servers)")
+	fleetMember := fs.String("fleet-member", "", "this relay's `id` in the fleet: letters, digits, - and _ (default: random)")
+	fleetTTL := fs.Duration("fleet-ttl", 0, "a fleet member that does not renew its liveness for this long is dead (0: 6s)")
+	fleetReplicas := fs.Int("fleet-replicas", 0, "copies of the fleet's bucket in a NATS cluster, when this member creates it (0: 1)")
+	nodeStore := fs.String("fleet-node", "", "run an embedded NATS node (JetStream) storing its data in this `directory`; -fleet defaults to it")
+	nodeListen := fs.String("fleet-node-listen", "127.0.0.1:4222", "`address` the embedded NATS node serves members on")
+	nodeCluster := fs.String("fleet-node-cluster", "", "`address` the embedded NATS node routes with the other members' nodes on (empty: it runs alone)")
+	nodeRoutes := fs.String("fleet-node-routes", "", "the other members' -fleet-node-cluster `addresses`, comma-separated")
 	verbose := fs.Bool("v", false, "log everything, not only warnings")
 	fs.BoolVar(&e.jsonLogs, "log-json", false, "write logs as JSON, one object a line")
 	if err := parseFlags(fs, e); err != nil {
@@ -86,9 +96,47 @@ func cmdRelay(ctx context.Context, e *env) error {
 		// (RelayConfig.Authorizer); the command's user needs the flag.
 		cfg.Authorizer = openAPI
 	}
+	if *nodeStore != "" {
+		name := *fleetMember
+		if name == "" {
+			name = "node-" + strings.ReplaceAll(*nodeListen, ":", "-")
+		}
+		var routes []string
+		if *nodeRoutes != "" {
+			routes = strings.Split(*nodeRoutes, ",")
+		}
+		node, err := natsnode.Start(natsnode.Config{Name: name, StoreDir: *nodeStore, Listen: *nodeListen,
+			ClusterListen: *nodeCluster, Routes: routes})
+		if err != nil {
+			return err
+		}
+		defer node.Close()
+		cfg.Logger.Info("embedded NATS node serving", "url", node.ClientURL())
+		if *fleetURL == "" {
+			*fleetURL = node.ClientURL()
+		}
+	}
+	var member *fleet.Member
+	if *fleetURL != "" {
+		// Before the relay starts: a member that cannot reach NATS exits.
+		member, err = fleet.New(ctx, fleet.Config{URL: *fleetURL, Member: *fleetMember, LivenessTTL: *fleetTTL,
+			Replicas: *fleetReplicas, Logger: cfg.Logger})
+		if err != nil {
+			return err
+		}
+		defer member.Close()
+		cfg.Replicator = member
+	}
 	relay, err := quicpipe.ListenRelay(*listen, &cfg)
 	if err != nil {
 		return err
+	}
+	if member != nil {
+		if err := member.Start(ctx, relay); err != nil {
+			relay.Close()
+			return err
+		}
+		cfg.Logger.Info("joined the relay fleet", "member", member.ID(), "nats", *fleetURL)
 	}
 	if *metrics != "" {
 		ms, err := relaymetrics.Listen(*metrics, relay)
