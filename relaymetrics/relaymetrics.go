@@ -23,7 +23,7 @@ type collector struct {
 
 	forwarded, forwardedBytes, toServer, dropped, handshakes *prometheus.Desc
 	registered, rejected, expired, rebinds                   *prometheus.Desc
-	registrations, cids, xdpPackets, xdpBytes                *prometheus.Desc
+	registrations, cids, remote, xdpPackets, xdpBytes        *prometheus.Desc
 	conns, handshaking, connsRefused, retries                *prometheus.Desc
 	idleClosed, headerTimeouts                               *prometheus.Desc
 }
@@ -48,6 +48,7 @@ func NewCollector(r *quicpipe.Relay) prometheus.Collector {
 		rebinds:        d("rebinds_total", "Registrations moved to a peer's new address after its connection migrated or it refreshed from there."),
 		registrations:  d("registrations", "Current registrations."),
 		cids:           d("cids", "Currently registered connection IDs."),
+		remote:         d("remote_registrations", "Current registrations held by other members of a relay fleet (included in registrations)."),
 		xdpPackets:     d("xdp_frames_total", "Frames seen by the XDP program, by outcome.", "outcome"),
 		xdpBytes:       d("xdp_bytes_total", "Bytes of the frames seen by the XDP program, by outcome.", "outcome"),
 		conns:          d("connections", "Current HTTP/3 connections, established or in their handshake."),
@@ -61,7 +62,7 @@ func NewCollector(r *quicpipe.Relay) prometheus.Collector {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.forwarded, c.forwardedBytes, c.toServer, c.dropped, c.handshakes,
-		c.registered, c.rejected, c.expired, c.rebinds, c.registrations, c.cids, c.xdpPackets, c.xdpBytes,
+		c.registered, c.rejected, c.expired, c.rebinds, c.registrations, c.cids, c.remote, c.xdpPackets, c.xdpBytes,
 		c.conns, c.handshaking, c.connsRefused, c.retries, c.idleClosed, c.headerTimeouts} {
 		ch <- d
 	}
@@ -100,6 +101,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.rebinds, s.Rebinds)
 	ch <- prometheus.MustNewConstMetric(c.registrations, prometheus.GaugeValue, float64(s.Registrations))
 	ch <- prometheus.MustNewConstMetric(c.cids, prometheus.GaugeValue, float64(s.CIDs))
+	ch <- prometheus.MustNewConstMetric(c.remote, prometheus.GaugeValue, float64(s.RemoteRegistrations))
 	ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(s.Conns))
 	ch <- prometheus.MustNewConstMetric(c.handshaking, prometheus.GaugeValue, float64(s.Handshaking))
 	for reason, n := range s.ConnsRefused {
@@ -117,14 +119,24 @@ type Server struct {
 }
 
 // Listen listens on the TCP address addr (for example "127.0.0.1:9090") and
-// serves r's metrics there at /metrics until Close.
-func Listen(addr string, r *quicpipe.Relay) (*Server, error) {
+// serves r's metrics there at /metrics until Close, with those of the
+// further collectors given (for example a fleet member's).
+func Listen(addr string, r *quicpipe.Relay, more ...prometheus.Collector) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("quicpipe: metrics listener: %w", err)
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(r))
+	if err := reg.Register(NewCollector(r)); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("quicpipe: metrics: %w", err)
+	}
+	for _, c := range more {
+		if err := reg.Register(c); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("quicpipe: metrics: %w", err)
+		}
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	s := &Server{

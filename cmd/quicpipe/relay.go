@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quicpipe/quicpipe"
 	"github.com/quicpipe/quicpipe/fleet"
 	"github.com/quicpipe/quicpipe/fleet/natsnode"
@@ -139,7 +140,11 @@ func cmdRelay(ctx context.Context, e *env) error {
 		cfg.Logger.Info("joined the relay fleet", "member", member.ID(), "nats", *fleetURL)
 	}
 	if *metrics != "" {
-		ms, err := relaymetrics.Listen(*metrics, relay)
+		var more []prometheus.Collector
+		if member != nil {
+			more = append(more, fleet.NewCollector(member))
+		}
+		ms, err := relaymetrics.Listen(*metrics, relay, more...)
 		if err != nil {
 			relay.Close()
 			return fmt.Errorf("quicpipe: relay: %w", err)
