@@ -39,14 +39,15 @@ func startNATS(t *testing.T, jetStream bool) string {
 // startNATSServer is startNATS, returning the server too.
 func startNATSServer(t *testing.T, jetStream bool) (string, *server.Server) {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{
-		Host:      "127.0.0.1",
-		Port:      -1,
-		JetStream: jetStream,
-		StoreDir:  t.TempDir(),
-		NoLog:     true,
-		NoSigs:    true,
-	})
+	s := runNATS(t, &server.Options{Host: "127.0.0.1", Port: -1, JetStream: jetStream, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	return s.ClientURL(), s
+}
+
+// runNATS starts a NATS server with opts and stops it at the end of the
+// test.
+func runNATS(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +59,7 @@ func startNATSServer(t *testing.T, jetStream bool) (string, *server.Server) {
 	if !s.ReadyForConnections(10 * time.Second) {
 		t.Fatal("NATS server not ready within 10s")
 	}
-	return s.ClientURL(), s
+	return s
 }
 
 func testLogger(t *testing.T) *slog.Logger {
@@ -566,21 +567,7 @@ func TestFleetNATSRestart(t *testing.T) {
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	opts := &server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true}
-	start := func() *server.Server {
-		s, err := server.NewServer(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go s.Start()
-		t.Cleanup(func() {
-			s.Shutdown()
-			s.WaitForShutdown()
-		})
-		if !s.ReadyForConnections(10 * time.Second) {
-			t.Fatal("NATS server not ready within 10s")
-		}
-		return s
-	}
+	start := func() *server.Server { return runNATS(t, opts) }
 	s := start()
 	url := s.ClientURL()
 	a := newTestMember(t, url, "a", ttl)

@@ -4,15 +4,13 @@ import (
 	"bufio"
 	"context"
 	"crypto/ed25519"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
-
 	"github.com/quicpipe/quicpipe"
+	"github.com/quicpipe/quicpipe/internal/pipetest"
 )
 
 // pipeThroughRelay runs a relay, connects a dialer to an accepter through
@@ -26,61 +24,13 @@ func pipeThroughRelay(t *testing.T, ctx context.Context) *quicpipe.Relay {
 	}
 	t.Cleanup(func() { r.Close() })
 	go r.Serve(ctx)
-	relayKey := relayID.Public().(ed25519.PublicKey)
+	cfg := func(id ed25519.PrivateKey, trusted ...ed25519.PublicKey) *quicpipe.Config {
+		return &quicpipe.Config{RelayAddr: r.LocalAddr().String(), RelayKey: relayID.Public().(ed25519.PublicKey),
+			Identity: id, TrustedPeers: trusted}
+	}
 	dID, aID := quicpipe.GenerateIdentity(), quicpipe.GenerateIdentity()
-	a, err := quicpipe.NewAccepter(ctx, &quicpipe.Config{
-		RelayAddr: r.LocalAddr().String(), RelayKey: relayKey, Identity: aID,
-		TrustedPeers: []ed25519.PublicKey{dID.Public().(ed25519.PublicKey)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { a.Close() })
-	d, err := quicpipe.NewDialer(ctx, &quicpipe.Config{RelayAddr: r.LocalAddr().String(), RelayKey: relayKey, Identity: dID})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	accepted := make(chan *quic.Conn, 1)
-	c, err := d.Dial(ctx, aID.Public().(ed25519.PublicKey), func(ctx context.Context, f *quicpipe.FirstFlight) error {
-		go func() {
-			ac, err := a.Accept(ctx, f)
-			if err != nil {
-				t.Error(err)
-				close(accepted)
-				return
-			}
-			accepted <- ac
-		}()
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ac := <-accepted
-	if ac == nil {
-		t.FailNow()
-	}
-	go func() {
-		s, err := ac.AcceptStream(ctx)
-		if err != nil {
-			return
-		}
-		io.Copy(s, s)
-		s.Close()
-	}()
-	s, err := c.OpenStreamSync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := strings.Repeat("x", 64<<10)
-	go func() {
-		io.WriteString(s, msg)
-		s.Close()
-	}()
-	if got, err := io.ReadAll(s); err != nil || string(got) != msg {
-		t.Fatalf("echo through the relay: %d bytes, %v", len(got), err)
-	}
+	dc, ac := pipetest.Pipe(t, ctx, cfg(dID), cfg(aID, dID.Public().(ed25519.PublicKey)))
+	pipetest.Echo(t, ctx, dc, ac, 64<<10)
 	return r
 }
 

@@ -27,21 +27,9 @@ func TestRelayFleet(t *testing.T) {
 	a, _, _ := startRelayProc(t, "relay-a", t.TempDir(), "127.0.0.1:0", "-fleet", url, "-fleet-member", "a")
 	startRelayProc(t, "relay-b", t.TempDir(), "127.0.0.1:0", "-fleet", url, "-fleet-member", "b")
 
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, fleet.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := fleetBucket(t, ctx, url)
 	present := func(member string) bool {
 		_, err := kv.Get(ctx, "m."+member)
 		if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -78,24 +66,32 @@ func TestRelayFleetNode(t *testing.T) {
 	startRelayProc(t, "relay-a", t.TempDir(), "127.0.0.1:0", "-fleet-node", t.TempDir(), "-fleet-node-listen", nodeAddr, "-fleet-member", "a")
 	url := "nats://" + nodeAddr
 	startRelayProc(t, "relay-b", t.TempDir(), "127.0.0.1:0", "-fleet", url, "-fleet-member", "b")
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, fleet.DefaultBucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := fleetBucket(t, ctx, url)
 	for _, m := range []string{"a", "b"} {
 		if _, err := kv.Get(ctx, "m."+m); err != nil {
 			t.Fatalf("liveness key of %s: %v", m, err)
 		}
 	}
+}
+
+// fleetBucket opens the fleet's bucket on the NATS server at url, as an
+// operator's tool would.
+func fleetBucket(t *testing.T, ctx context.Context, url string) jetstream.KeyValue {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, fleet.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
 }
