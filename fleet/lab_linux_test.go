@@ -361,9 +361,18 @@ func (l *fleetLab) kill(m *labMember) {
 // exposition format writes them (`name{label="v"}`).
 func (l *fleetLab) metrics(m *labMember) map[string]float64 {
 	l.t.Helper()
+	ms, err := l.scrape(m)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return ms
+}
+
+// scrape is metrics, for any goroutine.
+func (l *fleetLab) scrape(m *labMember) (map[string]float64, error) {
 	resp, err := l.httpc.Get(fmt.Sprintf("http://%s:%d/metrics", m.addr, labMetricsPort))
 	if err != nil {
-		l.t.Fatalf("metrics of %s: %v", m.id, err)
+		return nil, fmt.Errorf("metrics of %s: %w", m.id, err)
 	}
 	defer resp.Body.Close()
 	out := make(map[string]float64)
@@ -384,9 +393,9 @@ func (l *fleetLab) metrics(m *labMember) map[string]float64 {
 		out[line[:i]] = v
 	}
 	if err := sc.Err(); err != nil {
-		l.t.Fatalf("metrics of %s: %v", m.id, err)
+		return nil, fmt.Errorf("metrics of %s: %w", m.id, err)
 	}
-	return out
+	return out, nil
 }
 
 // forwarded returns the datagrams m forwarded in userspace and by its XDP
@@ -553,9 +562,11 @@ func (l *fleetLab) peerConfig(ns *netlab.NS, id ed25519.PrivateKey, trusted ...e
 	}, p, nil
 }
 
-// openPipe makes an accepter in peerB and a dialer in peerA, and dials,
-// carrying the first flight in memory. The caller closes the pipe.
-func (l *fleetLab) openPipe(ctx context.Context) (_ *labPipe, err error) {
+// openPipe makes an accepter in peerB and a dialer in peerA (both
+// register with the member their flow reaches), waits until gate is closed
+// if it is not nil, and dials, carrying the first flight in memory. The
+// caller closes the pipe.
+func (l *fleetLab) openPipe(ctx context.Context, gate <-chan struct{}) (_ *labPipe, err error) {
 	p := &labPipe{}
 	defer func() {
 		if err != nil {
@@ -578,6 +589,13 @@ func (l *fleetLab) openPipe(ctx context.Context) (_ *labPipe, err error) {
 	p.d = dp
 	if p.dialer, err = quicpipe.NewDialer(ctx, dcfg); err != nil {
 		return nil, fmt.Errorf("dialer: %w", err)
+	}
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	type result struct {
 		c   *quic.Conn
@@ -625,9 +643,9 @@ func (p *labPipe) close() {
 	}
 }
 
-// openPipes opens n pipes, conc at a time, closed when the test ends; it
-// fails the test unless every one connects.
-func (l *fleetLab) openPipes(ctx context.Context, n, conc int) []*labPipe {
+// openPipes opens n pipes, conc at a time (openPipe, with gate), closed
+// when the test ends; it fails the test unless every one connects.
+func (l *fleetLab) openPipes(ctx context.Context, n, conc int, gate <-chan struct{}) []*labPipe {
 	t := l.t
 	t.Helper()
 	start := time.Now()
@@ -639,7 +657,7 @@ func (l *fleetLab) openPipes(ctx context.Context, n, conc int) []*labPipe {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			pipes[i], errs[i] = l.openPipe(ctx)
+			pipes[i], errs[i] = l.openPipe(ctx, gate)
 		})
 	}
 	wg.Wait()
@@ -814,7 +832,7 @@ func TestFleetLabPipes(t *testing.T) {
 				size = 64 << 10
 			}
 			start := time.Now()
-			pipes := l.openPipes(ctx, n, 16)
+			pipes := l.openPipes(ctx, n, 16, nil)
 			opened := time.Since(start)
 
 			held := make(map[string]int)
@@ -871,7 +889,7 @@ func TestFleetLabMemberKilled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	const n = 30
-	pipes := l.openPipes(ctx, n, 10)
+	pipes := l.openPipes(ctx, n, 10, nil)
 
 	// Kill the member that holds the most peers.
 	count := make(map[string]int)
@@ -992,10 +1010,10 @@ func TestFleetLabMemberKilled(t *testing.T) {
 	t.Logf("%d of the %d peers held at the surviving members moved between them", moved, len(before))
 }
 
-// TestFleetLabNATSNodeDown kills one of the three NATS nodes (SIGKILL)
-// while 12 pipes carry paced transfers, opens 12 new pipes (new
-// registrations, replicated by the two nodes left), then restarts the node
-// on its store: the old pipes complete (the members forward with the
+// TestFleetLabNATSNodeDown kills one of the three NATS nodes (SIGKILL),
+// the one that leads the bucket's stream, while 12 pipes carry paced
+// transfers, opens 12 new pipes (new registrations, replicated by the two
+// nodes left), then restarts the node on its store: the old pipes complete (the members forward with the
 // table they have), the new ones connect and carry their data, no member
 // declares another dead, and the restarted node catches up: a client
 // connected to it alone reads every registration written while it was
@@ -1005,19 +1023,80 @@ func TestFleetLabNATSNodeDown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	const n = 12
-	old := l.openPipes(ctx, n, n)
+	old := l.openPipes(ctx, n, n, nil)
 	const rate = 64 << 10
 	size := 10 * rate // about 10 s
 	done := make(chan [][]stall, 1)
 	go func() { done <- echoAll(t, ctx, old, size, rate) }()
 
 	time.Sleep(time.Second)
+	// The node that leads the bucket's stream: the harder case, writes
+	// wait for a new leader.
+	js, err := jetstream.New(l.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, "KV_"+DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
 	node := l.members[2]
+	if c := stream.CachedInfo().Cluster; c != nil {
+		for _, m := range l.members {
+			if c.Leader == "n-"+m.id {
+				node = m
+			}
+		}
+	}
 	node.nats.Kill()
 	down := time.Now()
 	t.Logf("NATS node of %s killed", node.id)
-
-	fresh := l.openPipes(ctx, n, n)
+	// New pipes: their peers register at once, with two NATS nodes of
+	// three; they dial once every member holds every registration (4n:
+	// its own and the others'), as the members' metrics say. A dial made
+	// while a member still lacks the other end's registration is lost
+	// there, and waits for QUIC's handshake retransmissions, which back
+	// off.
+	type follow struct{ rewatched, complete time.Duration }
+	follows := make([]follow, len(l.members))
+	gate := make(chan struct{})
+	var followed sync.WaitGroup
+	followed.Go(func() {
+		defer close(gate)
+		for time.Since(down) < 60*time.Second {
+			all := true
+			for i, m := range l.members {
+				ms, err := l.scrape(m)
+				if err != nil {
+					all = false
+					continue
+				}
+				if follows[i].rewatched == 0 && ms["quicpipe_fleet_rewatches_total"] > 0 {
+					follows[i].rewatched = time.Since(down)
+				}
+				if follows[i].complete == 0 && ms["quicpipe_relay_registrations"] >= 4*n {
+					follows[i].complete = time.Since(down)
+				}
+				all = all && follows[i].complete != 0
+			}
+			if all {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	fresh := l.openPipes(ctx, n, n, gate)
+	followed.Wait()
+	for i, m := range l.members {
+		if follows[i].complete == 0 {
+			t.Errorf("%s did not hold the new registrations 60s after the node went down", m.id)
+		}
+		rewatched := "did not re-watch the bucket"
+		if follows[i].rewatched != 0 {
+			rewatched = fmt.Sprintf("re-watched the bucket %v after the node went down", follows[i].rewatched.Round(100*time.Millisecond))
+		}
+		t.Logf("%s: %s; held every new registration %v after", m.id, rewatched, follows[i].complete.Round(100*time.Millisecond))
+	}
 	cross := 0
 	for _, p := range fresh {
 		if l.bucket.member(p.d.key) != l.bucket.member(p.a.key) {
@@ -1029,6 +1108,7 @@ func TestFleetLabNATSNodeDown(t *testing.T) {
 	echoAll(t, ctx, fresh, 128<<10, 0)
 	t.Logf("the new pipes carried 128 KiB each way (SHA-256 checked)")
 
+	time.Sleep(time.Until(down.Add(5 * time.Second))) // an outage of 5 s at least
 	l.startNode(node)
 	node.nats.Match(regexp.MustCompile(`natsd ready`), 30*time.Second)
 	restarted := time.Now()
@@ -1036,10 +1116,6 @@ func TestFleetLabNATSNodeDown(t *testing.T) {
 
 	// The restarted node's replica of the bucket is current once the
 	// stream's leader says so.
-	js, err := jetstream.New(l.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var replicas []string
 	for {
 		si, err := js.Stream(ctx, "KV_"+DefaultBucket)
