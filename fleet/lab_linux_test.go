@@ -493,8 +493,8 @@ func (b *bucketLog) member(k []byte) string {
 	return evs[len(evs)-1].member
 }
 
-// movedAway returns when the registration of k was first put by a member
-// other than from after since, or false.
+// movedAway returns when, after since, a member other than from first
+// wrote the registration of k, or false if none did.
 func (b *bucketLog) movedAway(k []byte, from string, since time.Time) (time.Time, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
