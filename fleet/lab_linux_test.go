@@ -883,9 +883,15 @@ func TestFleetLabPipes(t *testing.T) {
 // must complete with its SHA-256, and every peer held at the dead member
 // must register at another member (it gets a stateless reset there). It
 // logs the longest stall a pipe saw and how long after the kill the last
-// of those peers registered again.
+// of those peers registered again. With XDP, the survivors' programs must
+// forward after the kill.
 func TestFleetLabMemberKilled(t *testing.T) {
-	l := newFleetLab(t, labOptions{})
+	t.Run("userspace", func(t *testing.T) { testMemberKilled(t, false) })
+	t.Run("xdp", func(t *testing.T) { testMemberKilled(t, true) })
+}
+
+func testMemberKilled(t *testing.T, withXDP bool) {
+	l := newFleetLab(t, labOptions{xdp: withXDP})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	const n = 30
@@ -936,6 +942,15 @@ func TestFleetLabMemberKilled(t *testing.T) {
 	done := make(chan [][]stall, 1)
 	go func() { done <- echoAll(t, ctx, pipes, size, rate) }()
 	time.Sleep(3 * time.Second)
+	var survivors []*labMember
+	fwdBefore := make(map[*labMember][2]float64)
+	for _, m := range l.members {
+		if m != victim {
+			survivors = append(survivors, m)
+			user, kernel := l.forwarded(m)
+			fwdBefore[m] = [2]float64{user, kernel}
+		}
+	}
 	killed := time.Now()
 	l.kill(victim)
 	t.Logf("killed %s and withdrew its next hop in %v", victim.id, time.Since(killed).Round(time.Millisecond))
@@ -973,9 +988,24 @@ func TestFleetLabMemberKilled(t *testing.T) {
 		}
 	}
 	t.Logf("every pipe completed, %d KiB each way at %d KiB/s (SHA-256 checked)", size>>10, rate>>10)
+	for _, m := range survivors {
+		user, kernel := l.forwarded(m)
+		du, dk := user-fwdBefore[m][0], kernel-fwdBefore[m][1]
+		t.Logf("%s forwarded %.0f datagrams in userspace and %.0f by XDP after the kill", m.id, du, dk)
+		fwd := du
+		if withXDP {
+			fwd = dk
+		}
+		if fwd == 0 {
+			t.Errorf("%s forwarded nothing (XDP %v) after the kill", m.id, withXDP)
+		}
+	}
 	show := func(st stall) string {
 		if st.d == 0 {
 			return fmt.Sprintf("none over %v", stallMin)
+		}
+		if at := st.end.Sub(killed); at < 0 {
+			return fmt.Sprintf("%v (ended %v before the kill)", st.d.Round(time.Millisecond), -at.Round(time.Millisecond))
 		}
 		return fmt.Sprintf("%v (ended %v after the kill)", st.d.Round(time.Millisecond), st.end.Sub(killed).Round(time.Millisecond))
 	}
