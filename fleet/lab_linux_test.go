@@ -1050,7 +1050,7 @@ func testMemberKilled(t *testing.T, withXDP bool) {
 // down, and the stream's leader reports its replica current.
 func TestFleetLabNATSNodeDown(t *testing.T) {
 	l := newFleetLab(t, labOptions{})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const n = 12
 	old := l.openPipes(ctx, n, n, nil)
