@@ -127,6 +127,11 @@ func cmdRelay(ctx context.Context, e *env) error {
 		}
 		defer member.Close()
 		cfg.Replicator = member
+		if cfg.Mailbox != nil {
+			// Dialers may post at any member: the flight goes to the
+			// member that holds the mailbox.
+			cfg.MailboxRouter = member
+		}
 	}
 	relay, err := quicpipe.ListenRelay(*listen, &cfg)
 	if err != nil {
