@@ -92,6 +92,12 @@ func (m *Member) mailboxSubject(key []byte) string {
 // back. It implements quicpipe.MailboxRouter.
 func (m *Member) Hold(ctx context.Context, key ed25519.PublicKey) error {
 	subj := m.mailboxSubject(key)
+	// The take goes out before the subscription, so that it does not come
+	// back to this member: NATS handles one connection's messages in order.
+	take := nats.NewMsg(subj)
+	take.Header.Set(hdrOp, opTake)
+	take.Header.Set(hdrMember, m.id)
+	terr := m.nc.PublishMsg(take)
 	m.hmu.Lock()
 	if m.hclosed {
 		m.hmu.Unlock()
@@ -114,11 +120,8 @@ func (m *Member) Hold(ctx context.Context, key ed25519.PublicKey) error {
 	if !m.nc.IsConnected() {
 		return fmt.Errorf("fleet: not connected to NATS (%v): the mailbox is routed once it is back", m.nc.Status())
 	}
-	take := nats.NewMsg(subj)
-	take.Header.Set(hdrOp, opTake)
-	take.Header.Set(hdrMember, m.id)
-	if err := m.nc.PublishMsg(take); err != nil {
-		return fmt.Errorf("fleet: announcing the mailbox: %w", err)
+	if terr != nil {
+		return fmt.Errorf("fleet: announcing the mailbox: %w", terr)
 	}
 	if err := m.nc.FlushWithContext(ctx); err != nil {
 		return fmt.Errorf("fleet: NATS did not confirm the mailbox's subscription: %w", err)
