@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"github.com/quicpipe/quicpipe"
 	"github.com/quicpipe/quicpipe/internal/pipetest"
@@ -164,6 +165,16 @@ func TestFleetMailboxAcrossMembers(t *testing.T) {
 		t.Fatalf("members' hand-over counters: a %+v, b %+v", ma, mb)
 	}
 
+	if got := gauge(t, a.m, "quicpipe_fleet_mailbox_handovers_total", "out"); got != 1 {
+		t.Fatalf("a's metrics: %v posts handed out, want 1", got)
+	}
+	if got := gauge(t, b.m, "quicpipe_fleet_mailbox_handovers_total", "in"); got != 1 {
+		t.Fatalf("b's metrics: %v posts handed in, want 1", got)
+	}
+	if got := gauge(t, b.m, "quicpipe_fleet_mailboxes_held", ""); got != 1 {
+		t.Fatalf("b's metrics: %v mailboxes held, want 1", got)
+	}
+
 	// Nobody holds this key, at a or at b.
 	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
 	defer pcancel()
@@ -305,4 +316,31 @@ func TestFleetMailboxFaults(t *testing.T) {
 	if s := a.m.Stats(); s.HandoverFailures != 1 {
 		t.Fatalf("a's member stats: %+v", s)
 	}
+}
+
+// gauge returns the value of m's metric name (a counter or a gauge), of
+// the series whose only label has value label ("" for none).
+func gauge(t *testing.T, m *Member, name, label string) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(m))
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, mt := range f.GetMetric() {
+			if ls := mt.GetLabel(); (label == "" && len(ls) == 0) || (len(ls) == 1 && ls[0].GetValue() == label) {
+				if c := mt.GetCounter(); c != nil {
+					return c.GetValue()
+				}
+				return mt.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no metric %s{%s}", name, label)
+	return 0
 }
