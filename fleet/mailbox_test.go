@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"github.com/quicpipe/quicpipe"
+	"github.com/quicpipe/quicpipe/fleet/natsnode"
 	"github.com/quicpipe/quicpipe/internal/pipetest"
 )
 
@@ -28,6 +30,12 @@ type mailboxMember struct {
 // one).
 func newMailboxMember(t *testing.T, url, member string, mcfg *quicpipe.MailboxConfig, identity ed25519.PrivateKey) *mailboxMember {
 	t.Helper()
+	return newMailboxMemberR(t, url, member, mcfg, identity, 1)
+}
+
+// newMailboxMemberR is newMailboxMember with a bucket of replicas copies.
+func newMailboxMemberR(t *testing.T, url, member string, mcfg *quicpipe.MailboxConfig, identity ed25519.PrivateKey, replicas int) *mailboxMember {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	nc, err := nats.Connect(url, nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
@@ -35,10 +43,18 @@ func newMailboxMember(t *testing.T, url, member string, mcfg *quicpipe.MailboxCo
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	m, err := New(ctx, Config{Conn: nc, Bucket: testBucket, Member: member, LivenessTTL: 2 * time.Second,
-		Timeout: 2 * time.Second, HandoverTimeout: 3 * time.Second, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
+	var m *Member
+	for {
+		// A new cluster elects its JetStream leader first.
+		m, err = New(ctx, Config{Conn: nc, Bucket: testBucket, Member: member, LivenessTTL: 2 * time.Second,
+			Timeout: 2 * time.Second, HandoverTimeout: 3 * time.Second, Replicas: replicas, Logger: testLogger(t)})
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	t.Cleanup(func() { m.Close() })
 	if mcfg == nil {
@@ -343,4 +359,57 @@ func gauge(t *testing.T, m *Member, name, label string) float64 {
 	}
 	t.Fatalf("no metric %s{%s}", name, label)
 	return 0
+}
+
+// TestFleetMailboxCluster: members a and b on different nodes of a
+// three-node NATS cluster: a dial through a reaches the listener held at
+// b (the mailbox's interest crosses the route), and still does with the
+// third node down.
+func TestFleetMailboxCluster(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ports := freePorts(t, 3)
+	var nodes []*natsnode.Node
+	for i := range 3 {
+		var routes []string
+		for j, p := range ports {
+			if j != i {
+				routes = append(routes, fmt.Sprintf("127.0.0.1:%d", p))
+			}
+		}
+		n, err := natsnode.Start(natsnode.Config{Name: fmt.Sprintf("n%d", i), StoreDir: t.TempDir(),
+			ClusterListen: fmt.Sprintf("127.0.0.1:%d", ports[i]), Routes: routes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(n.Close)
+		nodes = append(nodes, n)
+	}
+	a := newMailboxMemberR(t, nodes[0].ClientURL(), "a", nil, nil, 3)
+	b := newMailboxMemberR(t, nodes[1].ClientURL(), "b", nil, nil, 3)
+	dialerID, listenerID := quicpipe.GenerateIdentity(), quicpipe.GenerateIdentity()
+	acc := listen(t, ctx, b, listenerID, dialerID)
+	d := dialer(t, ctx, a, dialerID)
+	for round := range 2 {
+		if round == 1 {
+			nodes[2].Close()
+		}
+		accepted := acceptOne(ctx, acc)
+		start := time.Now()
+		dc, err := d.DialMailbox(ctx, listenerID.Public().(ed25519.PublicKey))
+		if err != nil {
+			t.Fatalf("round %d: dial through a (node n0) to the mailbox held at b (node n1): %v", round, err)
+		}
+		ac := <-accepted
+		if ac == nil {
+			t.Fatalf("round %d: the listener accepted nothing", round)
+		}
+		t.Logf("round %d: connected in %v", round, time.Since(start))
+		pipetest.Echo(t, ctx, dc, ac, 64<<10)
+		dc.CloseWithError(0, "")
+		ac.CloseWithError(0, "")
+	}
+	if got := b.relay.MailboxStats().HandedIn; got != 2 {
+		t.Fatalf("b was handed %d posts, want 2", got)
+	}
 }
