@@ -2,13 +2,18 @@ package fleet
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"runtime"
 	"strings"
@@ -17,6 +22,9 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/quicpipe/quicpipe"
 )
 
 // BenchmarkMailboxHold measures what holding b.N mailboxes costs a member
@@ -174,4 +182,157 @@ func benchInterest(b *testing.B, cluster bool) {
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/float64(b.N), "heap-B/mailbox")
+}
+
+// BenchmarkMailboxPost measures a mailbox post from its request to its
+// answer, the flight written to the holder: "local" with the mailbox held
+// at the member posted to, "handover" with it held at another member (one
+// NATS request/reply more). The holder and the poster are bare HTTP/3
+// clients on loopback; compare the two in one run.
+func BenchmarkMailboxPost(b *testing.B) {
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: b.TempDir(),
+		NoLog: true, NoSigs: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	go srv.Start()
+	defer func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		b.Fatal("NATS server not ready within 10s")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	mcfg := &quicpipe.MailboxConfig{PostRate: 1e9, PostBurst: 1 << 30}
+	members := make([]*mailboxMember, 2)
+	for i, name := range []string{"a", "b"} {
+		members[i] = newMailboxMemberB(b, ctx, srv.ClientURL(), name, mcfg)
+	}
+	flight := benchFlight(b, ctx, members[0])
+	for _, c := range []struct {
+		name   string
+		holder *mailboxMember
+	}{{"local", members[0]}, {"handover", members[1]}} {
+		b.Run(c.name, func(b *testing.B) {
+			key := quicpipe.GenerateIdentity()
+			holdMailbox(b, ctx, c.holder, key)
+			poster := rawH3(b, ctx, members[0])
+			b.ResetTimer()
+			for range b.N {
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost,
+					"https://"+quicpipe.ServerName+"/v1/mailbox/"+quicpipe.EncodeKey(key.Public().(ed25519.PublicKey)),
+					bytes.NewReader(flight))
+				resp, err := poster.RoundTrip(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusNoContent {
+					b.Fatalf("post: status %d", resp.StatusCode)
+				}
+			}
+		})
+	}
+}
+
+// newMailboxMemberB is newMailboxMember for a benchmark.
+func newMailboxMemberB(b *testing.B, ctx context.Context, url, member string, mcfg *quicpipe.MailboxConfig) *mailboxMember {
+	b.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(nc.Close)
+	m, err := New(ctx, Config{Conn: nc, Bucket: testBucket, Member: member})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Close() })
+	id := quicpipe.GenerateIdentity()
+	r, err := quicpipe.ListenRelay("127.0.0.1:0", &quicpipe.RelayConfig{Identity: id, Replicator: m, Mailbox: mcfg, MailboxRouter: m})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { r.Close() })
+	go r.Serve(context.Background())
+	if err := m.Start(ctx, r); err != nil {
+		b.Fatal(err)
+	}
+	return &mailboxMember{relay: r, m: m, nc: nc, id: id}
+}
+
+// rawH3 opens a bare HTTP/3 connection to tm's relay.
+func rawH3(b *testing.B, ctx context.Context, tm *mailboxMember) *http3.ClientConn {
+	b.Helper()
+	cc, _ := rawH3Conn(b, ctx, tm)
+	return cc
+}
+
+func rawH3Conn(b *testing.B, ctx context.Context, tm *mailboxMember) (*http3.ClientConn, *quic.Conn) {
+	b.Helper()
+	tlsConf, err := quicpipe.ClientTLSConfig(nil, tm.id.Public().(ed25519.PublicKey), http3.NextProtoH3)
+	if err != nil {
+		b.Fatal(err)
+	}
+	qc, err := quic.DialAddr(ctx, tm.relay.LocalAddr().String(), tlsConf, &quic.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { qc.CloseWithError(0, "") })
+	return (&http3.Transport{}).NewClientConn(qc), qc
+}
+
+// holdMailbox opens key's mailbox at tm over a bare HTTP/3 connection,
+// signed as docs/PROTOCOL.md says, and discards what it receives until the
+// benchmark ends.
+func holdMailbox(b *testing.B, ctx context.Context, tm *mailboxMember, key ed25519.PrivateKey) {
+	b.Helper()
+	cc, qc := rawH3Conn(b, ctx, tm)
+	pub := key.Public().(ed25519.PublicKey)
+	cs := qc.ConnectionState().TLS
+	ekm, err := cs.ExportKeyingMaterial("EXPORTER-quicpipe-mailbox", pub, 32)
+	if err != nil {
+		b.Fatal(err)
+	}
+	msg := append(append([]byte("quicpipe mailbox open v1\x00"), pub...), ekm...)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+quicpipe.ServerName+"/v1/mailbox/"+quicpipe.EncodeKey(pub), nil)
+	req.Header.Set("Quicpipe-Signature", base64.RawURLEncoding.EncodeToString(ed25519.Sign(key, msg)))
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		b.Fatalf("open: status %d", resp.StatusCode)
+	}
+	go io.Copy(io.Discard, resp.Body)
+	b.Cleanup(func() { resp.Body.Close() })
+}
+
+// benchFlight returns a real first flight in binary form: a dialer's at tm,
+// taken before delivery.
+func benchFlight(b *testing.B, ctx context.Context, tm *mailboxMember) []byte {
+	b.Helper()
+	d, err := quicpipe.NewDialer(ctx, tm.peerConfig(quicpipe.GenerateIdentity()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	var flight []byte
+	errTaken := errors.New("flight taken")
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err = d.Dial(dctx, quicpipe.GenerateIdentity().Public().(ed25519.PublicKey), func(_ context.Context, f *quicpipe.FirstFlight) error {
+		flight, err = f.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		return errTaken
+	})
+	if !errors.Is(err, errTaken) {
+		b.Fatalf("taking a first flight: %v", err)
+	}
+	return flight
 }
