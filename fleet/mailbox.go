@@ -91,6 +91,12 @@ func (m *Member) mailboxSubject(key []byte) string {
 // is not reachable; the subscription stays and is renewed when NATS comes
 // back. It implements quicpipe.MailboxRouter.
 func (m *Member) Hold(ctx context.Context, key ed25519.PublicKey) error {
+	m.hmu.Lock()
+	closed := m.hclosed
+	m.hmu.Unlock()
+	if closed {
+		return errors.New("fleet: member closed")
+	}
 	subj := m.mailboxSubject(key)
 	// The take goes out before the subscription, so that it does not come
 	// back to this member: NATS handles one connection's messages in order.

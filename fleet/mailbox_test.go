@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"testing"
@@ -411,5 +412,85 @@ func TestFleetMailboxCluster(t *testing.T) {
 	}
 	if got := b.relay.MailboxStats().HandedIn; got != 2 {
 		t.Fatalf("b was handed %d posts, want 2", got)
+	}
+}
+
+// TestFleetMailboxBadMessages: messages on a held mailbox's subject that
+// are not a member's are answered or ignored and counted, never delivered
+// as flights, and the mailbox keeps working.
+func TestFleetMailboxBadMessages(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	url := startNATS(t, true)
+	a := newMailboxMember(t, url, "a", nil, nil)
+	b := newMailboxMember(t, url, "b", nil, nil)
+	dialerID, listenerID := quicpipe.GenerateIdentity(), quicpipe.GenerateIdentity()
+	acc := listen(t, ctx, b, listenerID, dialerID)
+	subj := b.m.mailboxSubject(listenerID.Public().(ed25519.PublicKey))
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	request := func(op string, body []byte) mailboxReply {
+		t.Helper()
+		msg := nats.NewMsg(subj)
+		if op != "" {
+			msg.Header.Set(hdrOp, op)
+		}
+		msg.Header.Set(hdrMember, "intruder")
+		msg.Data = body
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		defer rcancel()
+		resp, err := nc.RequestMsgWithContext(rctx, msg)
+		if err != nil {
+			t.Fatalf("request %q: %v", op, err)
+		}
+		var r mailboxReply
+		if err := json.Unmarshal(resp.Data, &r); err != nil {
+			t.Fatalf("reply %q: %v", resp.Data, err)
+		}
+		return r
+	}
+	if r := request(opPost, []byte("not a flight")); r.Status != 400 || r.Code != quicpipe.CodeBadFlight {
+		t.Errorf("post of a bad flight: %+v, want 400 bad_flight", r)
+	}
+	if r := request(opPost, make([]byte, maxHandoverBytes+1)); r.Status != 413 || r.Code != quicpipe.CodeBodyTooLarge {
+		t.Errorf("post of %d bytes: %+v, want 413 body_too_large", maxHandoverBytes+1, r)
+	}
+	// Ignored and counted: an unknown operation, none, a post with no
+	// reply subject.
+	for _, op := range []string{"steal", ""} {
+		msg := nats.NewMsg(subj)
+		if op != "" {
+			msg.Header.Set(hdrOp, op)
+		}
+		if err := nc.PublishMsg(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	post := nats.NewMsg(subj)
+	post.Header.Set(hdrOp, opPost)
+	post.Data = []byte("x")
+	if err := nc.PublishMsg(post); err != nil {
+		t.Fatal(err)
+	}
+	nc.Flush()
+	waitFor(t, 5*time.Second, "b counts three malformed messages", func() bool { return b.m.Stats().MailboxMalformed == 3 })
+	if s := b.relay.MailboxStats(); s.Delivered != 0 || s.Open != 1 {
+		t.Fatalf("b's mailbox after bad messages: %+v", s)
+	}
+
+	// The mailbox still works.
+	accepted := acceptOne(ctx, acc)
+	dc, err := dialer(t, ctx, a, dialerID).DialMailbox(ctx, listenerID.Public().(ed25519.PublicKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.CloseWithError(0, "")
+	if ac := <-accepted; ac == nil {
+		t.Fatal("the listener accepted nothing")
+	} else {
+		ac.CloseWithError(0, "")
 	}
 }
