@@ -106,6 +106,9 @@ func TestFleetRehash(t *testing.T) {
 	}
 	t.Logf("b: %d stateless resets, %d handshakes", sb.Resets, sb.Handshakes)
 	waitFor(t, 5*time.Second, "a lets the mailbox go", func() bool { return a.relay.MailboxStats().Open == 0 })
+	waitFor(t, 5*time.Second, "a holds b's records of the peers instead of its own", func() bool {
+		return ownRegistrations(a.relay) == 0 && a.relay.Stats().RemoteRegistrations == 2
+	})
 
 	time.Sleep(500 * time.Millisecond)
 	close(stop)
