@@ -117,7 +117,7 @@ func (r *Relay) YieldMailbox(key ed25519.PublicKey) bool {
 
 // handOver gives a post for a mailbox this relay does not hold to the
 // MailboxRouter and answers with what the holding member answered.
-func (m *mailboxServer) handOver(w http.ResponseWriter, ctx context.Context, rt MailboxRouter, key []byte, body []byte) {
+func (m *mailboxServer) handOver(ctx context.Context, w http.ResponseWriter, rt MailboxRouter, key []byte, body []byte) {
 	m.handedOut.Add(1)
 	// The holder waits up to its DeliveryTimeout; the router bounds the
 	// hand-over itself, this only stops it if the dialer goes.

@@ -443,7 +443,7 @@ func (m *mailboxServer) post(w http.ResponseWriter, req *http.Request, qc *quic.
 	m.mu.Unlock()
 	if mb == nil {
 		if rt := m.r.cfg.MailboxRouter; rt != nil {
-			m.handOver(w, req.Context(), rt, key, body)
+			m.handOver(req.Context(), w, rt, key, body)
 			return
 		}
 		m.fail(w, http.StatusNotFound, CodeNoMailbox, "nobody holds this mailbox: the accepter is not listening at this relay")
