@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
@@ -493,4 +495,50 @@ func TestFleetMailboxBadMessages(t *testing.T) {
 	} else {
 		ac.CloseWithError(0, "")
 	}
+}
+
+// TestFleetMailboxNATSRestart: while NATS is down a post handed over fails
+// at once (mailbox_unreachable); once NATS is back (same port), the
+// members' connections renew the mailbox's subscription by themselves and
+// a dial through a reaches the listener held at b again.
+func TestFleetMailboxNATSRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	opts := &server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true}
+	s := runNATS(t, opts)
+	a := newMailboxMember(t, s.ClientURL(), "a", nil, nil)
+	b := newMailboxMember(t, s.ClientURL(), "b", nil, nil)
+	dialerID, listenerID := quicpipe.GenerateIdentity(), quicpipe.GenerateIdentity()
+	acc := listen(t, ctx, b, listenerID, dialerID)
+	d := dialer(t, ctx, a, dialerID)
+	peer := listenerID.Public().(ed25519.PublicKey)
+
+	s.Shutdown()
+	s.WaitForShutdown()
+	waitFor(t, 5*time.Second, "a notices NATS is down", func() bool { return !a.nc.IsConnected() })
+	if _, err := d.DialMailbox(ctx, peer); relayCode(err) != quicpipe.CodeMailboxUnreachable {
+		t.Fatalf("post with NATS down: %v, want mailbox_unreachable", err)
+	}
+
+	runNATS(t, opts)
+	waitFor(t, 15*time.Second, "members reconnect", func() bool { return a.nc.IsConnected() && b.nc.IsConnected() })
+	b.nc.Flush() // b's subscriptions, renewed on reconnect, are in place
+	accepted := acceptOne(ctx, acc)
+	dc, err := d.DialMailbox(ctx, peer)
+	if err != nil {
+		t.Fatalf("dial after NATS came back: %v", err)
+	}
+	defer dc.CloseWithError(0, "")
+	ac := <-accepted
+	if ac == nil {
+		t.Fatal("the listener accepted nothing")
+	}
+	defer ac.CloseWithError(0, "")
+	pipetest.Echo(t, ctx, dc, ac, 64<<10)
 }
