@@ -222,7 +222,14 @@ func (r *Relay) Serve(ctx context.Context) error {
 	err := errors.New("quicpipe: Relay.Serve called twice")
 	r.serveOnce.Do(func() {
 		err = nil
+		// Not after Close has started waiting for r.wg (connMu orders it).
+		r.connMu.Lock()
+		if r.closeCtx.Err() != nil {
+			r.connMu.Unlock()
+			return
+		}
 		r.wg.Go(r.janitor)
+		r.connMu.Unlock()
 		done := make(chan error, 1)
 		go func() { done <- r.acceptConns() }()
 		r.log.Info("relay serving", "addr", r.LocalAddr().String())

@@ -137,6 +137,13 @@ type RelayConfig struct {
 	// dialers post their first flights to it. If nil, the mailbox is off and
 	// its paths answer 404.
 	Mailbox *MailboxConfig
+	// MailboxRouter, if not nil, makes the mailbox span a relay fleet (see
+	// MailboxRouter and package fleet): the relay tells it which mailboxes
+	// it holds, and hands it the posts for mailboxes it does not hold,
+	// which another member may hold. If nil, a post for a mailbox this
+	// relay does not hold is refused (CodeNoMailbox), as a single relay
+	// does. It has no effect while Mailbox is nil.
+	MailboxRouter MailboxRouter
 	// FastPath, if not nil, starts a kernel fast path (see FastPath) once
 	// the relay's socket is bound, for example relayxdp.New's XDP program
 	// (Linux only); NewRelay fails with its error. If nil, every packet is

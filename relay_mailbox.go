@@ -1,6 +1,7 @@
 package quicpipe
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/binary"
@@ -134,7 +135,7 @@ func populateMailboxConfig(c *MailboxConfig) (*MailboxConfig, error) {
 var mailboxRejectCodes = []string{
 	CodeBadMethod, CodeUnauthorized, CodeBadKey, CodeBadSignature, CodeBadFlight, CodeBodyTooLarge,
 	CodeNoMailbox, CodeRateLimited, CodeMailboxBusy, CodeLimitMailboxes, CodeClosing, CodeNoAddress,
-	CodeLimitSource,
+	CodeLimitSource, CodeMailboxUnreachable,
 }
 
 // MailboxStats is a snapshot of a relay's mailbox counters.
@@ -149,8 +150,20 @@ type MailboxStats struct {
 	// Rejected counts refused requests by the code of their error answer:
 	// "bad_method", "unauthorized", "bad_key", "bad_signature", "bad_flight",
 	// "body_too_large", "no_mailbox", "rate_limited", "mailbox_busy",
-	// "limit_mailboxes", "closing", "no_address", "limit_source".
+	// "limit_mailboxes", "closing", "no_address", "limit_source",
+	// "mailbox_unreachable".
 	Rejected map[string]uint64
+
+	// In a relay fleet (RelayConfig.MailboxRouter): HandedOut counts the
+	// posts for mailboxes this relay does not hold, given to the router,
+	// and HandOverFailed those it could not hand over (answered
+	// "mailbox_unreachable"); HandedIn counts the flights other members
+	// handed to this relay (DeliverMailbox; those delivered count in
+	// Delivered too); Yielded counts the mailboxes this relay let go
+	// because the accepter opened its mailbox at another member
+	// (YieldMailbox); HoldFailed counts the opens the router could not
+	// route to this relay.
+	HandedOut, HandOverFailed, HandedIn, Yielded, HoldFailed uint64
 }
 
 // MailboxStats returns a snapshot of the mailbox counters; all zero if the
@@ -165,6 +178,11 @@ func (r *Relay) MailboxStats() MailboxStats {
 		Delivered:      m.delivered.Load(),
 		DeliveredBytes: m.deliveredBytes.Load(),
 		Rejected:       m.rejected.snapshot(),
+		HandedOut:      m.handedOut.Load(),
+		HandOverFailed: m.handOverFailed.Load(),
+		HandedIn:       m.handedIn.Load(),
+		Yielded:        m.yielded.Load(),
+		HoldFailed:     m.holdFailed.Load(),
 	}
 	m.mu.Lock()
 	s.Open = len(m.boxes)
@@ -185,6 +203,10 @@ type mailboxServer struct {
 
 	opened, delivered, deliveredBytes atomic.Uint64
 	rejected                          rejectCounters
+
+	// The fleet's counters (see MailboxStats).
+	handedOut, handOverFailed, handedIn, yielded, holdFailed atomic.Uint64
+	holdWarned                                               atomic.Int64 // when HoldFailed was last logged (Unix ns)
 }
 
 // mailbox is one open mailbox: the request of the accepter holding it.
@@ -335,6 +357,10 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 		m.mu.Unlock()
 		close(mb.gone)
 	}()
+	if rt := m.r.cfg.MailboxRouter; rt != nil {
+		m.hold(req.Context(), key)
+		defer rt.Release(key)
+	}
 
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", mailboxContentType)
@@ -416,15 +442,29 @@ func (m *mailboxServer) post(w http.ResponseWriter, req *http.Request, qc *quic.
 	mb := m.boxes[string(key)]
 	m.mu.Unlock()
 	if mb == nil {
+		if rt := m.r.cfg.MailboxRouter; rt != nil {
+			m.handOver(req.Context(), w, rt, key, body)
+			return
+		}
 		m.fail(w, http.StatusNotFound, CodeNoMailbox, "nobody holds this mailbox: the accepter is not listening at this relay")
 		return
 	}
+	if re := m.deliver(req.Context(), mb, body); re != nil {
+		m.fail(w, re.Status, re.Code, re.Message)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// deliver queues the first flight body (binary form) to mb and waits until
+// the holder wrote it, mb ends, the relay's DeliveryTimeout passes or ctx
+// ends. It returns nil once written, else the answer a post gets.
+func (m *mailboxServer) deliver(ctx context.Context, mb *mailbox, body []byte) *RelayError {
 	p := &mailboxPost{frame: mailboxFrame(mailboxFrameFlight, body), done: make(chan error, 1)}
 	select {
 	case mb.queue <- p:
 	default:
-		m.fail(w, http.StatusServiceUnavailable, CodeMailboxBusy, "the mailbox has too many flights waiting")
-		return
+		return &RelayError{Status: http.StatusServiceUnavailable, Code: CodeMailboxBusy, Message: "the mailbox has too many flights waiting"}
 	}
 	t := time.NewTimer(m.cfg.DeliveryTimeout)
 	defer t.Stop()
@@ -439,16 +479,16 @@ func (m *mailboxServer) post(w http.ResponseWriter, req *http.Request, qc *quic.
 			werr = errors.New("gone")
 		}
 	case <-t.C:
-		m.fail(w, http.StatusServiceUnavailable, CodeMailboxBusy, "the accepter did not take the flight in time")
-		return
+		return &RelayError{Status: http.StatusServiceUnavailable, Code: CodeMailboxBusy, Message: "the accepter did not take the flight in time"}
+	case <-ctx.Done():
+		return &RelayError{Status: http.StatusServiceUnavailable, Code: CodeMailboxBusy, Message: "the accepter did not take the flight in time"}
 	}
 	if werr != nil {
-		m.fail(w, http.StatusNotFound, CodeNoMailbox, "the accepter left before the flight was delivered")
-		return
+		return &RelayError{Status: http.StatusNotFound, Code: CodeNoMailbox, Message: "the accepter left before the flight was delivered"}
 	}
 	m.delivered.Add(1)
 	m.deliveredBytes.Add(uint64(len(body)))
-	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
 // isClosing reports whether the relay is closing or draining (Shutdown):

@@ -9,6 +9,10 @@
 // member renews a liveness key; a member whose key is deleted or not
 // renewed within Config.LivenessTTL is dead, and the others remove its
 // registrations. See docs/decisions/0023-fleet-replication.md.
+//
+// A Member is also its relay's quicpipe.MailboxRouter: a dialer's post for
+// a mailbox held at another member travels to it over a core NATS subject
+// (see mailbox.go and docs/decisions/0024-mailbox-across-members.md).
 package fleet
 
 import (
@@ -55,6 +59,15 @@ type Config struct {
 	// Timeout bounds each operation on NATS (connecting, creating the
 	// bucket, a write). If zero, 5s is used.
 	Timeout time.Duration
+	// HandoverTimeout bounds a mailbox post handed to another member (see
+	// Member.Post), from the request until its answer. If zero, 6s is
+	// used: a relay's default MailboxConfig.DeliveryTimeout (5s) and a
+	// margin.
+	HandoverTimeout time.Duration
+	// MaxHandovers bounds the mailbox posts this member hands to others at
+	// once, and separately those it takes from others at once; more are
+	// answered "mailbox_busy". If zero, 256 is used.
+	MaxHandovers int
 	// Logger receives the Member's logs. If nil, it logs nothing.
 	Logger *slog.Logger
 }
@@ -64,6 +77,9 @@ const (
 	DefaultBucket      = "quicpipe-fleet"
 	DefaultLivenessTTL = 6 * time.Second
 	DefaultTimeout     = 5 * time.Second
+
+	DefaultHandoverTimeout = 6 * time.Second
+	DefaultMaxHandovers    = 256
 )
 
 // Table is what a Member applies the other members' registrations to;
@@ -96,6 +112,20 @@ type Stats struct {
 	Rewatches uint64
 	// Pending is the number of changes waiting to be written.
 	Pending int
+
+	// MailboxesHeld is the number of mailboxes the relay holds that this
+	// member routes posts to (one subscription each).
+	MailboxesHeld int
+	// HandoversOut counts the mailbox posts this member handed to others
+	// (Post), HandoverFailures those that got no answer (NATS unreachable,
+	// timeout, a malformed answer); HandoversIn counts the posts other
+	// members handed to this one; HandoversBusy the posts refused at
+	// MaxHandovers, either way.
+	HandoversOut, HandoverFailures, HandoversIn, HandoversBusy uint64
+	// MailboxYields counts the mailboxes the relay let go because the
+	// accepter opened its mailbox at another member since; MailboxMalformed
+	// the messages on a mailbox subject that were not understood (ignored).
+	MailboxYields, MailboxMalformed uint64
 }
 
 // Member is one relay's membership of a fleet: the quicpipe.Replicator
@@ -140,6 +170,16 @@ type Member struct {
 	applied, removed                  atomic.Uint64
 	malformed, foreign, refused, gone atomic.Uint64
 	rewatches                         atomic.Uint64
+
+	// The mailbox hand-over (mailbox.go).
+	mboxPrefix                                                 string // "<bucket>.mbox."
+	hmu                                                        sync.Mutex
+	holds                                                      map[string]*mailboxHold // by public key; guarded by hmu
+	hclosed                                                    bool                    // guarded by hmu
+	mboxIn                                                     chan *nats.Msg
+	inSem, outSem                                              chan struct{}
+	handoversOut, handoverFailures, handoversIn, handoversBusy atomic.Uint64
+	mailboxYields, mailboxMalformed                            atomic.Uint64
 }
 
 // change is a write waiting for the writer: a put of rec, or a delete.
@@ -174,6 +214,15 @@ func New(ctx context.Context, cfg Config) (*Member, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
+	if cfg.HandoverTimeout == 0 {
+		cfg.HandoverTimeout = DefaultHandoverTimeout
+	}
+	if cfg.MaxHandovers == 0 {
+		cfg.MaxHandovers = DefaultMaxHandovers
+	}
+	if cfg.HandoverTimeout < 0 || cfg.MaxHandovers < 0 {
+		return nil, errors.New("fleet: negative HandoverTimeout or MaxHandovers")
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -195,6 +244,12 @@ func New(ctx context.Context, cfg Config) (*Member, error) {
 		known:    make(map[string]entryInfo),
 		lastSeen: make(map[string]time.Time),
 		liveRev:  make(map[string]uint64),
+
+		mboxPrefix: cfg.Bucket + ".mbox.",
+		holds:      make(map[string]*mailboxHold),
+		mboxIn:     make(chan *nats.Msg, mailboxInbox),
+		inSem:      make(chan struct{}, cfg.MaxHandovers),
+		outSem:     make(chan struct{}, cfg.MaxHandovers),
 	}
 	if m.nc == nil {
 		if cfg.URL == "" {
@@ -259,7 +314,8 @@ func (m *Member) queue(c change) {
 
 // Start watches the bucket, applying the other members' registrations to
 // t (the Relay whose Replicator m is), renews m's liveness and writes the
-// relay's changes, until Close. It returns once the registrations already
+// relay's changes, until Close. If t is a MailboxTable too (a Relay is),
+// the member delivers to it the mailbox posts other members hand over. It returns once the registrations already
 // in the bucket are applied, or with an error if the bucket cannot be
 // watched or ctx ends first (Close the member then). Call Close only after
 // Start returned.
@@ -277,6 +333,8 @@ func (m *Member) Start(ctx context.Context, t Table) error {
 	m.wg.Go(func() { m.watch(w, t, ready) })
 	m.wg.Go(func() { m.heartbeat() })
 	m.wg.Go(m.writer)
+	mt, _ := t.(MailboxTable)
+	m.wg.Go(func() { m.serveMailboxes(mt) })
 	select {
 	case <-ready:
 		return nil
@@ -291,6 +349,7 @@ func (m *Member) Start(ctx context.Context, t Table) error {
 func (m *Member) Close() error {
 	var err error
 	m.closeOnce.Do(func() {
+		m.releaseAll()
 		if m.cancel != nil {
 			m.cancel()
 		}
@@ -314,11 +373,18 @@ func (m *Member) Stats() Stats {
 	m.pmu.Lock()
 	n := len(m.pending)
 	m.pmu.Unlock()
+	m.hmu.Lock()
+	held := len(m.holds)
+	m.hmu.Unlock()
 	return Stats{
 		Writes: m.writes.Load(), Heartbeats: m.heartbeats.Load(), WriteErrors: m.writeErrors.Load(),
 		Applied: m.applied.Load(), Removed: m.removed.Load(),
 		Malformed: m.malformed.Load(), Foreign: m.foreign.Load(), Refused: m.refused.Load(),
 		MembersGone: m.gone.Load(), Rewatches: m.rewatches.Load(), Pending: n,
+		MailboxesHeld: held,
+		HandoversOut:  m.handoversOut.Load(), HandoverFailures: m.handoverFailures.Load(),
+		HandoversIn: m.handoversIn.Load(), HandoversBusy: m.handoversBusy.Load(),
+		MailboxYields: m.mailboxYields.Load(), MailboxMalformed: m.mailboxMalformed.Load(),
 	}
 }
 

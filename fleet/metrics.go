@@ -21,6 +21,12 @@ func NewCollector(m *Member) prometheus.Collector {
 		gone:        d("members_gone_total", "Members found dead."),
 		rewatches:   d("rewatches_total", "Times the bucket was watched anew after the watch stopped delivering."),
 		pending:     d("pending_writes", "Changes waiting to be written to the bucket."),
+		held:        d("mailboxes_held", "Mailboxes the relay holds that this member routes posts to."),
+		handovers:   d("mailbox_handovers_total", "Mailbox posts handed between members, by direction (out: to the holder; in: from a poster).", "direction"),
+		hoFailures:  d("mailbox_handover_failures_total", "Mailbox posts this member could not hand over (NATS unreachable, no answer in time)."),
+		hoBusy:      d("mailbox_handovers_busy_total", "Mailbox posts refused at the bound of hand-overs in progress."),
+		yields:      d("mailbox_yields_total", "Mailboxes the relay let go because the accepter opened its mailbox at another member."),
+		mboxBad:     d("mailbox_malformed_total", "Messages on a mailbox subject that were not understood."),
 	}
 }
 
@@ -29,11 +35,13 @@ type collector struct {
 	writes, heartbeats, writeErrors *prometheus.Desc
 	applied, removed, ignored, gone *prometheus.Desc
 	rewatches, pending              *prometheus.Desc
+	held, handovers, hoFailures     *prometheus.Desc
+	hoBusy, yields, mboxBad         *prometheus.Desc
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.writes, c.heartbeats, c.writeErrors, c.applied, c.removed,
-		c.ignored, c.gone, c.rewatches, c.pending} {
+		c.ignored, c.gone, c.rewatches, c.pending, c.held, c.handovers, c.hoFailures, c.hoBusy, c.yields, c.mboxBad} {
 		ch <- d
 	}
 }
@@ -54,4 +62,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.gone, s.MembersGone)
 	counter(c.rewatches, s.Rewatches)
 	ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(s.Pending))
+	ch <- prometheus.MustNewConstMetric(c.held, prometheus.GaugeValue, float64(s.MailboxesHeld))
+	counter(c.handovers, s.HandoversOut, "out")
+	counter(c.handovers, s.HandoversIn, "in")
+	counter(c.hoFailures, s.HandoverFailures)
+	counter(c.hoBusy, s.HandoversBusy)
+	counter(c.yields, s.MailboxYields)
+	counter(c.mboxBad, s.MailboxMalformed)
 }

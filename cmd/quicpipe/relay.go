@@ -52,7 +52,7 @@ func cmdRelay(ctx context.Context, e *env) error {
 	fs.IntVar(&mcfg.PostBurst, "mailbox-burst", 0, "mailbox posts a source IP may make at once (0: 20)")
 	fs.IntVar(&mcfg.MaxMailboxes, "max-mailboxes", 0, "mailboxes open at once (0: 100000)")
 	fs.IntVar(&mcfg.MaxMailboxesPerSource, "max-mailboxes-per-source", 0, "mailboxes open at once per source (IPv4 address or IPv6 /64) (0: 64)")
-	fleetURL := fs.String("fleet", "", "join a relay fleet: share registrations with the other members through the NATS JetStream at this `URL` (comma-separated servers)")
+	fleetURL := fs.String("fleet", "", "join a relay fleet: share registrations, and hand mailbox posts over, with the other members through the NATS JetStream at this `URL` (comma-separated servers)")
 	fleetMember := fs.String("fleet-member", "", "this relay's `id` in the fleet: letters, digits, - and _ (default: random)")
 	fleetTTL := fs.Duration("fleet-ttl", 0, "a fleet member that does not renew its liveness for this long is dead (0: 6s)")
 	fleetReplicas := fs.Int("fleet-replicas", 0, "copies of the fleet's bucket in a NATS cluster, when this member creates it (0: 1)")
@@ -127,6 +127,11 @@ func cmdRelay(ctx context.Context, e *env) error {
 		}
 		defer member.Close()
 		cfg.Replicator = member
+		if cfg.Mailbox != nil {
+			// Dialers may post at any member: the flight goes to the
+			// member that holds the mailbox.
+			cfg.MailboxRouter = member
+		}
 	}
 	relay, err := quicpipe.ListenRelay(*listen, &cfg)
 	if err != nil {
