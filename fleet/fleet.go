@@ -142,6 +142,7 @@ type Member struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	stops  sync.WaitGroup // watches being stopped (stopWatch)
 
 	// pending holds the changes to write, the latest per key: at most one
 	// entry per registration the relay holds or just removed.
@@ -364,6 +365,7 @@ func (m *Member) Close() error {
 		if m.ownNC {
 			m.nc.Close()
 		}
+		m.stops.Wait()
 	})
 	return err
 }
@@ -409,7 +411,12 @@ func (m *Member) heartbeat() {
 		}
 		m.heartbeats.Add(1)
 		m.mu.Lock()
-		m.beatRev, m.beatAt = rev, time.Now()
+		if m.ownSeenRev >= m.beatRev {
+			// The last renewal came back: this one is the oldest not
+			// seen back yet.
+			m.beatAt = time.Now()
+		}
+		m.beatRev = rev
 		m.mu.Unlock()
 	}
 }
@@ -516,7 +523,7 @@ func isWrongRevision(err error) bool {
 func (m *Member) watch(w jetstream.KeyWatcher, t Table, ready chan struct{}) {
 	defer func() {
 		if w != nil {
-			w.Stop()
+			m.stopWatch(w)
 		}
 	}()
 	check := time.NewTicker(max(m.cfg.LivenessTTL/4, 10*time.Millisecond))
@@ -556,7 +563,7 @@ func (m *Member) watch(w jetstream.KeyWatcher, t Table, ready chan struct{}) {
 				continue
 			}
 			if w != nil {
-				w.Stop()
+				m.stopWatch(w)
 				w, updates = nil, nil
 			}
 			nw, err := m.kv.WatchAll(m.ctx)
@@ -566,10 +573,27 @@ func (m *Member) watch(w jetstream.KeyWatcher, t Table, ready chan struct{}) {
 			}
 			m.log.Info("fleet: watching the bucket again")
 			m.rewatches.Add(1)
+			// The new watch gets a quarter of LivenessTTL to deliver a
+			// renewal before it is judged stale in turn.
+			m.mu.Lock()
+			m.beatAt = now
+			m.mu.Unlock()
 			w, updates = nw, nw.Updates()
 			initial, seen = true, make(map[string]bool)
 		}
 	}
+}
+
+// stopWatch stops w without waiting: stopping deletes its consumer with a
+// request that waits up to nats.go's 5s timeout when the consumer's node is
+// gone. Close waits for it, after closing a connection the member owns
+// (which ends the request at once).
+func (m *Member) stopWatch(w jetstream.KeyWatcher) {
+	m.stops.Add(1)
+	go func() {
+		defer m.stops.Done()
+		w.Stop()
+	}()
 }
 
 // watchStale reports whether the watch lost the bucket: this member's
