@@ -48,7 +48,8 @@ type RelayStats struct {
 	// its HTTP/3 connection migrated or it refreshed from the new address.
 	Rebinds uint64
 	// Resets counts stateless resets sent to connections of an earlier run
-	// of the relay.
+	// of the relay or, in a fleet, of another member (their relay CIDs
+	// carry another epoch).
 	Resets uint64
 	// XDP holds the XDP program's counters by outcome ("forwarded_ipv4",
 	// "forwarded_ipv6", and the reasons it passed frames to the stack); nil

@@ -944,11 +944,13 @@ func testMemberKilled(t *testing.T, withXDP bool) {
 	time.Sleep(3 * time.Second)
 	var survivors []*labMember
 	fwdBefore := make(map[*labMember][2]float64)
+	var resetsBefore float64
 	for _, m := range l.members {
 		if m != victim {
 			survivors = append(survivors, m)
 			user, kernel := l.forwarded(m)
 			fwdBefore[m] = [2]float64{user, kernel}
+			resetsBefore += l.metrics(m)["quicpipe_relay_stateless_resets_total"]
 		}
 	}
 	killed := time.Now()
@@ -988,6 +990,16 @@ func testMemberKilled(t *testing.T, withXDP bool) {
 		}
 	}
 	t.Logf("every pipe completed, %d KiB each way at %d KiB/s (SHA-256 checked)", size>>10, rate>>10)
+	// The orphans' HTTP/3 connections reach the survivors with the dead
+	// member's relay CIDs: the survivors answer with stateless resets.
+	var resets float64
+	for _, m := range survivors {
+		resets += l.metrics(m)["quicpipe_relay_stateless_resets_total"]
+	}
+	t.Logf("the survivors sent %.0f stateless resets after the kill", resets-resetsBefore)
+	if resets <= resetsBefore {
+		t.Errorf("the survivors sent no stateless reset for the dead member's relay CIDs")
+	}
 	for _, m := range survivors {
 		user, kernel := l.forwarded(m)
 		du, dk := user-fwdBefore[m][0], kernel-fwdBefore[m][1]

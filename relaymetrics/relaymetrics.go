@@ -25,7 +25,7 @@ type collector struct {
 	registered, rejected, expired, rebinds                   *prometheus.Desc
 	registrations, cids, remote, xdpPackets, xdpBytes        *prometheus.Desc
 	conns, handshaking, connsRefused, retries                *prometheus.Desc
-	idleClosed, headerTimeouts                               *prometheus.Desc
+	idleClosed, headerTimeouts, resets                       *prometheus.Desc
 }
 
 // NewCollector returns a Prometheus collector for r's metrics, for a service
@@ -57,13 +57,14 @@ func NewCollector(r *quicpipe.Relay) prometheus.Collector {
 		retries:        d("retries_total", "Connection attempts asked to prove their address with a Retry."),
 		idleClosed:     d("idle_closed_connections_total", "Connections closed for holding no request or registration."),
 		headerTimeouts: d("header_timeouts_total", "Requests reset because their headers did not arrive in time."),
+		resets:         d("stateless_resets_total", "Stateless resets sent for relay connection IDs of an earlier run or of another fleet member."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.forwarded, c.forwardedBytes, c.toServer, c.dropped, c.handshakes,
 		c.registered, c.rejected, c.expired, c.rebinds, c.registrations, c.cids, c.remote, c.xdpPackets, c.xdpBytes,
-		c.conns, c.handshaking, c.connsRefused, c.retries, c.idleClosed, c.headerTimeouts} {
+		c.conns, c.handshaking, c.connsRefused, c.retries, c.idleClosed, c.headerTimeouts, c.resets} {
 		ch <- d
 	}
 }
@@ -110,6 +111,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.retries, s.Retries)
 	counter(c.idleClosed, s.IdleClosed)
 	counter(c.headerTimeouts, s.HeaderTimeouts)
+	counter(c.resets, s.Resets)
 }
 
 // Server serves a relay's metrics at /metrics over HTTP.
