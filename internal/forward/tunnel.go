@@ -50,6 +50,15 @@ func newPacket(b []byte) *Packet {
 	return p
 }
 
+// NewPacket returns a copy of b in a pooled buffer, or nil if b is longer
+// than MaxTunnelDatagram.
+func NewPacket(b []byte) *Packet {
+	if len(b) > MaxTunnelDatagram {
+		return nil
+	}
+	return newPacket(b)
+}
+
 // tunnels is the engine's set of open tunnels and the queue of datagrams
 // from tunnels for the relay's HTTP/3 server.
 type tunnels struct {
