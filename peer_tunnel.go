@@ -229,17 +229,22 @@ func (t *peerTunnel) write() {
 
 func (t *peerTunnel) read(deliver func([]byte, *peerTunnel)) {
 	defer t.cancel()
-	buf := make([]byte, forward.MaxTunnelDatagram)
+	// One byte more than a datagram: a message that fills it is too long.
+	buf := make([]byte, forward.MaxTunnelDatagram+1)
 	for {
 		typ, rd, err := t.ws.Reader(t.ctx)
 		if err != nil {
 			return
 		}
 		n, err := io.ReadFull(rd, buf)
-		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			err = nil
+		switch {
+		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		case err == nil: // too long
+			return
+		default:
+			return
 		}
-		if err != nil || typ != websocket.MessageBinary {
+		if typ != websocket.MessageBinary {
 			return
 		}
 		deliver(buf[:n], t)

@@ -351,46 +351,41 @@ func (s *tunnelServer) carry(ws *websocket.Conn, t *forward.Tunnel) {
 			}
 		}
 	})
-	buf := make([]byte, forward.MaxTunnelDatagram)
+	// One byte more than a datagram: a message that fills it is too long.
+	buf := make([]byte, forward.MaxTunnelDatagram+1)
 	for {
 		typ, rd, err := ws.Reader(ctx)
-		if err != nil {
+		if err == nil {
+			var n int
+			n, err = io.ReadFull(rd, buf)
 			switch {
-			case ctx.Err() != nil:
-			case errors.Is(err, websocket.ErrMessageTooBig):
-				s.oversized.Add(1)
-			case websocket.CloseStatus(err) == -1 && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed):
-				s.readErrors.Add(1)
-			}
-			break
-		}
-		n, err := io.ReadFull(rd, buf)
-		switch {
-		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
-			err = nil
-		case err == nil:
-			// A full buffer: the message may go on, and then the read
-			// limit fails the next read.
-			var one [1]byte
-			if _, err = rd.Read(one[:]); errors.Is(err, io.EOF) {
+			case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
 				err = nil
+			case err == nil:
+				err = websocket.ErrMessageTooBig
+			}
+			if err == nil && typ != websocket.MessageBinary {
+				s.malformed.Add(1)
+				cancel()
+				ws.Close(websocket.StatusUnsupportedData, "binary messages only")
+				break
+			}
+			if err == nil {
+				last.Store(time.Now().UnixNano())
+				t.Input(buf[:n])
+				continue
 			}
 		}
-		if err != nil {
-			if errors.Is(err, websocket.ErrMessageTooBig) {
-				s.oversized.Add(1)
-			} else if ctx.Err() == nil {
-				s.readErrors.Add(1)
-			}
-			break
+		switch {
+		case ctx.Err() != nil:
+		case errors.Is(err, websocket.ErrMessageTooBig):
+			s.oversized.Add(1)
+			cancel()
+			ws.Close(websocket.StatusMessageTooBig, "a message holds one datagram")
+		case websocket.CloseStatus(err) == -1 && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed):
+			s.readErrors.Add(1)
 		}
-		if typ != websocket.MessageBinary {
-			s.malformed.Add(1)
-			ws.Close(websocket.StatusUnsupportedData, "binary messages only")
-			break
-		}
-		last.Store(time.Now().UnixNano())
-		t.Input(buf[:n])
+		break
 	}
 	cancel()
 	if c := why.Load(); c != nil {
