@@ -137,9 +137,11 @@ type Config struct {
 	// (HTTP CONNECT), or nil for none. If nil, http.ProxyFromEnvironment is
 	// used (HTTPS_PROXY, NO_PROXY).
 	TunnelProxy func(*http.Request) (*url.URL, error)
-	// OnRelayTransport, if not nil, is called when the race between UDP
-	// and the tunnel is decided, and whenever the transport changes after,
-	// from a goroutine of its own.
+	// OnRelayTransport, if not nil, is told which transport reaches the
+	// relay: with TunnelAuto when the race between UDP and the tunnel is
+	// decided (from a goroutine of its own), with TunnelOnly once the
+	// tunnel is open, before NewDialer or NewAccepter returns; never with
+	// TunnelOff (always UDP).
 	OnRelayTransport func(Transport)
 
 	// Logger receives logs. If nil, nothing is logged.

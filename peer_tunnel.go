@@ -237,12 +237,8 @@ func (t *peerTunnel) read(deliver func([]byte, *peerTunnel)) {
 			return
 		}
 		n, err := io.ReadFull(rd, buf)
-		switch {
-		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
-		case err == nil: // too long
-			return
-		default:
-			return
+		if !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+			return // failed, or too long (a full buffer)
 		}
 		if typ != websocket.MessageBinary {
 			return
@@ -471,6 +467,9 @@ func (r *tunnelRunner) start(ctx context.Context) error {
 		}
 		r.c.useTunnel(t, true)
 		r.log.Info("relay reached through the tunnel", "url", r.url.Redacted())
+		if r.c.onChange != nil {
+			r.c.onChange(TransportTunnel)
+		}
 		r.wg.Go(func() { r.run(t) })
 		return nil
 	}
