@@ -1,6 +1,7 @@
 package quicpipe
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
@@ -137,6 +138,9 @@ type Config struct {
 	// (HTTP CONNECT), or nil for none. If nil, http.ProxyFromEnvironment is
 	// used (HTTPS_PROXY, NO_PROXY).
 	TunnelProxy func(*http.Request) (*url.URL, error)
+	// TunnelDialContext, if not nil, opens the tunnel's TCP connections (to
+	// the relay, or to the proxy). If nil, a net.Dialer's is used.
+	TunnelDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// OnRelayTransport, if not nil, is told which transport reaches the
 	// relay: with TunnelAuto when the race between UDP and the tunnel is
 	// decided (from a goroutine of its own), with TunnelOnly once the

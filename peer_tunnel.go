@@ -146,9 +146,11 @@ type peerTunnel struct {
 // dialTunnel opens the tunnel to u and starts carrying datagrams: what
 // comes out of it goes to deliver, in order, from one goroutine.
 func dialTunnel(ctx context.Context, u *url.URL, tlsConf *tls.Config, proxy func(*http.Request) (*url.URL, error),
-	timeout time.Duration, deliver func([]byte, *peerTunnel)) (*peerTunnel, error) {
+	dial func(context.Context, string, string) (net.Conn, error), timeout time.Duration,
+	deliver func([]byte, *peerTunnel)) (*peerTunnel, error) {
 	tr := &http.Transport{
 		Proxy:               proxy,
+		DialContext:         dial,
 		TLSClientConfig:     tlsConf,
 		TLSHandshakeTimeout: timeout,
 		DisableKeepAlives:   true,
@@ -427,6 +429,7 @@ type tunnelRunner struct {
 	url     *url.URL
 	tls     *tls.Config
 	proxy   func(*http.Request) (*url.URL, error)
+	dialTCP func(context.Context, string, string) (net.Conn, error) // nil: net.Dialer's
 	delay   time.Duration
 	timeout time.Duration
 	log     *slog.Logger
@@ -449,6 +452,7 @@ func newTunnelRunner(c *peerConn, cfg *Config) (*tunnelRunner, error) {
 		url:     u,
 		tls:     tunnelTLSConfig(cfg.RelayKey, cfg.TunnelRootCAs, tunnelHost(u)),
 		proxy:   cfg.TunnelProxy,
+		dialTCP: cfg.TunnelDialContext,
 		delay:   cfg.TunnelDelay,
 		timeout: cfg.RelayTimeout,
 		log:     cfg.Logger,
@@ -479,7 +483,7 @@ func (r *tunnelRunner) start(ctx context.Context) error {
 }
 
 func (r *tunnelRunner) dial(ctx context.Context) (*peerTunnel, error) {
-	return dialTunnel(ctx, r.url, r.tls, r.proxy, r.timeout, r.c.fromTunnel)
+	return dialTunnel(ctx, r.url, r.tls, r.proxy, r.dialTCP, r.timeout, r.c.fromTunnel)
 }
 
 // race waits for UDP to answer for r.delay, then opens the tunnel and lets
