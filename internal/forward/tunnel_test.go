@@ -232,3 +232,51 @@ func FuzzTunnelInput(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkForwardToTunnel is BenchmarkForwardBatch8 with the destination
+// in a tunnel: the cost of queueing into a tunnel beside sending on UDP
+// (ns/op per datagram; the tunnel's writer is drained in the loop).
+func BenchmarkForwardToTunnel(b *testing.B) {
+	g := newForwardRig(b, 1200)
+	tun := openTunnel(b, g.c, 1, 64)
+	_, cids := register(b, g.c, tun.Addr(), 1)
+	copy(g.pkt[1:], cids[0][:])
+	drain := func() {
+		for {
+			select {
+			case p := <-tun.Out():
+				p.Release()
+			default:
+				return
+			}
+		}
+	}
+	g.round(b, 8)
+	drain()
+	b.ReportAllocs()
+	b.SetBytes(1200)
+	n := 0
+	for b.Loop() {
+		if n%8 == 0 {
+			g.round(b, 8)
+			drain()
+		}
+		n++
+	}
+}
+
+// BenchmarkTunnelInput measures a datagram from a tunnel forwarded to a UDP
+// peer (classify and one sendto).
+func BenchmarkTunnelInput(b *testing.B) {
+	g := newForwardRig(b, 1200)
+	tun := openTunnel(b, g.c, 1, 64)
+	register(b, g.c, tun.Addr(), 1)
+	g.c.cfg.MaxPacketsPerSecond, g.c.cfg.MaxBytesPerSecond = -1, -1 // no cap: every datagram reaches the sink
+	b.ReportAllocs()
+	b.SetBytes(1200)
+	buf := make([]byte, 2000)
+	for b.Loop() {
+		tun.Input(g.pkt)
+		g.sink.ReadFromUDP(buf)
+	}
+}
