@@ -111,7 +111,7 @@ func (c *peerConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			}
 			c.injMu.Unlock()
 		}
-		if err == nil && n > 0 && c.undecided.Load() && c.relayFromUDP(ms[:n]) {
+		if err == nil && n > 0 && (c.undecided.Load() || c.probeAt.Load() != 0) && c.relayFromUDP(ms[:n]) {
 			c.heardRelayUDP()
 		}
 		if err == nil && n > 0 && c.ctrl != nil {

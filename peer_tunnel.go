@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -77,6 +78,12 @@ const (
 	// tunnelRecent is how many datagrams to the relay the peer keeps while
 	// the race is on, to send them into the tunnel once it is up.
 	tunnelRecent = 8
+	// tunnelProbeEvery is how often a peer that reaches its relay through
+	// the tunnel (TunnelAuto) checks whether UDP works again.
+	tunnelProbeEvery = 5 * time.Second
+	// tunnelProbeLen is the length of a UDP probe: more than the shortest
+	// datagram a QUIC stack answers with a stateless reset (quic-go: 43).
+	tunnelProbeLen = 60
 )
 
 // tunnelURL returns the URL of the relay's tunnel for cfg.
@@ -261,12 +268,24 @@ type relayPath struct {
 	tun       atomic.Pointer[peerTunnel] // the tunnel, while it carries (or races for) the relay's datagrams
 	only      atomic.Bool                // decided for the tunnel: nothing to the relay over UDP
 	undecided atomic.Bool                // the race is on: UDP from the relay decides it
+	probeAt   atomic.Int64               // while only: when to probe UDP next (unix nano); 0: never
+	movedBack atomic.Bool                // a probe answered: the relay is reached over UDP again
 
 	raceMu   sync.Mutex
 	heardUDP chan struct{}     // closed when the relay answered over UDP
 	recent   []*forward.Packet // the last datagrams to the relay while undecided, for the tunnel
 	relayNet *net.UDPAddr      // the source quic-go gets for datagrams out of the tunnel
 	onChange func(Transport)
+	reported Transport // the last transport given to onChange; guarded by raceMu
+}
+
+// notify tells onChange about tr if it is news. c.raceMu must be held.
+func (c *peerConn) notify(tr Transport) {
+	if c.onChange == nil || c.reported == tr {
+		return
+	}
+	c.reported = tr
+	go c.onChange(tr)
 }
 
 // transport returns how the relay is reached now.
@@ -291,7 +310,13 @@ func (c *peerConn) startRace() <-chan struct{} {
 func (c *peerConn) relayWrite(b, oob []byte) (udp bool) {
 	if t := c.tun.Load(); t != nil {
 		t.send(b, oob)
-		return !c.only.Load()
+		if !c.only.Load() {
+			return true
+		}
+		if p := c.probeAt.Load(); p != 0 {
+			c.maybeProbe(b, p)
+		}
+		return false
 	}
 	if c.undecided.Load() {
 		c.raceMu.Lock()
@@ -301,6 +326,29 @@ func (c *peerConn) relayWrite(b, oob []byte) (udp bool) {
 		c.raceMu.Unlock()
 	}
 	return true
+}
+
+// maybeProbe checks, at most once per tunnelProbeEvery, whether UDP to the
+// relay works again: it sends over UDP a datagram with the destination CID
+// of b, a datagram of the peer's HTTP/3 connection to the relay (a relay
+// CID), and random bytes after. That connection lives on the relay's tunnel
+// transport, so the relay's UDP transport does not know the CID and
+// answers with a stateless reset; any datagram from the relay over UDP
+// brings the peer back to UDP (heardRelayUDP), and the reset makes its
+// session register again from its UDP address.
+func (c *peerConn) maybeProbe(b []byte, due int64) {
+	if len(b) < 1+CIDLen || b[0]&0x80 != 0 || !forward.IsRelayCID(b[1:1+CIDLen]) {
+		return
+	}
+	now := time.Now().UnixNano()
+	if now < due || !c.probeAt.CompareAndSwap(due, now+int64(tunnelProbeEvery)) {
+		return
+	}
+	var p [tunnelProbeLen]byte
+	rand.Read(p[1+CIDLen:])
+	p[0] = b[0]
+	copy(p[1:], b[1:1+CIDLen])
+	c.UDPConn().WriteToUDPAddrPort(p[:], c.relay)
 }
 
 // remember keeps b for the tunnel. c.raceMu must be held.
@@ -327,6 +375,9 @@ func (c *peerConn) remember(b, oob []byte) {
 func (c *peerConn) heardRelayUDP() {
 	c.raceMu.Lock()
 	if !c.undecided.Load() {
+		if c.only.Load() && c.probeAt.Load() != 0 {
+			c.moveBack()
+		}
 		c.raceMu.Unlock()
 		return
 	}
@@ -334,13 +385,24 @@ func (c *peerConn) heardRelayUDP() {
 	close(c.heardUDP)
 	c.dropRecent()
 	t := c.tun.Swap(nil)
-	if c.onChange != nil {
-		go c.onChange(TransportUDP)
-	}
+	c.notify(TransportUDP)
 	c.raceMu.Unlock()
 	if t != nil {
 		go t.close()
 	}
+}
+
+// moveBack leaves the tunnel for UDP, which answered a probe: datagrams to
+// the relay go over UDP from now on, and the runner watches the race again.
+// c.raceMu must be held.
+func (c *peerConn) moveBack() {
+	c.probeAt.Store(0)
+	c.only.Store(false)
+	c.movedBack.Store(true)
+	if t := c.tun.Swap(nil); t != nil {
+		go t.close()
+	}
+	c.notify(TransportUDP)
 }
 
 // dropRecent forgets the datagrams kept for the tunnel. c.raceMu must be held.
@@ -380,10 +442,9 @@ func (c *peerConn) fromTunnel(b []byte, t *peerTunnel) {
 		if c.undecided.Load() && c.tun.Load() == t {
 			c.undecided.Store(false)
 			c.only.Store(true)
+			c.probeAt.Store(time.Now().Add(tunnelProbeEvery).UnixNano())
 			c.dropRecent()
-			if c.onChange != nil {
-				go c.onChange(TransportTunnel)
-			}
+			c.notify(TransportTunnel)
 		}
 		c.raceMu.Unlock()
 	}
@@ -407,6 +468,7 @@ func (c *peerConn) tunnelEnded(t *peerTunnel) {
 	defer c.raceMu.Unlock()
 	if c.tun.CompareAndSwap(t, nil) {
 		c.only.Store(false)
+		c.probeAt.Store(0)
 	}
 }
 
@@ -472,6 +534,9 @@ func (r *tunnelRunner) start(ctx context.Context) error {
 		r.c.useTunnel(t, true)
 		r.log.Info("relay reached through the tunnel", "url", r.url.Redacted())
 		if r.c.onChange != nil {
+			r.c.raceMu.Lock()
+			r.c.reported = TransportTunnel
+			r.c.raceMu.Unlock()
 			r.c.onChange(TransportTunnel)
 		}
 		r.wg.Go(func() { r.run(t) })
@@ -487,7 +552,9 @@ func (r *tunnelRunner) dial(ctx context.Context) (*peerTunnel, error) {
 }
 
 // race waits for UDP to answer for r.delay, then opens the tunnel and lets
-// the first answer decide; it retries the tunnel while nothing answered.
+// the first answer decide; it retries the tunnel while nothing answered, and
+// races again whenever the tunnel that carried the relay's datagrams ends
+// or UDP answers a probe.
 func (r *tunnelRunner) race(heard <-chan struct{}) {
 	wait := r.delay
 	for {
@@ -510,46 +577,50 @@ func (r *tunnelRunner) race(heard <-chan struct{}) {
 			return
 		}
 		r.log.Debug("relay tunnel open; racing UDP", "url", r.url.Redacted())
-		r.run(t)
-		return
+		if !r.run(t) {
+			return
+		}
+		heard, wait = r.c.startRace(), r.delay
 	}
 }
 
-// run waits until t ends; if the relay was reached through it, the race
-// starts again (UDP first).
-func (r *tunnelRunner) run(t *peerTunnel) {
-	select {
-	case <-t.done:
-	case <-r.ctx.Done():
-		t.close()
-		return
-	}
-	wasOnly := r.c.only.Load()
-	r.c.tunnelEnded(t)
-	if !wasOnly && r.mode != TunnelOnly {
-		return // the race was decided for UDP
-	}
-	r.log.Info("relay tunnel closed; reaching the relay again", "url", r.url.Redacted())
-	if r.mode == TunnelOnly {
-		wait := time.Second
-		for r.ctx.Err() == nil {
-			t, err := r.dial(r.ctx)
-			if err == nil {
-				r.c.useTunnel(t, true)
-				r.run(t)
-				return
+// run waits until t, and with TunnelOnly every tunnel after it, ends. It
+// reports whether the race must start again: the tunnel carried the
+// relay's datagrams when it ended, or UDP answered a probe.
+func (r *tunnelRunner) run(t *peerTunnel) bool {
+	for {
+		select {
+		case <-t.done:
+		case <-r.ctx.Done():
+			t.close()
+			return false
+		}
+		wasOnly := r.c.only.Load()
+		r.c.tunnelEnded(t)
+		if r.c.movedBack.Swap(false) {
+			r.log.Info("relay reached over UDP again", "url", r.url.Redacted())
+			return true
+		}
+		if !wasOnly && r.mode != TunnelOnly {
+			return false // the race was decided for UDP
+		}
+		r.log.Info("relay tunnel closed; reaching the relay again", "url", r.url.Redacted())
+		if r.mode != TunnelOnly {
+			return true
+		}
+		var err error
+		for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+			if t, err = r.dial(r.ctx); err == nil {
+				break
 			}
 			select {
 			case <-r.ctx.Done():
-				return
+				return false
 			case <-time.After(wait):
 			}
-			wait = min(2*wait, 30*time.Second)
 		}
-		return
+		r.c.useTunnel(t, true)
 	}
-	heard := r.c.startRace()
-	r.race(heard)
 }
 
 // close ends the tunnel and the race.

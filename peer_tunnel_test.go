@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"net"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -149,5 +151,100 @@ func TestTunnelFallback(t *testing.T) {
 	}
 	if obs := d.p.sess.registration().Observed; !forward.IsTunnelAddr(obs.Addr()) {
 		t.Errorf("relay observes the dialer at %s, not a tunnel address", obs)
+	}
+}
+
+// udpGate forwards datagrams between one client and the relay while open,
+// and drops them all while closed: UDP to the relay blocked and unblocked.
+type udpGate struct {
+	conn, up *net.UDPConn
+	open     atomic.Bool
+	client   atomic.Pointer[net.UDPAddr]
+}
+
+func newUDPGate(t testing.TB, relay *net.UDPAddr) *udpGate {
+	g := &udpGate{}
+	var err error
+	if g.conn, err = net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if g.up, err = net.DialUDP("udp", nil, relay); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.conn.Close(); g.up.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := g.conn.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			g.client.Store(from)
+			if g.open.Load() {
+				g.up.Write(buf[:n])
+			}
+		}
+	}()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, err := g.up.Read(buf)
+			if err != nil {
+				return
+			}
+			if c := g.client.Load(); c != nil && g.open.Load() {
+				g.conn.WriteToUDP(buf[:n], c)
+			}
+		}
+	}()
+	return g
+}
+
+// TestTunnelMovesBack: a dialer whose UDP to the relay is blocked falls
+// back to the tunnel; once UDP is unblocked, its probes get an answer and
+// it moves back to UDP: the relay observes it at its UDP address again and
+// the pipe keeps working.
+func TestTunnelMovesBack(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	e := newTunnelEnv(t, nil)
+	gate := newUDPGate(t, e.relay.LocalAddr().(*net.UDPAddr))
+	acfg, dcfg := e.config(e.bID, e.aID), e.config(e.aID)
+	acfg.Tunnel = TunnelOff
+	dcfg.TunnelURL = e.tunnelURLOf()
+	dcfg.RelayAddr = gate.conn.LocalAddr().String()
+	var dl transportLog
+	dcfg.OnRelayTransport = dl.add
+	d, a := newEndpoints(t, ctx, acfg, dcfg)
+	dc, ac := dialAccept(t, ctx, d, a, e.bID.Public().(ed25519.PublicKey), nil, 0)
+	serveEcho(ctx, ac)
+	if err := echo(ctx, dc, 1<<20, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.p.pconn.transport(); got != TransportTunnel {
+		t.Fatalf("dialer on %s with UDP blocked", got)
+	}
+	gate.open.Store(true)
+	start := time.Now()
+	for d.p.pconn.transport() != TransportUDP {
+		if time.Since(start) > 20*time.Second {
+			t.Fatal("the dialer did not move back to UDP within 20s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("back on UDP %v after unblocking", time.Since(start).Round(time.Millisecond))
+	for forward.IsTunnelAddr(d.p.sess.registration().Observed.Addr()) {
+		if time.Since(start) > 30*time.Second {
+			t.Fatal("the relay still observes the dialer at its tunnel")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := echo(ctx, dc, 1<<20, 2); err != nil {
+		t.Fatalf("after moving back: %v", err)
+	}
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	if want := []Transport{TransportTunnel, TransportUDP}; !slices.Equal(dl.got, want) {
+		t.Errorf("reported %v, want %v", dl.got, want)
 	}
 }
