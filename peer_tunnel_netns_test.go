@@ -3,9 +3,16 @@
 package quicpipe
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
+	"fmt"
 	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -199,5 +206,103 @@ func TestTunnelLabFallbackTiming(t *testing.T) {
 				t.Errorf("UDP %s: registered after %v, more than %v", v, got, limit)
 			}
 		}
+	}
+}
+
+// startTinyproxy runs tinyproxy inside ns, listening on listen:8888 for
+// clients of allow, with basic authentication user:password; the test stops
+// it. It skips the test if tinyproxy is not installed (Debian: tinyproxy).
+func startTinyproxy(t *testing.T, ns *netlab.NS, listen, allow, user, password string) {
+	t.Helper()
+	bin, err := exec.LookPath("tinyproxy")
+	if err != nil {
+		t.Skip("tinyproxy is not installed (apt-get install tinyproxy)")
+	}
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "tinyproxy.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("Port 8888\nListen %s\nTimeout 60\nAllow %s\nBasicAuth %s %s\nLogLevel Warning\nMaxClients 16\n",
+		listen, allow, user, password)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, bin, "-d", "-c", conf)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("tinyproxy:\n%s", out.String())
+		}
+	})
+	// Ready once it accepts connections.
+	for range 100 {
+		var c net.Conn
+		err := ns.Do(func() (err error) { c, err = net.DialTimeout("tcp", listen+":8888", time.Second); return err })
+		if err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("tinyproxy did not start:\n%s", out.String())
+}
+
+// TestTunnelLabProxy: peer A's router forwards nothing at all (no UDP, no
+// TCP); only the HTTP proxy running on the router (tinyproxy, with basic
+// authentication) reaches out. The dialer opens its tunnel through the
+// proxy with HTTP CONNECT and the pipe works; with a wrong password it
+// cannot reach the relay.
+func TestTunnelLabProxy(t *testing.T) {
+	for _, tc := range []struct {
+		name, password string
+		ok             bool
+	}{
+		{"through-proxy", "secret", true},
+		{"wrong-password", "wrong", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			defer cancel()
+			l := newTunnelLab(t)
+			nftForward(t, l.natA, "noforward", `iifname "lan0" drop`)
+			startTinyproxy(t, l.natA, "10.1.0.1", "10.1.0.0/24", "peer", "secret")
+			a, err := NewAccepter(ctx, l.config(t, l.peerB, l.bID, pub(l.aID)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			dcfg := l.config(t, l.peerA, l.aID)
+			proxy, _ := url.Parse("http://peer:" + tc.password + "@10.1.0.1:8888")
+			dcfg.TunnelProxy = http.ProxyURL(proxy)
+			dcfg.RelayTimeout = 5 * time.Second
+			var tr transportLog
+			dcfg.OnRelayTransport = tr.add
+			d, err := NewDialer(ctx, dcfg)
+			if !tc.ok {
+				if err == nil {
+					d.Close()
+					t.Fatal("the dialer reached the relay with a wrong proxy password")
+				}
+				t.Logf("refused as expected: %v", err)
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			dc, ac := dialAccept(t, ctx, d, a, pub(l.bID), nil, 0)
+			serveEcho(ctx, ac)
+			if err := echo(ctx, dc, 4<<20, 1); err != nil {
+				t.Fatal(err)
+			}
+			if got := tr.wait(t); got != TransportTunnel {
+				t.Errorf("dialer reports %s", got)
+			}
+		})
 	}
 }

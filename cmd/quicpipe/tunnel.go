@@ -3,6 +3,8 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/quicpipe/quicpipe"
@@ -10,13 +12,14 @@ import (
 
 // tunnelFlags are a peer's flags for the relay's tunnel (listen, connect).
 type tunnelFlags struct {
-	mode, url string
+	mode, url, proxy string
 }
 
 func addTunnelFlags(fs *flag.FlagSet) *tunnelFlags {
 	var f tunnelFlags
 	fs.StringVar(&f.mode, "tunnel", "auto", "reach the relay over UDP (`mode` off), through its TLS/WebSocket tunnel (only), or UDP first and the tunnel if UDP gets no answer within 300ms (auto)")
 	fs.StringVar(&f.url, "tunnel-url", "", "the relay's tunnel `URL` (wss://host:port/v1/tunnel; empty: port 443 of the relay's host)")
+	fs.StringVar(&f.proxy, "proxy", "", "open the tunnel through this HTTP proxy `URL` (http://[user:password@]host:port; empty: $HTTPS_PROXY)")
 	return &f
 }
 
@@ -32,6 +35,13 @@ func (f *tunnelFlags) apply(cfg *quicpipe.Config, e *env) error {
 		return fmt.Errorf("-tunnel-url %q must start with wss://", f.url)
 	}
 	cfg.Tunnel, cfg.TunnelURL = m, f.url
+	if f.proxy != "" {
+		u, err := url.Parse(f.proxy)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("-proxy %q must be http://[user:password@]host:port", f.proxy)
+		}
+		cfg.TunnelProxy = http.ProxyURL(u)
+	}
 	where := f.url
 	if where == "" {
 		where = "port 443 of the relay's host"
