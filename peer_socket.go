@@ -88,7 +88,7 @@ func (c *peerConn) writeUnheld(b, oob []byte, addr *net.UDPAddr) (n, oobn int, e
 // allocate a sockaddr per send as WriteMsgUDP does.
 func (c *peerConn) writeRelay(b, oob []byte, addr *net.UDPAddr) (int, int, error) {
 	ap := netAddrPort(addr.AddrPort())
-	if (c.tun.Load() != nil || c.undecided.Load()) && ap == c.relay && !c.relayWrite(b, oob) {
+	if (c.tun.Load() != nil || c.undecided.Load() || c.pinned.Load()) && ap == c.relay && !c.relayWrite(b, oob) {
 		return len(b), len(oob), nil
 	}
 	return c.UDPConn().WriteMsgUDPAddrPort(b, oob, ap)

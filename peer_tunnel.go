@@ -270,6 +270,7 @@ type relayPath struct {
 	undecided atomic.Bool                // the race is on: UDP from the relay decides it
 	probeAt   atomic.Int64               // while only: when to probe UDP next (unix nano); 0: never
 	movedBack atomic.Bool                // a probe answered: the relay is reached over UDP again
+	pinned    atomic.Bool                // TunnelOnly: never UDP to the relay, even while the tunnel is down
 
 	raceMu   sync.Mutex
 	heardUDP chan struct{}     // closed when the relay answered over UDP
@@ -317,6 +318,9 @@ func (c *peerConn) relayWrite(b, oob []byte) (udp bool) {
 			c.maybeProbe(b, p)
 		}
 		return false
+	}
+	if c.pinned.Load() {
+		return false // between two tunnels: dropped, as a lost datagram
 	}
 	if c.undecided.Load() {
 		c.raceMu.Lock()
@@ -429,6 +433,7 @@ func (c *peerConn) useTunnel(t *peerTunnel, only bool) bool {
 	if only {
 		c.undecided.Store(false)
 		c.only.Store(true)
+		c.pinned.Store(true)
 	}
 	c.tun.Store(t)
 	return true
@@ -466,7 +471,7 @@ func (c *peerConn) fromTunnel(b []byte, t *peerTunnel) {
 func (c *peerConn) tunnelEnded(t *peerTunnel) {
 	c.raceMu.Lock()
 	defer c.raceMu.Unlock()
-	if c.tun.CompareAndSwap(t, nil) {
+	if c.tun.CompareAndSwap(t, nil) && !c.pinned.Load() {
 		c.only.Store(false)
 		c.probeAt.Store(0)
 	}
