@@ -100,6 +100,10 @@ func newPeer(ctx context.Context, cfg *Config, opts peerOptions) (*peer, error) 
 	}
 	p.sess = newRelaySession(p.tr, relayAddr, relayTLS, cfg.CIDKey, p.gen, cfg)
 	if err := p.sess.start(ctx); err != nil {
+		var ce *RelayConnError
+		if p.tunnel != nil && errors.As(err, &ce) && ce.Tunnel == nil {
+			ce.Tunnel = p.tunnel.err()
+		}
 		p.close()
 		return nil, err
 	}

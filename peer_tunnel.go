@@ -503,6 +503,16 @@ type tunnelRunner struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
+
+	lastErr atomic.Pointer[error] // the last failed dial of the tunnel
+}
+
+// err returns the last error of the tunnel's dials, or nil.
+func (r *tunnelRunner) err() error {
+	if e := r.lastErr.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 // newTunnelRunner returns the runner of c's path to the relay for cfg (a
@@ -573,6 +583,7 @@ func (r *tunnelRunner) race(heard <-chan struct{}) {
 		}
 		t, err := r.dial(r.ctx)
 		if err != nil {
+			r.lastErr.Store(&err)
 			r.log.Debug("relay tunnel failed", "url", r.url.Redacted(), "err", err)
 			wait = min(max(2*wait, time.Second), 30*time.Second)
 			continue

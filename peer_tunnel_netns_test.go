@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -287,6 +288,9 @@ func TestTunnelLabProxy(t *testing.T) {
 				if err == nil {
 					d.Close()
 					t.Fatal("the dialer reached the relay with a wrong proxy password")
+				}
+				if !strings.Contains(err.Error(), "the tunnel failed too") || !strings.Contains(err.Error(), "Unauthorized") {
+					t.Errorf("the error does not say why the tunnel failed: %v", err)
 				}
 				t.Logf("refused as expected: %v", err)
 				return
