@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
@@ -306,6 +307,117 @@ func TestTunnelLabProxy(t *testing.T) {
 			}
 			if got := tr.wait(t); got != TransportTunnel {
 				t.Errorf("dialer reports %s", got)
+			}
+		})
+	}
+}
+
+// startMitmdump runs mitmproxy's mitmdump inside ns as an HTTP proxy on
+// listen:8080 that intercepts TLS (its own CA signs a certificate for
+// every server) and does not check the servers' certificates; it returns
+// the proxy's CA. It skips the test if mitmdump is not installed (Debian:
+// mitmproxy).
+func startMitmdump(t *testing.T, ns *netlab.NS, listen string) *x509.CertPool {
+	t.Helper()
+	bin, err := exec.LookPath("mitmdump")
+	if err != nil {
+		t.Skip("mitmdump is not installed (apt-get install mitmproxy)")
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, bin, "--mode", "regular",
+		"--listen-host", listen, "--listen-port", "8080", "--ssl-insecure", "--set", "confdir="+dir, "-q")
+	cmd.Env = append(os.Environ(), "HOME="+dir)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		cmd.Wait()
+		if t.Failed() {
+			t.Logf("mitmdump:\n%s", out.String())
+		}
+	})
+	for range 300 {
+		var c net.Conn
+		err := ns.Do(func() (err error) { c, err = net.DialTimeout("tcp", listen+":8080", time.Second); return err })
+		if err == nil {
+			c.Close()
+			pem, err := os.ReadFile(filepath.Join(dir, "mitmproxy-ca-cert.pem"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				t.Fatal("mitmproxy's CA certificate does not parse")
+			}
+			return pool
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("mitmdump did not start:\n%s", out.String())
+	return nil
+}
+
+// TestTunnelLabInspectingProxy: peer A's only way out is a TLS-inspecting
+// proxy (mitmproxy) on its router. With the proxy's CA among its tunnel
+// roots, the dialer's tunnel works through the interception and the pipe
+// connects; without it, the outer TLS is refused; and a trusted outer
+// certificate does not replace the relay's pinned key inside: a dialer
+// that pins another key is refused.
+func TestTunnelLabInspectingProxy(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		trust, wrongKey bool
+		want            string // in the error; empty: success
+	}{
+		{"ca-trusted", true, false, ""},
+		{"ca-not-trusted", false, false, "neither the relay's pinned key nor trusted"},
+		{"ca-trusted-other-relay-key", true, true, "not the pinned relay key"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			defer cancel()
+			l := newTunnelLab(t)
+			nftForward(t, l.natA, "noforward", `iifname "lan0" drop`)
+			ca := startMitmdump(t, l.natA, "10.1.0.1")
+			a, err := NewAccepter(ctx, l.config(t, l.peerB, l.bID, pub(l.aID)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			dcfg := l.config(t, l.peerA, l.aID)
+			proxy, _ := url.Parse("http://10.1.0.1:8080")
+			dcfg.TunnelProxy = http.ProxyURL(proxy)
+			dcfg.RelayTimeout = 5 * time.Second
+			if tc.trust {
+				dcfg.TunnelRootCAs = ca
+			}
+			if tc.wrongKey {
+				dcfg.RelayKey = pub(GenerateIdentity())
+			}
+			d, err := NewDialer(ctx, dcfg)
+			if tc.want != "" {
+				if err == nil {
+					d.Close()
+					t.Fatal("the dialer registered")
+				}
+				if !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("error %q, want one saying %q", err, tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			dc, ac := dialAccept(t, ctx, d, a, pub(l.bID), nil, 0)
+			serveEcho(ctx, ac)
+			if err := echo(ctx, dc, 1<<20, 1); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}
