@@ -200,3 +200,59 @@ func TestTunnelOuterTLS(t *testing.T) {
 		})
 	}
 }
+
+// TestTunnelFlood: a tunnel that floods the relay with datagrams (unknown
+// CIDs, garbage, Initials) is counted and dropped and leaves a tunnelled
+// pipe working.
+func TestTunnelFlood(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	e := newTunnelEnv(t, nil)
+	acfg, dcfg := e.config(e.bID, e.aID), e.config(e.aID)
+	acfg.Tunnel, dcfg.Tunnel, dcfg.TunnelURL = TunnelOff, TunnelOnly, e.tunnelURLOf()
+	d, a := newEndpoints(t, ctx, acfg, dcfg)
+	dc, ac := dialAccept(t, ctx, d, a, e.bID.Public().(ed25519.PublicKey), nil, 0)
+	serveEcho(ctx, ac)
+
+	ws, err := rawTunnel(t, ctx, e.tunnelURLOf(), tunnelSubprotocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := e.relay.Stats()
+	const n = 20000
+	done := make(chan error, 1)
+	go func() {
+		b := make([]byte, 1200)
+		for i := range n {
+			rand.Read(b)
+			b[0] = []byte{0x40, 0xc0, 0x00}[i%3] // short and long headers with random CIDs
+			if err := ws.Write(ctx, websocket.MessageBinary, b[:100+i%1100]); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	if err := echo(ctx, dc, 4<<20, 9); err != nil {
+		t.Fatalf("the pipe during the flood: %v", err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var dropped uint64
+	for range 500 {
+		st := e.relay.Stats()
+		dropped = 0
+		for k, v := range st.Dropped {
+			dropped += v - before.Dropped[k]
+		}
+		if dropped+(st.ToServer-before.ToServer) >= n {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("flood of %d datagrams: %d dropped, relay %+v", n, dropped, e.relay.Stats().Dropped)
+	if dropped < n/2 {
+		t.Errorf("only %d of %d flooded datagrams dropped", dropped, n)
+	}
+}
