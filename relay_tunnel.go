@@ -147,6 +147,7 @@ type tunnelServer struct {
 	mu       sync.Mutex
 	bySource map[netip.Prefix]int
 	total    int
+	closed   bool // no new tunnel is carried; guarded by mu
 
 	open                                               atomic.Int64
 	opened, refused, badUpgrades, malformed, oversized atomic.Uint64
@@ -226,8 +227,11 @@ func (s *tunnelServer) start() {
 	s.r.log.Info("relay tunnel serving", "addr", s.addr().String(), "path", s.cfg.Path)
 }
 
-// closeListeners stops accepting and ends every tunnel.
+// closeListeners stops accepting and ends every tunnel, and waits for them.
 func (s *tunnelServer) closeListeners() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	s.stop()
 	errs := []error{s.http.Close(), s.ln.Close()}
 	if err := s.tcp.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
@@ -261,6 +265,17 @@ func (s *tunnelServer) virtualAddr(src netip.Prefix) netip.Addr {
 
 // handle upgrades a request to a tunnel and carries it until it ends.
 func (s *tunnelServer) handle(w http.ResponseWriter, req *http.Request) {
+	// Hijacked connections are not the http.Server's to wait for: the
+	// tunnel server waits for them itself (closeListeners).
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		http.Error(w, "relay closing", http.StatusServiceUnavailable)
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
 	ws, err := websocket.Accept(w, req, &websocket.AcceptOptions{
 		Subprotocols:    []string{tunnelSubprotocol},
 		CompressionMode: websocket.CompressionDisabled,
@@ -337,7 +352,7 @@ func (s *tunnelServer) carry(ws *websocket.Conn, t *forward.Tunnel) {
 		}
 	})
 	wg.Go(func() { // idle watchdog
-		tick := time.NewTicker(s.cfg.IdleTimeout / 4)
+		tick := time.NewTicker(max(s.cfg.IdleTimeout/4, time.Millisecond))
 		defer tick.Stop()
 		for {
 			select {
