@@ -1,6 +1,7 @@
 package quicpipe
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -13,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -254,5 +256,86 @@ func TestTunnelFlood(t *testing.T) {
 	t.Logf("flood of %d datagrams: %d dropped, relay %+v", n, dropped, e.relay.Stats().Dropped)
 	if dropped < n/2 {
 		t.Errorf("only %d of %d flooded datagrams dropped", dropped, n)
+	}
+}
+
+// pausedConn is a TCP connection whose reads wait while paused: a peer that
+// stops reading its tunnel.
+type pausedConn struct {
+	net.Conn
+	paused atomic.Bool
+}
+
+func (c *pausedConn) Read(b []byte) (int, error) {
+	for c.paused.Load() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return c.Conn.Read(b)
+}
+
+// TestTunnelSlowReader: a tunnelled accepter stops reading its tunnel while
+// a registered UDP peer floods its CIDs. The relay's queue for that tunnel
+// drops (never blocking its reader), the tunnel is cut off after
+// WriteTimeout, and the relay keeps forwarding for others.
+func TestTunnelSlowReader(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	e := newTunnelEnv(t, &RelayConfig{Tunnel: &TunnelConfig{Addr: "127.0.0.1:0", QueueLen: 64, WriteTimeout: time.Second}})
+	var conn atomic.Pointer[pausedConn]
+	acfg := e.config(e.bID, e.aID)
+	acfg.Tunnel, acfg.TunnelURL = TunnelOnly, e.tunnelURLOf()
+	acfg.CIDKey = bytes.Repeat([]byte{7}, 32)
+	acfg.TunnelDialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		pc := &pausedConn{Conn: c}
+		conn.CompareAndSwap(nil, pc)
+		return pc, nil
+	}
+	sock, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	dcfg := e.config(e.aID)
+	dcfg.Tunnel, dcfg.Conn = TunnelOff, sock
+	newEndpoints(t, ctx, acfg, dcfg) // both registered: the dialer's socket is a target
+
+	cid, err := DeriveCID(acfg.CIDKey, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkt := make([]byte, 1200)
+	pkt[0] = 0x40
+	copy(pkt[1:], cid[:])
+	relay := e.relay.LocalAddr().(*net.UDPAddr).AddrPort()
+	conn.Load().paused.Store(true)
+	start := time.Now()
+	for e.relay.TunnelStats().SlowReaders == 0 {
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("no slow reader cut off after 20s: %+v", e.relay.TunnelStats())
+		}
+		for range 200 {
+			sock.WriteToUDPAddrPort(pkt, relay)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	st := e.relay.TunnelStats()
+	t.Logf("cut off after %v: %+v", time.Since(start).Round(time.Millisecond), st)
+	if st.Dropped == 0 {
+		t.Error("the full queue dropped nothing")
+	}
+	conn.Load().paused.Store(false)
+
+	// The relay still serves: a new tunnelled pipe works.
+	e2cfg, e2dcfg := e.config(e.bID, e.aID), e.config(e.aID)
+	e2cfg.Tunnel, e2dcfg.Tunnel, e2dcfg.TunnelURL = TunnelOff, TunnelOnly, e.tunnelURLOf()
+	d, a := newEndpoints(t, ctx, e2cfg, e2dcfg)
+	dc, ac := dialAccept(t, ctx, d, a, e.bID.Public().(ed25519.PublicKey), nil, 0)
+	serveEcho(ctx, ac)
+	if err := echo(ctx, dc, 1<<20, 3); err != nil {
+		t.Fatalf("after the slow reader: %v", err)
 	}
 }
