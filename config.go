@@ -1,13 +1,17 @@
 package quicpipe
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
+	"net/url"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -111,6 +115,39 @@ type Config struct {
 	// outside the relay's family or scope are never offered.
 	InterfaceAddrs func() ([]netip.Addr, error)
 
+	// Tunnel selects how the peer reaches its relay where UDP may be
+	// blocked (docs/decisions/0025-tunnel.md). The zero value, TunnelAuto,
+	// sends over UDP first and opens the relay's TLS/WebSocket tunnel too
+	// if the relay has not answered within TunnelDelay, keeping whichever
+	// answers first; TunnelOff never opens it; TunnelOnly uses only the
+	// tunnel. Direct paths between peers are tried over UDP either way.
+	Tunnel TunnelMode
+	// TunnelURL is the relay's tunnel, "wss://host:port/path". If empty,
+	// "wss://<RelayAddr's host>:443/v1/tunnel" is used.
+	TunnelURL string
+	// TunnelDelay is how long UDP alone has to get an answer from the relay
+	// before TunnelAuto opens the tunnel. If zero, 300ms is used.
+	TunnelDelay time.Duration
+	// TunnelRootCAs verifies the tunnel's outer TLS certificate when it is
+	// not the relay's own (the one holding RelayKey): a CA-issued
+	// certificate, or that of a TLS-inspecting proxy. If nil, the system's
+	// roots are used. The relay is authenticated by RelayKey inside the
+	// tunnel whichever certificate the outer TLS shows.
+	TunnelRootCAs *x509.CertPool
+	// TunnelProxy returns the HTTP proxy through which to open the tunnel
+	// (HTTP CONNECT), or nil for none. If nil, http.ProxyFromEnvironment is
+	// used (HTTPS_PROXY, NO_PROXY).
+	TunnelProxy func(*http.Request) (*url.URL, error)
+	// TunnelDialContext, if not nil, opens the tunnel's TCP connections (to
+	// the relay, or to the proxy). If nil, a net.Dialer's is used.
+	TunnelDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// OnRelayTransport, if not nil, is told which transport reaches the
+	// relay: with TunnelAuto when the race between UDP and the tunnel is
+	// decided (from a goroutine of its own), with TunnelOnly once the
+	// tunnel is open, before NewDialer or NewAccepter returns; never with
+	// TunnelOff (always UDP).
+	OnRelayTransport func(Transport)
+
 	// Logger receives logs. If nil, nothing is logged.
 	Logger *slog.Logger
 }
@@ -158,6 +195,23 @@ func populateConfig(c *Config, accepter bool) (*Config, error) {
 	}
 	if cfg.RegistrationWindow == 0 {
 		cfg.RegistrationWindow = defaultRegistrationWindow
+	}
+	switch {
+	case cfg.Tunnel < TunnelAuto || cfg.Tunnel > TunnelOnly:
+		return nil, fmt.Errorf("quicpipe: Config.Tunnel %d is no TunnelMode", int(cfg.Tunnel))
+	case cfg.TunnelDelay < 0:
+		return nil, errors.New("quicpipe: Config.TunnelDelay is negative")
+	}
+	if cfg.TunnelDelay == 0 {
+		cfg.TunnelDelay = defaultTunnelDelay
+	}
+	if cfg.TunnelProxy == nil {
+		cfg.TunnelProxy = http.ProxyFromEnvironment
+	}
+	if cfg.Tunnel != TunnelOff {
+		if _, err := tunnelURL(&cfg); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.RegistrationWindow < minRegistrationWindow || cfg.RegistrationWindow > maxRegistrationWindow {
 		return nil, fmt.Errorf("quicpipe: Config.RegistrationWindow %d is outside %d..%d",

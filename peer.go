@@ -32,6 +32,7 @@ type peer struct {
 	relayAddr *net.UDPAddr
 	sess      *relaySession
 	direct    *directManager // nil if Config.DisableDirect
+	tunnel    *tunnelRunner  // nil if Config.Tunnel is TunnelOff
 
 	closed    atomic.Bool // set when close starts
 	closeOnce sync.Once
@@ -87,8 +88,22 @@ func newPeer(ctx context.Context, cfg *Config, opts peerOptions) (*peer, error) 
 		Conn:                  p.pconn,
 		ConnectionIDGenerator: p.gen,
 	}
+	if cfg.Tunnel != TunnelOff {
+		if p.tunnel, err = newTunnelRunner(p.pconn, cfg); err != nil {
+			p.close()
+			return nil, err
+		}
+		if err := p.tunnel.start(ctx); err != nil {
+			p.close()
+			return nil, err
+		}
+	}
 	p.sess = newRelaySession(p.tr, relayAddr, relayTLS, cfg.CIDKey, p.gen, cfg)
 	if err := p.sess.start(ctx); err != nil {
+		var ce *RelayConnError
+		if p.tunnel != nil && errors.As(err, &ce) && ce.Tunnel == nil {
+			ce.Tunnel = p.tunnel.err()
+		}
 		p.close()
 		return nil, err
 	}
@@ -122,6 +137,9 @@ func (p *peer) close() error {
 			if err := p.tr.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 				errs = append(errs, err)
 			}
+		}
+		if p.tunnel != nil {
+			p.tunnel.close()
 		}
 		errs = append(errs, p.closeSocket())
 		p.closeErr = errors.Join(errs...)

@@ -41,11 +41,21 @@ type RelayConnError struct {
 	Presented ed25519.PublicKey
 	// Err is the error of the QUIC dial.
 	Err error
+	// Tunnel is the last error of the relay's tunnel, tried because UDP
+	// got no answer (Config.Tunnel), or nil.
+	Tunnel error
 
 	reason error // ErrRelayUnreachable, ErrRelayKeyMismatch or nil
 }
 
 func (e *RelayConnError) Error() string {
+	if e.Tunnel != nil {
+		return fmt.Sprintf("%s; the tunnel failed too: %v", e.udpError(), e.Tunnel)
+	}
+	return e.udpError()
+}
+
+func (e *RelayConnError) udpError() string {
 	switch {
 	case e.reason == ErrRelayUnreachable:
 		return fmt.Sprintf("quicpipe: relay %s unreachable: no answer within %v", e.Addr, e.Waited.Round(100*time.Millisecond))

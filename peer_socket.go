@@ -42,6 +42,7 @@ type peerConn struct {
 	holdBack     // peer_holdback.go
 	injector     // peer_inject.go
 	directRoutes // direct_route.go
+	relayPath    // peer_tunnel.go
 }
 
 // newPeerConn wraps c. If direct is true, direct paths are on: control
@@ -54,6 +55,7 @@ func newPeerConn(c *net.UDPConn, relay netip.AddrPort, direct bool) *peerConn {
 		relay:    netAddrPort(relay),
 		holdBack: holdBack{holds: make(map[string]*capture)},
 	}
+	pc.relayNet = net.UDPAddrFromAddrPort(pc.relay)
 	if direct {
 		pc.relayUDP = net.UDPAddrFromAddrPort(relay)
 		pc.ctrl = make(chan ctrlPacket, ctrlQueueLen)
@@ -81,10 +83,15 @@ func (c *peerConn) writeUnheld(b, oob []byte, addr *net.UDPAddr) (n, oobn int, e
 	return c.writeRelay(b, oob, addr)
 }
 
-// writeRelay sends to addr as given. WriteMsgUDPAddrPort does not allocate
-// a sockaddr per send as WriteMsgUDP does.
+// writeRelay sends to addr as given, and datagrams to the relay into its
+// tunnel while one is up (peer_tunnel.go). WriteMsgUDPAddrPort does not
+// allocate a sockaddr per send as WriteMsgUDP does.
 func (c *peerConn) writeRelay(b, oob []byte, addr *net.UDPAddr) (int, int, error) {
-	return c.UDPConn().WriteMsgUDPAddrPort(b, oob, netAddrPort(addr.AddrPort()))
+	ap := netAddrPort(addr.AddrPort())
+	if (c.tun.Load() != nil || c.undecided.Load() || c.pinned.Load()) && ap == c.relay && !c.relayWrite(b, oob) {
+		return len(b), len(oob), nil
+	}
+	return c.UDPConn().WriteMsgUDPAddrPort(b, oob, ap)
 }
 
 // ReadBatch is how quic-go reads: injected datagrams first, then the socket.
@@ -103,6 +110,9 @@ func (c *peerConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 				continue
 			}
 			c.injMu.Unlock()
+		}
+		if err == nil && n > 0 && (c.undecided.Load() || c.probeAt.Load() != 0) && c.relayFromUDP(ms[:n]) {
+			c.heardRelayUDP()
 		}
 		if err == nil && n > 0 && c.ctrl != nil {
 			if n = c.sortBatch(ms[:n]); n == 0 {

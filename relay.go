@@ -70,6 +70,8 @@ type Relay struct {
 
 	xdp *relayXDP // nil unless RelayConfig.FastPath is set
 
+	tunnel *tunnelServer // nil unless RelayConfig.Tunnel is set
+
 	serveOnce sync.Once
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -114,7 +116,8 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 			return nil, err
 		}
 	}
-	tlsConf = http3.ConfigureTLSConfig(tlsConf)
+	baseTLS := tlsConf
+	tlsConf = http3.ConfigureTLSConfig(tlsConf.Clone())
 	qconf := &quic.Config{MaxIdleTimeout: 60 * time.Second}
 	if c.QUICConfig != nil {
 		qconf = c.QUICConfig.Clone()
@@ -177,6 +180,16 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 			return nil, err
 		}
 	}
+	if c.Tunnel != nil {
+		if r.tunnel, err = newTunnelServer(r, c.Tunnel, baseTLS, qconf); err != nil {
+			if r.xdp != nil {
+				r.xdp.prog.Close()
+			}
+			r.ln.Close()
+			r.tr.Close()
+			return nil, err
+		}
+	}
 	// Opened here, after the last failure NewRelay may return, so that it
 	// reads the network namespace the relay runs in.
 	if rd, err := newAddrReader(); err != nil {
@@ -231,8 +244,11 @@ func (r *Relay) Serve(ctx context.Context) error {
 		r.wg.Go(r.janitor)
 		r.connMu.Unlock()
 		done := make(chan error, 1)
-		go func() { done <- r.acceptConns() }()
+		go func() { done <- r.acceptConns(r.ln) }()
 		r.log.Info("relay serving", "addr", r.LocalAddr().String())
+		if r.tunnel != nil {
+			r.tunnel.start()
+		}
 		if r.cfg.Authorizer == nil {
 			r.log.Warn("relay API is open: anyone can register (set RelayConfig.Authorizer to restrict it)")
 		}
@@ -268,8 +284,14 @@ func (r *Relay) Close() error {
 		r.closeCancel()
 		r.connMu.Unlock()
 		errs := []error{r.h3.Close(), r.ln.Close()}
+		if r.tunnel != nil {
+			errs = append(errs, r.tunnel.closeListeners())
+		}
 		r.connWG.Wait() // connections close with closeCtx, then serveConn returns
 		errs = append(errs, r.tr.Close())
+		if r.tunnel != nil {
+			errs = append(errs, r.tunnel.closeTransport())
+		}
 		if r.xdp != nil {
 			errs = append(errs, r.xdp.prog.Close())
 		}

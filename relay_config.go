@@ -156,6 +156,11 @@ type RelayConfig struct {
 	// fleet). If nil, the relay keeps its table to itself, as a single
 	// relay does.
 	Replicator Replicator
+	// Tunnel, if not nil, turns on the tunnel for peers whose UDP is
+	// blocked: a TCP listener with TLS and a WebSocket upgrade whose
+	// datagrams the relay handles as if they had reached its UDP socket
+	// (see TunnelConfig). If nil, the relay listens on UDP only.
+	Tunnel *TunnelConfig
 	// Logger receives the relay's logs. If nil, the relay logs nothing. The
 	// relay never logs per packet.
 	Logger *slog.Logger

@@ -224,9 +224,9 @@ func (r *Relay) connContext(ctx context.Context, ci *quic.ClientInfo) (context.C
 }
 
 // acceptConns accepts HTTP/3 connections until the listener closes.
-func (r *Relay) acceptConns() error {
+func (r *Relay) acceptConns(ln *quic.Listener) error {
 	for {
-		qc, err := r.ln.Accept(context.Background())
+		qc, err := ln.Accept(context.Background())
 		if err != nil {
 			if errors.Is(err, quic.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
 				return nil

@@ -117,6 +117,10 @@ func statelessResetKeyFromIdentity(identity ed25519.PrivateKey) quic.StatelessRe
 // the addresses of its prefix.
 func sourceOf(a netip.Addr) netip.Prefix {
 	a = a.Unmap()
+	if forward.IsTunnelAddr(a) { // all tunnels of one source (relay_tunnel.go)
+		p, _ := a.Prefix(96)
+		return p
+	}
 	if a.Is4() {
 		return netip.PrefixFrom(a, 32)
 	}

@@ -146,6 +146,10 @@ func (r *Relay) xdpPut(cids []CID, reg *regEntry) {
 		return
 	}
 	d := reg.Dest()
+	if d.IsTunnel() { // the kernel cannot write into a tunnel
+		r.xdpDelete(cids)
+		return
+	}
 	for _, c := range cids {
 		if err := r.xdp.prog.PutBucket(c, d.AP, netip.AddrPort{}, reg.FastBucket); err != nil {
 			r.log.Debug("XDP map update failed", "err", err)
@@ -157,7 +161,7 @@ func (r *Relay) xdpPut(cids []CID, reg *regEntry) {
 // xdpSource adds ap to the program's set of sources it forwards from, or
 // removes it. r.regMu must be held.
 func (r *Relay) xdpSource(ap netip.AddrPort, allow bool) {
-	if r.xdp == nil {
+	if r.xdp == nil || forward.IsTunnelAddr(ap.Addr()) {
 		return
 	}
 	var err error

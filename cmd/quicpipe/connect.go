@@ -35,6 +35,7 @@ func cmdConnect(ctx context.Context, e *env) error {
 	timeout := fs.Duration("timeout", 30*time.Second, "give up if the listener has not answered within this `duration`")
 	verbose := fs.Bool("v", false, "log everything, not only warnings")
 	recvOnly := fs.Bool("recv", false, "only receive: do not read standard input (this side's input is empty)")
+	tf := addTunnelFlags(fs)
 	sf := addScriptFlags(fs)
 	if err := parseFlags(fs, e); err != nil {
 		return err
@@ -49,6 +50,9 @@ func cmdConnect(ctx context.Context, e *env) error {
 	}
 	log := logger(e, *verbose)
 	cfg := &quicpipe.Config{RelayToken: *relayToken, QUICConfig: peerQUICConfig(), Logger: log, OnPathChange: pathReporter(e)}
+	if err := tf.apply(cfg, e); err != nil {
+		return usageError(fs, e, "%v", err)
+	}
 	if ticket.Secret == nil {
 		key, err := loadIdentity(e, *identity)
 		if err != nil {
@@ -81,6 +85,7 @@ func cmdConnect(ctx context.Context, e *env) error {
 		conn.CloseWithError(0, "")
 		d.Close()
 	}()
+	tf.announce(e)
 
 	if *tcpListen != "" {
 		fmt.Fprintf(e.stderr, "quicpipe: connected to %s\n", quicpipe.EncodeKey(ticket.Peer))

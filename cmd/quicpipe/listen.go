@@ -102,6 +102,7 @@ type listenOpts struct {
 	tcpTarget, identity, ticketFile    string
 	showQR, verbose, recvOnly          bool
 	timeout                            time.Duration
+	tunnel                             *tunnelFlags
 }
 
 // parseListenFlags parses and checks listen's flags, and removes the
@@ -136,6 +137,7 @@ func parseListenFlags(e *env) (*listenOpts, error) {
 	fs.BoolVar(&o.recvOnly, "recv", false, "only receive: do not read standard input (this side's input is empty)")
 	fs.StringVar(&o.ticketFile, "ticket-file", "", "also write the ticket to this `file` (mode 0600) once the listener is ready; removed at exit")
 	fs.DurationVar(&o.timeout, "timeout", 0, "give up if no dialer has connected within this `duration` (0: wait until stopped)")
+	o.tunnel = addTunnelFlags(fs)
 	sf := addScriptFlags(fs)
 	if err := parseFlags(fs, e); err != nil {
 		return nil, err
@@ -151,6 +153,9 @@ func parseListenFlags(e *env) (*listenOpts, error) {
 		return nil, usageError(fs, e, "-timeout must not be negative")
 	}
 	sf.apply(e)
+	if err := o.tunnel.apply(&quicpipe.Config{}, e); err != nil {
+		return nil, usageError(fs, e, "%v", err)
+	}
 	if o.ticketFile != "" {
 		// A script waiting for the file must not read an earlier run's.
 		if err := os.Remove(o.ticketFile); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -169,7 +174,7 @@ func parseListenFlags(e *env) (*listenOpts, error) {
 func openListener(ctx context.Context, e *env, ticket *quicpipe.Ticket, o *listenOpts, key ed25519.PrivateKey,
 	trusted []ed25519.PublicKey, log *slog.Logger) (*quicpipe.Accepter, error) {
 	pipe := o.tcpTarget == ""
-	a, err := quicpipe.NewAccepter(ctx, &quicpipe.Config{
+	cfg := &quicpipe.Config{
 		RelayAddr:    ticket.RelayAddr,
 		RelayKey:     ticket.RelayKey,
 		RelayToken:   o.relayToken,
@@ -178,13 +183,16 @@ func openListener(ctx context.Context, e *env, ticket *quicpipe.Ticket, o *liste
 		QUICConfig:   peerQUICConfig(),
 		Logger:       log,
 		OnPathChange: pathReporter(e),
-	})
+	}
+	o.tunnel.apply(cfg, e) // checked by parseListenFlags
+	a, err := quicpipe.NewAccepter(ctx, cfg)
 	if err != nil {
 		if rerr := relayProblem(err, true); rerr != nil && ctx.Err() == nil {
 			return nil, rerr
 		}
 		return nil, interrupted(ctx, err, pipe)
 	}
+	o.tunnel.announce(e)
 	if err := a.OpenMailbox(ctx); err != nil {
 		a.Close()
 		if errors.Is(err, quicpipe.ErrNotSupported) {

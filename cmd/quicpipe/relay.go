@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -60,6 +61,9 @@ func cmdRelay(ctx context.Context, e *env) error {
 	nodeListen := fs.String("fleet-node-listen", "127.0.0.1:4222", "`address` the embedded NATS node serves members on")
 	nodeCluster := fs.String("fleet-node-cluster", "", "`address` the embedded NATS node routes with the other members' nodes on (empty: it runs alone)")
 	nodeRoutes := fs.String("fleet-node-routes", "", "the other members' -fleet-node-cluster `addresses`, comma-separated")
+	tunnel := fs.String("tunnel", "", "also listen on this TCP `address` (e.g. :443) for peers whose UDP is blocked: TLS, then a WebSocket tunnel to this relay")
+	tlsCert := fs.String("tls-cert", "", "the tunnel's TLS certificate `file` (PEM; default: a certificate of the relay's key, which peers pin)")
+	tlsKey := fs.String("tls-key", "", "the private key `file` of -tls-cert (PEM)")
 	verbose := fs.Bool("v", false, "log everything, not only warnings")
 	fs.BoolVar(&e.jsonLogs, "log-json", false, "write logs as JSON, one object a line")
 	if err := parseFlags(fs, e); err != nil {
@@ -67,6 +71,22 @@ func cmdRelay(ctx context.Context, e *env) error {
 	}
 	if fs.NArg() != 0 {
 		return usageError(fs, e, "unexpected arguments %q", fs.Args())
+	}
+	if (*tlsCert == "") != (*tlsKey == "") {
+		return usageError(fs, e, "-tls-cert and -tls-key go together")
+	}
+	if *tlsCert != "" && *tunnel == "" {
+		return usageError(fs, e, "-tls-cert needs -tunnel")
+	}
+	if *tunnel != "" {
+		cfg.Tunnel = &quicpipe.TunnelConfig{Addr: *tunnel}
+		if *tlsCert != "" {
+			cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
+			if err != nil {
+				return fmt.Errorf("tunnel certificate: %w", err)
+			}
+			cfg.Tunnel.Certificate = &cert
+		}
 	}
 	if *xdpIface != "" {
 		modes := map[string]xdp.Mode{"auto": xdp.ModeAuto, "native": xdp.ModeNative, "generic": xdp.ModeGeneric}
@@ -172,6 +192,9 @@ func cmdRelay(ctx context.Context, e *env) error {
 	}
 	if *metrics != "" {
 		fmt.Fprintf(e.stderr, "quicpipe: metrics on http://%s/metrics\n", *metrics)
+	}
+	if ta := relay.TunnelAddr(); ta != nil {
+		fmt.Fprintf(e.stderr, "quicpipe: tunnel for peers without UDP on tcp %s: wss://%s%s\n", ta, ta, quicpipe.TunnelPath)
 	}
 	// Serve returns nil once ctx is done (Ctrl-C).
 	return relay.Serve(ctx)

@@ -85,6 +85,8 @@ type Conn struct {
 	initials initialFilter
 	fast     *fastPath // nil unless SetFastPath was called
 
+	tuns tunnels // open tunnels (tunnel.go)
+
 	stats counters
 }
 
@@ -119,6 +121,15 @@ func (c *Conn) SetFastPath(fp FastPath) {
 // NewDest returns ap as a destination for the socket, or false if the
 // socket's family cannot reach it.
 func (c *Conn) NewDest(ap netip.AddrPort) (*Dest, bool) {
+	if IsTunnelAddr(ap.Addr()) {
+		// A virtual address is a destination only while its tunnel is
+		// open here.
+		t := c.tunnel(KeyOf(ap))
+		if t == nil {
+			return nil, false
+		}
+		return t.dest, true
+	}
 	raw, ok := c.io.encode(ap)
 	if !ok {
 		return nil, false
@@ -158,6 +169,10 @@ type Counters struct {
 	// that got no reset; from an address no live registration forwards to;
 	// a long header with a relay's source CID.
 	UnknownCID, Expired, PeerInitial, Malformed, RateLimited, StaleCID, UnknownSource, RelaySCID uint64
+	// TunnelFull counts datagrams for a tunnel, or from tunnels for the
+	// relay's server, dropped because the queue was full or the tunnel
+	// gone.
+	TunnelFull uint64
 }
 
 // counters are a Conn's counters. Forwarding adds to them once per batch.
@@ -168,6 +183,7 @@ type counters struct {
 
 type batchCounts struct {
 	fwd, fwdBytes, toServer, sendErrs, resets uint64
+	fwdTunnel                                 uint64 // forwarded into tunnels (in fwd once the batch is sent)
 	drops                                     [numVerdicts]uint64
 }
 
@@ -209,5 +225,6 @@ func (c *Conn) Counters() Counters {
 		StaleCID:       s.drops[resetStale].Load(),
 		UnknownSource:  s.drops[dropUnknownSource].Load(),
 		RelaySCID:      s.drops[dropRelaySCID].Load(),
+		TunnelFull:     s.drops[dropTunnelFull].Load(),
 	}
 }

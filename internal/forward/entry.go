@@ -11,7 +11,12 @@ type Dest struct {
 	// AP is the address datagrams are forwarded to.
 	AP  netip.AddrPort
 	raw rawAddr // AP encoded for the socket
+	tun *Tunnel // the tunnel of a virtual address; nil for a UDP destination
 }
+
+// IsTunnel reports whether d is a tunnel's virtual address, which only the
+// engine can write to (never a kernel fast path).
+func (d *Dest) IsTunnel() bool { return d.tun != nil }
 
 // Entry is what the forwarding path knows of one registration: where its
 // CIDs forward to, until when, and its rate buckets. The relay embeds one in

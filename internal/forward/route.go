@@ -27,6 +27,15 @@ func (c *Conn) route(ms []ipv4.Message) int {
 		v, d := c.classify(b, &src, now)
 		switch v {
 		case forward:
+			if d.tun != nil {
+				if d.tun.enqueue(b) {
+					n.fwdTunnel++
+					n.fwdBytes += uint64(len(b))
+				} else {
+					n.drops[dropTunnelFull]++
+				}
+				continue
+			}
 			io.queue(b, d)
 			n.fwdBytes += uint64(len(b))
 		case toServer:
@@ -43,7 +52,7 @@ func (c *Conn) route(ms []ipv4.Message) int {
 	}
 	if len(io.keep) < len(ms) {
 		sent, failed := io.flush()
-		n.fwd += uint64(max(sent-int(n.resets), 0))
+		n.fwd += uint64(max(sent-int(n.resets), 0)) + n.fwdTunnel
 		n.sendErrs += uint64(failed)
 	}
 	// Forwarded datagrams are on the wire: their buffers may now be
@@ -84,14 +93,16 @@ const (
 	resetStale                       // a relay CID of an earlier run: send a stateless reset
 	dropUnknownSource                // from an address no live registration forwards to
 	dropRelaySCID                    // long header with a relay's source CID
+	dropTunnelFull                   // a tunnel's queue, or the server's queue of tunnel datagrams, is full
 	numVerdicts
 )
 
 // srcCheck is the forwarding rule's verdict on one source address,
 // remembered across the datagrams of a batch that come from it.
 type srcCheck struct {
-	key   AddrKey
-	known int8 // 0: not looked up yet; 1: a live registration's target; -1: not
+	key    AddrKey
+	known  int8 // 0: not looked up yet; 1: a live registration's target; -1: not
+	tunnel bool // the datagram came through a tunnel, not from the socket
 }
 
 // set makes src the source checked, forgetting the verdict if it changed.
@@ -171,9 +182,11 @@ func (c *Conn) classify(b []byte, src *srcCheck, now int64) (verdict, *Dest) {
 		return dropRateLimited, nil
 	}
 	d := e.dest.Load()
-	if c.fast != nil {
+	if c.fast != nil && !src.tunnel && d != nil && d.tun == nil {
 		// With a fast path on, a forwarded packet is one the program
 		// missed (most likely evicted from its map): put its CID back.
+		// Never a tunnel's: the kernel cannot write into one, and
+		// datagrams from tunnels never pass the program.
 		c.reput(cid, e, d, now)
 	}
 	return forward, d
