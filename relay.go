@@ -70,6 +70,8 @@ type Relay struct {
 
 	xdp *relayXDP // nil unless RelayConfig.FastPath is set
 
+	probes *probeServer // nil without RelayConfig.ProbeConns (relay_probe.go)
+
 	serveOnce sync.Once
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -128,6 +130,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	r := &Relay{
 		cfg:    c,
 		conn:   conn,
+		probes: newProbeServer(c),
 		log:    c.Logger,
 		table:  forward.NewTable(),
 		follow: make(chan *regEntry, 64),
@@ -223,6 +226,7 @@ func (r *Relay) Serve(ctx context.Context) error {
 	r.serveOnce.Do(func() {
 		err = nil
 		r.wg.Go(r.janitor)
+		r.startProbes()
 		done := make(chan error, 1)
 		go func() { done <- r.acceptConns() }()
 		r.log.Info("relay serving", "addr", r.LocalAddr().String())
