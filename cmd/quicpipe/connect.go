@@ -48,7 +48,7 @@ func cmdConnect(ctx context.Context, e *env) error {
 		return err
 	}
 	log := logger(e, *verbose)
-	cfg := &quicpipe.Config{RelayToken: *relayToken, QUICConfig: peerQUICConfig(), Logger: log, OnPathChange: pathReporter(e)}
+	cfg := &quicpipe.Config{RelayToken: *relayToken, QUICConfig: peerQUICConfig(), Logger: log, OnPathChange: pathReporter(ctx, e, ticket.RelayAddr)}
 	if ticket.Secret == nil {
 		key, err := loadIdentity(e, *identity)
 		if err != nil {

@@ -177,7 +177,7 @@ func openListener(ctx context.Context, e *env, ticket *quicpipe.Ticket, o *liste
 		TrustedPeers: trusted,
 		QUICConfig:   peerQUICConfig(),
 		Logger:       log,
-		OnPathChange: pathReporter(e),
+		OnPathChange: pathReporter(ctx, e, ticket.RelayAddr),
 	})
 	if err != nil {
 		if rerr := relayProblem(err, true); rerr != nil && ctx.Err() == nil {

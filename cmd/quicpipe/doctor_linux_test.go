@@ -1,0 +1,92 @@
+package main
+
+import (
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quicpipe/quicpipe/internal/netlab"
+	"github.com/quicpipe/quicpipe/internal/testbin"
+)
+
+// TestDoctorNAT runs quicpipe doctor behind NATs of the lab against a relay
+// process (probe ports on by default):
+//
+//	peer 10.1.0.2 ─lan0─ nat ─wan0 198.51.100.2── wan ── 192.0.2.2 relay
+//
+// and checks the mapping it reports and its verdict: an endpoint-independent
+// NAT (port-preserving masquerade with an input firewall) gives "direct
+// connections likely", an endpoint-dependent one (masquerade fully-random)
+// "only with peers that have an easy NAT", and a firewall that lets UDP out
+// only to the relay's own port an unknown verdict, never a guess.
+func TestDoctorNAT(t *testing.T) {
+	if err := netlab.Available(); err != nil {
+		t.Skip(err)
+	}
+	bin := binary(t)
+	for _, tc := range []struct {
+		name, nft, mapping, verdict string
+	}{
+		{"eim", `table ip nat {
+	chain postrouting { type nat hook postrouting priority srcnat; policy accept; oifname "wan0" masquerade; }
+}
+table ip filter {
+	chain input { type filter hook input priority filter; policy accept; iifname "wan0" ct state new drop; }
+}`, "endpoint-independent", "direct connections likely"},
+		{"edm", `table ip nat {
+	chain postrouting { type nat hook postrouting priority srcnat; policy accept; oifname "wan0" masquerade fully-random; }
+}
+table ip filter {
+	chain input { type filter hook input priority filter; policy accept; iifname "wan0" ct state new drop; }
+}`, "endpoint-dependent", "direct connections only with peers that have an easy NAT"},
+		{"relay-port-only", `table ip nat {
+	chain postrouting { type nat hook postrouting priority srcnat; policy accept; oifname "wan0" masquerade; }
+}
+table ip filter {
+	chain forward { type filter hook forward priority filter; policy accept; iifname "lan0" udp dport != 4433 drop; }
+}`, "unknown", "direct connections: unknown"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lab := netlab.New(t)
+			wan, relayNS, nat, peer := lab.NS("wan"), lab.NS("relay"), lab.NS("nat"), lab.NS("peer")
+			wan.Forwarding()
+			lab.Link(relayNS, "eth0", "192.0.2.2/24", wan, "relay0", "192.0.2.1/24")
+			relayNS.Run("ip", "route", "add", "default", "via", "192.0.2.1")
+			lab.Link(nat, "wan0", "198.51.100.2/24", wan, "nat0", "198.51.100.1/24")
+			nat.Run("ip", "route", "add", "default", "via", "198.51.100.1")
+			nat.Forwarding()
+			nat.Nft(tc.nft)
+			lab.Link(peer, "eth0", "10.1.0.2/24", nat, "lan0", "10.1.0.1/24")
+			peer.Run("ip", "route", "add", "default", "via", "10.1.0.1")
+
+			dir := t.TempDir()
+			env := testbin.Env()
+			r := relayNS.Start("relay", env, bin, "relay", "-listen", "192.0.2.2:4433", "-identity", filepath.Join(dir, "relay.key"))
+			key := r.Match(regexp.MustCompile(`relay key (\S+)\n`), 30*time.Second)
+			d := peer.Start("doctor", env, bin, "doctor", "-relay", "192.0.2.2:4433", "-relay-key", key, "-timeout", "2s")
+			select {
+			case <-d.Done():
+			case <-time.After(30 * time.Second):
+				t.Fatal("doctor did not finish within 30 s")
+			}
+			out := d.Stdout()
+			t.Logf("quicpipe doctor behind %s:\n%s", tc.name, out)
+			for _, want := range []string{
+				"relay 192.0.2.2:4433: UDP ok",
+				"local address: 10.1.0.2:",
+				"mapping: " + tc.mapping,
+				"port mapping: not probed",
+				"verdict: " + tc.verdict,
+			} {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q", want)
+				}
+			}
+			if tc.mapping != "unknown" && strings.Count(out, "public address: 198.51.100.2:") != 2 {
+				t.Errorf("want two public addresses at the NAT's 198.51.100.2")
+			}
+		})
+	}
+}

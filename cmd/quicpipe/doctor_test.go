@@ -1,0 +1,59 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+// TestDoctorUsage: the doctor needs a relay and its key.
+func TestDoctorUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"doctor"},
+		{"doctor", "-relay", "192.0.2.1:4433"},
+		{"doctor", "-relay", "192.0.2.1:4433", "-relay-key", "x", "extra"},
+		{"doctor", "-relay", "192.0.2.1:65535", "-relay-key", strings.Repeat("A", 43)},
+	} {
+		var stderr bytes.Buffer
+		e := &env{args: args, stdout: &bytes.Buffer{}, stderr: &stderr}
+		if code := run(context.Background(), e); code != 2 {
+			t.Errorf("%q: exit %d, want 2; %s", args, code, stderr.String())
+		}
+	}
+}
+
+// TestVerdict: the mapping and verdict from what the probes saw.
+func TestVerdict(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	local := ap("10.0.0.2:5000")
+	pr := func(obs ...string) []probeResult {
+		var out []probeResult
+		for _, o := range obs {
+			var a netip.AddrPort
+			if o != "" {
+				a = ap(o)
+			}
+			out = append(out, probeResult{observed: a})
+		}
+		return out
+	}
+	for _, c := range []struct {
+		udp    bool
+		probes []probeResult
+		want   string
+	}{
+		{true, pr("198.51.100.2:5000", "198.51.100.2:5000"), verdictLikely},
+		{true, pr("10.0.0.2:5000", ""), verdictLikely},
+		{true, pr("198.51.100.2:5000", "198.51.100.2:6000"), verdictEasyOnly},
+		{true, pr("", ""), verdictUnknown},
+		{true, pr("198.51.100.2:5000", ""), "direct connections: unknown (only one probe port answered"},
+		{false, pr("198.51.100.2:5000", "198.51.100.2:5000"), "no pipe"},
+	} {
+		r := &netReport{udp: c.udp, local: local, probes: c.probes}
+		if got := r.verdict(); !strings.HasPrefix(got, c.want) {
+			t.Errorf("udp %v, probes %v: verdict %q, want %q", c.udp, c.probes, got, c.want)
+		}
+	}
+}
