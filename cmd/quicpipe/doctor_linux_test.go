@@ -90,3 +90,75 @@ table ip filter {
 		})
 	}
 }
+
+// TestPathVerdict: a pipe between a peer behind an endpoint-dependent NAT
+// (A, connect) and one behind an endpoint-independent NAT (B, listen)
+// stays relayed, and each side's relayed line gives its own network's
+// verdict, as quicpipe doctor would:
+//
+//	peerA 10.1.0.2 ─ natA (fully-random) 198.51.100.2 ─┐
+//	                                                    wan ── 192.0.2.2 relay
+//	peerB 10.2.0.2 ─ natB (port-preserving) 203.0.113.2 ┘
+func TestPathVerdict(t *testing.T) {
+	if err := netlab.Available(); err != nil {
+		t.Skip(err)
+	}
+	bin := binary(t)
+	lab := netlab.New(t)
+	wan, relayNS := lab.NS("wan"), lab.NS("relay")
+	wan.Forwarding()
+	lab.Link(relayNS, "eth0", "192.0.2.2/24", wan, "relay0", "192.0.2.1/24")
+	relayNS.Run("ip", "route", "add", "default", "via", "192.0.2.1")
+	peers := map[string]*netlab.NS{}
+	for _, n := range []struct{ name, wan, gw, lan, lanGW, opt string }{
+		{"A", "198.51.100.2/24", "198.51.100.1", "10.1.0.2/24", "10.1.0.1", " fully-random"},
+		{"B", "203.0.113.2/24", "203.0.113.1", "10.2.0.2/24", "10.2.0.1", ""},
+	} {
+		nat, peer := lab.NS("nat"+n.name), lab.NS("peer"+n.name)
+		lab.Link(nat, "wan0", n.wan, wan, "nat"+n.name+"0", n.gw+"/24")
+		nat.Run("ip", "route", "add", "default", "via", n.gw)
+		nat.Forwarding()
+		nat.Nft(`table ip nat {
+	chain postrouting { type nat hook postrouting priority srcnat; policy accept; oifname "wan0" masquerade` + n.opt + `; }
+}
+table ip filter {
+	chain input { type filter hook input priority filter; policy accept; iifname "wan0" ct state new drop; }
+}`)
+		lab.Link(peer, "eth0", n.lan, nat, "lan0", n.lanGW+"/24")
+		peer.Run("ip", "route", "add", "default", "via", n.lanGW)
+		peers[n.name] = peer
+	}
+	dir := t.TempDir()
+	r := relayNS.Start("relay", testbin.Env(), bin, "relay", "-listen", "192.0.2.2:4433", "-identity", filepath.Join(dir, "relay.key"))
+	key := r.Match(regexp.MustCompile(`relay key (\S+)\n`), 30*time.Second)
+	in := func(ns *netlab.NS, fn func()) {
+		// A child process inherits the network namespace of the thread
+		// that starts it.
+		if err := ns.Do(func() error { fn(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var l, c *proc
+	in(peers["B"], func() {
+		l = start(t, "listen", procOpts{home: filepath.Join(dir, "l")}, "listen", "-relay", "192.0.2.2:4433", "-relay-key", key)
+	})
+	ticket := l.ticket(t)
+	in(peers["A"], func() { c = start(t, "connect", procOpts{home: filepath.Join(dir, "c")}, "connect", ticket) })
+	for _, w := range []struct {
+		p       *proc
+		verdict string
+	}{
+		{c, "direct connections only with peers that have an easy NAT"},
+		{l, "direct connections likely"},
+	} {
+		re := regexp.MustCompile(`quicpipe: relayed via 192\.0\.2\.2:4433 \(no direct path: [^;]+; this network: ([^)]+)\)`)
+		got := w.p.match(t, &w.p.stderr, re, 40*time.Second)
+		if got != w.verdict {
+			t.Errorf("%s: verdict %q, want %q", w.p.name, got, w.verdict)
+		}
+	}
+	if s := l.stderr.String() + c.stderr.String(); strings.Contains(s, "direct to") {
+		t.Errorf("a side went direct:\n%s", s)
+	}
+	l.interrupt(t)
+}
