@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"log/slog"
+	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -54,6 +57,37 @@ func TestVerdict(t *testing.T) {
 		r := &netReport{udp: c.udp, local: local, probes: c.probes}
 		if got := r.verdict(); !strings.HasPrefix(got, c.want) {
 			t.Errorf("udp %v, probes %v: verdict %q, want %q", c.udp, c.probes, got, c.want)
+		}
+	}
+}
+
+// TestListenProbes: the relay's -probe flag.
+func TestListenProbes(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	taken, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	port := taken.LocalAddr().(*net.UDPAddr).Port
+	for _, c := range []struct {
+		spec, listen string
+		n            int
+		fails        bool
+	}{
+		{"off", "127.0.0.1:4433", 0, false},
+		{"auto", "127.0.0.1:0", 0, false},
+		{"auto", "127.0.0.1:" + strconv.Itoa(port-1), 1, false}, // port+1 is taken: a warning
+		{"127.0.0.1:0,127.0.0.1:0", "127.0.0.1:4433", 2, false},
+		{"127.0.0.1:0," + taken.LocalAddr().String(), "127.0.0.1:4433", 0, true},
+		{"nonsense", "127.0.0.1:4433", 0, true},
+	} {
+		conns, err := listenProbes(c.spec, c.listen, log)
+		for _, pc := range conns {
+			pc.Close()
+		}
+		if (err != nil) != c.fails || len(conns) != c.n {
+			t.Errorf("-probe %q with -listen %s: %d sockets, error %v; want %d, failing %v", c.spec, c.listen, len(conns), err, c.n, c.fails)
 		}
 	}
 }
