@@ -207,4 +207,3 @@ func attempts(t *testing.T, a, b netKind, n int, dial func(context.Context) *dir
 	}
 	return res
 }
-
