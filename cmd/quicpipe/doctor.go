@@ -318,7 +318,8 @@ func routeLocal(network string, relay *net.UDPAddr, conn *net.UDPConn) netip.Add
 }
 
 // probeAll sends address probes to every target from tr's socket, three
-// times a second until each has answered or ctx is done.
+// times a second until each has answered or ctx is done. Its reader ends
+// with ctx, which the caller cancels.
 func probeAll(ctx context.Context, tr *quic.Transport, targets []netip.AddrPort) []probeResult {
 	res := make([]probeResult, len(targets))
 	ids := make([]addrprobe.TxID, len(targets))
@@ -344,11 +345,16 @@ func probeAll(ctx context.Context, tr *quic.Transport, targets []netip.AddrPort)
 			if !ok {
 				continue
 			}
-			got <- struct {
+			select {
+			case got <- struct {
 				from netip.AddrPort
 				b    []byte
 				at   time.Time
-			}{unmapped(ua.AddrPort()), append([]byte(nil), buf[:n]...), time.Now()}
+			}{unmapped(ua.AddrPort()), append([]byte(nil), buf[:n]...), time.Now()}:
+			case <-ctx.Done():
+				close(got)
+				return
+			}
 		}
 	}()
 	tick := time.NewTicker(300 * time.Millisecond)
