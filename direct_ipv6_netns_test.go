@@ -45,6 +45,15 @@ const v6Firewall = `table ip6 fw {
 }
 `
 
+// noDAD turns off duplicate address detection in ns, for the interfaces
+// created after: link-local addresses (which neighbour discovery uses) are
+// usable at once instead of a second or two later.
+func noDAD(ns *netlab.NS) *netlab.NS {
+	ns.Sysctl("net.ipv6.conf.all.accept_dad", "0")
+	ns.Sysctl("net.ipv6.conf.default.accept_dad", "0")
+	return ns
+}
+
 // addr6 adds an IPv6 address without duplicate address detection (the
 // address is usable at once).
 func addr6(ns *netlab.NS, ifc, cidr string) {
@@ -55,7 +64,7 @@ func newV6Lab(t *testing.T) *v6Lab {
 	l := &v6Lab{lab: netlab.New(t), ids: &natLab{relayID: GenerateIdentity(), aID: GenerateIdentity(), bID: GenerateIdentity()},
 		addrA: netip.MustParseAddr("2001:db8:a::2"), addrB: netip.MustParseAddr("2001:db8:b::2")}
 	lab := l.lab
-	l.wan, l.relayNS = lab.NS("wan"), lab.NS("relay")
+	l.wan, l.relayNS = noDAD(lab.NS("wan")), noDAD(lab.NS("relay"))
 	l.wan.Sysctl("net.ipv6.conf.all.forwarding", "1")
 	lab.Link(l.relayNS, "eth0", "", l.wan, "relay0", "")
 	addr6(l.relayNS, "eth0", "2001:db8:ff::2/64")
@@ -65,7 +74,7 @@ func newV6Lab(t *testing.T) *v6Lab {
 		fw, peer     **netlab.NS
 		name, n, lan string
 	}{{&l.fwA, &l.peerA, "A", "1", "a"}, {&l.fwB, &l.peerB, "B", "2", "b"}} {
-		fw, peer := lab.NS("fw"+s.name), lab.NS("peer"+s.name)
+		fw, peer := noDAD(lab.NS("fw"+s.name)), noDAD(lab.NS("peer"+s.name))
 		*s.fw, *s.peer = fw, peer
 		fw.Sysctl("net.ipv6.conf.all.forwarding", "1")
 		lab.Link(fw, "wan0", "", l.wan, "fw"+s.name+"0", "")
@@ -161,7 +170,7 @@ func TestIPv6DualStackPeer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 	defer cancel()
 	l := newNATLab(t, natEIM, natEIM, false, natUplink)
-	addr6(l.peerA, "eth0", "2001:db8:a::2/64")
+	addr6(l.peerA, "eth0", "2001:db8:a::2/64") // never used: no route, and the relay is IPv4
 	dual, err := l.peerA.ListenUDP("udp", "[::]:0")
 	if err != nil {
 		t.Fatal(err)

@@ -162,3 +162,70 @@ table ip filter {
 	}
 	l.interrupt(t)
 }
+
+// TestDoctorIPv6: behind a stateful IPv6 firewall (no NAT), with the relay
+// reached over IPv6, the doctor sees the host's own address at both probe
+// ports, so no NAT, and lists the host's global IPv6 address:
+//
+//	peer 2001:db8:a::2 ─lan0─ fw ─wan0 2001:db8:1::2── wan ── 2001:db8:ff::2 relay
+func TestDoctorIPv6(t *testing.T) {
+	if err := netlab.Available(); err != nil {
+		t.Skip(err)
+	}
+	bin := binary(t)
+	lab := netlab.New(t)
+	wan, relayNS, fw, peer := lab.NS("wan"), lab.NS("relay"), lab.NS("fw"), lab.NS("peer")
+	addr := func(ns *netlab.NS, ifc, cidr string) { ns.Run("ip", "-6", "addr", "add", cidr, "dev", ifc, "nodad") }
+	for _, ns := range []*netlab.NS{wan, relayNS, fw, peer} {
+		// No duplicate address detection: link-local addresses (which
+		// neighbour discovery uses) are usable at once.
+		ns.Sysctl("net.ipv6.conf.all.accept_dad", "0")
+		ns.Sysctl("net.ipv6.conf.default.accept_dad", "0")
+	}
+	for _, ns := range []*netlab.NS{wan, fw} {
+		ns.Sysctl("net.ipv6.conf.all.forwarding", "1")
+	}
+	lab.Link(relayNS, "eth0", "", wan, "relay0", "")
+	addr(relayNS, "eth0", "2001:db8:ff::2/64")
+	addr(wan, "relay0", "2001:db8:ff::1/64")
+	relayNS.Run("ip", "-6", "route", "add", "default", "via", "2001:db8:ff::1")
+	lab.Link(fw, "wan0", "", wan, "fw0", "")
+	addr(fw, "wan0", "2001:db8:1::2/64")
+	addr(wan, "fw0", "2001:db8:1::1/64")
+	fw.Run("ip", "-6", "route", "add", "default", "via", "2001:db8:1::1")
+	wan.Run("ip", "-6", "route", "add", "2001:db8:a::/64", "via", "2001:db8:1::2")
+	lab.Link(peer, "eth0", "", fw, "lan0", "")
+	addr(peer, "eth0", "2001:db8:a::2/64")
+	addr(fw, "lan0", "2001:db8:a::1/64")
+	peer.Run("ip", "-6", "route", "add", "default", "via", "2001:db8:a::1")
+	fw.Nft(`table ip6 fw {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		iifname "wan0" ct state established,related accept
+		iifname "wan0" drop
+	}
+}`)
+	dir := t.TempDir()
+	env := testbin.Env()
+	r := relayNS.Start("relay", env, bin, "relay", "-listen", "[2001:db8:ff::2]:4433", "-identity", filepath.Join(dir, "relay.key"))
+	key := r.Match(regexp.MustCompile(`relay key (\S+)\n`), 30*time.Second)
+	d := peer.Start("doctor", env, bin, "doctor", "-relay", "[2001:db8:ff::2]:4433", "-relay-key", key, "-timeout", "2s")
+	select {
+	case <-d.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("doctor did not finish within 30 s")
+	}
+	out := d.Stdout()
+	t.Logf("quicpipe doctor behind an IPv6 firewall:\n%s", out)
+	for _, want := range []string{
+		"relay [2001:db8:ff::2]:4433: UDP ok",
+		"local address: [2001:db8:a::2]:",
+		"mapping: none",
+		"IPv6: global address 2001:db8:a::2 on this host",
+		"verdict: direct connections likely",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+}
