@@ -9,6 +9,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/quicpipe/quicpipe/internal/addrprobe"
 )
 
 // TestDoctorUsage: the doctor needs a relay and its key.
@@ -89,5 +93,56 @@ func TestListenProbes(t *testing.T) {
 		if (err != nil) != c.fails || len(conns) != c.n {
 			t.Errorf("-probe %q with -listen %s: %d sockets, error %v; want %d, failing %v", c.spec, c.listen, len(conns), err, c.n, c.fails)
 		}
+	}
+}
+
+// TestProbeAllMatches: a probe's answer counts only with the request's
+// transaction ID and from the address it went to; a forged or stray
+// reply is ignored, and a target that never answers stays unanswered.
+func TestProbeAllMatches(t *testing.T) {
+	listen := func() *net.UDPConn {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	responder, forger, silent, client := listen(), listen(), listen(), listen()
+	forged := netip.MustParseAddrPort("203.0.113.9:9")
+	// The responder answers each request twice: first with another
+	// transaction ID claiming the forged address, then correctly; the
+	// forger answers the client with the request's ID but from its own
+	// address.
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := responder.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			id, err := addrprobe.ParseRequest(buf[:n])
+			if err != nil {
+				continue
+			}
+			other := id
+			other[0] ^= 0xff
+			responder.WriteToUDPAddrPort(addrprobe.AppendReply(nil, other, forged), from)
+			forger.WriteToUDPAddrPort(addrprobe.AppendReply(nil, id, forged), from)
+			responder.WriteToUDPAddrPort(addrprobe.AppendReply(nil, id, from), from)
+		}
+	}()
+	tr := &quic.Transport{Conn: client}
+	defer tr.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	to := responder.LocalAddr().(*net.UDPAddr).AddrPort()
+	res := probeAll(ctx, tr, []netip.AddrPort{to, silent.LocalAddr().(*net.UDPAddr).AddrPort()})
+	me := client.LocalAddr().(*net.UDPAddr).AddrPort()
+	if res[0].observed != me {
+		t.Errorf("observed %v, want %v (the forged %v must be ignored)", res[0].observed, me, forged)
+	}
+	if res[1].observed.IsValid() {
+		t.Errorf("the silent target answered %v", res[1].observed)
 	}
 }
