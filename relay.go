@@ -71,6 +71,7 @@ type Relay struct {
 	xdp *relayXDP // nil unless RelayConfig.FastPath is set
 
 	tunnel *tunnelServer // nil unless RelayConfig.Tunnel is set
+	probes *probeServer  // nil without RelayConfig.ProbeConns (relay_probe.go)
 
 	serveOnce sync.Once
 	closeOnce sync.Once
@@ -131,6 +132,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	r := &Relay{
 		cfg:    c,
 		conn:   conn,
+		probes: newProbeServer(c),
 		log:    c.Logger,
 		table:  forward.NewTable(),
 		follow: make(chan *regEntry, 64),
@@ -242,6 +244,7 @@ func (r *Relay) Serve(ctx context.Context) error {
 			return
 		}
 		r.wg.Go(r.janitor)
+		r.startProbes()
 		r.connMu.Unlock()
 		done := make(chan error, 1)
 		go func() { done <- r.acceptConns(r.ln) }()

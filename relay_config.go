@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"time"
 
@@ -161,6 +162,21 @@ type RelayConfig struct {
 	// datagrams the relay handles as if they had reached its UDP socket
 	// (see TunnelConfig). If nil, the relay listens on UDP only.
 	Tunnel *TunnelConfig
+	// ProbeConns, if not empty, are UDP sockets on which the relay answers
+	// address probes: each request gets back the address and port it came
+	// from (docs/PROTOCOL.md, "Address probes"). Two sockets, on two ports
+	// or better two addresses, let a client (quicpipe doctor) tell whether
+	// its NAT maps one socket to one public address for every
+	// destination. The caller keeps ownership of the sockets: Close stops
+	// reading them (it sets a read deadline) but does not close them. If
+	// empty, the relay answers no probes.
+	ProbeConns []*net.UDPConn
+	// ProbeRate bounds the probes answered per second in total, and
+	// ProbeRatePerSource those of one source (an IPv4 address or an IPv6
+	// /64), each a token bucket with a one-second burst; requests over
+	// either are dropped (ProbeStats.Limited). A reply is never larger than
+	// its request. If zero, 2000 and 20 are used.
+	ProbeRate, ProbeRatePerSource int
 	// Logger receives the relay's logs. If nil, the relay logs nothing. The
 	// relay never logs per packet.
 	Logger *slog.Logger
@@ -176,6 +192,15 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 	}
 	if cfg.RegistrationTTL == 0 {
 		cfg.RegistrationTTL = 60 * time.Second
+	}
+	if cfg.ProbeRate == 0 {
+		cfg.ProbeRate = defaultProbeRate
+	}
+	if cfg.ProbeRatePerSource == 0 {
+		cfg.ProbeRatePerSource = defaultProbeRatePerSource
+	}
+	if cfg.ProbeRate < 0 || cfg.ProbeRatePerSource < 0 {
+		return nil, errors.New("quicpipe: RelayConfig.ProbeRate and ProbeRatePerSource must not be negative")
 	}
 	if cfg.MaxKeyLen == 0 {
 		cfg.MaxKeyLen = MaxCIDKeyLen

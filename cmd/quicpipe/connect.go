@@ -49,7 +49,7 @@ func cmdConnect(ctx context.Context, e *env) error {
 		return err
 	}
 	log := logger(e, *verbose)
-	cfg := &quicpipe.Config{RelayToken: *relayToken, QUICConfig: peerQUICConfig(), Logger: log, OnPathChange: pathReporter(e)}
+	cfg := &quicpipe.Config{RelayToken: *relayToken, QUICConfig: peerQUICConfig(), Logger: log, OnPathChange: pathReporter(ctx, e, ticket.RelayAddr)}
 	if err := tf.apply(cfg, e); err != nil {
 		return usageError(fs, e, "%v", err)
 	}

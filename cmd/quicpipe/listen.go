@@ -182,7 +182,7 @@ func openListener(ctx context.Context, e *env, ticket *quicpipe.Ticket, o *liste
 		TrustedPeers: trusted,
 		QUICConfig:   peerQUICConfig(),
 		Logger:       log,
-		OnPathChange: pathReporter(e),
+		OnPathChange: pathReporter(ctx, e, ticket.RelayAddr),
 	}
 	o.tunnel.apply(cfg, e) // checked by parseListenFlags
 	a, err := quicpipe.NewAccepter(ctx, cfg)

@@ -25,6 +25,7 @@
 //	quicpipe connect [flags] TICKET    dial a ticket, pipe stdin/stdout
 //	quicpipe relay [flags]             run a relay
 //	quicpipe key [flags]               print the public key of an identity
+//	quicpipe doctor [flags]            check UDP to a relay, the NAT's mapping, IPv6
 //	quicpipe version                   print the version (also --version)
 //
 // "quicpipe SUBCOMMAND -h" lists each one's flags. Human-readable messages go
@@ -121,6 +122,7 @@ commands:
   connect TICKET       dial the listener a ticket names, pipe stdin/stdout
   relay                run a relay
   key                  print the public key of your identity
+  doctor               check what this network allows: UDP to the relay, NAT mapping, IPv6
   version              print the version (also --version)
 
 "quicpipe <command> -h" shows the flags of a command.
@@ -138,6 +140,7 @@ func run(ctx context.Context, e *env) int {
 		"relay":   cmdRelay,
 		"key":     cmdKey,
 		"version": cmdVersion,
+		"doctor":  cmdDoctor,
 	}
 	name := e.args[0]
 	if name == "-h" || name == "-help" || name == "--help" || name == "help" {

@@ -5,9 +5,11 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,6 +66,7 @@ func cmdRelay(ctx context.Context, e *env) error {
 	tunnel := fs.String("tunnel", "", "also listen on this TCP `address` (e.g. :443) for peers whose UDP is blocked: TLS, then a WebSocket tunnel to this relay")
 	tlsCert := fs.String("tls-cert", "", "the tunnel's TLS certificate `file` (PEM; default: a certificate of the relay's key, which peers pin)")
 	tlsKey := fs.String("tls-key", "", "the private key `file` of -tls-cert (PEM)")
+	probe := fs.String("probe", "auto", "answer address probes (quicpipe doctor) on these UDP `addresses`, comma-separated; auto: the two ports after -listen's (none if -listen's port is 0, a warning if they are taken); off: none")
 	verbose := fs.Bool("v", false, "log everything, not only warnings")
 	fs.BoolVar(&e.jsonLogs, "log-json", false, "write logs as JSON, one object a line")
 	if err := parseFlags(fs, e); err != nil {
@@ -153,6 +156,16 @@ func cmdRelay(ctx context.Context, e *env) error {
 			cfg.MailboxRouter = member
 		}
 	}
+	probes, err := listenProbes(*probe, *listen, cfg.Logger)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, c := range probes {
+			c.Close()
+		}
+	}()
+	cfg.ProbeConns = probes
 	relay, err := quicpipe.ListenRelay(*listen, &cfg)
 	if err != nil {
 		return err
@@ -184,6 +197,9 @@ func cmdRelay(ctx context.Context, e *env) error {
 	addr := local.String()
 	if local.IP.IsUnspecified() {
 		addr = fmt.Sprintf("<this host's address>:%d", local.Port)
+	}
+	for _, c := range probes {
+		fmt.Fprintf(e.stderr, "quicpipe: answering address probes on %s\n", c.LocalAddr())
 	}
 	fmt.Fprintf(e.stderr, "quicpipe: listeners use this relay with\n\n    %s listen -relay %s -relay-key %s\n\n", selfCommand(e.arg0), addr, pub)
 	if *tokenSecret == "" {
@@ -232,3 +248,48 @@ func readTokenSecret(path string) ([]byte, error) {
 
 // openAPI lets every request through: the relay without -token-secret-file.
 var openAPI = quicpipe.AuthorizerFunc(func(*http.Request, quicpipe.Operation) error { return nil })
+
+// listenProbes opens the relay's address-probe sockets (-probe): "off" or
+// "" for none; "auto" for the two ports after listen's, skipped with a
+// warning if taken and not tried if listen's port is 0; otherwise a
+// comma-separated list of addresses, each of which must open.
+func listenProbes(spec, listen string, log *slog.Logger) ([]*net.UDPConn, error) {
+	var addrs []string
+	auto := spec == "auto"
+	switch spec {
+	case "", "off":
+		return nil, nil
+	case "auto":
+		host, port, err := net.SplitHostPort(listen)
+		if err != nil {
+			return nil, fmt.Errorf("relay address %q: %w", listen, err)
+		}
+		n, err := strconv.Atoi(port)
+		if err != nil || n == 0 || n > 65533 {
+			return nil, nil
+		}
+		addrs = []string{net.JoinHostPort(host, strconv.Itoa(n+1)), net.JoinHostPort(host, strconv.Itoa(n+2))}
+	default:
+		addrs = strings.Split(spec, ",")
+	}
+	var conns []*net.UDPConn
+	for _, a := range addrs {
+		ua, err := net.ResolveUDPAddr("udp", strings.TrimSpace(a))
+		if err == nil {
+			var c *net.UDPConn
+			if c, err = net.ListenUDP("udp", ua); err == nil {
+				conns = append(conns, c)
+				continue
+			}
+		}
+		if auto {
+			log.Warn("no address probes on this port (quicpipe doctor cannot tell how the NAT maps); choose free ones with -probe", "addr", a, "err", err)
+			continue
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+		return nil, fmt.Errorf("address probe socket %s: %w", a, err)
+	}
+	return conns, nil
+}

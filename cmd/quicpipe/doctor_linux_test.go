@@ -1,0 +1,231 @@
+package main
+
+import (
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quicpipe/quicpipe/internal/netlab"
+	"github.com/quicpipe/quicpipe/internal/testbin"
+)
+
+// TestDoctorNAT runs quicpipe doctor behind NATs of the lab against a relay
+// process (probe ports on by default):
+//
+//	peer 10.1.0.2 ─lan0─ nat ─wan0 198.51.100.2── wan ── 192.0.2.2 relay
+//
+// and checks the mapping it reports and its verdict: an endpoint-independent
+// NAT (port-preserving masquerade with an input firewall) gives "direct
+// connections likely", an endpoint-dependent one (masquerade fully-random)
+// "only with peers that have an easy NAT", and a firewall that lets UDP out
+// only to the relay's own port an unknown verdict, never a guess.
+func TestDoctorNAT(t *testing.T) {
+	if err := netlab.Available(); err != nil {
+		t.Skip(err)
+	}
+	bin := binary(t)
+	for _, tc := range []struct {
+		name, nft, mapping, verdict string
+	}{
+		{"eim", `table ip nat {
+	chain postrouting { type nat hook postrouting priority srcnat; policy accept; oifname "wan0" masquerade; }
+}
+table ip filter {
+	chain input { type filter hook input priority filter; policy accept; iifname "wan0" ct state new drop; }
+}`, "endpoint-independent", "direct connections likely"},
+		{"edm", `table ip nat {
+	chain postrouting { type nat hook postrouting priority srcnat; policy accept; oifname "wan0" masquerade fully-random; }
+}
+table ip filter {
+	chain input { type filter hook input priority filter; policy accept; iifname "wan0" ct state new drop; }
+}`, "endpoint-dependent", "direct connections only with peers that have an easy NAT"},
+		{"relay-port-only", `table ip nat {
+	chain postrouting { type nat hook postrouting priority srcnat; policy accept; oifname "wan0" masquerade; }
+}
+table ip filter {
+	chain forward { type filter hook forward priority filter; policy accept; iifname "lan0" udp dport != 4433 drop; }
+}`, "unknown", "direct connections: unknown"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lab := netlab.New(t)
+			wan, relayNS, nat, peer := lab.NS("wan"), lab.NS("relay"), lab.NS("nat"), lab.NS("peer")
+			wan.Forwarding()
+			lab.Link(relayNS, "eth0", "192.0.2.2/24", wan, "relay0", "192.0.2.1/24")
+			relayNS.Run("ip", "route", "add", "default", "via", "192.0.2.1")
+			lab.Link(nat, "wan0", "198.51.100.2/24", wan, "nat0", "198.51.100.1/24")
+			nat.Run("ip", "route", "add", "default", "via", "198.51.100.1")
+			nat.Forwarding()
+			nat.Nft(tc.nft)
+			lab.Link(peer, "eth0", "10.1.0.2/24", nat, "lan0", "10.1.0.1/24")
+			peer.Run("ip", "route", "add", "default", "via", "10.1.0.1")
+
+			dir := t.TempDir()
+			env := testbin.Env()
+			r := relayNS.Start("relay", env, bin, "relay", "-listen", "192.0.2.2:4433", "-identity", filepath.Join(dir, "relay.key"))
+			key := r.Match(regexp.MustCompile(`relay key (\S+)\n`), 30*time.Second)
+			d := peer.Start("doctor", env, bin, "doctor", "-relay", "192.0.2.2:4433", "-relay-key", key, "-timeout", "2s")
+			select {
+			case <-d.Done():
+			case <-time.After(30 * time.Second):
+				t.Fatal("doctor did not finish within 30 s")
+			}
+			out := d.Stdout()
+			t.Logf("quicpipe doctor behind %s:\n%s", tc.name, out)
+			for _, want := range []string{
+				"relay 192.0.2.2:4433: UDP ok",
+				"local address: 10.1.0.2:",
+				"mapping: " + tc.mapping,
+				"port mapping: not probed",
+				"verdict: " + tc.verdict,
+			} {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q", want)
+				}
+			}
+			if tc.mapping != "unknown" && strings.Count(out, "public address: 198.51.100.2:") != 2 {
+				t.Errorf("want two public addresses at the NAT's 198.51.100.2")
+			}
+		})
+	}
+}
+
+// TestPathVerdict: a pipe between a peer behind an endpoint-dependent NAT
+// (A, connect) and one behind an endpoint-independent NAT (B, listen)
+// stays relayed, and each side's relayed line gives its own network's
+// verdict, as quicpipe doctor would:
+//
+//	peerA 10.1.0.2 ─ natA (fully-random) 198.51.100.2 ─┐
+//	                                                    wan ── 192.0.2.2 relay
+//	peerB 10.2.0.2 ─ natB (port-preserving) 203.0.113.2 ┘
+func TestPathVerdict(t *testing.T) {
+	if err := netlab.Available(); err != nil {
+		t.Skip(err)
+	}
+	bin := binary(t)
+	lab := netlab.New(t)
+	wan, relayNS := lab.NS("wan"), lab.NS("relay")
+	wan.Forwarding()
+	lab.Link(relayNS, "eth0", "192.0.2.2/24", wan, "relay0", "192.0.2.1/24")
+	relayNS.Run("ip", "route", "add", "default", "via", "192.0.2.1")
+	peers := map[string]*netlab.NS{}
+	for _, n := range []struct{ name, wan, gw, lan, lanGW, opt string }{
+		{"A", "198.51.100.2/24", "198.51.100.1", "10.1.0.2/24", "10.1.0.1", " fully-random"},
+		{"B", "203.0.113.2/24", "203.0.113.1", "10.2.0.2/24", "10.2.0.1", ""},
+	} {
+		nat, peer := lab.NS("nat"+n.name), lab.NS("peer"+n.name)
+		lab.Link(nat, "wan0", n.wan, wan, "nat"+n.name+"0", n.gw+"/24")
+		nat.Run("ip", "route", "add", "default", "via", n.gw)
+		nat.Forwarding()
+		nat.Nft(`table ip nat {
+	chain postrouting { type nat hook postrouting priority srcnat; policy accept; oifname "wan0" masquerade` + n.opt + `; }
+}
+table ip filter {
+	chain input { type filter hook input priority filter; policy accept; iifname "wan0" ct state new drop; }
+}`)
+		lab.Link(peer, "eth0", n.lan, nat, "lan0", n.lanGW+"/24")
+		peer.Run("ip", "route", "add", "default", "via", n.lanGW)
+		peers[n.name] = peer
+	}
+	dir := t.TempDir()
+	r := relayNS.Start("relay", testbin.Env(), bin, "relay", "-listen", "192.0.2.2:4433", "-identity", filepath.Join(dir, "relay.key"))
+	key := r.Match(regexp.MustCompile(`relay key (\S+)\n`), 30*time.Second)
+	in := func(ns *netlab.NS, fn func()) {
+		// A child process inherits the network namespace of the thread
+		// that starts it.
+		if err := ns.Do(func() error { fn(); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var l, c *proc
+	in(peers["B"], func() {
+		l = start(t, "listen", procOpts{home: filepath.Join(dir, "l")}, "listen", "-relay", "192.0.2.2:4433", "-relay-key", key)
+	})
+	ticket := l.ticket(t)
+	in(peers["A"], func() { c = start(t, "connect", procOpts{home: filepath.Join(dir, "c")}, "connect", ticket) })
+	for _, w := range []struct {
+		p       *proc
+		verdict string
+	}{
+		{c, "direct connections only with peers that have an easy NAT"},
+		{l, "direct connections likely"},
+	} {
+		re := regexp.MustCompile(`quicpipe: relayed via 192\.0\.2\.2:4433 \(no direct path: [^;]+; this network: ([^)]+)\)`)
+		got := w.p.match(t, &w.p.stderr, re, 40*time.Second)
+		if got != w.verdict {
+			t.Errorf("%s: verdict %q, want %q", w.p.name, got, w.verdict)
+		}
+	}
+	if s := l.stderr.String() + c.stderr.String(); strings.Contains(s, "direct to") {
+		t.Errorf("a side went direct:\n%s", s)
+	}
+	l.interrupt(t)
+}
+
+// TestDoctorIPv6: behind a stateful IPv6 firewall (no NAT), with the relay
+// reached over IPv6, the doctor sees the host's own address at both probe
+// ports, so no NAT, and lists the host's global IPv6 address:
+//
+//	peer 2001:db8:a::2 ─lan0─ fw ─wan0 2001:db8:1::2── wan ── 2001:db8:ff::2 relay
+func TestDoctorIPv6(t *testing.T) {
+	if err := netlab.Available(); err != nil {
+		t.Skip(err)
+	}
+	bin := binary(t)
+	lab := netlab.New(t)
+	wan, relayNS, fw, peer := lab.NS("wan"), lab.NS("relay"), lab.NS("fw"), lab.NS("peer")
+	addr := func(ns *netlab.NS, ifc, cidr string) { ns.Run("ip", "-6", "addr", "add", cidr, "dev", ifc, "nodad") }
+	for _, ns := range []*netlab.NS{wan, relayNS, fw, peer} {
+		// No duplicate address detection: link-local addresses (which
+		// neighbour discovery uses) are usable at once.
+		ns.Sysctl("net.ipv6.conf.all.accept_dad", "0")
+		ns.Sysctl("net.ipv6.conf.default.accept_dad", "0")
+	}
+	for _, ns := range []*netlab.NS{wan, fw} {
+		ns.Sysctl("net.ipv6.conf.all.forwarding", "1")
+	}
+	lab.Link(relayNS, "eth0", "", wan, "relay0", "")
+	addr(relayNS, "eth0", "2001:db8:ff::2/64")
+	addr(wan, "relay0", "2001:db8:ff::1/64")
+	relayNS.Run("ip", "-6", "route", "add", "default", "via", "2001:db8:ff::1")
+	lab.Link(fw, "wan0", "", wan, "fw0", "")
+	addr(fw, "wan0", "2001:db8:1::2/64")
+	addr(wan, "fw0", "2001:db8:1::1/64")
+	fw.Run("ip", "-6", "route", "add", "default", "via", "2001:db8:1::1")
+	wan.Run("ip", "-6", "route", "add", "2001:db8:a::/64", "via", "2001:db8:1::2")
+	lab.Link(peer, "eth0", "", fw, "lan0", "")
+	addr(peer, "eth0", "2001:db8:a::2/64")
+	addr(fw, "lan0", "2001:db8:a::1/64")
+	peer.Run("ip", "-6", "route", "add", "default", "via", "2001:db8:a::1")
+	fw.Nft(`table ip6 fw {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		iifname "wan0" ct state established,related accept
+		iifname "wan0" drop
+	}
+}`)
+	dir := t.TempDir()
+	env := testbin.Env()
+	r := relayNS.Start("relay", env, bin, "relay", "-listen", "[2001:db8:ff::2]:4433", "-identity", filepath.Join(dir, "relay.key"))
+	key := r.Match(regexp.MustCompile(`relay key (\S+)\n`), 30*time.Second)
+	d := peer.Start("doctor", env, bin, "doctor", "-relay", "[2001:db8:ff::2]:4433", "-relay-key", key, "-timeout", "2s")
+	select {
+	case <-d.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("doctor did not finish within 30 s")
+	}
+	out := d.Stdout()
+	t.Logf("quicpipe doctor behind an IPv6 firewall:\n%s", out)
+	for _, want := range []string{
+		"relay [2001:db8:ff::2]:4433: UDP ok",
+		"local address: [2001:db8:a::2]:",
+		"mapping: none",
+		"IPv6: global address 2001:db8:a::2 on this host",
+		"verdict: direct connections likely",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+}
