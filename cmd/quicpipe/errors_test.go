@@ -59,12 +59,14 @@ func TestTCPTargetDown(t *testing.T) {
 	c := start(t, "connect", procOpts{home: dir}, "connect", "-tcp-listen", "127.0.0.1:0", l.ticket(t))
 	local := c.match(t, &c.stderr, regexp.MustCompile(`forwarding tcp (\S+) to the listener\n`), 30*time.Second)
 	tc, err := net.DialTimeout("tcp", local, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
+	if err == nil {
+		defer tc.Close()
+		tc.SetDeadline(time.Now().Add(20 * time.Second))
+		_, err = io.ReadAll(tc)
 	}
-	defer tc.Close()
-	tc.SetDeadline(time.Now().Add(20 * time.Second))
-	_, err = io.ReadAll(tc)
+	// The reset may come before the dial returns: the kernel has completed
+	// the handshake, and connect resets the connection as soon as the
+	// listener answers, which can be sooner than the dialer is scheduled.
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("the TCP client read %v, want a connection reset", err)
 	}
