@@ -21,6 +21,9 @@ func pathReporter(e *env) func(*quic.Conn, quicpipe.PathInfo) {
 // pathLine describes path p for a person.
 func pathLine(p quicpipe.PathInfo) string {
 	if p.Kind == quicpipe.PathDirect {
+		if p.Via != "" {
+			return fmt.Sprintf("direct to %s (%v, %s)", p.Remote, roundRTT(p.RTT), p.Via)
+		}
 		return fmt.Sprintf("direct to %s (%v)", p.Remote, roundRTT(p.RTT))
 	}
 	if p.Reason != "" {

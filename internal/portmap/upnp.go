@@ -1,3 +1,5 @@
+//go:build !quicpipe_noupnp
+
 package portmap
 
 import (
