@@ -39,6 +39,9 @@ type PortMappingConfig struct {
 	// mapping stays off for a socket of another network namespace: its
 	// gateway is not the one this process's routes name.
 	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
+
+	// protocols, if not empty, restricts the protocols tried (tests).
+	protocols []portmap.Protocol
 }
 
 // PortMappingStats counts the port-mapping work of a Dialer or an Accepter
@@ -85,6 +88,7 @@ func startPortMapping(conn *net.UDPConn, relay netip.AddrPort, cfg *Config, log 
 		InternalPort: uint16(la.Port),
 		Gateway:      pm.Gateway,
 		DialContext:  pm.DialContext,
+		Protocols:    pm.protocols,
 		Logger:       log.With("portmap", true),
 	})
 	if err != nil {
