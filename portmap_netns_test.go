@@ -38,10 +38,10 @@ import (
 type pmGateway int
 
 const (
-	pmNone       pmGateway = iota
-	pmMiniupnpd            // miniupnpd: UPnP-IGD, NAT-PMP and PCP
-	pmGarbage              // a responder answering garbage
-	pmWrongPort            // a responder granting mappings it does not make
+	pmNone      pmGateway = iota
+	pmMiniupnpd           // miniupnpd: UPnP-IGD, NAT-PMP and PCP
+	pmGarbage             // a responder answering garbage
+	pmWrongPort           // a responder granting mappings it does not make
 )
 
 type pmRouter struct {
@@ -416,4 +416,3 @@ func TestPortMapping(t *testing.T) {
 		})
 	}
 }
-
