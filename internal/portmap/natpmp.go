@@ -8,8 +8,12 @@ import (
 	"time"
 )
 
-// NAT-PMP (RFC 6886) and PCP (RFC 6887) share the gateway's port 5351.
-const pmpPort = 5351
+// NAT-PMP (RFC 6886) and PCP (RFC 6887) share the gateway's port 5351;
+// UPnP's discovery (SSDP) listens on port 1900.
+const (
+	pmpPort  = 5351
+	ssdpPort = 1900
+)
 
 // NAT-PMP opcodes and sizes (RFC 6886, sections 3.2 and 3.3).
 const (

@@ -91,6 +91,10 @@ type Config struct {
 	OnChange func(m Mapping, ok bool)
 	// Logger receives logs. If nil, nothing is logged.
 	Logger *slog.Logger
+
+	// pmpPort and ssdpPort replace the gateway's ports 5351 and 1900
+	// (tests).
+	pmpPort, ssdpPort uint16
 }
 
 // Mapping is a port mapping granted by the gateway.
@@ -187,6 +191,12 @@ func Start(cfg Config) (*Client, error) {
 	cfg.Gateway = cfg.Gateway.Unmap()
 	if !cfg.Gateway.Is4() {
 		return nil, fmt.Errorf("portmap: gateway %v is not an IPv4 address", cfg.Gateway)
+	}
+	if cfg.pmpPort == 0 {
+		cfg.pmpPort = pmpPort
+	}
+	if cfg.ssdpPort == 0 {
+		cfg.ssdpPort = ssdpPort
 	}
 	if cfg.DialContext == nil {
 		var d net.Dialer
@@ -365,7 +375,7 @@ func (c *Client) obtain(ctx context.Context) (mapper, Mapping, error) {
 
 // localAddr returns this host's address towards the gateway.
 func (c *Client) localAddr(ctx context.Context) (netip.Addr, error) {
-	conn, err := c.cfg.DialContext(ctx, "udp4", netip.AddrPortFrom(c.cfg.Gateway, pmpPort).String())
+	conn, err := c.cfg.DialContext(ctx, "udp4", netip.AddrPortFrom(c.cfg.Gateway, c.cfg.pmpPort).String())
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("portmap: no route to the gateway: %w", err)
 	}

@@ -67,7 +67,7 @@ type pmpMapper struct {
 }
 
 func newPMPMapper(ctx context.Context, c *Client) (*pmpMapper, error) {
-	conn, err := c.cfg.DialContext(ctx, "udp4", netip.AddrPortFrom(c.cfg.Gateway, pmpPort).String())
+	conn, err := c.cfg.DialContext(ctx, "udp4", netip.AddrPortFrom(c.cfg.Gateway, c.cfg.pmpPort).String())
 	if err != nil {
 		return nil, err
 	}
@@ -145,7 +145,7 @@ type pcpMapper struct {
 }
 
 func newPCPMapper(ctx context.Context, c *Client, local netip.Addr) (*pcpMapper, error) {
-	conn, err := c.cfg.DialContext(ctx, "udp4", netip.AddrPortFrom(c.cfg.Gateway, pmpPort).String())
+	conn, err := c.cfg.DialContext(ctx, "udp4", netip.AddrPortFrom(c.cfg.Gateway, c.cfg.pmpPort).String())
 	if err != nil {
 		return nil, err
 	}

@@ -22,10 +22,7 @@ import (
 )
 
 // Limits of what a UPnP gateway may send.
-const (
-	maxDescription = 256 << 10 // device description and SOAP answers
-	ssdpPort       = 1900
-)
+const maxDescription = 256 << 10 // device description and SOAP answers
 
 // upnpMapper speaks UPnP IGD: SSDP discovery (unicast to the gateway),
 // the device description, then WANIPConnection (or WANPPPConnection) SOAP
@@ -85,7 +82,7 @@ var searchTargets = [...]string{
 // probe sends SSDP searches to the gateway's port 1900 and waits for an
 // answer with a location on the gateway.
 func (m *upnpMapper) probe(ctx context.Context) error {
-	gw := netip.AddrPortFrom(m.c.cfg.Gateway, ssdpPort).String()
+	gw := netip.AddrPortFrom(m.c.cfg.Gateway, m.c.cfg.ssdpPort).String()
 	conn, err := m.c.cfg.DialContext(ctx, "udp4", gw)
 	if err != nil {
 		return err
