@@ -35,10 +35,15 @@ type PortMappingConfig struct {
 	// for PCP, NAT-PMP and UPnP discovery, TCP for UPnP's HTTP). Set it
 	// when the peer's socket lives elsewhere than the calling thread (a
 	// Config.Conn opened in another Linux network namespace), as
-	// InterfaceAddrs. If nil, a net.Dialer is used, and on Linux port
-	// mapping stays off for a socket of another network namespace: its
-	// gateway is not the one this process's routes name.
+	// InterfaceAddrs. If nil, a net.Dialer is used. On Linux, port
+	// mapping stays off for a socket of another network namespace unless
+	// both DialContext and ListenPacket are set: its gateway is not the one
+	// this process's routes name.
 	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
+	// ListenPacket, if not nil, opens the unconnected UDP socket of UPnP's
+	// discovery; set it with DialContext. If nil, a net.ListenConfig is
+	// used.
+	ListenPacket func(ctx context.Context, network, address string) (net.PacketConn, error)
 
 	// protocols, if not empty, restricts the protocols tried (tests).
 	protocols []portmap.Protocol
@@ -79,7 +84,7 @@ func startPortMapping(conn *net.UDPConn, relay netip.AddrPort, cfg *Config, log 
 	if !ok || la.Port == 0 {
 		return nil
 	}
-	if pm.DialContext == nil && inOtherNetns(conn) {
+	if (pm.DialContext == nil || pm.ListenPacket == nil) && inOtherNetns(conn) {
 		// Its gateway is not the one this thread's routes name.
 		log.Debug("port mapping off: the socket lives in another network namespace (see PortMappingConfig.DialContext)")
 		return nil
@@ -88,6 +93,7 @@ func startPortMapping(conn *net.UDPConn, relay netip.AddrPort, cfg *Config, log 
 		InternalPort: uint16(la.Port),
 		Gateway:      pm.Gateway,
 		DialContext:  pm.DialContext,
+		ListenPacket: pm.ListenPacket,
 		Protocols:    pm.protocols,
 		Logger:       log.With("portmap", true),
 	})

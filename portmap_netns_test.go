@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -300,7 +301,14 @@ func (l *pmLab) peerCfg(t *testing.T, ns *netlab.NS, gw netip.Addr, on bool, pro
 		Disable:     !on,
 		Gateway:     gw,
 		DialContext: ns.DialContext,
-		protocols:   protos,
+		ListenPacket: func(_ context.Context, network, address string) (net.PacketConn, error) {
+			c, err := ns.ListenUDP(network, address)
+			if err != nil {
+				return nil, err
+			}
+			return c, nil
+		},
+		protocols: protos,
 	}}
 }
 

@@ -82,10 +82,15 @@ type Config struct {
 	// If zero, DefaultRetry (5 minutes).
 	Retry time.Duration
 	// DialContext, if not nil, opens the Client's connections to the
-	// gateway: "udp" for PCP, NAT-PMP and UPnP's discovery, "tcp" for
-	// UPnP's HTTP. It must open them where the mapped socket lives (its
-	// network namespace on Linux). If nil, a net.Dialer is used.
+	// gateway: connected UDP for PCP and NAT-PMP, TCP for UPnP's HTTP. It
+	// must open them where the mapped socket lives (its network namespace
+	// on Linux). If nil, a net.Dialer is used.
 	DialContext func(ctx context.Context, network, address string) (net.Conn, error)
+	// ListenPacket, if not nil, opens the unconnected UDP socket of UPnP's
+	// discovery (its answers may come from another port than the one
+	// searched), in the same place as DialContext. If nil, a
+	// net.ListenConfig is used.
+	ListenPacket func(ctx context.Context, network, address string) (net.PacketConn, error)
 	// OnChange, if not nil, is called from the Client's goroutine when the
 	// mapping appears, changes address or disappears (ok false).
 	OnChange func(m Mapping, ok bool)
@@ -201,6 +206,10 @@ func Start(cfg Config) (*Client, error) {
 	if cfg.DialContext == nil {
 		var d net.Dialer
 		cfg.DialContext = d.DialContext
+	}
+	if cfg.ListenPacket == nil {
+		var lc net.ListenConfig
+		cfg.ListenPacket = lc.ListenPacket
 	}
 	log := cfg.Logger
 	if log == nil {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -79,34 +80,41 @@ var searchTargets = [...]string{
 	"urn:schemas-upnp-org:device:InternetGatewayDevice:1",
 }
 
-// probe sends SSDP searches to the gateway's port 1900 and waits for an
-// answer with a location on the gateway.
+// ssdpGroup is SSDP's IPv4 multicast group.
+var ssdpGroup = netip.MustParseAddr("239.255.255.250")
+
+// probe sends SSDP searches to the gateway's port 1900 (UPnP 1.1 devices
+// answer unicast searches) and to SSDP's multicast group (older ones
+// listen there only), and waits for an answer from the gateway's address
+// with a location on the gateway. Answers from other hosts are ignored.
 func (m *upnpMapper) probe(ctx context.Context) error {
-	gw := netip.AddrPortFrom(m.c.cfg.Gateway, m.c.cfg.ssdpPort).String()
-	conn, err := m.c.cfg.DialContext(ctx, "udp4", gw)
+	pc, err := m.c.cfg.ListenPacket(ctx, "udp4", netip.AddrPortFrom(netip.IPv4Unspecified(), 0).String())
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	var reqs [][]byte
-	for _, st := range searchTargets {
-		reqs = append(reqs, fmt.Appendf(nil, "M-SEARCH * HTTP/1.1\r\nHOST: %s\r\nMAN: \"ssdp:discover\"\r\nMX: 1\r\nST: %s\r\n\r\n", gw, st))
-	}
-	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
+	defer pc.Close()
+	gw := netip.AddrPortFrom(m.c.cfg.Gateway, m.c.cfg.ssdpPort)
+	stop := context.AfterFunc(ctx, func() { pc.SetReadDeadline(time.Now()) })
 	defer stop()
-	for _, r := range reqs {
-		if _, err := conn.Write(r); err != nil {
-			return fmt.Errorf("sending SSDP search: %w", err)
+	for _, to := range []netip.AddrPort{gw, netip.AddrPortFrom(ssdpGroup, m.c.cfg.ssdpPort)} {
+		for _, st := range searchTargets {
+			req := fmt.Appendf(nil, "M-SEARCH * HTTP/1.1\r\nHOST: %s\r\nMAN: \"ssdp:discover\"\r\nMX: 1\r\nST: %s\r\n\r\n", to, st)
+			if _, err := pc.WriteTo(req, net.UDPAddrFromAddrPort(to)); err != nil && to == gw {
+				return fmt.Errorf("sending SSDP search: %w", err)
+			}
 		}
 	}
 	buf := make([]byte, 4096)
 	for {
-		n, err := conn.Read(buf)
+		n, from, err := pc.ReadFrom(buf)
 		if err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("no SSDP answer: %w", ctx.Err())
 			}
 			return fmt.Errorf("SSDP: %w", err)
+		}
+		if ua, ok := from.(*net.UDPAddr); !ok || ua.AddrPort().Addr().Unmap() != m.c.cfg.Gateway {
+			continue
 		}
 		loc, err := m.parseSSDP(buf[:n])
 		if err != nil {
