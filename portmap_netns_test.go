@@ -6,7 +6,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -423,4 +425,47 @@ func TestPortMapping(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPortMappingOtherNetns: a socket of another network namespace gets no
+// port mapping unless the configuration opens the client's sockets there
+// (the caller's gateway is not the socket's); a loopback or private relay
+// gets none either.
+func TestPortMappingOtherNetns(t *testing.T) {
+	lab := netlab.New(t)
+	ns := lab.NS("peer")
+	conn, err := ns.ListenUDP("udp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	log := slog.New(slog.DiscardHandler)
+	public := netip.MustParseAddrPort("192.0.2.2:4433")
+	gw := netip.MustParseAddr("10.9.0.1")
+	if c := startPortMapping(conn, public, &Config{PortMapping: PortMappingConfig{Gateway: gw}}, log); c != nil {
+		c.Close()
+		t.Error("port mapping started for a socket of another namespace without hooks")
+	}
+	hooks := PortMappingConfig{
+		Gateway:     gw,
+		DialContext: ns.DialContext,
+		ListenPacket: func(_ context.Context, network, address string) (net.PacketConn, error) {
+			return nil, errors.New("unused")
+		},
+	}
+	for _, relay := range []string{"127.0.0.1:4433", "10.0.0.1:4433"} {
+		if c := startPortMapping(conn, netip.MustParseAddrPort(relay), &Config{PortMapping: hooks}, log); c != nil {
+			c.Close()
+			t.Errorf("port mapping started with a relay at %s", relay)
+		}
+	}
+	c := startPortMapping(conn, public, &Config{PortMapping: hooks}, log)
+	if c == nil {
+		t.Fatal("port mapping did not start with the namespace's hooks")
+	}
+	<-c.Ready()
+	if st := c.Stats(); st.Probes != 1 {
+		t.Errorf("stats %+v, want one probe", st)
+	}
+	c.Close()
 }
