@@ -1,6 +1,7 @@
 package quicpipe
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -444,7 +445,10 @@ func (m *directManager) close() {
 	m.mu.Unlock()
 	m.wg.Wait()
 	if pm := m.cands.pm; pm != nil {
-		if err := pm.Close(); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), portMapRemoveWait)
+		err := pm.CloseContext(ctx)
+		cancel()
+		if err != nil {
 			m.log.Warn("port mapping not removed", "err", err)
 		}
 	}

@@ -69,6 +69,10 @@ type PortMappingStats struct {
 // gateway answers).
 const portMapWait = time.Second
 
+// portMapRemoveWait bounds how long closing a Dialer or Accepter waits for
+// the gateway to confirm the removal of the mapping.
+const portMapRemoveWait = 500 * time.Millisecond
+
 // startPortMapping starts the port mapping of socket conn, whose relay is
 // at relay; it returns nil if port mapping is off or cannot help.
 func startPortMapping(conn *net.UDPConn, relay netip.AddrPort, cfg *Config, log *slog.Logger) *portmap.Client {

@@ -136,10 +136,13 @@ type Client struct {
 	done   chan struct{}
 	ready  chan struct{}
 
-	mu       sync.Mutex
-	cur      Mapping
-	ok       bool
-	closeErr error
+	mu  sync.Mutex
+	cur Mapping
+	ok  bool
+	// removeCtx bounds the removal of the mapping (set by CloseContext);
+	// closeErr is the removal's error.
+	removeCtx context.Context
+	closeErr  error
 
 	probes, mapped, renewed, failures, bad atomic.Uint64
 }
@@ -251,7 +254,16 @@ func (c *Client) Stats() Stats {
 // Close stops the Client and removes its mapping from the gateway, waiting
 // at most Config.MapTimeout for the gateway's answer. It returns nil
 // unless the removal failed.
-func (c *Client) Close() error {
+func (c *Client) Close() error { return c.CloseContext(context.Background()) }
+
+// CloseContext is Close, the wait for the gateway's answer also bounded by
+// ctx. Only the first call removes the mapping.
+func (c *Client) CloseContext(ctx context.Context) error {
+	c.mu.Lock()
+	if c.removeCtx == nil {
+		c.removeCtx = ctx
+	}
+	c.mu.Unlock()
 	c.cancel()
 	<-c.done
 	c.mu.Lock()
@@ -419,7 +431,10 @@ func (c *Client) maintain(ctx context.Context, m mapper, mp Mapping) {
 	wait := renewAt(mp)
 	for {
 		if !sleep(ctx, wait) {
-			rctx, cancel := context.WithTimeout(context.Background(), c.cfg.MapTimeout)
+			c.mu.Lock()
+			parent := c.removeCtx
+			c.mu.Unlock()
+			rctx, cancel := context.WithTimeout(parent, c.cfg.MapTimeout)
 			err := m.unmap(rctx)
 			cancel()
 			if err != nil {
