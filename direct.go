@@ -198,7 +198,7 @@ func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrP
 		m.timing = *timing
 	}
 	m.cands.ttl = m.timing.refresh
-	m.cands.pm, m.cands.pmStart = startPortMapping(pc.UDPConn(), m.relay, cfg, m.log), time.Now()
+	m.cands.pm, m.cands.pmStart = startPortMapping(pc.UDPConn(), m.relay, cfg, m.log, m.observedChanged), time.Now()
 	if m.timing.lowTTL > 0 {
 		m.lowTTL4 = ttlOOB(pc.UDPConn(), false, m.timing.lowTTL)
 		m.lowTTL6 = ttlOOB(pc.UDPConn(), true, m.timing.lowTTL)

@@ -65,17 +65,19 @@ type PortMappingStats struct {
 }
 
 // portMapWait bounds how long the first candidates wait for the first
-// probe of the gateway (which ends within the probe's 250 ms when no
-// gateway answers).
-const portMapWait = time.Second
+// probe of the gateway, from its start: the probe ends within 250 ms when
+// no gateway answers, and a mapping obtained later wakes the connections
+// to announce it.
+const portMapWait = 300 * time.Millisecond
 
 // portMapRemoveWait bounds how long closing a Dialer or Accepter waits for
 // the gateway to confirm the removal of the mapping.
 const portMapRemoveWait = 500 * time.Millisecond
 
 // startPortMapping starts the port mapping of socket conn, whose relay is
-// at relay; it returns nil if port mapping is off or cannot help.
-func startPortMapping(conn *net.UDPConn, relay netip.AddrPort, cfg *Config, log *slog.Logger) *portmap.Client {
+// at relay; it returns nil if port mapping is off or cannot help. changed,
+// if not nil, is called when the mapping appears, changes or disappears.
+func startPortMapping(conn *net.UDPConn, relay netip.AddrPort, cfg *Config, log *slog.Logger, changed func()) *portmap.Client {
 	pm := cfg.PortMapping
 	if pm.Disable {
 		return nil
@@ -100,6 +102,11 @@ func startPortMapping(conn *net.UDPConn, relay netip.AddrPort, cfg *Config, log 
 		ListenPacket: pm.ListenPacket,
 		Protocols:    pm.protocols,
 		Logger:       log.With("portmap", true),
+		OnChange: func(portmap.Mapping, bool) {
+			if changed != nil {
+				changed()
+			}
+		},
 	})
 	if err != nil {
 		log.Debug("port mapping off", "err", err)

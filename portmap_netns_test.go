@@ -442,7 +442,7 @@ func TestPortMappingOtherNetns(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
 	public := netip.MustParseAddrPort("192.0.2.2:4433")
 	gw := netip.MustParseAddr("10.9.0.1")
-	if c := startPortMapping(conn, public, &Config{PortMapping: PortMappingConfig{Gateway: gw}}, log); c != nil {
+	if c := startPortMapping(conn, public, &Config{PortMapping: PortMappingConfig{Gateway: gw}}, log, nil); c != nil {
 		c.Close()
 		t.Error("port mapping started for a socket of another namespace without hooks")
 	}
@@ -454,12 +454,12 @@ func TestPortMappingOtherNetns(t *testing.T) {
 		},
 	}
 	for _, relay := range []string{"127.0.0.1:4433", "10.0.0.1:4433"} {
-		if c := startPortMapping(conn, netip.MustParseAddrPort(relay), &Config{PortMapping: hooks}, log); c != nil {
+		if c := startPortMapping(conn, netip.MustParseAddrPort(relay), &Config{PortMapping: hooks}, log, nil); c != nil {
 			c.Close()
 			t.Errorf("port mapping started with a relay at %s", relay)
 		}
 	}
-	c := startPortMapping(conn, public, &Config{PortMapping: hooks}, log)
+	c := startPortMapping(conn, public, &Config{PortMapping: hooks}, log, nil)
 	if c == nil {
 		t.Fatal("port mapping did not start with the namespace's hooks")
 	}
