@@ -45,8 +45,10 @@ type PortMappingConfig struct {
 	// used.
 	ListenPacket func(ctx context.Context, network, address string) (net.PacketConn, error)
 
-	// protocols, if not empty, restricts the protocols tried (tests).
+	// protocols, if not empty, restricts the protocols tried; retry, if
+	// not zero, replaces the wait before probing again (tests).
 	protocols []portmap.Protocol
+	retry     time.Duration
 }
 
 // PortMappingStats counts the port-mapping work of a Dialer or an Accepter
@@ -101,6 +103,7 @@ func startPortMapping(conn *net.UDPConn, relay netip.AddrPort, cfg *Config, log 
 		DialContext:  pm.DialContext,
 		ListenPacket: pm.ListenPacket,
 		Protocols:    pm.protocols,
+		Retry:        pm.retry,
 		Logger:       log.With("portmap", true),
 		OnChange: func(portmap.Mapping, bool) {
 			if changed != nil {

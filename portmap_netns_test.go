@@ -43,6 +43,7 @@ type pmGateway int
 const (
 	pmNone      pmGateway = iota
 	pmMiniupnpd           // miniupnpd: UPnP-IGD, NAT-PMP and PCP
+	pmLate                // miniupnpd, started by the test once the pipe is relayed
 	pmGarbage             // a responder answering garbage
 	pmWrongPort           // a responder granting mappings it does not make
 )
@@ -57,6 +58,8 @@ func (r pmRouter) String() string {
 	switch r.gw {
 	case pmMiniupnpd:
 		s += " + miniupnpd"
+	case pmLate:
+		s += " + miniupnpd started late"
 	case pmGarbage:
 		s += " + garbage gateway"
 	case pmWrongPort:
@@ -135,7 +138,7 @@ type pmLab struct {
 }
 
 func newPMLab(t *testing.T, a, b pmRouter) *pmLab {
-	if a.gw == pmMiniupnpd || b.gw == pmMiniupnpd {
+	if a.gw == pmMiniupnpd || b.gw == pmMiniupnpd || a.gw == pmLate {
 		if _, err := exec.LookPath("miniupnpd"); err != nil {
 			t.Skip("miniupnpd not installed (apt-get install miniupnpd-nftables)")
 		}
@@ -293,7 +296,7 @@ func fakeGrant(req []byte, ext netip.Addr) []byte {
 
 // peerCfg is the configuration of a peer in ns behind gateway gw: port
 // mapping through the namespace (or off), over the given protocols.
-func (l *pmLab) peerCfg(t *testing.T, ns *netlab.NS, gw netip.Addr, on bool, protos ...portmap.Protocol) *Config {
+func (l *pmLab) peerCfg(t *testing.T, ns *netlab.NS, gw netip.Addr, on bool, retry time.Duration, protos ...portmap.Protocol) *Config {
 	c, err := ns.ListenUDP("udp4", "0.0.0.0:0")
 	if err != nil {
 		t.Fatal(err)
@@ -311,6 +314,7 @@ func (l *pmLab) peerCfg(t *testing.T, ns *netlab.NS, gw netip.Addr, on bool, pro
 			return c, nil
 		},
 		protocols: protos,
+		retry:     retry,
 	}}
 }
 
@@ -342,8 +346,8 @@ func TestPortMapping(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
 			defer cancel()
 			l := newPMLab(t, tc.a, tc.b)
-			dcfg := l.peerCfg(t, l.peerA, l.gwA, tc.mapA, tc.protos...)
-			acfg := l.peerCfg(t, l.peerB, l.gwB, tc.mapB, tc.protos...)
+			dcfg := l.peerCfg(t, l.peerA, l.gwA, tc.mapA, 0, tc.protos...)
+			acfg := l.peerCfg(t, l.peerB, l.gwB, tc.mapB, 0, tc.protos...)
 			p := dialDirectTimed(t, ctx, l.relay.LocalAddr().String(), l.relayID, l.aID, l.bID, dcfg, acfg, 0, nil)
 			where := fmt.Sprintf("A behind %v (mapping %v), B behind %v (mapping %v)", tc.a, tc.mapA, tc.b, tc.mapB)
 
@@ -468,4 +472,38 @@ func TestPortMappingOtherNetns(t *testing.T) {
 		t.Errorf("stats %+v, want one probe", st)
 	}
 	c.Close()
+}
+
+// TestPortMappingLate starts miniupnpd on A's endpoint-dependent NAT only
+// once the pipe has settled on the relay: A's client probes again (after
+// 1 s here, 5 minutes by default), maps the port, and the new candidate,
+// announced at once, moves the pipe onto a direct path.
+func TestPortMappingLate(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	l := newPMLab(t, pmRouter{natRandom, pmLate}, pmRouter{natEIM, pmNone})
+	dcfg := l.peerCfg(t, l.peerA, l.gwA, true, time.Second)
+	acfg := l.peerCfg(t, l.peerB, l.gwB, false, 0)
+	p := dialDirectTimed(t, ctx, l.relay.LocalAddr().String(), l.relayID, l.aID, l.bID, dcfg, acfg, 0, nil)
+	if _, err := p.dw.wait(ctx, func(pi PathInfo) bool { return pi.Kind == PathRelayed && pi.Reason != "" }); err != nil {
+		t.Fatalf("no failed punch round: %v; dialer %+v", err, p.d.DirectStats())
+	}
+	if st := p.d.DirectStats().PortMapping; st.Mapped != 0 || st.Probes == 0 {
+		t.Fatalf("port mapping %+v before the gateway started", st)
+	}
+	started := time.Now()
+	startMiniupnpd(t, l.natA, "10.1.0.0/24")
+	ap, err := p.aw.wait(ctx, isDirect)
+	if err != nil {
+		t.Fatalf("accepter: no direct path after the gateway started: %v; dialer %+v", err, p.d.DirectStats())
+	}
+	st := p.d.DirectStats().PortMapping
+	t.Logf("port mapping table: gateway started late: direct path %v via %q %v after it started; dialer %+v",
+		ap.Remote, ap.Via, ap.Since.Sub(started).Round(time.Millisecond), st)
+	if ap.Via != "port mapping (PCP)" || ap.Remote != st.External {
+		t.Errorf("accepter's path %v via %q, want %v via port mapping (PCP)", ap.Remote, ap.Via, st.External)
+	}
+	if err := transfer(ctx, p.dc, p.ac, 256<<10, nil); err != nil {
+		t.Fatal(err)
+	}
 }
