@@ -114,6 +114,12 @@ type Config struct {
 	// namespace), or to offer fewer addresses. Loopback addresses and those
 	// outside the relay's family or scope are never offered.
 	InterfaceAddrs func() ([]netip.Addr, error)
+	// PortMapping configures port mapping: unless PortMapping.Disable is
+	// set, a peer with direct paths on asks its gateway to forward its
+	// socket's port (PCP, NAT-PMP or UPnP) and offers the forwarded public
+	// address as a direct-path candidate, the mapping removed on Close.
+	// The zero value turns it on (see PortMappingConfig).
+	PortMapping PortMappingConfig
 
 	// Tunnel selects how the peer reaches its relay where UDP may be
 	// blocked (docs/decisions/0025-tunnel.md). The zero value, TunnelAuto,

@@ -1,6 +1,7 @@
 package quicpipe
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -51,6 +52,10 @@ type PathInfo struct {
 	// direct path was given up. It is empty while the first search runs,
 	// and for a direct path.
 	Reason string
+	// Via says, for a direct path, how Remote was learned when it is
+	// worth telling: "port mapping (PCP)" (or NAT-PMP, UPnP) when the
+	// other peer's gateway forwards it. Empty otherwise.
+	Via string
 }
 
 // DirectStats counts the direct-path work of a Dialer or an Accepter over
@@ -72,6 +77,9 @@ type DirectStats struct {
 	// connection, failing authentication, malformed, or arriving faster
 	// than they are handled.
 	ControlDropped uint64
+	// PortMapping describes the port mapping and counts its work (see
+	// Config.PortMapping).
+	PortMapping PortMappingStats
 }
 
 // directTiming holds the direct-path timers. Tests shorten them (see
@@ -190,6 +198,7 @@ func newDirectManager(pc *peerConn, relay netip.AddrPort, obs func() netip.AddrP
 		m.timing = *timing
 	}
 	m.cands.ttl = m.timing.refresh
+	m.cands.pm, m.cands.pmStart = startPortMapping(pc.UDPConn(), m.relay, cfg, m.log, m.observedChanged), time.Now()
 	if m.timing.lowTTL > 0 {
 		m.lowTTL4 = ttlOOB(pc.UDPConn(), false, m.timing.lowTTL)
 		m.lowTTL6 = ttlOOB(pc.UDPConn(), true, m.timing.lowTTL)
@@ -416,6 +425,7 @@ func (m *directManager) stats() DirectStats {
 		ProbesSent:     m.sent.Load(),
 		ProbesReceived: m.recv.Load(),
 		ControlDropped: m.dropped.Load() + m.pc.ctrlDrop.Load(),
+		PortMapping:    portMappingStats(m.cands.pm),
 	}
 }
 
@@ -434,4 +444,12 @@ func (m *directManager) close() {
 	close(m.done)
 	m.mu.Unlock()
 	m.wg.Wait()
+	if pm := m.cands.pm; pm != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), portMapRemoveWait)
+		err := pm.CloseContext(ctx)
+		cancel()
+		if err != nil {
+			m.log.Warn("port mapping not removed", "err", err)
+		}
+	}
 }

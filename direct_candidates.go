@@ -8,11 +8,13 @@ import (
 	"time"
 
 	"github.com/quicpipe/quicpipe/internal/addrscope"
+	"github.com/quicpipe/quicpipe/internal/portmap"
 )
 
 // candidateCache gathers a peer's own candidates: the addresses of its
-// socket on each interface and the public address the relay observed. It
-// lists interfaces at most every ttl.
+// socket on each interface, the public address the relay observed and the
+// one its gateway forwards (port mapping). It lists interfaces at most
+// every ttl.
 type candidateCache struct {
 	conn  *net.UDPConn
 	relay netip.AddrPort
@@ -23,10 +25,14 @@ type candidateCache struct {
 	// addrs lists the interface addresses (Config.InterfaceAddrs); nil:
 	// net.InterfaceAddrs.
 	addrs func() ([]netip.Addr, error)
+	// pm holds the port mapping (nil: none), started at pmStart.
+	pm      *portmap.Client
+	pmStart time.Time
 
-	mu    sync.Mutex
-	at    time.Time
-	cands []candidate
+	mu     sync.Mutex
+	at     time.Time
+	cands  []candidate
+	mapped candidate // the port mapping in cands (zero: none)
 }
 
 const candidateRefresh = 5 * time.Second
@@ -35,23 +41,54 @@ const candidateRefresh = 5 * time.Second
 // it is returned.
 func (c *candidateCache) get(now time.Time) []candidate {
 	obs := c.obs()
+	mapped := c.mapping()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cands != nil && now.Sub(c.at) < c.ttl &&
+	if c.cands != nil && now.Sub(c.at) < c.ttl && mapped == c.mapped &&
 		(!obs.IsValid() || slices.Contains(c.cands, candidate{candObserved, netAddrPort(obs)})) {
 		return c.cands
 	}
 	c.at = now
-	c.cands = gatherCandidates(c.conn, c.relay, obs, c.anyScope, c.addrs)
+	c.mapped = mapped
+	if mapped.addr.IsValid() {
+		c.cands = gatherCandidates(c.conn, c.relay, obs, c.anyScope, c.addrs, mapped)
+	} else {
+		c.cands = gatherCandidates(c.conn, c.relay, obs, c.anyScope, c.addrs)
+	}
 	return c.cands
+}
+
+// mapping returns the candidate of the current port mapping (zero if
+// none). Until the first probe of the gateway has ended, it waits for it,
+// for at most portMapWait after the port mapping started.
+func (c *candidateCache) mapping() candidate {
+	if c.pm == nil {
+		return candidate{}
+	}
+	select {
+	case <-c.pm.Ready():
+	default:
+		t := time.NewTimer(time.Until(c.pmStart.Add(portMapWait)))
+		select {
+		case <-c.pm.Ready():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	m, ok := c.pm.Mapping()
+	if !ok {
+		return candidate{}
+	}
+	return candidate{mappedKind(m.Protocol), netAddrPort(m.External)}
 }
 
 // gatherCandidates lists the candidates of socket conn, of the relay's
 // address family only: the relay's family is the one the socket was opened
 // for, and quic-go's control messages (ECN) are built for it. Unless
 // anyScope, only addresses within the relay's scope are listed (inScope).
-// addrs lists the interface addresses (see interfaceAddrs).
-func gatherCandidates(conn *net.UDPConn, relay, observed netip.AddrPort, anyScope bool, addrs func() ([]netip.Addr, error)) []candidate {
+// addrs lists the interface addresses (see interfaceAddrs). mapped lists
+// the port mappings' candidates, offered after the observed address.
+func gatherCandidates(conn *net.UDPConn, relay, observed netip.AddrPort, anyScope bool, addrs func() ([]netip.Addr, error), mapped ...candidate) []candidate {
 	v4 := relay.Addr().Unmap().Is4()
 	out := []candidate{}
 	add := func(kind uint8, ap netip.AddrPort) {
@@ -70,6 +107,9 @@ func gatherCandidates(conn *net.UDPConn, relay, observed netip.AddrPort, anyScop
 	}
 	if observed.IsValid() {
 		add(candObserved, observed)
+	}
+	for _, m := range mapped {
+		add(m.kind, m.addr)
 	}
 	la, ok := conn.LocalAddr().(*net.UDPAddr)
 	if !ok {

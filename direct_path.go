@@ -431,8 +431,12 @@ func (c *pathConn) use(now time.Time, tg *target) {
 	if last := c.route.takeLast(); last != nil {
 		c.m.pc.writeCtrl(last, nil, a)
 	}
-	c.m.log.Info("direct path", "peer", a.String(), "rtt", tg.rtt)
-	c.setInfo(PathInfo{Kind: PathDirect, Remote: a, Relay: c.m.relay, RTT: tg.rtt, Since: now})
+	via := ""
+	if i := slices.IndexFunc(c.remoteC, func(rc candidate) bool { return rc.addr == a }); i >= 0 {
+		via = candidateVia(c.remoteC[i].kind)
+	}
+	c.m.log.Info("direct path", "peer", a.String(), "rtt", tg.rtt, "via", via)
+	c.setInfo(PathInfo{Kind: PathDirect, Remote: a, Relay: c.m.relay, RTT: tg.rtt, Since: now, Via: via})
 }
 
 // failReason says why the punch round that just ended found no path.

@@ -71,6 +71,9 @@ func networkVerdict(ctx context.Context, relay string) string {
 // network's verdict on direct paths, given for a relayed path.
 func pathLine(p quicpipe.PathInfo, verdict string) string {
 	if p.Kind == quicpipe.PathDirect {
+		if p.Via != "" {
+			return fmt.Sprintf("direct to %s (%v, %s)", p.Remote, roundRTT(p.RTT), p.Via)
+		}
 		return fmt.Sprintf("direct to %s (%v)", p.Remote, roundRTT(p.RTT))
 	}
 	if p.Reason != "" {
