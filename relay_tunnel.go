@@ -327,7 +327,6 @@ func (s *tunnelServer) carry(ws *websocket.Conn, t *forward.Tunnel) {
 		cancel()
 	}
 	var wg sync.WaitGroup
-	defer wg.Wait()
 	wg.Go(func() { // writer
 		for {
 			select {
@@ -407,10 +406,13 @@ func (s *tunnelServer) carry(ws *websocket.Conn, t *forward.Tunnel) {
 		break
 	}
 	cancel()
+	ws.CloseNow()
+	// The writer may be the one that ended the tunnel (a slow reader):
+	// its reason is known once it has returned.
+	wg.Wait()
 	if c := why.Load(); c != nil {
 		c.Add(1)
 	}
-	ws.CloseNow()
 }
 
 // stats returns the tunnel's counters; dropped comes from the engine.

@@ -273,6 +273,12 @@ func (c *pausedConn) Read(b []byte) (int, error) {
 	return c.Conn.Read(b)
 }
 
+// Close ends the pause, so that a paused Read returns the close's error.
+func (c *pausedConn) Close() error {
+	c.paused.Store(false)
+	return c.Conn.Close()
+}
+
 // TestTunnelSlowReader: a tunnelled accepter stops reading its tunnel while
 // a registered UDP peer floods its CIDs. The relay's queue for that tunnel
 // drops (never blocking its reader), the tunnel is cut off after
@@ -291,7 +297,7 @@ func TestTunnelSlowReader(t *testing.T) {
 			return nil, err
 		}
 		pc := &pausedConn{Conn: c}
-		conn.CompareAndSwap(nil, pc)
+		conn.Store(pc) // the last one dialed carries the tunnel
 		return pc, nil
 	}
 	sock, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -311,7 +317,9 @@ func TestTunnelSlowReader(t *testing.T) {
 	pkt[0] = 0x40
 	copy(pkt[1:], cid[:])
 	relay := e.relay.LocalAddr().(*net.UDPAddr).AddrPort()
-	conn.Load().paused.Store(true)
+	paused := conn.Load()
+	paused.paused.Store(true)
+	t.Cleanup(func() { paused.paused.Store(false) }) // before the peers close
 	start := time.Now()
 	for e.relay.TunnelStats().SlowReaders == 0 {
 		if time.Since(start) > 20*time.Second {
@@ -327,7 +335,7 @@ func TestTunnelSlowReader(t *testing.T) {
 	if st.Dropped == 0 {
 		t.Error("the full queue dropped nothing")
 	}
-	conn.Load().paused.Store(false)
+	paused.paused.Store(false)
 
 	// The relay still serves: a new tunnelled pipe works.
 	e2cfg, e2dcfg := e.config(e.bID, e.aID), e.config(e.aID)
