@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/quicpipe/quicpipe/internal/addrscope"
+	"github.com/quicpipe/quicpipe/internal/forward"
 	"github.com/quicpipe/quicpipe/internal/portmap"
 )
 
@@ -132,7 +133,9 @@ func gatherCandidates(conn *net.UDPConn, relay, observed netip.AddrPort, anyScop
 // unicast address wider than one link.
 func usableCandidate(a netip.Addr) bool {
 	sc := addrscope.Of(a)
-	return sc != addrscope.Invalid && sc != addrscope.LinkLocal
+	// A relay that reached the peer through a tunnel observed a virtual
+	// address (decision 0025): no datagram can reach it.
+	return sc != addrscope.Invalid && sc != addrscope.LinkLocal && !forward.IsTunnelAddr(a)
 }
 
 // interfaceAddrs returns the addresses list gives (Config.InterfaceAddrs),

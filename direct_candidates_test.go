@@ -67,3 +67,32 @@ func TestCandidatesInterfaceAddrs(t *testing.T) {
 		t.Errorf("candidates %v when listing fails, want none", got)
 	}
 }
+
+// TestCandidatesTunnelObserved: a peer whose relay saw it through a tunnel
+// (a virtual address in 100::/64) does not offer that address.
+func TestCandidatesTunnelObserved(t *testing.T) {
+	conn, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	defer conn.Close()
+	relay := netip.MustParseAddrPort("[2001:db8::1]:4433")
+	virtual := netip.MustParseAddrPort("[100::1:2:3:4]:1")
+	observed := netip.MustParseAddrPort("[2001:db8::7]:5000")
+	none := func() ([]netip.Addr, error) { return nil, nil }
+	observedOf := func(cs []candidate) []netip.AddrPort {
+		var out []netip.AddrPort
+		for _, c := range cs {
+			if c.kind == candObserved {
+				out = append(out, c.addr)
+			}
+		}
+		return out
+	}
+	if got := observedOf(gatherCandidates(conn, relay, virtual, true, none)); len(got) != 0 {
+		t.Errorf("observed candidates %v for a tunnel's virtual address, want none", got)
+	}
+	if got := observedOf(gatherCandidates(conn, relay, observed, true, none)); len(got) != 1 || got[0] != observed {
+		t.Errorf("observed candidates %v, want %v", got, observed)
+	}
+}
