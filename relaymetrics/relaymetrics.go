@@ -26,6 +26,8 @@ type collector struct {
 	registrations, cids, remote, xdpPackets, xdpBytes        *prometheus.Desc
 	conns, handshaking, connsRefused, retries                *prometheus.Desc
 	idleClosed, headerTimeouts, resets                       *prometheus.Desc
+	tunnels, tunnelsOpened, tunnelEvents, tunnelDropped      *prometheus.Desc
+	probes                                                   *prometheus.Desc
 }
 
 // NewCollector returns a Prometheus collector for r's metrics, for a service
@@ -57,6 +59,11 @@ func NewCollector(r *quicpipe.Relay) prometheus.Collector {
 		retries:        d("retries_total", "Connection attempts asked to prove their address with a Retry."),
 		idleClosed:     d("idle_closed_connections_total", "Connections closed for holding no request or registration."),
 		headerTimeouts: d("header_timeouts_total", "Requests reset because their headers did not arrive in time."),
+		tunnels:        d("tunnels", "Tunnels (TLS and WebSocket, for peers without UDP) open now."),
+		tunnelsOpened:  d("tunnels_opened_total", "Tunnels opened."),
+		tunnelEvents:   d("tunnel_events_total", "Tunnel connections refused or closed for a limit or bad input, by reason.", "reason"),
+		tunnelDropped:  d("tunnel_dropped_packets_total", "Datagrams for tunnels dropped: a queue full or the tunnel gone."),
+		probes:         d("address_probes_total", "Address probes (quicpipe doctor) received, by result.", "result"),
 		resets:         d("stateless_resets_total", "Stateless resets sent for relay connection IDs of an earlier run or of another fleet member."),
 	}
 }
@@ -64,7 +71,8 @@ func NewCollector(r *quicpipe.Relay) prometheus.Collector {
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.forwarded, c.forwardedBytes, c.toServer, c.dropped, c.handshakes,
 		c.registered, c.rejected, c.expired, c.rebinds, c.registrations, c.cids, c.remote, c.xdpPackets, c.xdpBytes,
-		c.conns, c.handshaking, c.connsRefused, c.retries, c.idleClosed, c.headerTimeouts, c.resets} {
+		c.conns, c.handshaking, c.connsRefused, c.retries, c.idleClosed, c.headerTimeouts, c.resets,
+		c.tunnels, c.tunnelsOpened, c.tunnelEvents, c.tunnelDropped, c.probes} {
 		ch <- d
 	}
 }
@@ -112,6 +120,20 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.idleClosed, s.IdleClosed)
 	counter(c.headerTimeouts, s.HeaderTimeouts)
 	counter(c.resets, s.Resets)
+
+	ts := c.r.TunnelStats()
+	ch <- prometheus.MustNewConstMetric(c.tunnels, prometheus.GaugeValue, float64(ts.Open))
+	counter(c.tunnelsOpened, ts.Opened)
+	for reason, n := range map[string]uint64{"refused": ts.Refused, "bad_upgrade": ts.BadUpgrades, "malformed": ts.Malformed,
+		"oversized": ts.Oversized, "read_error": ts.ReadErrors, "idle": ts.Idle, "slow_reader": ts.SlowReaders} {
+		counter(c.tunnelEvents, n, reason)
+	}
+	counter(c.tunnelDropped, ts.Dropped)
+
+	ps := c.r.ProbeStats()
+	counter(c.probes, ps.Answered, "answered")
+	counter(c.probes, ps.Malformed, "malformed")
+	counter(c.probes, ps.Limited, "limited")
 }
 
 // Server serves a relay's metrics at /metrics over HTTP.

@@ -60,13 +60,16 @@ func TestRelayMetrics(t *testing.T) {
 			`quicpipe_relay_rejected_requests_total{code="bad_json"}`,
 			"quicpipe_relay_registrations 2",
 			"quicpipe_relay_handshakes_total 2",
+			"quicpipe_relay_stateless_resets_total 0",
+			"quicpipe_relay_tunnels 0",
+			`quicpipe_relay_address_probes_total{result="answered"} 0`,
 		} {
 			if strings.HasPrefix(line, name) {
 				found[name] = true
 			}
 		}
 	}
-	if len(found) != 5 {
-		t.Fatalf("metrics found: %v, want all 5", found)
+	if len(found) != 8 {
+		t.Fatalf("metrics found: %v, want all 8", found)
 	}
 }
