@@ -1,6 +1,7 @@
 package quicpipe
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/http"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // recordingReplicator records what a Relay tells its Replicator.
@@ -153,5 +155,38 @@ func TestRelayApplyRemote(t *testing.T) {
 	}
 	if ops := rep.take(); len(ops) != 0 {
 		t.Fatalf("remote changes reached the replicator: %q", ops)
+	}
+}
+
+// BenchmarkJanitorWithFleetTable: one janitor walk of a relay holding 1,000
+// registrations of its own and 100,000 of other fleet members (one CID
+// each). The walk visits the relay's own only (remote ones never expire).
+func BenchmarkJanitorWithFleetTable(b *testing.B) {
+	e := newTestEnv(b, "127.0.0.1:0", &RelayConfig{MaxRegistrations: 200_000, MaxCIDs: 1 << 20})
+	r := e.relay
+	target := netip.MustParseAddrPort("127.0.0.1:40001")
+	for i := range 100_000 {
+		k := make([]byte, 16)
+		binary.BigEndian.PutUint64(k, uint64(i)+1)
+		if err := r.ApplyRemote(FleetRecord{Key: k, First: 1, Num: 1, Target: target, Member: "m1"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	d, err := r.newDest(target, netAddrPort(r.udpAddr().AddrPort()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	exp := time.Now().Add(time.Hour)
+	r.regMu.Lock()
+	for i := range 1000 {
+		k := make([]byte, 16)
+		binary.BigEndian.PutUint64(k[8:], uint64(i)+1)
+		r.regs.put(string(k), nil, sourceOf(target.Addr()), d, netip.AddrPort{}, nil, 1, slideWindow(k, 0, nil, 1, 1), exp)
+	}
+	r.regMu.Unlock()
+	now := time.Now()
+	b.ResetTimer()
+	for b.Loop() {
+		r.expire(now)
 	}
 }

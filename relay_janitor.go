@@ -35,7 +35,9 @@ func (r *Relay) janitor() {
 func (r *Relay) expire(now time.Time) {
 	r.regMu.Lock()
 	defer r.regMu.Unlock()
-	r.regs.entries(func(reg *regEntry) bool {
+	// Remote registrations of a fleet never expire: only the relay's own
+	// are walked, so a member holding the fleet's table walks its share.
+	r.regs.ownEntries(func(reg *regEntry) bool {
 		if reg.Expires() < now.UnixNano() {
 			r.removeLocked(reg)
 			r.stats.expired.Add(1)

@@ -68,6 +68,10 @@ type registry interface {
 	// entries calls fn for each registration until fn returns false; fn
 	// may remove the registration it is given.
 	entries(fn func(e *regEntry) bool)
+	// ownEntries does the same for the registrations this relay holds
+	// (those with a source), not for the remote ones of a fleet: they
+	// never expire, and the janitor walks only these.
+	ownEntries(fn func(e *regEntry) bool)
 	// usage returns what the registrations of source src hold.
 	usage(src netip.Prefix) sourceUsage
 	// put creates the registration of key (e nil) or refreshes e: it
@@ -106,6 +110,7 @@ type regIndex interface {
 type memRegistry struct {
 	ix        regIndex
 	regs      map[string]*regEntry
+	own       map[string]*regEntry // the registrations with a source
 	perSource map[netip.Prefix]sourceUsage
 }
 
@@ -113,6 +118,7 @@ func newMemRegistry(ix regIndex) *memRegistry {
 	return &memRegistry{
 		ix:        ix,
 		regs:      make(map[string]*regEntry),
+		own:       make(map[string]*regEntry),
 		perSource: make(map[netip.Prefix]sourceUsage),
 	}
 }
@@ -123,6 +129,14 @@ func (m *memRegistry) usage(src netip.Prefix) sourceUsage { return m.perSource[s
 
 func (m *memRegistry) entries(fn func(e *regEntry) bool) {
 	for _, e := range m.regs {
+		if !fn(e) {
+			return
+		}
+	}
+}
+
+func (m *memRegistry) ownEntries(fn func(e *regEntry) bool) {
+	for _, e := range m.own {
 		if !fn(e) {
 			return
 		}
@@ -189,6 +203,7 @@ func (m *memRegistry) remove(reg *regEntry) {
 	m.ix.setTarget(reg, nil)
 	m.ix.removed(reg)
 	delete(m.regs, reg.key)
+	delete(m.own, reg.key)
 	m.releaseSource(reg)
 	reg.gen++
 }
@@ -204,8 +219,10 @@ func (m *memRegistry) moveSource(reg *regEntry, src netip.Prefix) {
 	}
 	reg.src = src
 	if !src.IsValid() {
+		delete(m.own, reg.key)
 		return
 	}
+	m.own[reg.key] = reg
 	u := m.perSource[src]
 	u.regs++
 	u.cids += len(reg.cids)

@@ -88,3 +88,35 @@ func TestMemRegistry(t *testing.T) {
 		t.Fatalf("after remove: get %v, count %d, usage %+v", reg.get(k), reg.count(), reg.usage(srcA))
 	}
 }
+
+// TestMemRegistryOwnEntries: ownEntries walks the registrations with a
+// source (the relay's own), not the remote ones of a fleet, as a
+// registration changes hands.
+func TestMemRegistryOwnEntries(t *testing.T) {
+	reg := newMemRegistry(&recordIndex{})
+	d := &forward.Dest{AP: netip.MustParseAddrPort("192.0.2.1:1000")}
+	src := sourceOf(d.AP.Addr())
+	exp := time.Now().Add(time.Minute)
+	own := func() []string {
+		var keys []string
+		reg.ownEntries(func(e *regEntry) bool { keys = append(keys, e.key); return true })
+		slices.Sort(keys)
+		return keys
+	}
+	k1, k2 := newCIDKey(), newCIDKey()
+	e1 := reg.put(string(k1), nil, src, d, netip.AddrPort{}, nil, 1, slideWindow(k1, 0, nil, 1, 4), exp)
+	e2 := reg.put(string(k2), nil, netip.Prefix{}, d, netip.AddrPort{}, nil, 1, slideWindow(k2, 0, nil, 1, 4), exp)
+	if got := own(); !slices.Equal(got, []string{string(k1)}) {
+		t.Fatalf("own entries %q, want only the local one", got)
+	}
+	// The remote one registers here; the local one is taken by a member.
+	reg.put(string(k2), e2, src, d, netip.AddrPort{}, nil, 1, e2.cids, exp)
+	reg.put(string(k1), e1, netip.Prefix{}, d, netip.AddrPort{}, nil, 1, e1.cids, exp)
+	if got := own(); !slices.Equal(got, []string{string(k2)}) {
+		t.Fatalf("own entries %q after the swap, want only %q", got, k2)
+	}
+	reg.remove(e2)
+	if got := own(); len(got) != 0 || reg.count() != 1 {
+		t.Fatalf("own entries %q, count %d after removing the local one", got, reg.count())
+	}
+}
