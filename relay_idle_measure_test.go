@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,11 +27,13 @@ import (
 //	QUICPIPE_MEASURE_IDLE=1 go test -run TestMeasureIdlePeers -v -timeout 30m .
 //
 // QUICPIPE_MEASURE_IDLE_N lists the cumulative counts to measure at
-// (default "1000,10000").
+// (default "1000,10000"); QUICPIPE_MEASURE_IDLE_PROFILE, if set, is where
+// the relay's heap profile is written after the last count.
 const (
 	measureIdleEnv      = "QUICPIPE_MEASURE_IDLE"
 	measureIdleCountEnv = "QUICPIPE_MEASURE_IDLE_N"
 	measureIdleChildEnv = "QUICPIPE_MEASURE_IDLE_CHILD" // relay address and key, for the child
+	measureIdleProfEnv  = "QUICPIPE_MEASURE_IDLE_PROFILE"
 )
 
 func TestMeasureIdlePeers(t *testing.T) {
@@ -113,6 +116,16 @@ func TestMeasureIdlePeers(t *testing.T) {
 			n, regs, mboxes, conns, float64(s.heap-base.heap)/float64(n), float64(s.rss-base.rss)/float64(n), s.goroutines, took.Round(time.Millisecond))
 		if regs < n || mboxes < n {
 			t.Errorf("relay holds %d registrations and %d mailboxes, want %d", regs, mboxes, n)
+		}
+	}
+	if p := os.Getenv(measureIdleProfEnv); p != "" {
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
