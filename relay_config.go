@@ -24,7 +24,7 @@ type RelayConfig struct {
 	TLSConfig *tls.Config
 	// QUICConfig configures the relay's QUIC endpoint. If nil, quic-go's
 	// defaults are used with a 60s idle timeout. Receive windows left zero
-	// are small (32 KiB per stream and 64 KiB per connection at first).
+	// start small (32 KiB per stream and 64 KiB per connection).
 	QUICConfig *quic.Config
 	// Handler, if not nil, serves every HTTP/3 request outside /v1/, so that
 	// an embedding service can mount its own routes beside the relay's.
