@@ -123,6 +123,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	if c.QUICConfig != nil {
 		qconf = c.QUICConfig.Clone()
 	}
+	leanRelayQUIC(qconf)
 	if qconf.MaxIncomingStreams == 0 {
 		qconf.MaxIncomingStreams = int64(c.MaxStreamsPerConn)
 	}
@@ -223,6 +224,31 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 }
 
 type quicConnKey struct{}
+
+// The receive windows the relay offers its HTTP/3 clients at first, unless
+// RelayConfig.QUICConfig sets them (quic-go: 512 KiB per stream, 768 KiB
+// per connection). The relay's API carries requests of a few KiB, a mailbox
+// post of at most MailboxConfig.MaxPostBytes (16 KiB by default) and a
+// trickle of flights down an open mailbox. The window is what a client may
+// make the relay buffer unread, per stream and per connection: a few idle
+// connections must not pin gigabytes. A window grows (up to quic-go's
+// maximum) only while the relay reads fast, so bulk uploads to an
+// embedding service's Handler still speed up.
+const (
+	relayStreamWindow = 32 << 10
+	relayConnWindow   = 64 << 10
+)
+
+// leanRelayQUIC sets the initial receive windows q leaves zero to the
+// relay's.
+func leanRelayQUIC(q *quic.Config) {
+	if q.InitialStreamReceiveWindow == 0 {
+		q.InitialStreamReceiveWindow = relayStreamWindow
+	}
+	if q.InitialConnectionReceiveWindow == 0 {
+		q.InitialConnectionReceiveWindow = relayConnWindow
+	}
+}
 
 // LocalAddr returns the address the relay listens on (a *net.UDPAddr).
 func (r *Relay) LocalAddr() net.Addr { return r.conn.LocalAddr() }

@@ -24,7 +24,8 @@ type RelayConfig struct {
 	// NextProtos are set to HTTP/3's.
 	TLSConfig *tls.Config
 	// QUICConfig configures the relay's QUIC endpoint. If nil, quic-go's
-	// defaults are used with a 60s idle timeout.
+	// defaults are used with a 60s idle timeout. Receive windows left zero
+	// start small (32 KiB per stream and 64 KiB per connection).
 	QUICConfig *quic.Config
 	// Handler, if not nil, serves every HTTP/3 request outside /v1/, so that
 	// an embedding service can mount its own routes beside the relay's.

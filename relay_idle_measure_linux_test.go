@@ -1,0 +1,284 @@
+//go:build linux
+
+package quicpipe
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The idle-peer measurement (issue 18, item 3): what an idle listener, an
+// Accepter registered with its mailbox open, costs the relay. The relay runs
+// in the test process and the listeners in a child process (this test binary
+// again), so that the relay's memory is the relay's alone.
+//
+//	QUICPIPE_MEASURE_IDLE=1 go test -run TestMeasureIdlePeers -v -timeout 30m .
+//
+// QUICPIPE_MEASURE_IDLE_N lists the cumulative counts to measure at
+// (default "1000,10000"); QUICPIPE_MEASURE_IDLE_PROFILE, if set, is where
+// the relay's heap profile is written after the last count.
+const (
+	measureIdleEnv      = "QUICPIPE_MEASURE_IDLE"
+	measureIdleCountEnv = "QUICPIPE_MEASURE_IDLE_N"
+	measureIdleChildEnv = "QUICPIPE_MEASURE_IDLE_CHILD" // relay address and key, for the child
+	measureIdleProfEnv  = "QUICPIPE_MEASURE_IDLE_PROFILE"
+)
+
+func TestMeasureIdlePeers(t *testing.T) {
+	if os.Getenv(measureIdleEnv) != "1" {
+		t.Skip("set " + measureIdleEnv + "=1 to measure the relay's memory per idle listener")
+	}
+	counts := []int{1000, 10000}
+	if s := os.Getenv(measureIdleCountEnv); s != "" {
+		counts = counts[:0]
+		for f := range strings.SplitSeq(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				t.Fatalf("%s: bad count %q", measureIdleCountEnv, f)
+			}
+			counts = append(counts, n)
+		}
+	}
+	_, relayKey, _ := ed25519.GenerateKey(nil)
+	r, err := ListenRelay("127.0.0.1:0", idleMeasureRelayConfig(relayKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveRelay(t, r, nil)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMeasureIdlePeersChild$", "-test.v")
+	cmd.Env = append(os.Environ(), measureIdleChildEnv+"="+r.LocalAddr().String()+","+hex.EncodeToString(relayKey.Public().(ed25519.PublicKey)))
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Close()
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Minute):
+			cmd.Process.Kill()
+			<-done
+		}
+	}()
+	lines := bufio.NewScanner(stdout)
+	base := idleMemSnapshot(t)
+	t.Logf("base: heap %d, RSS %d", base.heap, base.rss)
+	for _, n := range counts {
+		start := time.Now()
+		fmt.Fprintf(stdin, "%d\n", n)
+		var reply string
+		for lines.Scan() {
+			if reply = lines.Text(); strings.HasPrefix(reply, "idle ") || strings.HasPrefix(reply, "failed ") {
+				break
+			}
+		}
+		if !strings.HasPrefix(reply, "idle ") {
+			t.Fatalf("child: %v (last line %q)", lines.Err(), reply)
+		}
+		var got int
+		var childRSS int64
+		if _, err := fmt.Sscanf(reply, "idle %d %d", &got, &childRSS); err != nil || got != n {
+			t.Fatalf("child: %s", reply)
+		}
+		took := time.Since(start)
+		// Let registrations, mailbox opens and keep-alives settle.
+		time.Sleep(5 * time.Second)
+		regs := r.localRegistrations()
+		r.mailbox.mu.Lock()
+		mboxes := len(r.mailbox.boxes)
+		r.mailbox.mu.Unlock()
+		conns, _ := r.conns.counts()
+		s := idleMemSnapshot(t)
+		t.Logf("IDLE n=%d regs=%d mailboxes=%d conns=%d: heap %.0f B/listener, RSS %.0f B/listener, goroutines %d (opened in %v)",
+			n, regs, mboxes, conns, float64(s.heap-base.heap)/float64(n), float64(s.rss-base.rss)/float64(n), s.goroutines, took.Round(time.Millisecond))
+		t.Logf("IDLE n=%d: the listeners' process: RSS %.0f B/listener", n, float64(childRSS)/float64(n))
+		if regs < n || mboxes < n {
+			t.Errorf("relay holds %d registrations and %d mailboxes, want %d", regs, mboxes, n)
+		}
+	}
+	if p := os.Getenv(measureIdleProfEnv); p != "" {
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// idleMeasureRelayConfig lifts the per-source bounds (every listener of
+// the measurement shares one address) and the totals.
+func idleMeasureRelayConfig(key ed25519.PrivateKey) *RelayConfig {
+	return &RelayConfig{
+		Identity:                  key,
+		MaxRegistrations:          1 << 20,
+		MaxRegistrationsPerSource: 1 << 20,
+		MaxCIDs:                   1 << 26,
+		MaxCIDsPerSource:          1 << 26,
+		DerivationsPerSecond:      1 << 30,
+		DerivationBurst:           1 << 26,
+		MaxConnsPerSource:         1 << 20,
+		MaxConns:                  1 << 20,
+		Mailbox: &MailboxConfig{
+			MaxMailboxes:          1 << 20,
+			MaxMailboxesPerSource: 1 << 20,
+		},
+	}
+}
+
+type idleMem struct {
+	heap, rss  int64
+	goroutines int
+}
+
+func idleMemSnapshot(t *testing.T) idleMem {
+	t.Helper()
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	rss, err := procSelfRSS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return idleMem{heap: int64(ms.HeapAlloc), rss: rss, goroutines: runtime.NumGoroutine()}
+}
+
+// procSelfRSS reads the resident set size of this process from
+// /proc/self/status.
+func procSelfRSS() (int64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for l := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/self/status")
+}
+
+// TestMeasureIdlePeersChild is the listeners' process of
+// TestMeasureIdlePeers: it reads a count per line on stdin, opens idle
+// listeners until it holds that many, and answers "idle N RSS" (its own
+// resident set size in bytes).
+func TestMeasureIdlePeersChild(t *testing.T) {
+	env := os.Getenv(measureIdleChildEnv)
+	if env == "" {
+		t.Skip("run by TestMeasureIdlePeers")
+	}
+	addr, keyHex, _ := strings.Cut(env, ",")
+	rk, err := hex.DecodeString(keyHex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One socket per listener: lift the descriptor limit (root may).
+	lim := syscall.Rlimit{Cur: 1 << 20, Max: 1 << 20}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Logf("RLIMIT_NOFILE: %v", err)
+	}
+	// Nobody dials them: any key will do.
+	dialer, _, _ := ed25519.GenerateKey(nil)
+	ctx := context.Background()
+	var (
+		mu   sync.Mutex
+		accs []*Accepter
+	)
+	defer func() {
+		for _, a := range accs {
+			a.Close()
+		}
+	}()
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		n, err := strconv.Atoi(in.Text())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var next atomic.Int64
+		next.Store(int64(len(accs)))
+		var failed atomic.Pointer[error]
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Go(func() {
+				for next.Add(1) <= int64(n) && failed.Load() == nil {
+					// On a loaded machine a handshake may time out: a
+					// listener gets three tries.
+					var a *Accepter
+					var err error
+					for range 3 {
+						if a, err = openIdleListener(ctx, addr, rk, dialer); err == nil {
+							break
+						}
+						t.Logf("retrying a listener: %v", err)
+					}
+					if err != nil {
+						failed.Store(&err)
+						return
+					}
+					mu.Lock()
+					accs = append(accs, a)
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if e := failed.Load(); e != nil {
+			fmt.Printf("failed %v\n", *e)
+			return
+		}
+		rss, err := procSelfRSS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("idle %d %d\n", len(accs), rss)
+	}
+}
+
+// openIdleListener makes an Accepter registered at the relay with its
+// mailbox open.
+func openIdleListener(ctx context.Context, relay string, relayKey, dialer ed25519.PublicKey) (*Accepter, error) {
+	_, id, _ := ed25519.GenerateKey(nil)
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	a, err := NewAccepter(ctx, &Config{RelayAddr: relay, RelayKey: relayKey, Identity: id, TrustedPeers: []ed25519.PublicKey{dialer}, DisableDirect: true})
+	if err != nil {
+		return nil, err
+	}
+	if err := a.OpenMailbox(ctx); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
+}
