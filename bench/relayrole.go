@@ -12,11 +12,11 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"strconv"
-	"net/netip"
 	"time"
 
 	"github.com/quicpipe/quicpipe"
