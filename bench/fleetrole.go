@@ -159,6 +159,9 @@ func fleetLoadRole(args []string) error {
 	say("ready", nil)
 	next := binary.BigEndian.Uint32(base.AsSlice())
 	serveCommands(func(cmd string, a []string) (any, error) {
+		if cmd == "replay" {
+			return replayBucket(*url)
+		}
 		if cmd != "put" || len(a) != 2 {
 			return nil, errors.New("usage: put REGISTRATIONS CIDS_PER_REGISTRATION")
 		}
@@ -195,6 +198,31 @@ func fleetLoadRole(args []string) error {
 		return out, nil
 	})
 	return nil
+}
+
+// replayBucket joins the fleet at url as a new member with a relay of its
+// own, and times Member.Start: it returns once the registrations already in
+// the bucket are applied to the relay, as when a member starts or restarts.
+func replayBucket(url string) (any, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 600*time.Second)
+	defer cancel()
+	m, err := fleet.New(ctx, fleet.Config{URL: url, Bucket: fleetBucket, Member: "joiner", Timeout: 20 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	cfg := benchRelayConfig(true)
+	cfg.Replicator = m
+	r, err := quicpipe.ListenRelay("127.0.0.1:0", cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	t0 := time.Now()
+	if err := m.Start(ctx, r); err != nil {
+		return nil, err
+	}
+	return map[string]any{"secs": time.Since(t0).Seconds(), "applied": r.Stats().RemoteRegistrations}, nil
 }
 
 // bucketSize returns the bytes and values JetStream stores for bucket.
