@@ -347,7 +347,7 @@ func fleetCapacity(res *Results, opt options) error {
 			"(Relay.expire), remote ones included; at 5000 datagrams/s that walk is a large share of the process's instructions, " +
 			"and subtracting a noisy idle window from a noisy loaded one leaves it in the per-datagram figure. Checked by hand " +
 			"(not part of the run): a member with an empty table counts as many instructions per datagram as the single relay, " +
-			"and a single relay holding the same 1M remote CIDs without NATS as many as the member."
+			"and a single relay holding the same 1M remote CIDs without NATS nearly as many as the member."
 		for i, c := range cases[:2] {
 			c.port = 0
 			logf("fleet instructions: %s", c.name)
