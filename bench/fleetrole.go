@@ -480,6 +480,7 @@ func startBenchFleet(nodes []*natsnode.Node, bucket string, replicas int) (*benc
 	return f, nil
 }
 
+// close closes the relays and members; it may be called again.
 func (f *benchFleet) close() {
 	for _, r := range f.relays {
 		r.Close()
@@ -487,6 +488,7 @@ func (f *benchFleet) close() {
 	for _, m := range f.members {
 		m.Close()
 	}
+	f.relays, f.members = nil, nil
 }
 
 // startNATSCluster starts three clustered NATS nodes on loopback.
