@@ -36,6 +36,12 @@ type capCase struct {
 	kind     string // quicpipe, quicpipe-xdp, coturn, pionturn, reflector
 	baseline bool
 	xdp      bool // forwarding happens in the kernel: no relay process CPU
+	// fleetRegs, for kind quicpipe-fleet, is how many registrations of 64
+	// CIDs another member of the relay's fleet writes before the case is
+	// measured (fleet.go).
+	fleetRegs int
+	// port is the relay's port, if not relayPort.
+	port int
 }
 
 var capCases = []capCase{
@@ -310,6 +316,11 @@ func startCapServer(lab *Lab, c capCase, tmp string, valgrind bool) (*capServer,
 			"--callgrind-out-file=" + filepath.Join(tmp, "callgrind.%p.out")}, argv...)
 	}
 	relayAddr := fmt.Sprintf("%s:%d", addrR, relayPort)
+	natsAddr := memberNATS // a fleet member's NATS node, in R
+	if c.port != 0 {
+		relayAddr = fmt.Sprintf("%s:%d", addrR, c.port)
+		natsAddr = fmt.Sprintf("127.0.0.1:%d", 4222+c.port-relayPort)
+	}
 	readyTimeout := 60 * time.Second
 	if valgrind {
 		readyTimeout = 180 * time.Second
@@ -327,8 +338,18 @@ func startCapServer(lab *Lab, c capCase, tmp string, valgrind bool) (*capServer,
 		return p, nil
 	}
 	switch c.kind {
-	case "quicpipe", "quicpipe-xdp":
+	case "quicpipe", "quicpipe-xdp", "quicpipe-fleet", "quicpipe-bigtable":
 		args := []string{"-listen", relayAddr}
+		if c.kind == "quicpipe-fleet" {
+			dir, err := os.MkdirTemp(tmp, "nats-")
+			if err != nil {
+				return fail(err)
+			}
+			args = append(args, "-big", "-fleet", dir, "-fleet-nats", natsAddr)
+		}
+		if c.kind == "quicpipe-bigtable" {
+			args = append(args, "-big")
+		}
 		if c.kind == "quicpipe-xdp" {
 			if _, err := startRole("xdp-pass", "g", -1, "xdpprog", "-kind", "pass", "-iface", "g2"); err != nil {
 				return fail(err)
@@ -346,6 +367,18 @@ func startCapServer(lab *Lab, c capCase, tmp string, valgrind bool) (*capServer,
 		}
 		if c.kind == "quicpipe-xdp" {
 			srv.relay = nil // the relay process does not forward; the kernel does
+		}
+		if c.kind == "quicpipe-bigtable" {
+			if err := r.call(600*time.Second, nil, "applyremote", c.fleetRegs); err != nil {
+				return fail(err)
+			}
+		}
+		if c.kind == "quicpipe-fleet" && c.fleetRegs > 0 {
+			if err := loadFleet(r, func(args ...string) (*proc, error) {
+				return startRole("fleet-loader", "r", -1, "fleetload", args...)
+			}, "nats://"+natsAddr, c.fleetRegs, "10.77.128.1"); err != nil {
+				return fail(err)
+			}
 		}
 		// Register the sink's CIDs through the relay's API, from the sink's
 		// own address, then kill the registrar so that nobody reads them.

@@ -2,8 +2,9 @@
 // side by side in one run: relay forwarding capacity (against coturn,
 // pion/turn and a bare XDP_TX reflector), pipe setup time (against a direct
 // quic-go connection and a pion WebRTC data channel), bulk throughput of one
-// pipe (against a direct quic-go connection) and relay memory (against
-// coturn). It builds network namespaces for the purpose, runs every
+// pipe (against a direct quic-go connection), relay memory (against
+// coturn), and the relay fleet on NATS (replication delay, registration
+// rate, memory and forwarding capacity of a member against a single relay). It builds network namespaces for the purpose, runs every
 // comparison, and writes results.json, results.csv, one PNG per figure and
 // summary.md into results/<date>/, copying the summary to RESULTS.md.
 //
@@ -44,6 +45,9 @@ type options struct {
 	cgReps     int
 	only       map[string]bool
 	profile    bool // perf profiles of the relay's core
+	// fleetDelays is the number of registrations whose replication delay
+	// is measured, fleetRegs the registrations of each rate measurement.
+	fleetDelays, fleetRegs int
 }
 
 var (
@@ -65,7 +69,7 @@ func main() {
 	full := flag.Bool("full", false, "full mode: more repetitions and longer transfers")
 	smoke := flag.Bool("smoke", false, "CI smoke mode: one repetition of everything, every figure produced, no timing asserted")
 	out := flag.String("out", "", "results directory (default results/<date-time>)")
-	only := flag.String("only", "", "comma-separated comparisons to run: capacity,setup,bulk,memory")
+	only := flag.String("only", "", "comma-separated comparisons to run: capacity,setup,bulk,memory,fleet")
 	flag.BoolVar(&verbose, "v", false, "log the processes' standard error")
 	flag.StringVar(&caseFilter, "cases", "", "only the capacity cases whose name contains this (for debugging)")
 	flag.IntVar(&coturnThreads, "coturn-threads", 0, "coturn's relay-threads (0: relay in the listener thread, its fastest setting on one pinned core)")
@@ -91,7 +95,7 @@ func quickOptions() options {
 	return options{mode: "quick", reps: 3, capWindow: 1.5, setupReps: 10, cgReps: 2,
 		bulkBare: 256 << 20, bulkShaped: 48 << 20, memCIDs: []int{1000, 10000, 1000000},
 		memPipes: 100, turnAllocs: 1000, delay: 25 * time.Millisecond, shapeRate: "200mbit",
-		cgRate: 5000, cgSeconds: 1, profile: true}
+		cgRate: 5000, cgSeconds: 1, profile: true, fleetDelays: 300, fleetRegs: 3000}
 }
 
 func fullOptions() options {
@@ -101,6 +105,7 @@ func fullOptions() options {
 	o.bulkBare, o.bulkShaped = 1<<30, 192<<20
 	o.memPipes, o.turnAllocs = 500, 10000
 	o.cgSeconds, o.cgReps = 3, 5
+	o.fleetDelays, o.fleetRegs = 1000, 10000
 	return o
 }
 
@@ -113,6 +118,7 @@ func smokeOptions() options {
 	o.memPipes, o.turnAllocs = 20, 200
 	o.cgReps = 1
 	o.profile = false
+	o.fleetDelays, o.fleetRegs = 30, 300
 	return o
 }
 
@@ -173,6 +179,7 @@ func run(opt options, outDir string) int {
 		{"setup", runSetup},
 		{"bulk", runBulk},
 		{"memory", runMemory},
+		{"fleet", runFleet},
 	} {
 		if !opt.want(c.name) {
 			continue

@@ -12,9 +12,11 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	"github.com/quicpipe/quicpipe"
@@ -56,9 +58,85 @@ func relayRole(args []string) error {
 	xdpMode := fs.String("xdpmode", "native", "native or generic")
 	mailbox := fs.Bool("mailbox", false, "turn the mailbox on")
 	big := fs.Bool("big", false, "raise the table limits for the memory comparison")
+	fleetDir := fs.String("fleet", "", "join a fleet: run an embedded NATS node storing in this directory, and a fleet member on it")
+	fleetNATS := fs.String("fleet-nats", memberNATS, "where the embedded NATS node of -fleet listens")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	cfg := benchRelayConfig(*big)
+	if *mailbox {
+		// The per-source posting cap is policy too: a setup run dials from
+		// one address many times a second.
+		cfg.Mailbox = &quicpipe.MailboxConfig{PostRate: 10000, PostBurst: 10000}
+	}
+	if *xdpIf != "" {
+		m := xdp.ModeNative
+		if *xdpMode == "generic" {
+			m = xdp.ModeGeneric
+		}
+		cfg.FastPath = relayxdp.New(relayxdp.Config{Interface: *xdpIf, Mode: m})
+	}
+	var fm *fleetMembership
+	if *fleetDir != "" {
+		var err error
+		if fm, err = newFleetMembership(*fleetDir, *fleetNATS); err != nil {
+			return err
+		}
+		defer fm.close()
+		cfg.Replicator = fm.member
+	}
+	r, err := quicpipe.ListenRelay(*listen, cfg)
+	if err != nil {
+		return err
+	}
+	go r.Serve(context.Background())
+	ready := map[string]any{"addr": r.LocalAddr().String(), "key": hex.EncodeToString(pub(cfg.Identity))}
+	if fm != nil {
+		if err := fm.start(r); err != nil {
+			r.Close()
+			return err
+		}
+		ready["nats"] = fm.node.ClientURL()
+	}
+	if prog, ok := r.FastPath().(*xdp.Program); ok {
+		ready["xdp_mode"] = prog.Mode().String()
+	}
+	say("ready", ready)
+	serveCommands(func(cmd string, a []string) (any, error) {
+		switch cmd {
+		case "stats":
+			return snapshotRelay(r, false), nil
+		case "heap": // after a full collection
+			return snapshotRelay(r, true), nil
+		case "applyremote": // N registrations of 64 CIDs of another member, straight into the table
+			if len(a) != 1 {
+				return nil, fmt.Errorf("usage: applyremote N")
+			}
+			n, err := strconv.Atoi(a[0])
+			if err != nil {
+				return nil, err
+			}
+			return applyRemote(r, n, netip.MustParseAddr("10.77.160.1"))
+		case "fleetwait": // until N registrations of other members are applied
+			if fm == nil || len(a) != 1 {
+				return nil, fmt.Errorf("usage: fleetwait N, in a relay started with -fleet")
+			}
+			n, err := strconv.Atoi(a[0])
+			if err != nil {
+				return nil, err
+			}
+			return fm.waitApplied(r, n, 600*time.Second)
+		}
+		return nil, fmt.Errorf("unknown command")
+	})
+	r.Close()
+	return nil
+}
+
+// benchRelayConfig is the configuration of every Quicpipe relay of the
+// harness: policy limits lifted, and with big the table limits raised for
+// the memory comparisons.
+func benchRelayConfig(big bool) *quicpipe.RelayConfig {
 	cfg := &quicpipe.RelayConfig{
 		Identity:        benchKey("relay"),
 		RegistrationTTL: time.Hour,
@@ -74,46 +152,14 @@ func relayRole(args []string) error {
 		DerivationBurst:      1 << 23,
 		MaxConnsPerSource:    100000,
 	}
-	if *mailbox {
-		// The per-source posting cap is policy too: a setup run dials from
-		// one address many times a second.
-		cfg.Mailbox = &quicpipe.MailboxConfig{PostRate: 10000, PostBurst: 10000}
-	}
-	if *big {
+	if big {
 		cfg.MaxCIDsPerRegistration = 1 << 21
 		cfg.MaxCIDs = 1 << 23
 		cfg.MaxRegistrations = 1 << 20
 		cfg.MaxRegistrationsPerSource = 1 << 20
 		cfg.MaxBodyBytes = 1 << 16
 	}
-	if *xdpIf != "" {
-		m := xdp.ModeNative
-		if *xdpMode == "generic" {
-			m = xdp.ModeGeneric
-		}
-		cfg.FastPath = relayxdp.New(relayxdp.Config{Interface: *xdpIf, Mode: m})
-	}
-	r, err := quicpipe.ListenRelay(*listen, cfg)
-	if err != nil {
-		return err
-	}
-	go r.Serve(context.Background())
-	ready := map[string]any{"addr": r.LocalAddr().String(), "key": hex.EncodeToString(pub(cfg.Identity))}
-	if prog, ok := r.FastPath().(*xdp.Program); ok {
-		ready["xdp_mode"] = prog.Mode().String()
-	}
-	say("ready", ready)
-	serveCommands(func(cmd string, a []string) (any, error) {
-		switch cmd {
-		case "stats":
-			return snapshotRelay(r, false), nil
-		case "heap": // after a full collection
-			return snapshotRelay(r, true), nil
-		}
-		return nil, fmt.Errorf("unknown command")
-	})
-	r.Close()
-	return nil
+	return cfg
 }
 
 func snapshotRelay(r *quicpipe.Relay, gc bool) relayStats {

@@ -133,6 +133,8 @@ func evaluateTargets(res *Results, delay time.Duration) {
 	add("relay memory per registered CID", "≤ 200 bytes (heap, at 1M CIDs)", worst/200, worst <= 200,
 		fmt.Sprintf("%.0f bytes per CID (%s; ratio given against the 200-byte goal)", worst, worstCase),
 		"the CID table's per-entry cost is above the goal")
+
+	fleetTargets(res, add)
 }
 
 func firstPercent(top, key string) string {
@@ -195,7 +197,7 @@ func summaryMarkdown(res *Results, prefix string) string {
 		"Values are medians over repetitions, with [min – max] and the number of repetitions; every ratio compares medians " +
 		"measured in the same run. Raw values: `results.json`, `results.csv`.\n\n")
 
-	w("## Targets (issue 8)\n\n| target | goal | measured | ratio | met |\n|---|---|---|---|---|\n")
+	w("## Targets (issues 8 and 15)\n\n| target | goal | measured | ratio | met |\n|---|---|---|---|---|\n")
 	for _, t := range res.Targets {
 		met := "no"
 		if t.Met {
@@ -223,8 +225,9 @@ func summaryMarkdown(res *Results, prefix string) string {
 	}
 
 	titles := map[string]string{"capacity": "1. Relay forwarding capacity", "setup": "2. Pipe setup time",
-		"bulk": "3. Bulk throughput of one pipe", "memory": "4. Relay memory"}
-	for _, comp := range []string{"capacity", "setup", "bulk", "memory"} {
+		"bulk": "3. Bulk throughput of one pipe", "memory": "4. Relay memory",
+		"fleet": "5. Relay fleet (issue 15)"}
+	for _, comp := range []string{"capacity", "setup", "bulk", "memory", "fleet"} {
 		var figs []*Figure
 		for _, f := range res.Figures {
 			if f.Comparison == comp && len(f.Series) > 0 {
