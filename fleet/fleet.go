@@ -59,6 +59,13 @@ type Config struct {
 	// Timeout bounds each operation on NATS (connecting, creating the
 	// bucket, a write). If zero, 5s is used.
 	Timeout time.Duration
+	// MarkerTTL is how long the bucket keeps the marker a removal leaves
+	// (peers' keys are random, so markers of removed registrations would
+	// otherwise pile up forever); at least 1s. A member that was away from
+	// NATS longer than this misses the marker, but its next watch does not
+	// replay the key, and it drops the registration then. Set when the
+	// Member creates or updates the bucket. If zero, 15m is used.
+	MarkerTTL time.Duration
 	// HandoverTimeout bounds a mailbox post handed to another member (see
 	// Member.Post), from the request until its answer. If zero, 6s is
 	// used: a relay's default MailboxConfig.DeliveryTimeout (5s) and a
@@ -77,6 +84,7 @@ const (
 	DefaultBucket      = "quicpipe-fleet"
 	DefaultLivenessTTL = 6 * time.Second
 	DefaultTimeout     = 5 * time.Second
+	DefaultMarkerTTL   = 15 * time.Minute
 
 	DefaultHandoverTimeout = 6 * time.Second
 	DefaultMaxHandovers    = 256
@@ -215,6 +223,12 @@ func New(ctx context.Context, cfg Config) (*Member, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
 	}
+	if cfg.MarkerTTL == 0 {
+		cfg.MarkerTTL = DefaultMarkerTTL
+	}
+	if cfg.MarkerTTL < time.Second {
+		return nil, fmt.Errorf("fleet: MarkerTTL %v is under 1s", cfg.MarkerTTL)
+	}
 	if cfg.HandoverTimeout == 0 {
 		cfg.HandoverTimeout = DefaultHandoverTimeout
 	}
@@ -280,6 +294,8 @@ func New(ctx context.Context, cfg Config) (*Member, error) {
 		Description: "quicpipe relay fleet: registrations and members' liveness",
 		History:     1,
 		Replicas:    cfg.Replicas,
+		// Removals leave markers that expire (Member.remove).
+		LimitMarkerTTL: cfg.MarkerTTL,
 	})
 	if err != nil {
 		return fail(fmt.Errorf("fleet: cannot open the key-value bucket %q on NATS %s (is JetStream enabled?): %w",
@@ -358,7 +374,7 @@ func (m *Member) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.Timeout)
 		defer cancel()
 		if m.nc.IsConnected() {
-			if e := m.kv.Delete(ctx, memberKey(m.id)); e != nil {
+			if e := m.remove(ctx, memberKey(m.id), 0); e != nil {
 				err = fmt.Errorf("fleet: deleting the liveness key of member %s: %w", m.id, e)
 			}
 		}
@@ -491,7 +507,7 @@ func (m *Member) write(k string, c change) error {
 	if !ok {
 		return nil // nothing of this key is in the bucket, as far as we know
 	}
-	err := m.kv.Delete(ctx, k, jetstream.LastRevision(info.rev))
+	err := m.remove(ctx, k, info.rev)
 	if err != nil && !isWrongRevision(err) {
 		return err
 	}
@@ -582,6 +598,17 @@ func (m *Member) watch(w jetstream.KeyWatcher, t Table, ready chan struct{}) {
 			initial, seen = true, make(map[string]bool)
 		}
 	}
+}
+
+// remove deletes key from the bucket if its last revision is rev (any
+// revision if rev is 0): a purge whose marker tells the watchers, then
+// expires after MarkerTTL, so that removed keys leave nothing behind.
+func (m *Member) remove(ctx context.Context, key string, rev uint64) error {
+	opts := []jetstream.KVDeleteOpt{jetstream.PurgeTTL(m.cfg.MarkerTTL)}
+	if rev != 0 {
+		opts = append(opts, jetstream.LastRevision(rev))
+	}
+	return m.kv.Purge(ctx, key, opts...)
 }
 
 // stopWatch stops w without waiting: stopping deletes its consumer with a
@@ -798,12 +825,12 @@ func (m *Member) memberGone(t Table, id string) {
 	ctx, cancel := context.WithTimeout(m.ctx, m.cfg.Timeout)
 	defer cancel()
 	for i, k := range keys {
-		if err := m.kv.Delete(ctx, k, jetstream.LastRevision(revs[i])); err != nil && !isWrongRevision(err) {
+		if err := m.remove(ctx, k, revs[i]); err != nil && !isWrongRevision(err) {
 			m.log.Debug("fleet: cannot delete a dead member's registration", "key", k, "err", err)
 		}
 	}
 	if wasLive {
-		if err := m.kv.Delete(ctx, memberKey(id), jetstream.LastRevision(liveRev)); err != nil && !isWrongRevision(err) {
+		if err := m.remove(ctx, memberKey(id), liveRev); err != nil && !isWrongRevision(err) {
 			m.log.Debug("fleet: cannot delete a dead member's liveness key", "gone", id, "err", err)
 		}
 	}

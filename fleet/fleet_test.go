@@ -3,6 +3,7 @@ package fleet
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
@@ -83,8 +84,9 @@ func newTestMember(t *testing.T, url, id string, ttl time.Duration) *testMember 
 	return newTestMemberR(t, url, id, ttl, 1)
 }
 
-// newTestMemberR is newTestMember with a bucket of replicas copies.
-func newTestMemberR(t *testing.T, url, id string, ttl time.Duration, replicas int) *testMember {
+// newTestMemberR is newTestMember with a bucket of replicas copies, and
+// its Config changed by the functions given.
+func newTestMemberR(t *testing.T, url, id string, ttl time.Duration, replicas int, change ...func(*Config)) *testMember {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -96,8 +98,12 @@ func newTestMemberR(t *testing.T, url, id string, ttl time.Duration, replicas in
 	var m *Member
 	for {
 		// A new cluster elects its JetStream leader first.
-		m, err = New(ctx, Config{Conn: nc, Bucket: testBucket, Member: id, LivenessTTL: ttl, Timeout: 2 * time.Second,
-			Replicas: replicas, Logger: testLogger(t)})
+		cfg := Config{Conn: nc, Bucket: testBucket, Member: id, LivenessTTL: ttl, Timeout: 2 * time.Second,
+			Replicas: replicas, Logger: testLogger(t)}
+		for _, f := range change {
+			f(&cfg)
+		}
+		m, err = New(ctx, cfg)
 		if err == nil {
 			break
 		}
@@ -595,4 +601,49 @@ func TestFleetNATSRestart(t *testing.T) {
 	if _, ok := b.relay.FleetRecord(k1); !ok {
 		t.Fatal("b lost the registration made before the restart")
 	}
+}
+
+// TestFleetMarkersExpire: a registration removed from the bucket leaves a
+// marker that the watchers see (the other member drops it) and that expires
+// after MarkerTTL, so removed keys do not pile up in the bucket.
+func TestFleetMarkersExpire(t *testing.T) {
+	url := startNATS(t, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	short := func(c *Config) { c.MarkerTTL = time.Second }
+	a := newTestMemberR(t, url, "a", 10*time.Second, 1, short)
+	b := newTestMemberR(t, url, "b", 10*time.Second, 1, short)
+	c := newClient(t, a)
+	k := newKey(t)
+	c.do(t, http.MethodPost, k, 1, 8)
+	waitFor(t, 5*time.Second, "b holds a's registration", func() bool {
+		_, ok := b.relay.FleetRecord(k)
+		return ok
+	})
+	js, err := jetstream.New(b.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, "KV_"+testBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := "$KV." + testBucket + ".r." + hex.EncodeToString(k)
+	msgs := func() uint64 {
+		info, err := stream.Info(ctx, jetstream.WithSubjectFilter(subject))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Subjects[subject]
+	}
+	if n := msgs(); n != 1 {
+		t.Fatalf("%d messages for the registration's key, want 1", n)
+	}
+	c.do(t, http.MethodDelete, k, 0, 0)
+	waitFor(t, 5*time.Second, "b drops the removed registration", func() bool {
+		_, ok := b.relay.FleetRecord(k)
+		return !ok
+	})
+	d := waitFor(t, 10*time.Second, "the removal's marker expires", func() bool { return msgs() == 0 })
+	t.Logf("marker gone %v after the removal was seen", d)
 }
