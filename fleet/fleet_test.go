@@ -3,11 +3,11 @@ package fleet
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
