@@ -437,6 +437,9 @@ func (m *Member) heartbeat() {
 	}
 }
 
+// maxWritesInFlight bounds the writes a member has in flight at once.
+const maxWritesInFlight = 32
+
 // writeRetry is how long the writer waits after a failed write.
 const writeRetry = 500 * time.Millisecond
 
@@ -455,15 +458,27 @@ func (m *Member) writer() {
 		batch := m.pending
 		m.pending = make(map[string]change, len(batch))
 		m.pmu.Unlock()
-		failed := 0
+		// The keys of a batch are distinct, so their writes are
+		// independent: up to maxWritesInFlight at once (each waits for its
+		// acknowledgment, a quorum round trip in a cluster). The next
+		// batch starts after this one, which keeps each key's changes in
+		// order.
+		var failed atomic.Int64
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, maxWritesInFlight)
 		for k, c := range batch {
 			if m.ctx.Err() != nil {
-				return
+				break
 			}
-			if err := m.write(k, c); err != nil {
-				failed++
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				err := m.write(k, c)
+				if err == nil {
+					return
+				}
 				m.writeErrors.Add(1)
-				if failed == 1 {
+				if failed.Add(1) == 1 {
 					m.log.Warn("fleet: cannot write a registration; retrying", "err", err)
 				}
 				// Keep it unless a newer change of the key came meanwhile.
@@ -472,9 +487,13 @@ func (m *Member) writer() {
 					m.pending[k] = c
 				}
 				m.pmu.Unlock()
-			}
+			})
 		}
-		if failed > 0 {
+		wg.Wait()
+		if m.ctx.Err() != nil {
+			return
+		}
+		if failed.Load() > 0 {
 			retry.Reset(writeRetry)
 		}
 	}
