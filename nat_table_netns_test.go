@@ -5,7 +5,10 @@ package quicpipe
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +31,10 @@ import (
 //
 //	peer 10.x.0.2 ─lan0─ router ─wan0─ wan ── 192.0.2.2 relay
 //	peer 10.x.0.2 ─lan0─ home ─ 100.64.x.2 ─ cgnat ─wan0─ wan   (double NAT)
+//
+// An EDM+port-mapping router runs miniupnpd and has WAN address 11.x.0.2
+// (miniupnpd works only on a non-reserved address, as in the port-mapping
+// lab); its peer maps its port through the namespace.
 type netKind int
 
 const (
@@ -36,10 +43,11 @@ const (
 	kindEDM                        // masquerade fully-random, input firewall
 	kindDouble                     // a home router (EIM + firewall) behind a carrier-grade NAT (EIM, 100.64/10 inside)
 	kindIPv6                       // a global IPv6 address behind a stateful firewall, no NAT (the IPv6 lab)
+	kindEDMMap                     // EDM whose router runs miniupnpd (UPnP-IGD, NAT-PMP, PCP); the peer maps its port
 )
 
 func (k netKind) String() string {
-	return [...]string{"EIM+firewall", "EIM bare", "EDM", "double NAT", "IPv6 firewall"}[k]
+	return [...]string{"EIM+firewall", "EIM bare", "EDM", "double NAT", "IPv6 firewall", "EDM+port mapping"}[k]
 }
 
 // ruleset of a NAT router of kind k (kindDouble: the home router).
@@ -47,7 +55,7 @@ func (k netKind) nat() natKind {
 	switch k {
 	case kindEIMBare:
 		return natBare
-	case kindEDM:
+	case kindEDM, kindEDMMap:
 		return natRandom
 	}
 	return natEIM
@@ -55,9 +63,12 @@ func (k netKind) nat() natKind {
 
 // tableSide builds side n (1 or 2) of the IPv4 lab behind kind k and
 // returns the peer's namespace.
-func tableSide(lab *netlab.Lab, wan *netlab.NS, n int, k netKind, shape netlab.Shape) *netlab.NS {
+func tableSide(t *testing.T, lab *netlab.Lab, wan *netlab.NS, n int, k netKind, shape netlab.Shape) *netlab.NS {
 	wanAddr := [...]string{"", "198.51.100.2", "203.0.113.2"}[n]
 	wanGW := [...]string{"", "198.51.100.1", "203.0.113.1"}[n]
+	if k == kindEDMMap {
+		wanAddr, wanGW = fmt.Sprintf("11.%d.0.2", n), fmt.Sprintf("11.%d.0.1", n)
+	}
 	edge := lab.NS(fmt.Sprintf("nat%d", n))
 	if shape != (netlab.Shape{}) {
 		lab.ShapedLink(edge, "wan0", wanAddr, wan, fmt.Sprintf("nat%d0", n), wanGW, shape)
@@ -78,12 +89,46 @@ func tableSide(lab *netlab.Lab, wan *netlab.NS, n int, k netKind, shape netlab.S
 		home.Forwarding()
 		inner = home
 	}
-	inner.Nft(k.nat().ruleset())
+	if k == kindEDMMap {
+		inner.Nft(pmRouter{natRandom, pmMiniupnpd}.ruleset())
+	} else {
+		inner.Nft(k.nat().ruleset())
+	}
 	peer := lab.NS(fmt.Sprintf("peer%d", n))
 	lan := fmt.Sprintf("10.%d.0.", n)
 	lab.Link(peer, "eth0", lan+"2/24", inner, "lan0", lan+"1/24")
 	peer.Run("ip", "route", "add", "default", "via", lan+"1")
+	if k == kindEDMMap {
+		startMiniupnpd(t, inner, lan+"0/24")
+	}
 	return peer
+}
+
+// tableConfig is the configuration of a peer in ns, side n, behind kind
+// k: a socket of ns, and for kindEDMMap port mapping with its router
+// through ns (otherwise port mapping stays off: the socket lives in
+// another namespace).
+func tableConfig(t *testing.T, ns *netlab.NS, n int, k netKind) *Config {
+	c, err := ns.ListenUDP("udp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	cfg := &Config{Conn: c}
+	if k == kindEDMMap {
+		cfg.PortMapping = PortMappingConfig{
+			Gateway:     netip.AddrFrom4([4]byte{10, byte(n), 0, 1}),
+			DialContext: ns.DialContext,
+			ListenPacket: func(_ context.Context, network, address string) (net.PacketConn, error) {
+				c, err := ns.ListenUDP(network, address)
+				if err != nil {
+					return nil, err
+				}
+				return c, nil
+			},
+		}
+	}
+	return cfg
 }
 
 // tableResult is one pair's row.
@@ -122,7 +167,7 @@ func TestNATTable(t *testing.T) {
 		t.Skip("set QUICPIPE_NAT_TABLE=N (N >= 10 attempts per pair) to measure the success table of docs/NAT.md")
 	}
 	n = max(n, 10)
-	kinds := []netKind{kindEIMFirewall, kindEIMBare, kindEDM, kindDouble}
+	kinds := []netKind{kindEIMFirewall, kindEIMBare, kindEDM, kindDouble, kindEDMMap}
 	var rows []string
 	for i, a := range kinds {
 		for _, b := range kinds[i:] {
@@ -146,13 +191,18 @@ func TestNATTable(t *testing.T) {
 const punchWindow = 6 * time.Second
 
 func measurePair(t *testing.T, a, b netKind, n int) *tableResult {
+	if a == kindEDMMap || b == kindEDMMap {
+		if _, err := exec.LookPath("miniupnpd"); err != nil {
+			t.Skip("miniupnpd not installed (apt-get install miniupnpd-nftables)")
+		}
+	}
 	l := &natLab{lab: netlab.New(t), relayID: GenerateIdentity(), aID: GenerateIdentity(), bID: GenerateIdentity()}
 	l.wan, l.relayNS = l.lab.NS("wan"), l.lab.NS("relay")
 	l.wan.Forwarding()
 	l.lab.Link(l.relayNS, "eth0", "192.0.2.2/24", l.wan, "relay0", "192.0.2.1/24")
 	l.relayNS.Run("ip", "route", "add", "default", "via", "192.0.2.1")
-	l.peerA = tableSide(l.lab, l.wan, 1, a, netlab.Shape{})
-	l.peerB = tableSide(l.lab, l.wan, 2, b, natUplink)
+	l.peerA = tableSide(t, l.lab, l.wan, 1, a, netlab.Shape{})
+	l.peerB = tableSide(t, l.lab, l.wan, 2, b, natUplink)
 	conn, err := l.relayNS.ListenUDP("udp4", "192.0.2.2:0")
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +215,8 @@ func measurePair(t *testing.T, a, b netKind, n int) *tableResult {
 	l.relay = r
 	serveRelay(t, r, func() { conn.Close() })
 	return attempts(t, a, b, n, func(ctx context.Context) *directPeers {
-		return l.dial(t, ctx, nil)
+		return dialDirectTimed(t, ctx, l.relay.LocalAddr().String(), l.relayID, l.aID, l.bID,
+			tableConfig(t, l.peerA, 1, a), tableConfig(t, l.peerB, 2, b), 0, nil)
 	})
 }
 

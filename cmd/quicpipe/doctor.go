@@ -11,24 +11,29 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quicpipe/quicpipe"
 	"github.com/quicpipe/quicpipe/internal/addrprobe"
 	"github.com/quicpipe/quicpipe/internal/addrscope"
+	"github.com/quicpipe/quicpipe/internal/portmap"
 )
 
 // cmdDoctor checks what this network allows a pipe: UDP to the relay, the
 // public address(es) the relay's probe ports see, whether the NAT maps by
-// destination, IPv6, and a verdict on direct paths.
+// destination, IPv6, the port-mapping protocols the gateway answers, and a
+// verdict on direct paths.
 func cmdDoctor(ctx context.Context, e *env) error {
 	fs := newFlagSet(e, "doctor", "",
 		"Checks how this network treats a pipe: whether UDP reaches the relay (and the round\n"+
 			"trip), the public address the relay's probe ports see this host at, whether the NAT\n"+
 			"gives one socket another public port for each destination (then direct paths work\n"+
-			"only with peers behind easy NATs), IPv6, and a one-line verdict. Needs a relay that\n"+
-			"answers address probes (quicpipe relay does, on the two ports after its own).\n"+
+			"only with peers behind easy NATs), IPv6, which port-mapping protocols (PCP, NAT-PMP,\n"+
+			"UPnP-IGD) the default gateway answers (probes only: nothing is mapped), and a\n"+
+			"one-line verdict. Needs a relay that answers address probes (quicpipe relay does,\n"+
+			"on the two ports after its own).\n"+
 			"Exit status: 0 when UDP reaches the relay, 1 when it does not.\n")
 	relay := fs.String("relay", "", "relay UDP `address` (host:port)")
 	var relayKey keyList
@@ -95,7 +100,22 @@ type netReport struct {
 	probe6 *probeResult // a probe of the relay over IPv6, if it has an IPv6 address
 	// no6 says why the relay was not probed over IPv6.
 	no6 string
+	// pm is what the gateway answered to the port-mapping probe; pmErr,
+	// if not nil, why it was not probed.
+	pm    portmap.ProbeResult
+	pmErr error
 }
+
+// portMapWait bounds the doctor's port-mapping probe: four times the
+// library's budget (portmap.DefaultProbeTimeout), to tell a slow gateway
+// from none, yet short enough not to hold up a doctor whose other checks
+// are done.
+const portMapWait = time.Second
+
+// portMapping reports whether the gateway answered a port-mapping
+// protocol: then a pipe maps its port there, and the mapped address is
+// one public address for every destination.
+func (r *netReport) portMapping() bool { return r.pmErr == nil && len(r.pm.Protocols) > 0 }
 
 // probeResult is the answer of one probe address.
 type probeResult struct {
@@ -153,6 +173,9 @@ func (r *netReport) verdict() string {
 	case mappingNone, mappingIndependent:
 		return verdictLikely
 	case mappingDependent:
+		if r.portMapping() {
+			return verdictLikely + " (the NAT maps by destination, but the gateway maps ports with " + joinProtocols(r.pm.Protocols) + ": a mapped port is the same for every destination)"
+		}
 		return verdictEasyOnly
 	}
 	if r.answered() == 1 {
@@ -210,8 +233,25 @@ func (r *netReport) print(w io.Writer) {
 	default:
 		fmt.Fprintf(w, "IPv6 to the relay: no answer from %s\n", r.probe6.to)
 	}
-	fmt.Fprintln(w, "port mapping: not probed (UPnP-IGD, NAT-PMP and PCP are not built into this version)")
+	switch {
+	case errors.Is(r.pmErr, portmap.ErrNoDefaultGateway):
+		fmt.Fprintln(w, "port mapping: no gateway found (no default IPv4 route)")
+	case r.pmErr != nil:
+		fmt.Fprintf(w, "port mapping: not probed (%v)\n", r.pmErr)
+	case len(r.pm.Protocols) == 0:
+		fmt.Fprintf(w, "port mapping: none answered at %s (PCP, NAT-PMP and UPnP-IGD probed)\n", r.pm.Gateway)
+	default:
+		fmt.Fprintf(w, "port mapping: %s (gateway %s)\n", joinProtocols(r.pm.Protocols), r.pm.Gateway)
+	}
 	fmt.Fprintf(w, "verdict: %s\n", r.verdict())
+}
+
+func joinProtocols(ps []portmap.Protocol) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ", ")
 }
 
 func joinAddrs(as []netip.Addr) string {
@@ -223,12 +263,20 @@ func joinAddrs(as []netip.Addr) string {
 }
 
 // checkNetwork runs the checks from one UDP socket: a QUIC handshake with
-// the relay, pinned to key, and address probes to probes; then IPv6.
+// the relay, pinned to key, and address probes to probes; then IPv6. The
+// port-mapping probe of the default gateway runs meanwhile.
 func checkNetwork(ctx context.Context, relay string, key ed25519.PublicKey, probes []string, timeout time.Duration) (*netReport, error) {
 	tlsConf, err := quicpipe.ClientTLSConfig(nil, key, "h3")
 	if err != nil {
 		return nil, err
 	}
+	var (
+		pm    portmap.ProbeResult
+		pmErr error
+		pmWG  sync.WaitGroup
+	)
+	pmWG.Go(func() { pm, pmErr = portmap.Probe(ctx, portmap.Config{ProbeTimeout: min(timeout, portMapWait)}) })
+	defer pmWG.Wait()
 	rep, err := runChecks(ctx, relay, probes, timeout, func(tr *quic.Transport, ra *net.UDPAddr, rep *netReport) {
 		hctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
@@ -253,6 +301,8 @@ func checkNetwork(ctx context.Context, relay string, key ed25519.PublicKey, prob
 		rep.probe6, rep.no6 = probeIPv6(ctx, relay, rep.probes[0].to.Port(), timeout)
 	}
 	rep.ipv6 = globalIPv6()
+	pmWG.Wait()
+	rep.pm, rep.pmErr = pm, pmErr
 	return rep, nil
 }
 

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -77,7 +79,7 @@ table ip filter {
 				"relay 192.0.2.2:4433: UDP ok",
 				"local address: 10.1.0.2:",
 				"mapping: " + tc.mapping,
-				"port mapping: not probed",
+				"port mapping: none answered at 10.1.0.1",
 				"verdict: " + tc.verdict,
 			} {
 				if !strings.Contains(out, want) {
@@ -88,6 +90,112 @@ table ip filter {
 				t.Errorf("want two public addresses at the NAT's 198.51.100.2")
 			}
 		})
+	}
+}
+
+// TestDoctorPortMapping runs quicpipe doctor behind an endpoint-dependent
+// NAT (masquerade fully-random) whose router runs miniupnpd (UPnP-IGD,
+// NAT-PMP and PCP). The router's WAN address is outside the reserved
+// ranges (miniupnpd refuses to work on those; 11.0.0.0/8 exists only in
+// the namespaces):
+//
+//	peer 10.1.0.2 ─lan0─ nat + miniupnpd ─wan0 11.1.0.2── wan ── 192.0.2.2 relay
+//
+// The doctor sees the mapping vary by destination, lists the protocols the
+// gateway answers, and says direct connections are likely: a pipe maps its
+// port there, and the mapped address is the same for every destination.
+func TestDoctorPortMapping(t *testing.T) {
+	if err := netlab.Available(); err != nil {
+		t.Skip(err)
+	}
+	if _, err := exec.LookPath("miniupnpd"); err != nil {
+		t.Skip("miniupnpd not installed (apt-get install miniupnpd-nftables)")
+	}
+	bin := binary(t)
+	lab := netlab.New(t)
+	wan, relayNS, nat, peer := lab.NS("wan"), lab.NS("relay"), lab.NS("nat"), lab.NS("peer")
+	wan.Forwarding()
+	lab.Link(relayNS, "eth0", "192.0.2.2/24", wan, "relay0", "192.0.2.1/24")
+	relayNS.Run("ip", "route", "add", "default", "via", "192.0.2.1")
+	lab.Link(nat, "wan0", "11.1.0.2/24", wan, "nat0", "11.1.0.1/24")
+	nat.Run("ip", "route", "add", "default", "via", "11.1.0.1")
+	nat.Forwarding()
+	// The chains miniupnpd fills are named in its configuration below.
+	nat.Nft(`table inet filter {
+	chain input { type filter hook input priority filter; policy accept; iifname "wan0" ct state new drop; }
+	chain forward { type filter hook forward priority filter; policy accept; jump miniupnpd; }
+	chain miniupnpd { }
+}
+table inet nat {
+	chain prerouting { type nat hook prerouting priority dstnat; policy accept; jump prerouting_miniupnpd; }
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		jump postrouting_miniupnpd
+		oifname "wan0" masquerade fully-random
+	}
+	chain prerouting_miniupnpd { }
+	chain postrouting_miniupnpd { }
+}`)
+	lab.Link(peer, "eth0", "10.1.0.2/24", nat, "lan0", "10.1.0.1/24")
+	peer.Run("ip", "route", "add", "default", "via", "10.1.0.1")
+
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "miniupnpd.conf")
+	if err := os.WriteFile(conf, []byte(`ext_ifname=wan0
+listening_ip=lan0
+http_port=0
+enable_natpmp=yes
+enable_upnp=yes
+secure_mode=yes
+system_uptime=no
+lease_file=`+filepath.Join(dir, "leases")+`
+uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b
+upnp_table_name=filter
+upnp_nat_table_name=nat
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+allow 1024-65535 10.1.0.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m := nat.Start("miniupnpd", nil, "miniupnpd", "-d", "-f", conf, "-P", filepath.Join(dir, "miniupnpd.pid"))
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(m.Stderr(), "Listening for NAT-PMP/PCP traffic"); {
+		select {
+		case <-m.Done():
+			t.Fatalf("miniupnpd exited: %s", m.Stderr())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("miniupnpd does not listen after 10 s: %s", m.Stderr())
+		}
+	}
+
+	env := testbin.Env()
+	r := relayNS.Start("relay", env, bin, "relay", "-listen", "192.0.2.2:4433", "-identity", filepath.Join(dir, "relay.key"))
+	key := r.Match(regexp.MustCompile(`relay key (\S+)\n`), 30*time.Second)
+	d := peer.Start("doctor", env, bin, "doctor", "-relay", "192.0.2.2:4433", "-relay-key", key, "-timeout", "2s")
+	select {
+	case <-d.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("doctor did not finish within 30 s")
+	}
+	out := d.Stdout()
+	t.Logf("quicpipe doctor behind an endpoint-dependent NAT with miniupnpd:\n%s", out)
+	for _, want := range []string{
+		"relay 192.0.2.2:4433: UDP ok",
+		"mapping: endpoint-dependent",
+		"port mapping: PCP, NAT-PMP, UPnP (gateway 10.1.0.1)",
+		"verdict: direct connections likely (the NAT maps by destination, but the gateway maps ports with PCP, NAT-PMP, UPnP",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	// The probes map nothing: miniupnpd's chains stay empty.
+	if rules := nat.Run("nft", "list", "chain", "inet", "nat", "prerouting_miniupnpd"); strings.Contains(rules, "dnat") {
+		t.Errorf("the doctor's probe made miniupnpd map a port:\n%s", rules)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quicpipe/quicpipe/internal/addrprobe"
+	"github.com/quicpipe/quicpipe/internal/portmap"
 )
 
 // TestDoctorUsage: the doctor needs a relay and its key.
@@ -46,21 +47,27 @@ func TestVerdict(t *testing.T) {
 		}
 		return out
 	}
+	gw := netip.MustParseAddr("10.0.0.1")
+	mapsPorts := portmap.ProbeResult{Gateway: gw, Protocols: []portmap.Protocol{portmap.PCP, portmap.NATPMP}}
 	for _, c := range []struct {
 		udp    bool
 		probes []probeResult
+		pm     portmap.ProbeResult
+		pmErr  error
 		want   string
 	}{
-		{true, pr("198.51.100.2:5000", "198.51.100.2:5000"), verdictLikely},
-		{true, pr("10.0.0.2:5000", ""), verdictLikely},
-		{true, pr("198.51.100.2:5000", "198.51.100.2:6000"), verdictEasyOnly},
-		{true, pr("", ""), verdictUnknown},
-		{true, pr("198.51.100.2:5000", ""), "direct connections: unknown (only one probe port answered"},
-		{false, pr("198.51.100.2:5000", "198.51.100.2:5000"), "no pipe"},
+		{true, pr("198.51.100.2:5000", "198.51.100.2:5000"), portmap.ProbeResult{}, nil, verdictLikely},
+		{true, pr("10.0.0.2:5000", ""), portmap.ProbeResult{}, nil, verdictLikely},
+		{true, pr("198.51.100.2:5000", "198.51.100.2:6000"), portmap.ProbeResult{Gateway: gw}, nil, verdictEasyOnly},
+		{true, pr("198.51.100.2:5000", "198.51.100.2:6000"), mapsPorts, nil, verdictLikely + " (the NAT maps by destination, but the gateway maps ports with PCP, NAT-PMP"},
+		{true, pr("198.51.100.2:5000", "198.51.100.2:6000"), portmap.ProbeResult{}, portmap.ErrNoDefaultGateway, verdictEasyOnly},
+		{true, pr("", ""), mapsPorts, nil, verdictUnknown},
+		{true, pr("198.51.100.2:5000", ""), portmap.ProbeResult{}, nil, "direct connections: unknown (only one probe port answered"},
+		{false, pr("198.51.100.2:5000", "198.51.100.2:5000"), portmap.ProbeResult{}, nil, "no pipe"},
 	} {
-		r := &netReport{udp: c.udp, local: local, probes: c.probes}
+		r := &netReport{udp: c.udp, local: local, probes: c.probes, pm: c.pm, pmErr: c.pmErr}
 		if got := r.verdict(); !strings.HasPrefix(got, c.want) {
-			t.Errorf("udp %v, probes %v: verdict %q, want %q", c.udp, c.probes, got, c.want)
+			t.Errorf("udp %v, probes %v, port mapping %+v %v: verdict %q, want %q", c.udp, c.probes, c.pm, c.pmErr, got, c.want)
 		}
 	}
 }

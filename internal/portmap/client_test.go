@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,5 +150,43 @@ func TestClientNoGateway(t *testing.T) {
 			}
 			t.Logf("probe ended after %v", took)
 		})
+	}
+}
+
+// TestProbe probes a PCP gateway that does not speak NAT-PMP or UPnP:
+// Probe reports PCP alone, says why the others did not answer, and asks
+// for no mapping; a gateway that answers nothing is a result without
+// protocols, not an error.
+func TestProbe(t *testing.T) {
+	g := newFakePCP(t, 60)
+	silent, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	gw := netip.MustParseAddr("127.0.0.1")
+	res, err := Probe(t.Context(), Config{Gateway: gw, pmpPort: port(g.conn), ssdpPort: port(silent)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Gateway != gw || len(res.Protocols) != 1 || res.Protocols[0] != PCP {
+		t.Errorf("probe %+v: want PCP alone at %v", res, gw)
+	}
+	if res.Err == nil || !strings.Contains(res.Err.Error(), "NAT-PMP") || !strings.Contains(res.Err.Error(), "UPnP") {
+		t.Errorf("probe error %v: want why NAT-PMP and UPnP did not answer", res.Err)
+	}
+	if l := g.lifetimes(); len(l) != 0 {
+		t.Errorf("the probe asked for mappings of lifetimes %v", l)
+	}
+
+	res, err = Probe(t.Context(), Config{Gateway: gw, pmpPort: port(silent), ssdpPort: port(silent)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Protocols) != 0 || res.Err == nil {
+		t.Errorf("probe of a silent gateway %+v: want no protocols and why", res)
+	}
+	if _, err := Probe(t.Context(), Config{Gateway: netip.MustParseAddr("::1")}); err == nil {
+		t.Error("probing an IPv6 gateway did not fail")
 	}
 }

@@ -3,7 +3,6 @@ package portmap
 import (
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"net/netip"
 	"os"
 	"strings"
@@ -38,5 +37,5 @@ func parseProcRoute(s string) (netip.Addr, error) {
 			return a, nil
 		}
 	}
-	return netip.Addr{}, errors.New("no default IPv4 route")
+	return netip.Addr{}, ErrNoDefaultGateway
 }

@@ -55,6 +55,10 @@ const (
 // ErrNoGateway means no gateway answered any of the protocols probed.
 var ErrNoGateway = errors.New("portmap: no gateway answered PCP, NAT-PMP or UPnP")
 
+// ErrNoDefaultGateway means Config.Gateway was not set and the routing
+// table has no default IPv4 route.
+var ErrNoDefaultGateway = errors.New("portmap: no default IPv4 route")
+
 // Config configures a Client. The zero value of each optional field
 // selects the documented default.
 type Config struct {
@@ -172,14 +176,27 @@ func Start(cfg Config) (*Client, error) {
 	if cfg.Lifetime < minLifetime {
 		return nil, fmt.Errorf("portmap: Config.Lifetime %v is below %v", cfg.Lifetime, minLifetime)
 	}
+	if cfg.Retry <= 0 {
+		cfg.Retry = DefaultRetry
+	}
+	c, err := newClient(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	go c.run(ctx)
+	return c, nil
+}
+
+// newClient checks the fields of cfg that probing uses, fills in their
+// defaults, and returns a Client that is not running.
+func newClient(cfg Config) (*Client, error) {
 	if cfg.ProbeTimeout <= 0 {
 		cfg.ProbeTimeout = DefaultProbeTimeout
 	}
 	if cfg.MapTimeout <= 0 {
 		cfg.MapTimeout = DefaultMapTimeout
-	}
-	if cfg.Retry <= 0 {
-		cfg.Retry = DefaultRetry
 	}
 	if len(cfg.Protocols) == 0 {
 		cfg.Protocols = []Protocol{PCP, NATPMP, UPnP}
@@ -218,16 +235,59 @@ func Start(cfg Config) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &Client{
-		cfg:    cfg,
-		log:    log.With("gateway", cfg.Gateway, "port", cfg.InternalPort),
-		cancel: cancel,
-		done:   make(chan struct{}),
-		ready:  make(chan struct{}),
+	return &Client{
+		cfg:   cfg,
+		log:   log.With("gateway", cfg.Gateway, "port", cfg.InternalPort),
+		done:  make(chan struct{}),
+		ready: make(chan struct{}),
+	}, nil
+}
+
+// ProbeResult is what Probe found.
+type ProbeResult struct {
+	// Gateway is the gateway probed: Config.Gateway, or the default
+	// gateway if that was not set.
+	Gateway netip.Addr
+	// Protocols lists the protocols the gateway answered, in the
+	// Client's order of preference; empty if it answered none.
+	Protocols []Protocol
+	// Err says why each protocol probed that is not in Protocols did not
+	// answer; nil if every one answered.
+	Err error
+}
+
+// Probe asks the gateway whether it speaks each protocol of
+// cfg.Protocols, all at once, as a Client does before it maps, and maps
+// nothing: PCP's ANNOUNCE, NAT-PMP's external address request and UPnP's
+// SSDP search create no state on the gateway. It waits at most
+// cfg.ProbeTimeout (and ctx) for the answers. Of cfg, it uses Gateway,
+// Protocols, ProbeTimeout, DialContext, ListenPacket and Logger;
+// InternalPort may be zero.
+//
+// Probe returns an error only when it could not probe: no default gateway
+// (the error wraps ErrNoDefaultGateway), a gateway that is not IPv4, no
+// route to it, or ctx ended. A gateway that answers nothing is a result
+// with no Protocols.
+func Probe(ctx context.Context, cfg Config) (ProbeResult, error) {
+	c, err := newClient(cfg)
+	if err != nil {
+		return ProbeResult{}, err
 	}
-	go c.run(ctx)
-	return c, nil
+	found, errs, err := c.probe(ctx)
+	if err != nil {
+		return ProbeResult{}, err
+	}
+	res := ProbeResult{Gateway: c.cfg.Gateway, Err: errors.Join(errs...)}
+	for _, p := range []Protocol{PCP, NATPMP, UPnP} {
+		if m, ok := found[p]; ok {
+			m.close()
+			res.Protocols = append(res.Protocols, p)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return ProbeResult{}, err
+	}
+	return res, nil
 }
 
 // Ready is closed once the first probe has ended, with a mapping or not.
@@ -324,41 +384,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // obtain probes every protocol at once and maps the port with the
 // preferred one among those that answered.
 func (c *Client) obtain(ctx context.Context) (mapper, Mapping, error) {
-	c.probes.Add(1)
-	local, err := c.localAddr(ctx)
+	found, errs, err := c.probe(ctx)
 	if err != nil {
-		c.failures.Add(1)
 		return nil, Mapping{}, err
-	}
-	type result struct {
-		p   Protocol
-		m   mapper
-		err error
-	}
-	results := make(chan result, len(c.cfg.Protocols))
-	pctx, cancel := context.WithTimeout(ctx, c.cfg.ProbeTimeout)
-	defer cancel()
-	for _, p := range c.cfg.Protocols {
-		go func() {
-			m, err := c.newMapper(pctx, p, local)
-			if err == nil {
-				if err = m.probe(pctx); err != nil {
-					m.close()
-				}
-			}
-			results <- result{p, m, err}
-		}()
-	}
-	found := make(map[Protocol]mapper)
-	var errs []error
-	for range c.cfg.Protocols {
-		r := <-results
-		if r.err != nil {
-			c.failures.Add(1)
-			errs = append(errs, fmt.Errorf("%v: %w", r.p, r.err))
-			continue
-		}
-		found[r.p] = r.m
 	}
 	defer func() {
 		for _, m := range found {
@@ -392,6 +420,49 @@ func (c *Client) obtain(ctx context.Context) (mapper, Mapping, error) {
 		return m, mp, nil
 	}
 	return nil, Mapping{}, errors.Join(errs...)
+}
+
+// probe probes every protocol at once, waiting at most ProbeTimeout. It
+// returns the mappers of the protocols that answered, which the caller
+// closes, and why the others did not; err is set only if it could not
+// probe at all.
+func (c *Client) probe(ctx context.Context) (found map[Protocol]mapper, errs []error, err error) {
+	c.probes.Add(1)
+	local, err := c.localAddr(ctx)
+	if err != nil {
+		c.failures.Add(1)
+		return nil, nil, err
+	}
+	type result struct {
+		p   Protocol
+		m   mapper
+		err error
+	}
+	results := make(chan result, len(c.cfg.Protocols))
+	pctx, cancel := context.WithTimeout(ctx, c.cfg.ProbeTimeout)
+	defer cancel()
+	for _, p := range c.cfg.Protocols {
+		go func() {
+			m, err := c.newMapper(pctx, p, local)
+			if err == nil {
+				if err = m.probe(pctx); err != nil {
+					m.close()
+				}
+			}
+			results <- result{p, m, err}
+		}()
+	}
+	found = make(map[Protocol]mapper)
+	for range c.cfg.Protocols {
+		r := <-results
+		if r.err != nil {
+			c.failures.Add(1)
+			errs = append(errs, fmt.Errorf("%v: %w", r.p, r.err))
+			continue
+		}
+		found[r.p] = r.m
+	}
+	return found, errs, nil
 }
 
 // localAddr returns this host's address towards the gateway.
