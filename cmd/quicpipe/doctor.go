@@ -167,7 +167,7 @@ const (
 // verdict sums up the report in one line.
 func (r *netReport) verdict() string {
 	if !r.udp {
-		return "no pipe: UDP does not reach the relay"
+		return "relay only: UDP does not reach the relay (pipes can still go through its TLS tunnel, quicpipe relay -tunnel)"
 	}
 	switch r.mapping() {
 	case mappingNone, mappingIndependent:

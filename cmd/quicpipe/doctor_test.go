@@ -63,7 +63,7 @@ func TestVerdict(t *testing.T) {
 		{true, pr("198.51.100.2:5000", "198.51.100.2:6000"), portmap.ProbeResult{}, portmap.ErrNoDefaultGateway, verdictEasyOnly},
 		{true, pr("", ""), mapsPorts, nil, verdictUnknown},
 		{true, pr("198.51.100.2:5000", ""), portmap.ProbeResult{}, nil, "direct connections: unknown (only one probe port answered"},
-		{false, pr("198.51.100.2:5000", "198.51.100.2:5000"), portmap.ProbeResult{}, nil, "no pipe"},
+		{false, pr("198.51.100.2:5000", "198.51.100.2:5000"), portmap.ProbeResult{}, nil, "relay only"},
 	} {
 		r := &netReport{udp: c.udp, local: local, probes: c.probes, pm: c.pm, pmErr: c.pmErr}
 		if got := r.verdict(); !strings.HasPrefix(got, c.want) {
