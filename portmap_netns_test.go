@@ -500,8 +500,11 @@ func TestPortMappingLate(t *testing.T) {
 	st := p.d.DirectStats().PortMapping
 	t.Logf("port mapping table: gateway started late: direct path %v via %q %v after it started; dialer %+v",
 		ap.Remote, ap.Via, ap.Since.Sub(started).Round(time.Millisecond), st)
-	if ap.Via != "port mapping (PCP)" || ap.Remote != st.External {
-		t.Errorf("accepter's path %v via %q, want %v via port mapping (PCP)", ap.Remote, ap.Via, st.External)
+	// A gateway that comes up while the client probes may answer NAT-PMP
+	// before its PCP side is ready (miniupnpd serves both on one port):
+	// either mapping is the point here.
+	if !strings.HasPrefix(ap.Via, "port mapping (") || ap.Remote != st.External {
+		t.Errorf("accepter's path %v via %q, want %v via a port mapping", ap.Remote, ap.Via, st.External)
 	}
 	if err := transfer(ctx, p.dc, p.ac, 256<<10, nil); err != nil {
 		t.Fatal(err)
