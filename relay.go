@@ -31,6 +31,10 @@ type Relay struct {
 	conn    *net.UDPConn
 	ownConn bool
 	rconn   *forward.Conn // the forwarding engine: the socket as quic-go sees it
+	// readers are the extra forwarding readers of the relay's port, on
+	// their own sockets (RelayConfig.Readers), which the relay owns.
+	readers []*forward.Reader
+	rsocks  []*net.UDPConn
 	tr      *quic.Transport
 	ln      *quic.Listener
 	h3      *http3.Server
@@ -86,7 +90,7 @@ func ListenRelay(addr string, cfg *RelayConfig) (*Relay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("quicpipe: relay address: %w", err)
 	}
-	conn, err := net.ListenUDP("udp", ua)
+	conn, err := listenReusePort(ua)
 	if err != nil {
 		return nil, fmt.Errorf("quicpipe: relay listen: %w", err)
 	}
@@ -154,9 +158,13 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		MaxTotalPacketsPerSecond: c.MaxTotalPacketsPerSecond,
 		MaxTotalBytesPerSecond:   c.MaxTotalBytesPerSecond,
 		Follow:                   r.wakeFollow,
+		GRO:                      true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("quicpipe: relay socket: %w", err)
+	}
+	if err := r.openReaders(); err != nil {
+		return nil, err
 	}
 	// Stateless resets only ever answer packets for the relay's own CIDs:
 	// packets for unknown peer CIDs are dropped before quic-go sees them, so
@@ -171,12 +179,14 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	r.ln, err = r.tr.Listen(tlsConf, qconf)
 	if err != nil {
 		r.tr.Close()
+		r.closeReaders()
 		return nil, fmt.Errorf("quicpipe: relay listen: %w", err)
 	}
 	if c.FastPath != nil {
 		if err := r.attachXDP(); err != nil {
 			r.ln.Close()
 			r.tr.Close()
+			r.closeReaders()
 			return nil, err
 		}
 	}
@@ -187,6 +197,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 			}
 			r.ln.Close()
 			r.tr.Close()
+			r.closeReaders()
 			return nil, err
 		}
 	}
@@ -242,6 +253,7 @@ func (r *Relay) Serve(ctx context.Context) error {
 			return
 		}
 		r.wg.Go(r.janitor)
+		r.startReaders()
 		r.connMu.Unlock()
 		done := make(chan error, 1)
 		go func() { done <- r.acceptConns(r.ln) }()
@@ -298,6 +310,7 @@ func (r *Relay) Close() error {
 		if r.ownConn {
 			errs = append(errs, r.conn.Close())
 		}
+		errs = append(errs, r.closeReaders())
 		r.wg.Wait()
 		if r.locals.rd != nil {
 			errs = append(errs, r.locals.rd.close())
