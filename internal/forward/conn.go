@@ -122,7 +122,13 @@ type reader struct {
 	// buffers, and the datagrams in them kept for quic-go.
 	gms  []ipv4.Message
 	kept []segRef
+
+	datagrams atomic.Uint64 // read from the socket
 }
+
+// Datagrams returns how many datagrams the reader read from its socket
+// (those of a GRO read counted one by one).
+func (r *reader) Datagrams() uint64 { return r.datagrams.Load() }
 
 func (r *reader) init(c *Conn, sock *net.UDPConn) error {
 	r.c = c

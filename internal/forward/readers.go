@@ -70,9 +70,11 @@ func (r *reader) routeSegs(ms []ipv4.Message) {
 	var n batchCounts
 	var src srcCheck
 	sent := false
+	read := 0
 	for i := range ms {
 		buf := ms[i].Buffers[0][:ms[i].N]
 		if len(buf) == 0 {
+			read++
 			n.drops[dropMalformed]++
 			continue
 		}
@@ -84,6 +86,7 @@ func (r *reader) routeSegs(ms []ipv4.Message) {
 		reset := false // one stateless reset per message: one buffer each
 		for off := 0; off < len(buf); off += seg {
 			b := buf[off:min(off+seg, len(buf))]
+			read++
 			v, d := c.classify(b, &src, now)
 			switch v {
 			case forward:
@@ -126,6 +129,7 @@ func (r *reader) routeSegs(ms []ipv4.Message) {
 	n.fwd += n.fwdTunnel
 	n.toServer = uint64(len(r.kept))
 	c.stats.add(&n)
+	r.datagrams.Add(uint64(read))
 }
 
 // flushCount sends the queued messages and counts them in n: the datagrams
@@ -228,7 +232,7 @@ func (rd *Reader) Run(ctx context.Context) error {
 // serverQueue carries datagrams for quic-go from the engine's other readers
 // to ReadBatch. A reader that queues wakes a ReadBatch blocked on the socket
 // by setting the socket's read deadline in the past; ReadBatch then restores
-// the deadline quic-go set (it sets one only to stop reading).
+// the deadline quic-go set (quic-go sets one only to stop reading).
 type serverQueue struct {
 	in chan *Packet
 
@@ -285,11 +289,11 @@ func (q *serverQueue) take(ms []ipv4.Message) int {
 	return n
 }
 
-// wake makes a ReadBatch blocked on sock return, unless quic-go set a
-// deadline (it is stopping) or a wake-up is pending.
+// wake makes a ReadBatch blocked on sock return, unless quic-go's deadline
+// has passed (it is stopping) or a wake-up is pending.
 func (q *serverQueue) wake(sock *net.UDPConn) {
 	q.mu.Lock()
-	if !q.woken && q.deadline.IsZero() {
+	if !q.woken && (q.deadline.IsZero() || time.Now().Before(q.deadline)) {
 		q.woken = true
 		sock.SetReadDeadline(aLongTimeAgo)
 	}
@@ -321,7 +325,7 @@ func (q *serverQueue) setDeadline(sock *net.UDPConn, t time.Time) error {
 	if err := sock.SetReadDeadline(t); err != nil {
 		return err
 	}
-	if t.IsZero() && len(q.in) > 0 {
+	if (t.IsZero() || time.Now().Before(t)) && len(q.in) > 0 {
 		q.woken = true
 		return sock.SetReadDeadline(aLongTimeAgo)
 	}

@@ -64,6 +64,7 @@ func (r *reader) route(ms []ipv4.Message) int {
 	}
 	n.toServer = uint64(len(io.keep))
 	c.stats.add(&n)
+	r.datagrams.Add(uint64(len(ms)))
 	return len(io.keep)
 }
 
