@@ -56,6 +56,7 @@ func relayRole(args []string) error {
 	xdpMode := fs.String("xdpmode", "native", "native or generic")
 	mailbox := fs.Bool("mailbox", false, "turn the mailbox on")
 	big := fs.Bool("big", false, "raise the table limits for the memory comparison")
+	readers := fs.Int("readers", 0, "RelayConfig.Readers (0: one per CPU the process may use)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -73,6 +74,7 @@ func relayRole(args []string) error {
 		DerivationsPerSecond: 1 << 30,
 		DerivationBurst:      1 << 23,
 		MaxConnsPerSource:    100000,
+		Readers:              *readers,
 	}
 	if *mailbox {
 		// The per-source posting cap is policy too: a setup run dials from
