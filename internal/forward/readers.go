@@ -160,7 +160,7 @@ func (r *reader) readGRO(ms []ipv4.Message) (int, error) {
 		if j < len(ms) {
 			m := &ms[j]
 			m.N = copy(m.Buffers[0], b)
-			m.NN = copy(m.OOB, oob)
+			m.NN = copyOOB(m.OOB, oob)
 			m.Flags = 0
 			m.Addr = r.io.addr(k.msg)
 			j++
@@ -170,6 +170,15 @@ func (r *reader) readGRO(ms []ipv4.Message) (int, error) {
 	}
 	r.c.stats.add(&drops)
 	return j, nil
+}
+
+// copyOOB copies the control messages src into dst, or none if they do not
+// fit: quic-go fails on a truncated control message.
+func copyOOB(dst, src []byte) int {
+	if len(src) > len(dst) {
+		return 0
+	}
+	return copy(dst, src)
 }
 
 // Reader is one more forwarding reader of the relay's port: a socket bound
@@ -277,7 +286,7 @@ func (q *serverQueue) take(ms []ipv4.Message) int {
 		case p := <-q.in:
 			m := &ms[n]
 			m.N = copy(m.Buffers[0], p.Bytes())
-			m.NN = copy(m.OOB, p.oob[:p.noob])
+			m.NN = copyOOB(m.OOB, p.oob[:p.noob])
 			m.Flags = 0
 			m.Addr = net.UDPAddrFromAddrPort(p.src.AddrPort())
 			p.Release()
