@@ -92,7 +92,7 @@ type capServer struct {
 	// registerGen, if not nil, registers the generator's address with the
 	// relay before it starts: a Quicpipe relay forwards only datagrams from
 	// the addresses of live registrations.
-	registerGen func(bind string) error
+	registerGen func(bind string, flow int) error
 	stats       func() (relayStats, bool)
 	stop        func()
 	inodes      map[uint64]bool // the lab's namespaces
@@ -112,6 +112,15 @@ var cidKeyHex = hex.EncodeToString([]byte("quicpipe bench CID key, 32 byte"))
 
 // genCIDKeyHex is the key the generator registers its own address with.
 var genCIDKeyHex = hex.EncodeToString([]byte("quicpipe bench generator CID key"))
+
+// genCIDKeyHexFlow is the key the generator registers the address of its
+// flow-th source port with (flow 0: genCIDKeyHex): one registration per
+// port, each a live target.
+func genCIDKeyHexFlow(flow int) string {
+	k := []byte("quicpipe bench generator CID key")
+	k[len(k)-1] += byte(flow)
+	return hex.EncodeToString(k)
+}
 
 func runCapacity(ctx context.Context, res *Results, opt options, outDir string) error {
 	lab, err := newRelayLab()
@@ -316,7 +325,7 @@ func startCapGen(lab *Lab, srv *capServer, port, flows int, extra ...string) (ge
 	bind := fmt.Sprintf("%s:%d", addrA, port)
 	if srv.registerGen != nil {
 		for i := range flows {
-			if err := srv.registerGen(fmt.Sprintf("%s:%d", addrA, port+i)); err != nil {
+			if err := srv.registerGen(fmt.Sprintf("%s:%d", addrA, port+i), i); err != nil {
 				return nil, nil, fmt.Errorf("registering the generator: %w", err)
 			}
 		}
@@ -408,10 +417,10 @@ func startCapServer(lab *Lab, c capCase, tmp string, valgrind bool) (*capServer,
 		reg.kill()
 		// The generator plays a registered peer: register its address the
 		// same way, with a key of its own, before it binds that port.
-		srv.registerGen = func(bind string) error {
+		srv.registerGen = func(bind string, flow int) error {
 			reg, err := lab.startRole("registrar-gen", "a", capGenCPU, "registrar",
 				"-relay", relayAddr, "-relaykey", hex.EncodeToString(pub(benchKey("relay"))),
-				"-bind", bind, "-cidkey", genCIDKeyHex)
+				"-bind", bind, "-cidkey", genCIDKeyHexFlow(flow))
 			if err != nil {
 				return err
 			}
