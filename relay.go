@@ -19,7 +19,8 @@ import (
 )
 
 // Relay forwards QUIC packets between peers by destination connection ID and
-// serves the registration API over HTTP/3, both on one UDP socket.
+// serves the registration API over HTTP/3, both on one UDP port: one socket,
+// or one per forwarding reader (RelayConfig.Readers).
 //
 // Datagrams whose 12-byte destination CID is registered are forwarded
 // unchanged, without decryption, to the registered address. Everything else
@@ -84,7 +85,9 @@ type Relay struct {
 }
 
 // ListenRelay opens a UDP socket on addr (for example ":4433" or
-// "127.0.0.1:0") and returns a Relay that owns it.
+// "127.0.0.1:0") and returns a Relay that owns it. On Linux the socket has
+// SO_REUSEPORT, so that the relay's forwarding readers (RelayConfig.Readers)
+// can share its port.
 func ListenRelay(addr string, cfg *RelayConfig) (*Relay, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {

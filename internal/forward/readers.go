@@ -3,6 +3,7 @@ package forward
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"sync"
@@ -29,6 +30,13 @@ const groBufSize = 1 << 16
 const (
 	maxGSOSegments = 64
 	maxGSOBytes    = 65000
+)
+
+// maxReadErrors and readErrorPause bound how a reader rides out read
+// errors: a pause after each, and Run gives up after this many in a row.
+const (
+	maxReadErrors  = 100
+	readErrorPause = 10 * time.Millisecond
 )
 
 // readerBatch is the number of messages an extra reader reads at once.
@@ -208,20 +216,30 @@ func (c *Conn) NewReader(sock *net.UDPConn) (*Reader, error) {
 }
 
 // Run reads and forwards until ctx is done or the socket is closed, and then
-// returns nil; it returns the socket's error if reading fails otherwise.
+// returns nil; it returns the socket's error if reading keeps failing
+// otherwise (maxReadErrors times in a row).
 func (rd *Reader) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { rd.sock.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	rd.growGRO(readerBatch)
 	c := rd.c
+	failed := 0 // consecutive read errors
 	for {
 		n, err := rd.io.read(rd.gms, 0)
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return err
+			// The kernel still hashes flows to this socket: ride out
+			// a passing error (ENOMEM, ENOBUFS), give up on one that
+			// persists.
+			if failed++; failed > maxReadErrors {
+				return fmt.Errorf("forward: reader: %w", err)
+			}
+			time.Sleep(readErrorPause)
+			continue
 		}
+		failed = 0
 		rd.routeSegs(rd.gms[:n])
 		if len(rd.kept) == 0 {
 			continue
