@@ -19,7 +19,8 @@ import (
 )
 
 // Relay forwards QUIC packets between peers by destination connection ID and
-// serves the registration API over HTTP/3, both on one UDP socket.
+// serves the registration API over HTTP/3, both on one UDP port: one socket,
+// or one per forwarding reader (RelayConfig.Readers).
 //
 // Datagrams whose 12-byte destination CID is registered are forwarded
 // unchanged, without decryption, to the registered address. Everything else
@@ -31,6 +32,10 @@ type Relay struct {
 	conn    *net.UDPConn
 	ownConn bool
 	rconn   *forward.Conn // the forwarding engine: the socket as quic-go sees it
+	// readers are the extra forwarding readers of the relay's port, on
+	// their own sockets (RelayConfig.Readers), which the relay owns.
+	readers []*forward.Reader
+	rsocks  []*net.UDPConn
 	tr      *quic.Transport
 	ln      *quic.Listener
 	h3      *http3.Server
@@ -81,13 +86,15 @@ type Relay struct {
 }
 
 // ListenRelay opens a UDP socket on addr (for example ":4433" or
-// "127.0.0.1:0") and returns a Relay that owns it.
+// "127.0.0.1:0") and returns a Relay that owns it. On Linux the socket has
+// SO_REUSEPORT, so that the relay's forwarding readers (RelayConfig.Readers)
+// can share its port.
 func ListenRelay(addr string, cfg *RelayConfig) (*Relay, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("quicpipe: relay address: %w", err)
 	}
-	conn, err := net.ListenUDP("udp", ua)
+	conn, err := listenReusePort(ua)
 	if err != nil {
 		return nil, fmt.Errorf("quicpipe: relay listen: %w", err)
 	}
@@ -157,9 +164,13 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		MaxTotalPacketsPerSecond: c.MaxTotalPacketsPerSecond,
 		MaxTotalBytesPerSecond:   c.MaxTotalBytesPerSecond,
 		Follow:                   r.wakeFollow,
+		GRO:                      true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("quicpipe: relay socket: %w", err)
+	}
+	if err := r.openReaders(); err != nil {
+		return nil, err
 	}
 	// Stateless resets only ever answer packets for the relay's own CIDs:
 	// packets for unknown peer CIDs are dropped before quic-go sees them, so
@@ -174,12 +185,14 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	r.ln, err = r.tr.Listen(tlsConf, qconf)
 	if err != nil {
 		r.tr.Close()
+		r.closeReaders()
 		return nil, fmt.Errorf("quicpipe: relay listen: %w", err)
 	}
 	if c.FastPath != nil {
 		if err := r.attachXDP(); err != nil {
 			r.ln.Close()
 			r.tr.Close()
+			r.closeReaders()
 			return nil, err
 		}
 	}
@@ -190,6 +203,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 			}
 			r.ln.Close()
 			r.tr.Close()
+			r.closeReaders()
 			return nil, err
 		}
 	}
@@ -271,6 +285,7 @@ func (r *Relay) Serve(ctx context.Context) error {
 		}
 		r.wg.Go(r.janitor)
 		r.startProbes()
+		r.startReaders()
 		r.connMu.Unlock()
 		done := make(chan error, 1)
 		go func() { done <- r.acceptConns(r.ln) }()
@@ -327,6 +342,7 @@ func (r *Relay) Close() error {
 		if r.ownConn {
 			errs = append(errs, r.conn.Close())
 		}
+		errs = append(errs, r.closeReaders())
 		r.wg.Wait()
 		if r.locals.rd != nil {
 			errs = append(errs, r.locals.rd.close())

@@ -178,6 +178,20 @@ type RelayConfig struct {
 	// either are dropped (ProbeStats.Limited). A reply is never larger than
 	// its request. If zero, 2000 and 20 are used.
 	ProbeRate, ProbeRatePerSource int
+	// Readers is the number of forwarding readers of the relay's UDP port:
+	// sockets bound to its address with SO_REUSEPORT (Linux), each read
+	// and forwarded by its own goroutine, so that forwarding uses that many
+	// cores. The kernel hashes each sender's address to one socket, and a
+	// reader sends from its socket, the same address and port. Datagrams
+	// for the relay's HTTP/3 server are handed to its one QUIC transport.
+	// If zero, one per CPU (runtime.GOMAXPROCS when the relay starts), at
+	// most 64. 1 reads the one socket. More than one needs a socket with
+	// SO_REUSEPORT set before it was bound: ListenRelay sets it; with a
+	// socket from NewRelay's caller that lacks it, zero selects one reader
+	// and a number above 1 is an error. Beware that SO_REUSEPORT lets
+	// another process of the same user bind the port too. Outside Linux,
+	// there is one reader.
+	Readers int
 	// Logger receives the relay's logs. If nil, the relay logs nothing. The
 	// relay never logs per packet.
 	Logger *slog.Logger
@@ -280,6 +294,8 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 		cfg.Mailbox = m
 	}
 	switch {
+	case cfg.Readers < 0 || cfg.Readers > maxReaders:
+		return nil, fmt.Errorf("quicpipe: RelayConfig.Readers %d is outside 0 to %d", cfg.Readers, maxReaders)
 	case cfg.RegistrationTTL < time.Second:
 		return nil, fmt.Errorf("quicpipe: RegistrationTTL %v is below 1s", cfg.RegistrationTTL)
 	case cfg.MaxKeyLen < MinCIDKeyLen || cfg.MaxKeyLen > MaxCIDKeyLen:

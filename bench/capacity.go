@@ -42,6 +42,24 @@ type capCase struct {
 	fleetRegs int
 	// port is the relay's port, if not relayPort.
 	port int
+	// gro turns GRO on on the relay's interface (r0): the generator's
+	// bursts, which cross the links one datagram at a time, reach a socket
+	// with UDP_GRO coalesced again, as a NIC's GRO hands them over.
+	gro bool
+	// readers is the relay's RelayConfig.Readers (0: its default, one per
+	// CPU the process may use); flows the generator's source ports. With
+	// both cores, the relay process is not pinned (it shares CPU 0 with
+	// the generator).
+	readers, flows int
+	bothCores      bool
+}
+
+// relayCPU returns the CPU the case's relay is pinned to, or -1.
+func (c capCase) relayCPU() int {
+	if c.bothCores {
+		return -1
+	}
+	return capRelayCPU
 }
 
 var capCases = []capCase{
@@ -52,6 +70,25 @@ var capCases = []capCase{
 	{name: "bare XDP_TX reflector", kind: "reflector", baseline: true, xdp: true},
 	{name: "reference: recvmmsg+sendmmsg loop", kind: "bare-sendmmsg"},
 	{name: "reference: recvmmsg+GSO loop", kind: "bare-gso"},
+	{name: "Quicpipe relay (userspace, GRO link)", kind: "quicpipe", gro: true},
+	{name: "coturn (GRO link)", kind: "coturn", baseline: true, gro: true},
+	{name: "Quicpipe relay (1 reader, 8 flows)", kind: "quicpipe", readers: 1, flows: 8},
+	{name: "Quicpipe relay (2 readers, 8 flows, both cores)", kind: "quicpipe", readers: 2, flows: 8, bothCores: true},
+}
+
+// caseSelected reports whether the -cases filter selects c: a
+// comma-separated list of substrings of case names, or exact names
+// prefixed with "=".
+func caseSelected(c capCase) bool {
+	if caseFilter == "" {
+		return true
+	}
+	for _, f := range strings.Split(caseFilter, ",") {
+		if f, exact := strings.CutPrefix(f, "="); exact && c.name == f || !exact && strings.Contains(c.name, f) {
+			return true
+		}
+	}
+	return false
 }
 
 // capServer is whatever forwards in one case.
@@ -61,7 +98,7 @@ type capServer struct {
 	// registerGen, if not nil, registers the generator's address with the
 	// relay before it starts: a Quicpipe relay forwards only datagrams from
 	// the addresses of live registrations.
-	registerGen func(bind string) error
+	registerGen func(bind string, flow int) error
 	stats       func() (relayStats, bool)
 	stop        func()
 	inodes      map[uint64]bool // the lab's namespaces
@@ -81,6 +118,15 @@ var cidKeyHex = hex.EncodeToString([]byte("quicpipe bench CID key, 32 byte"))
 
 // genCIDKeyHex is the key the generator registers its own address with.
 var genCIDKeyHex = hex.EncodeToString([]byte("quicpipe bench generator CID key"))
+
+// genCIDKeyHexFlow is the key the generator registers the address of its
+// flow-th source port with (flow 0: genCIDKeyHex): one registration per
+// port, each a live target.
+func genCIDKeyHexFlow(flow int) string {
+	k := []byte("quicpipe bench generator CID key")
+	k[len(k)-1] += byte(flow)
+	return hex.EncodeToString(k)
+}
 
 func runCapacity(ctx context.Context, res *Results, opt options, outDir string) error {
 	lab, err := newRelayLab()
@@ -121,10 +167,31 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 	machine.Explanation = "CPU time of the lab's processes and of kernel threads on both cores (other processes on the machine left out, see below), divided by forwarded datagrams. It includes the generator, the router namespace, the sink's nftables drop and the relay: the difference between cases is the cost of forwarding. With XDP the generator's core does all of it and is saturated."
 
 	for i, c := range capCases {
-		if caseFilter != "" && !strings.Contains(c.name, caseFilter) {
+		if !caseSelected(c) {
 			continue
 		}
 		logf("capacity: %s", c.name)
+		gro := "off"
+		if c.gro {
+			gro = "on"
+		}
+		// GRO on a veth coalesces only datagrams whose checksum is
+		// known good, as a NIC's are: with GRO, the generator's
+		// interface computes checksums in software (a0 "tx off"), so that
+		// the datagrams reach r0 as a NIC hands them over. Otherwise
+		// checksums stay offloaded (partial), as before.
+		tx := "on"
+		if c.gro {
+			tx = "off"
+		}
+		if err := lab.run("r", "ethtool", "-K", "r0", "gro", gro); err != nil {
+			res.missing("capacity: "+c.name, fmt.Errorf("GRO %s on r0: %w", gro, err))
+			continue
+		}
+		if err := lab.run("a", "ethtool", "-K", "a0", "tx", tx); err != nil {
+			res.missing("capacity: "+c.name, fmt.Errorf("checksum offload %s on a0: %w", tx, err))
+			continue
+		}
 		srv, err := startCapServer(lab, c, tmp, false)
 		if err != nil {
 			res.missing("capacity: "+c.name, err)
@@ -132,7 +199,7 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 		}
 		err = func() error {
 			defer srv.stop()
-			gen, stop, err := startCapGen(lab, srv, 7000+i, "-gso")
+			gen, stop, err := startCapGen(lab, srv, 7000+i, max(c.flows, 1), "-gso")
 			if err != nil {
 				return err
 			}
@@ -185,6 +252,9 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 		if err != nil {
 			res.missing("capacity: "+c.name, err)
 		}
+	}
+	if noInstructions {
+		return nil
 	}
 	if err := runInstructions(lab, res, opt, tmp); err != nil {
 		res.missing("capacity: instructions per datagram", err)
@@ -270,14 +340,16 @@ func capTake(lab *Lab, srv *capServer) (capSample, error) {
 
 // startCapGen starts the generator on A, bound to port, sending at srv, and
 // turns the sink on. stop undoes both.
-func startCapGen(lab *Lab, srv *capServer, port int, extra ...string) (gen *proc, stop func(), err error) {
+func startCapGen(lab *Lab, srv *capServer, port, flows int, extra ...string) (gen *proc, stop func(), err error) {
 	bind := fmt.Sprintf("%s:%d", addrA, port)
 	if srv.registerGen != nil {
-		if err := srv.registerGen(bind); err != nil {
-			return nil, nil, fmt.Errorf("registering the generator: %w", err)
+		for i := range flows {
+			if err := srv.registerGen(fmt.Sprintf("%s:%d", addrA, port+i), i); err != nil {
+				return nil, nil, fmt.Errorf("registering the generator: %w", err)
+			}
 		}
 	}
-	genArgs := append([]string{"-bind", bind}, srv.genArgs...)
+	genArgs := append([]string{"-bind", bind, "-flows", fmt.Sprint(flows)}, srv.genArgs...)
 	gen, err = lab.startRole("generator", "a", capGenCPU, "gen", append(genArgs, extra...)...)
 	if err != nil {
 		return nil, nil, err
@@ -339,7 +411,7 @@ func startCapServer(lab *Lab, c capCase, tmp string, valgrind bool) (*capServer,
 	}
 	switch c.kind {
 	case "quicpipe", "quicpipe-xdp", "quicpipe-fleet", "quicpipe-bigtable":
-		args := []string{"-listen", relayAddr}
+		args := []string{"-listen", relayAddr, "-readers", fmt.Sprint(c.readers)}
 		if c.kind == "quicpipe-fleet" {
 			dir, err := os.MkdirTemp(tmp, "nats-")
 			if err != nil {
@@ -356,7 +428,7 @@ func startCapServer(lab *Lab, c capCase, tmp string, valgrind bool) (*capServer,
 			}
 			args = append(args, "-xdp", "r0", "-xdpmode", "native")
 		}
-		r, err := startRole("quicpipe-relay", "r", capRelayCPU, "relay", args...)
+		r, err := startRole("quicpipe-relay", "r", c.relayCPU(), "relay", args...)
 		if err != nil {
 			return fail(err)
 		}
@@ -391,10 +463,10 @@ func startCapServer(lab *Lab, c capCase, tmp string, valgrind bool) (*capServer,
 		reg.kill()
 		// The generator plays a registered peer: register its address the
 		// same way, with a key of its own, before it binds that port.
-		srv.registerGen = func(bind string) error {
+		srv.registerGen = func(bind string, flow int) error {
 			reg, err := lab.startRole("registrar-gen", "a", capGenCPU, "registrar",
 				"-relay", relayAddr, "-relaykey", hex.EncodeToString(pub(benchKey("relay"))),
-				"-bind", bind, "-cidkey", genCIDKeyHex)
+				"-bind", bind, "-cidkey", genCIDKeyHexFlow(flow))
 			if err != nil {
 				return err
 			}

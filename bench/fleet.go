@@ -374,7 +374,7 @@ func fleetCapWindows(lab *Lab, cases []capCase, pps, perCPU *Figure, opt options
 		}
 		defer srv.stop()
 		bind := fmt.Sprintf("%s:%d", addrA, 7100+i)
-		if err := srv.registerGen(bind); err != nil {
+		if err := srv.registerGen(bind, 0); err != nil {
 			return fmt.Errorf("%s: registering the generator: %w", c.name, err)
 		}
 		gen, err := lab.startRole(fmt.Sprintf("generator-%d", i), "a", capGenCPU, "gen",

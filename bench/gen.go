@@ -34,6 +34,7 @@ func genRole(args []string) error {
 	peer := fs.String("peer", "", "TURN peer address:port (mode turn)")
 	batch := fs.Int("batch", 64, "datagrams per sendmmsg")
 	gso := fs.Bool("gso", false, "send each batch as UDP GSO sends (segmented before it leaves A, see capacity.go)")
+	flows := fs.Int("flows", 1, "send from this many ports, from -bind's on, one batch each in turn (so that SO_REUSEPORT spreads them)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -45,11 +46,20 @@ func genRole(args []string) error {
 	if err != nil {
 		return err
 	}
-	fd, err := bindUDP(src, unix.SO_SNDBUF, 4<<20, unix.SO_REUSEADDR, 1)
-	if err != nil {
-		return fmt.Errorf("bind %v: %w", src, err)
+	if *flows < 1 || *flows > 64 {
+		return fmt.Errorf("-flows must be 1 to 64")
 	}
-	defer unix.Close(fd)
+	fds := make([]int, *flows)
+	for i := range fds {
+		ap := netip.AddrPortFrom(src.Addr(), src.Port()+uint16(i))
+		fd, err := bindUDP(ap, unix.SO_SNDBUF, 4<<20, unix.SO_REUSEADDR, 1)
+		if err != nil {
+			return fmt.Errorf("bind %v: %w", ap, err)
+		}
+		defer unix.Close(fd)
+		fds[i] = fd
+	}
+	fd := fds[0]
 
 	var payloads [][]byte
 	ready := map[string]any{}
@@ -96,8 +106,10 @@ func genRole(args []string) error {
 	default:
 		return fmt.Errorf("unknown mode %q", *mode)
 	}
-	if err := unix.Connect(fd, sockaddr(dst)); err != nil {
-		return err
+	for _, fd := range fds {
+		if err := unix.Connect(fd, sockaddr(dst)); err != nil {
+			return err
+		}
 	}
 	ready["bytes"] = len(payloads[0])
 	say("ready", ready)
@@ -153,7 +165,7 @@ func genRole(args []string) error {
 				return nil, fmt.Errorf("already running")
 			}
 			go func() {
-				sent, errs, el := blast(fd, hdrs, time.Duration(secs*float64(time.Second)), maxN, rate)
+				sent, errs, el := blast(fds, hdrs, time.Duration(secs*float64(time.Second)), maxN, rate)
 				running.Store(false)
 				say("ev", map[string]any{"sent": sent, "errors": errs, "secs": el.Seconds()})
 			}()
@@ -170,11 +182,12 @@ var (
 )
 
 // blast sends batches until d has passed or maxN datagrams are out, pacing
-// to rate datagrams per second if rate > 0.
-func blast(fd int, hdrs []unix.Mmsghdr, d time.Duration, maxN int64, rate float64) (sent, errs int64, elapsed time.Duration) {
+// to rate datagrams per second if rate > 0, from each of fds in turn.
+func blast(fds []int, hdrs []unix.Mmsghdr, d time.Duration, maxN int64, rate float64) (sent, errs int64, elapsed time.Duration) {
 	start := time.Now()
 	end := start.Add(d)
-	for {
+	for turn := 0; ; turn++ {
+		fd := fds[turn%len(fds)]
 		now := time.Now()
 		if !now.Before(end) || sent >= maxN {
 			break

@@ -33,7 +33,7 @@ func runInstructions(lab *Lab, res *Results, opt options, tmp string) error {
 		fmt.Sprintf("veth, 1200-byte datagrams offered at %.0f/s", opt.cgRate), "instructions per datagram", false)
 	fig.Explanation = "Counted by valgrind's callgrind in the relay process only (no kernel): the relay's code, its libraries and its runtime, idle time subtracted. Stable on a noisy machine, unlike CPU time."
 	for i, c := range capCases {
-		if c.xdp || (caseFilter != "" && !strings.Contains(c.name, caseFilter)) {
+		if c.xdp || c.gro || !caseSelected(c) {
 			continue
 		}
 		logf("instructions: %s", c.name)
@@ -54,7 +54,7 @@ func instructionsCase(lab *Lab, fig *Figure, opt options, tmp string, c capCase,
 		return err
 	}
 	defer srv.stop()
-	gen, stop, err := startCapGen(lab, srv, port)
+	gen, stop, err := startCapGen(lab, srv, port, 1)
 	if err != nil {
 		return err
 	}

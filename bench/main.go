@@ -53,6 +53,8 @@ type options struct {
 var (
 	verbose    bool
 	caseFilter string
+	// noInstructions skips the callgrind counts of the capacity cases.
+	noInstructions bool
 )
 
 func logf(format string, args ...any) {
@@ -71,7 +73,8 @@ func main() {
 	out := flag.String("out", "", "results directory (default results/<date-time>)")
 	only := flag.String("only", "", "comma-separated comparisons to run: capacity,setup,bulk,memory,fleet")
 	flag.BoolVar(&verbose, "v", false, "log the processes' standard error")
-	flag.StringVar(&caseFilter, "cases", "", "only the capacity cases whose name contains this (for debugging)")
+	flag.StringVar(&caseFilter, "cases", "", "only the capacity cases whose name contains one of these comma-separated strings (=NAME: exactly NAME)")
+	flag.BoolVar(&noInstructions, "noinstr", false, "skip the instruction counts (callgrind) of the capacity comparison")
 	flag.IntVar(&coturnThreads, "coturn-threads", 0, "coturn's relay-threads (0: relay in the listener thread, its fastest setting on one pinned core)")
 	flag.Parse()
 	_ = quick

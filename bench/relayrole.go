@@ -60,10 +60,12 @@ func relayRole(args []string) error {
 	big := fs.Bool("big", false, "raise the table limits for the memory comparison")
 	fleetDir := fs.String("fleet", "", "join a fleet: run an embedded NATS node storing in this directory, and a fleet member on it")
 	fleetNATS := fs.String("fleet-nats", memberNATS, "where the embedded NATS node of -fleet listens")
+	readers := fs.Int("readers", 0, "RelayConfig.Readers (0: one per CPU the process may use)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	cfg := benchRelayConfig(*big)
+	cfg.Readers = *readers
 	if *mailbox {
 		// The per-source posting cap is policy too: a setup run dials from
 		// one address many times a second.

@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"github.com/quic-go/quic-go"
 	"github.com/quicpipe/quicpipe/internal/batch"
@@ -35,6 +36,13 @@ type Config struct {
 	// all forwarding. Zero or negative: no cap.
 	MaxPacketsPerSecond, MaxBytesPerSecond           int64
 	MaxTotalPacketsPerSecond, MaxTotalBytesPerSecond int64
+	// GRO turns on UDP generic receive offload on the socket where the
+	// kernel offers it (Linux, UDP_GRO): one read then returns many
+	// datagrams of one sender and one size, which are forwarded as one
+	// UDP GSO message when they all go to one destination. Datagrams for
+	// quic-go are split and copied into its buffers, one per message, in
+	// order. If false, the socket reads one datagram per message.
+	GRO bool
 	// Follow, if set, is called on the forwarding goroutine when a datagram
 	// for e's CIDs arrives from an address that no live registration
 	// forwards to (most likely after the peer's NAT rebound), at most once
@@ -65,27 +73,27 @@ type FastPath interface {
 // first, then the datagrams for quic-go are moved down into the lowest slots.
 type Conn struct {
 	batch.Socket // the socket, owned by the caller of NewConn
-	io           batchIO
+	reader       // the socket's reader: quic-go's ReadBatch
 
 	table   *Table
 	targets *Targets
 	cfg     Config
 
 	// epoch marks this run's CIDs (see RelayCIDGenerator). Packets for
-	// earlier runs' CIDs get a stateless reset from resetter (keyed like
-	// quic-go's), at most maxResetsPerSecond; only the forwarding
-	// goroutine uses them.
-	epoch    [3]byte
-	resetter hash.Hash
-	resets   TokenBucket
+	// earlier runs' CIDs get a stateless reset (keyed like quic-go's, by
+	// each reader's resetter), at most maxResetsPerSecond.
+	epoch  [3]byte
+	resets TokenBucket
 
-	// Global forwarding caps; only the forwarding goroutine touches them.
+	// Global forwarding caps, shared by all readers (lock-free buckets).
 	totalPackets, totalBytes TokenBucket
 
 	initials initialFilter
 	fast     *fastPath // nil unless SetFastPath was called
 
 	tuns tunnels // open tunnels (tunnel.go)
+
+	srv serverQueue // datagrams for quic-go from other readers (readers.go)
 
 	stats counters
 }
@@ -96,13 +104,38 @@ type Conn struct {
 func NewConn(c *net.UDPConn, table *Table, targets *Targets, cfg Config) (*Conn, error) {
 	fc := &Conn{Socket: batch.NewSocket(c), table: table, targets: targets, cfg: cfg}
 	rand.Read(fc.epoch[:])
-	if cfg.ResetKey != nil {
-		fc.resetter = hmac.New(sha256.New, cfg.ResetKey[:])
-	}
-	if err := fc.io.init(c); err != nil {
+	fc.srv.init()
+	if err := fc.reader.init(fc, c); err != nil {
 		return nil, err // the socket's own error; the relay says which socket
 	}
 	return fc, nil
+}
+
+// reader is what one goroutine reading one socket needs of its own: its
+// batch buffers and its stateless-reset hash.
+type reader struct {
+	c        *Conn
+	io       batchIO
+	resetter hash.Hash // nil: no resets
+
+	// With GRO, or for an extra reader: the engine's own receive
+	// buffers, and the datagrams in them kept for quic-go.
+	gms  []ipv4.Message
+	kept []segRef
+
+	datagrams atomic.Uint64 // read from the socket
+}
+
+// Datagrams returns how many datagrams the reader read from its socket
+// (those of a GRO read counted one by one).
+func (r *reader) Datagrams() uint64 { return r.datagrams.Load() }
+
+func (r *reader) init(c *Conn, sock *net.UDPConn) error {
+	r.c = c
+	if c.cfg.ResetKey != nil {
+		r.resetter = hmac.New(sha256.New, c.cfg.ResetKey[:])
+	}
+	return r.io.init(sock, c.cfg.GRO)
 }
 
 // CIDGenerator returns the generator of the relay's own connection IDs for
@@ -138,17 +171,41 @@ func (c *Conn) NewDest(ap netip.AddrPort) (*Dest, bool) {
 }
 
 // ReadBatch reads datagrams until some are for quic-go, forwarding the
-// others, and returns how many it left in the lowest slots of ms.
+// others, and returns how many it left in the lowest slots of ms. Datagrams
+// for quic-go that other readers (NewReader) received come first.
 func (c *Conn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 	for {
-		n, err := c.io.read(ms, flags)
+		if n := c.srv.take(ms); n > 0 {
+			return n, nil
+		}
+		var n int
+		var err error
+		if c.io.gro {
+			n, err = c.readGRO(ms)
+		} else if n, err = c.io.read(ms, flags); err == nil {
+			n = c.route(ms[:n])
+		}
 		if err != nil {
+			if c.srv.woke(c.UDPConn(), err) {
+				continue
+			}
 			return 0, err
 		}
-		if k := c.route(ms[:n]); k > 0 {
-			return k, nil
+		if n > 0 {
+			return n, nil
 		}
 	}
+}
+
+// SetReadDeadline sets the deadline of ReadBatch.
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.srv.setDeadline(c.UDPConn(), t) }
+
+// SetDeadline sets the read and write deadlines.
+func (c *Conn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.UDPConn().SetWriteDeadline(t)
 }
 
 var _ quic.OOBCapablePacketConn = (*Conn)(nil)
@@ -169,9 +226,9 @@ type Counters struct {
 	// that got no reset; from an address no live registration forwards to;
 	// a long header with a relay's source CID.
 	UnknownCID, Expired, PeerInitial, Malformed, RateLimited, StaleCID, UnknownSource, RelaySCID uint64
-	// TunnelFull counts datagrams for a tunnel, or from tunnels for the
-	// relay's server, dropped because the queue was full or the tunnel
-	// gone.
+	// TunnelFull counts datagrams for a tunnel, or for the relay's server
+	// from tunnels or other readers, dropped because the queue was full or
+	// the tunnel gone.
 	TunnelFull uint64
 }
 
@@ -184,6 +241,7 @@ type counters struct {
 type batchCounts struct {
 	fwd, fwdBytes, toServer, sendErrs, resets uint64
 	fwdTunnel                                 uint64 // forwarded into tunnels (in fwd once the batch is sent)
+	resetsSent                                uint64 // resets already taken out of what a flush sent
 	drops                                     [numVerdicts]uint64
 }
 

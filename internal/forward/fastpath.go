@@ -2,6 +2,7 @@ package forward
 
 import (
 	"net/netip"
+	"sync"
 	"time"
 )
 
@@ -19,6 +20,8 @@ type fastPath struct {
 	fp FastPath
 	// reput remembers when the forwarding path last put a CID back, so that
 	// a burst of missed packets costs one map update per CID per second.
+	// Readers share it under mu.
+	mu    sync.Mutex
 	reput map[[CIDLen]byte]int64
 }
 
@@ -31,13 +34,16 @@ func (c *Conn) reput(cid []byte, e *Entry, d *Dest, now int64) {
 	x := c.fast
 	var k [CIDLen]byte
 	copy(k[:], cid)
+	x.mu.Lock()
 	if last, ok := x.reput[k]; ok && now-last < reputEvery {
+		x.mu.Unlock()
 		return
 	}
 	if len(x.reput) >= reputLimit {
 		clear(x.reput)
 	}
 	x.reput[k] = now
+	x.mu.Unlock()
 	if x.fp.PutBucket(k, d.AP, netip.AddrPort{}, e.FastBucket) != nil {
 		return
 	}
@@ -50,6 +56,8 @@ func (c *Conn) reput(cid []byte, e *Entry, d *Dest, now int64) {
 	// and come here with the current destination.
 	if e := c.table.Lookup(cid); e == nil || e.dest.Load().AP != d.AP {
 		x.fp.Delete(k)
+		x.mu.Lock()
 		delete(x.reput, k)
+		x.mu.Unlock()
 	}
 }

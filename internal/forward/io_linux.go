@@ -42,6 +42,7 @@ type batchIO struct {
 	// as one message whose segments the kernel splits late, which costs
 	// far less than one trip through the stack per datagram.
 	gso     bool       // the socket supports UDP_SEGMENT and it has not failed
+	gro     bool       // UDP_GRO is on: a read may hold many datagrams
 	niov    int        // iovecs used by the queued messages
 	smeta   []sendMeta // per queued message
 	scmsg   [][]byte   // UDP_SEGMENT control message per queued message
@@ -55,13 +56,6 @@ type batchIO struct {
 	recvF      func(fd uintptr) bool
 	sendF      func(fd uintptr) bool
 }
-
-// maxGSOSegments and maxGSOBytes bound one GSO message (the kernel's limits
-// are 64 segments and 64 KiB).
-const (
-	maxGSOSegments = 64
-	maxGSOBytes    = 65000
-)
 
 // sendMeta describes one queued message.
 type sendMeta struct {
@@ -78,7 +72,7 @@ type rawAddr struct {
 	len uint32
 }
 
-func (io *batchIO) init(c *net.UDPConn) error {
+func (io *batchIO) init(c *net.UDPConn, gro bool) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
@@ -98,9 +92,58 @@ func (io *batchIO) init(c *net.UDPConn) error {
 	rc.Control(func(fd uintptr) {
 		_, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
 		io.gso = err == nil
+		if gro {
+			io.gro = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
+		}
 	})
 	return nil
 }
+
+// sameFamily reports whether io's socket is of o's address family, so that
+// destinations encoded for one serve the other.
+func (io *batchIO) sameFamily(o *batchIO) bool { return io.family == o.family }
+
+// recvInfo asks the socket for the control messages quic-go reads (packet
+// info and ECN), for a socket quic-go never saw: an extra reader's.
+func (io *batchIO) recvInfo() {
+	io.rc.Control(func(fd uintptr) {
+		f := int(fd)
+		unix.SetsockoptInt(f, unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+		unix.SetsockoptInt(f, unix.IPPROTO_IP, unix.IP_RECVTOS, 1)
+		if io.family == unix.AF_INET6 {
+			unix.SetsockoptInt(f, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1)
+			unix.SetsockoptInt(f, unix.IPPROTO_IPV6, unix.IPV6_RECVTCLASS, 1)
+		}
+	})
+}
+
+// segSize returns the size of the datagrams a GRO read coalesced into m (the
+// last one may be shorter), or 0 if m holds one datagram.
+func (io *batchIO) segSize(m *ipv4.Message) int {
+	if !io.gro {
+		return 0
+	}
+	b := m.OOB[:m.NN]
+	for len(b) >= unix.SizeofCmsghdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+		l := int(h.Len)
+		if l < unix.SizeofCmsghdr || l > len(b) {
+			return 0
+		}
+		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && l >= unix.CmsgLen(4) {
+			return int(int32(binary.NativeEndian.Uint32(b[unix.CmsgLen(0):])))
+		}
+		sp := unix.CmsgSpace(l - unix.CmsgLen(0))
+		if sp >= len(b) {
+			return 0
+		}
+		b = b[sp:]
+	}
+	return 0
+}
+
+// full reports whether the send batch cannot take one more message.
+func (io *batchIO) full() bool { return io.ns+1 >= len(io.shdrs) || io.niov+1 >= len(io.siovs) }
 
 func (io *batchIO) grow(n int) {
 	if len(io.rhdrs) >= n {
@@ -109,10 +152,18 @@ func (io *batchIO) grow(n int) {
 	io.rhdrs = make([]unix.Mmsghdr, n)
 	io.riovs = make([]unix.Iovec, n)
 	io.names = make([]unix.RawSockaddrInet6, n)
-	io.shdrs = make([]unix.Mmsghdr, n)
-	io.siovs = make([]unix.Iovec, n)
 	io.keep = make([]int, 0, n)
 	io.resets = make([][maxResetLen]byte, n)
+	io.growSend(n)
+}
+
+// growSend makes room for n messages and n iovecs in the send batch.
+func (io *batchIO) growSend(n int) {
+	if len(io.shdrs) >= n {
+		return
+	}
+	io.shdrs = make([]unix.Mmsghdr, n)
+	io.siovs = make([]unix.Iovec, n)
 	io.smeta = make([]sendMeta, n)
 	io.scmsg = make([][]byte, n)
 	for i := range io.scmsg {
@@ -241,11 +292,10 @@ func zoneName(index int) string {
 
 // queue adds datagram b for d to the send batch: as one more segment of the
 // last message if that goes to d too and GSO allows, else as a new message.
+// A segment that follows the last one in memory (the datagrams of one GRO
+// read) extends its iovec: a whole GRO read for one destination leaves as
+// one message with one iovec, uncopied.
 func (io *batchIO) queue(b []byte, d *Dest) {
-	v := io.niov
-	io.siovs[v].Base = unsafe.SliceData(b)
-	io.siovs[v].SetLen(len(b))
-	io.niov++
 	if io.gso && io.ns > 0 {
 		m := &io.smeta[io.ns-1]
 		if m.d == d && !m.closed && len(b) <= m.seg && m.segs < maxGSOSegments && m.bytes+len(b) <= maxGSOBytes {
@@ -253,7 +303,14 @@ func (io *batchIO) queue(b []byte, d *Dest) {
 			m.bytes += len(b)
 			m.closed = len(b) < m.seg
 			h := &io.shdrs[io.ns-1].Hdr
-			h.Iovlen++
+			if last := &io.siovs[io.niov-1]; uintptr(unsafe.Pointer(last.Base))+uintptr(last.Len) == uintptr(unsafe.Pointer(unsafe.SliceData(b))) {
+				last.SetLen(int(last.Len) + len(b))
+			} else {
+				io.siovs[io.niov].Base = unsafe.SliceData(b)
+				io.siovs[io.niov].SetLen(len(b))
+				io.niov++
+				h.Iovlen++
+			}
 			if m.segs == 2 { // the message becomes a GSO message
 				c := io.scmsg[io.ns-1]
 				ch := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
@@ -267,6 +324,10 @@ func (io *batchIO) queue(b []byte, d *Dest) {
 			return
 		}
 	}
+	v := io.niov
+	io.siovs[v].Base = unsafe.SliceData(b)
+	io.siovs[v].SetLen(len(b))
+	io.niov++
 	i := io.ns
 	io.smeta[i] = sendMeta{d: d, seg: len(b), segs: 1, bytes: len(b)}
 	h := &io.shdrs[i].Hdr

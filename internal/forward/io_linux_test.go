@@ -51,6 +51,20 @@ func TestQueueCoalesces(t *testing.T) {
 			io.ns, io.niov = 0, 0
 		})
 	}
+	t.Run("adjacent datagrams share an iovec", func(t *testing.T) {
+		// The datagrams of one GRO read lie one after the other: a run
+		// of them leaves as one message with one iovec over all of them.
+		io.ns, io.niov = 0, 0
+		burst := make([]byte, 3*1200+500)
+		for _, r := range [][2]int{{0, 1200}, {1200, 2400}, {2400, 3600}, {3600, 4100}} {
+			io.queue(burst[r[0]:r[1]], d1)
+		}
+		if io.ns != 1 || io.smeta[0].segs != 4 || io.shdrs[0].Hdr.Iovlen != 1 || int(io.siovs[0].Len) != len(burst) {
+			t.Fatalf("%d messages, %d segments, %d iovecs of %d bytes; want 1, 4, 1 of %d",
+				io.ns, io.smeta[0].segs, io.shdrs[0].Hdr.Iovlen, io.siovs[0].Len, len(burst))
+		}
+		io.ns, io.niov = 0, 0
+	})
 	t.Run("segment limit", func(t *testing.T) {
 		io.ns, io.niov = 0, 0
 		for range maxGSOSegments + 1 {

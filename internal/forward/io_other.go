@@ -20,6 +20,7 @@ type batchIO struct {
 	keep  []int
 	addrs []net.Addr
 
+	gro     bool // never on outside Linux
 	resets  [][maxResetLen]byte
 	hmacBuf [sha256.Size]byte
 }
@@ -32,7 +33,7 @@ type queued struct {
 // rawAddr is a destination as the portable path sends to it.
 type rawAddr struct{}
 
-func (io *batchIO) init(c *net.UDPConn) error {
+func (io *batchIO) init(c *net.UDPConn, _ bool) error {
 	io.conn = c
 	io.pc = ipv4.NewPacketConn(c)
 	return nil
@@ -94,3 +95,18 @@ func (io *batchIO) flush() (sent, failed int) {
 // usesGSO reports whether forwarded datagrams go out as UDP GSO messages:
 // never outside Linux.
 func (io *batchIO) usesGSO() bool { return false }
+
+// recvInfo does nothing: the portable path passes no control messages.
+func (io *batchIO) recvInfo() {}
+
+// segSize returns 0: reads hold one datagram each outside Linux.
+func (io *batchIO) segSize(*ipv4.Message) int { return 0 }
+
+// growSend does nothing: the portable send queue grows by itself.
+func (io *batchIO) growSend(int) {}
+
+// full reports false: the portable send queue grows by itself.
+func (io *batchIO) full() bool { return false }
+
+// sameFamily reports true: the portable path sends to netip addresses.
+func (io *batchIO) sameFamily(*batchIO) bool { return true }

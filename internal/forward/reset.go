@@ -22,17 +22,18 @@ const (
 // datagram b, received in slot i, which carries a relay CID of an earlier run.
 // The reset is shorter than b, so the relay never amplifies, and peers never
 // send resets, so resets cannot loop.
-func (c *Conn) queueReset(b []byte, i int, now int64) bool {
-	if c.resetter == nil || len(b) < minResetLen+1 || !c.resets.Allow(1, now, maxResetsPerSecond, maxResetsPerSecond) {
+func (r *reader) queueReset(b []byte, i int, now int64) bool {
+	c := r.c
+	if r.resetter == nil || len(b) < minResetLen+1 || !c.resets.Allow(1, now, maxResetsPerSecond, maxResetsPerSecond) {
 		return false
 	}
-	io := &c.io
+	io := &r.io
 	out := io.resetBuf(i)[:min(len(b)-1, maxResetLen)]
 	rand.Read(out[:len(out)-resetTokenLen])
 	out[0] = 0x40 | out[0]&0x3f // looks like a short-header packet
-	c.resetter.Reset()
-	c.resetter.Write(b[shortDCIDOffset : shortDCIDOffset+CIDLen])
-	copy(out[len(out)-resetTokenLen:], c.resetter.Sum(io.hmacBuf[:0]))
+	r.resetter.Reset()
+	r.resetter.Write(b[shortDCIDOffset : shortDCIDOffset+CIDLen])
+	copy(out[len(out)-resetTokenLen:], r.resetter.Sum(io.hmacBuf[:0]))
 	io.queueTo(out, i)
 	return true
 }

@@ -14,9 +14,10 @@ import (
 // route forwards the datagrams of one batch that belong to peers and
 // compacts the others into the lowest slots of ms. It returns how many are
 // left for quic-go.
-func (c *Conn) route(ms []ipv4.Message) int {
+func (r *reader) route(ms []ipv4.Message) int {
+	c := r.c
 	now := time.Now().UnixNano()
-	io := &c.io
+	io := &r.io
 	io.grow(len(ms))
 	io.keep = io.keep[:0]
 	var n batchCounts
@@ -41,7 +42,7 @@ func (c *Conn) route(ms []ipv4.Message) int {
 		case toServer:
 			io.keep = append(io.keep, i)
 		case resetStale:
-			if c.queueReset(b, i, now) {
+			if r.queueReset(b, i, now) {
 				n.resets++
 			} else {
 				n.drops[v]++
@@ -63,6 +64,7 @@ func (c *Conn) route(ms []ipv4.Message) int {
 	}
 	n.toServer = uint64(len(io.keep))
 	c.stats.add(&n)
+	r.datagrams.Add(uint64(len(ms)))
 	return len(io.keep)
 }
 

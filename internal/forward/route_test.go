@@ -80,9 +80,15 @@ type forwardRig struct {
 
 func newForwardRig(tb testing.TB, size int) *forwardRig {
 	tb.Helper()
+	return newForwardRigConfig(tb, size, testConfig())
+}
+
+// newForwardRigConfig is newForwardRig with the engine configured by cfg.
+func newForwardRigConfig(tb testing.TB, size int, cfg Config) *forwardRig {
+	tb.Helper()
 	g := &forwardRig{sock: listenLoopback(tb), sender: listenLoopback(tb), sink: listenLoopback(tb)}
 	var err error
-	if g.c, err = NewConn(g.sock, NewTable(), new(Targets), testConfig()); err != nil {
+	if g.c, err = NewConn(g.sock, NewTable(), new(Targets), cfg); err != nil {
 		tb.Fatal(err)
 	}
 	_, cids := register(tb, g.c, g.sink.LocalAddr().(*net.UDPAddr).AddrPort(), 64)

@@ -31,9 +31,11 @@ func IsTunnelAddr(a netip.Addr) bool { return TunnelPrefix.Contains(a) }
 // Packet is one datagram queued for a tunnel or for the relay's HTTP/3
 // server, in a pooled buffer.
 type Packet struct {
-	buf [MaxTunnelDatagram]byte
-	n   int
-	src AddrKey // for the server: the tunnel it came from
+	buf  [MaxTunnelDatagram]byte
+	n    int
+	src  AddrKey // for the server: the tunnel or address it came from
+	oob  [maxPacketOOB]byte
+	noob int // for the server: control messages of the read (another reader's)
 }
 
 // Bytes returns the datagram.
@@ -47,6 +49,7 @@ var packetPool = sync.Pool{New: func() any { return new(Packet) }}
 func newPacket(b []byte) *Packet {
 	p := packetPool.Get().(*Packet)
 	p.n = copy(p.buf[:], b)
+	p.noob = 0
 	return p
 }
 
