@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"os"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -188,5 +191,44 @@ func BenchmarkJanitorWithFleetTable(b *testing.B) {
 	b.ResetTimer()
 	for b.Loop() {
 		r.expire(now)
+	}
+}
+
+// TestMeasureFleetTable measures what a fleet member's relay holds per
+// remote registration of 64 CIDs (the default window) at a large count:
+// QUICPIPE_MEASURE_FLEET_TABLE=1000000 go test -run TestMeasureFleetTable -v -timeout 30m .
+// (about 6 GB at 1M). It reports heap and RSS growth per registration; the
+// fleet member's own record of each key and its NATS node come on top
+// (bench/, comparison 5).
+func TestMeasureFleetTable(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("QUICPIPE_MEASURE_FLEET_TABLE"))
+	if n <= 0 {
+		t.Skip("set QUICPIPE_MEASURE_FLEET_TABLE=N to measure N remote registrations")
+	}
+	const window = 64
+	e := newTestEnv(t, "127.0.0.1:0", &RelayConfig{MaxRegistrations: n + 1, MaxCIDs: window*n + 1})
+	r := e.relay
+	target := netip.MustParseAddrPort("127.0.0.1:40001")
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	rss0 := rssMB()
+	start := time.Now()
+	k := make([]byte, 16)
+	for i := range n {
+		binary.BigEndian.PutUint64(k, uint64(i)+1)
+		if err := r.ApplyRemote(FleetRecord{Key: k, First: 1, Num: window, Target: target, Member: "m1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	took := time.Since(start)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	rss1 := rssMB()
+	heap := float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n)
+	t.Logf("%d remote registrations of %d CIDs applied in %v (%.0f/s): heap %.0f B per registration (%.1f B per CID), RSS %d -> %d MB (%.0f B per registration)",
+		n, window, took.Round(time.Millisecond), float64(n)/took.Seconds(), heap, heap/window, rss0, rss1, float64(rss1-rss0)*(1<<20)/float64(n))
+	if s := r.Stats(); s.RemoteRegistrations != n || s.CIDs != window*n {
+		t.Fatalf("stats: %d remote registrations, %d CIDs; want %d, %d", s.RemoteRegistrations, s.CIDs, n, window*n)
 	}
 }
