@@ -38,7 +38,7 @@ func startNATS(t *testing.T, jetStream bool) string {
 }
 
 // startNATSServer is startNATS, returning the server too.
-func startNATSServer(t *testing.T, jetStream bool) (string, *server.Server) {
+func startNATSServer(t testing.TB, jetStream bool) (string, *server.Server) {
 	t.Helper()
 	s := runNATS(t, &server.Options{Host: "127.0.0.1", Port: -1, JetStream: jetStream, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
 	return s.ClientURL(), s
@@ -46,7 +46,7 @@ func startNATSServer(t *testing.T, jetStream bool) (string, *server.Server) {
 
 // runNATS starts a NATS server with opts and stops it at the end of the
 // test.
-func runNATS(t *testing.T, opts *server.Options) *server.Server {
+func runNATS(t testing.TB, opts *server.Options) *server.Server {
 	t.Helper()
 	s, err := server.NewServer(opts)
 	if err != nil {

@@ -33,18 +33,7 @@ import (
 // held mailbox, with every mailbox held at once. Run it with
 // -benchtime=100000x for the figure at a relay's default MaxMailboxes.
 func BenchmarkMailboxHold(b *testing.B) {
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	go srv.Start()
-	defer func() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	}()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		b.Fatal("NATS server not ready within 10s")
-	}
+	srv := runNATS(b, &server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
 	nc, err := nats.Connect(srv.ClientURL())
 	if err != nil {
 		b.Fatal(err)
@@ -100,21 +89,7 @@ func BenchmarkMailboxInterest(b *testing.B) {
 }
 
 func benchInterest(b *testing.B, cluster bool) {
-	start := func(opts *server.Options) *server.Server {
-		s, err := server.NewServer(opts)
-		if err != nil {
-			b.Fatal(err)
-		}
-		go s.Start()
-		b.Cleanup(func() {
-			s.Shutdown()
-			s.WaitForShutdown()
-		})
-		if !s.ReadyForConnections(10 * time.Second) {
-			b.Fatal("NATS server not ready within 10s")
-		}
-		return s
-	}
+	start := func(opts *server.Options) *server.Server { return runNATS(b, opts) }
 	opts := &server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true}
 	if cluster {
 		opts.Cluster = server.ClusterOpts{Name: "bench", Host: "127.0.0.1", Port: -1}
@@ -190,25 +165,13 @@ func benchInterest(b *testing.B, cluster bool) {
 // NATS request/reply more). The holder and the poster are bare HTTP/3
 // clients on loopback; compare the two in one run.
 func BenchmarkMailboxPost(b *testing.B) {
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: b.TempDir(),
-		NoLog: true, NoSigs: true})
-	if err != nil {
-		b.Fatal(err)
-	}
-	go srv.Start()
-	defer func() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	}()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		b.Fatal("NATS server not ready within 10s")
-	}
+	url, _ := startNATSServer(b, true)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	mcfg := &quicpipe.MailboxConfig{PostRate: 1e9, PostBurst: 1 << 30}
 	members := make([]*mailboxMember, 2)
 	for i, name := range []string{"a", "b"} {
-		members[i] = newMailboxMemberB(b, ctx, srv.ClientURL(), name, mcfg)
+		members[i] = newMailboxMemberB(b, ctx, url, name, mcfg)
 	}
 	flight := benchFlight(b, ctx, members[0])
 	for _, c := range []struct {

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/quicpipe/quicpipe"
 )
 
@@ -26,22 +25,10 @@ func (nopTable) FleetRecord([]byte) (quicpipe.FleetRecord, bool) {
 // handed to Put at once, until all are acknowledged, as after a member's
 // death when its peers register again at the survivors.
 func BenchmarkMemberWrites(b *testing.B) {
-	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true,
-		JetStream: true, StoreDir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	go srv.Start()
-	defer func() {
-		srv.Shutdown()
-		srv.WaitForShutdown()
-	}()
-	if !srv.ReadyForConnections(10 * time.Second) {
-		b.Fatal("NATS server not ready within 10s")
-	}
+	url, _ := startNATSServer(b, true)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	m, err := New(ctx, Config{URL: srv.ClientURL(), Bucket: testBucket, Member: "w"})
+	m, err := New(ctx, Config{URL: url, Bucket: testBucket, Member: "w"})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -14,8 +14,8 @@ const reputLimit = 1 << 16
 // into the fast path's map (nanoseconds).
 const reputEvery = int64(time.Second)
 
-// fastPath is the forwarding path's handle on a kernel fast path. Only the
-// forwarding goroutine uses it.
+// fastPath is the forwarding path's handle on a kernel fast path, shared by
+// the engine's readers. It is used only when the fast path missed a packet.
 type fastPath struct {
 	fp FastPath
 	// reput remembers when the forwarding path last put a CID back, so that
