@@ -203,8 +203,16 @@ func TestDialErrorSaysHowFar(t *testing.T) {
 					nftForward(t, ns, "dialblock", fmt.Sprintf(`iifname "lan0" ip daddr %s drop`, relay(l)))
 					return d.PostToMailbox(ctx, pub(l.bID), f)
 				}
+				// Hold what the relay sends to the listener until the
+				// dialer's block is in place: else the listener's answer
+				// and the dialer's reply can complete the handshake before
+				// nft has run (it did, under CI load). The relay writes the
+				// flight into the listener's stream before it answers the
+				// post; the held packets come again after a PTO.
+				release := nftForward(t, l.natB, "dialhold", fmt.Sprintf(`oifname "lan0" ip saddr %s drop`, relay(l)))
 				err := d.PostToMailbox(ctx, pub(l.bID), f)
 				nftForward(t, ns, "dialblock", fmt.Sprintf(`iifname "lan0" ip daddr %s drop`, relay(l)))
+				release()
 				return err
 			})
 			switch {
