@@ -31,6 +31,9 @@ type registerResponse struct {
 	Expires time.Time `json:"expires"`
 	// TTL is the registration lifetime in seconds.
 	TTL int `json:"ttl"`
+	// Tunnel is the URL of the relay's TLS/WebSocket tunnel (its host
+	// may be empty: the relay's), if the relay has one.
+	Tunnel string `json:"tunnel,omitempty"`
 }
 
 // errorResponse is the JSON body of every error answer of the relay API.

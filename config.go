@@ -128,8 +128,10 @@ type Config struct {
 	// answers first; TunnelOff never opens it; TunnelOnly uses only the
 	// tunnel. Direct paths between peers are tried over UDP either way.
 	Tunnel TunnelMode
-	// TunnelURL is the relay's tunnel, "wss://host:port/path". If empty,
-	// "wss://<RelayAddr's host>:443/v1/tunnel" is used.
+	// TunnelURL is the relay's tunnel, "wss://host:port/path"; a part left
+	// out is filled in from "wss://<RelayAddr's host>:443/v1/tunnel", which
+	// is used if TunnelURL is empty. A ticket carries the URL its relay
+	// announced (Ticket.TunnelURL, Registration.TunnelURL).
 	TunnelURL string
 	// TunnelDelay is how long UDP alone has to get an answer from the relay
 	// before TunnelAuto opens the tunnel. If zero, 300ms is used.

@@ -33,6 +33,11 @@ type Registration struct {
 	First, Num uint32
 	// Expires is when the registration lapses unless refreshed.
 	Expires time.Time
+	// TunnelURL is the URL of the relay's TLS/WebSocket tunnel as the
+	// relay announced it (Config.TunnelURL's form: "wss://:8443/v1/tunnel"
+	// leaves out the relay's host), or "" if it announced none. A
+	// listener's tickets carry it.
+	TunnelURL string
 }
 
 // relaySession keeps a peer registered with its relay: one HTTP/3
@@ -381,6 +386,13 @@ func (s *relaySession) apply(resp registerResponse) error {
 	s.mu.Lock()
 	prev := s.reg.Observed
 	s.reg = Registration{Observed: observed, First: resp.First, Num: resp.Num, Expires: resp.Expires}
+	if resp.Tunnel != "" {
+		if _, err := parseTunnelURL(resp.Tunnel); err == nil {
+			s.reg.TunnelURL = resp.Tunnel
+		} else {
+			s.log.Debug("relay announced a bad tunnel URL; ignored", "relay", s.addr.String(), "err", err)
+		}
+	}
 	s.ttl = max(time.Duration(resp.TTL)*time.Second, time.Second)
 	onObserved := s.onObserved
 	s.mu.Unlock()

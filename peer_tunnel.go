@@ -15,6 +15,8 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,23 +88,75 @@ const (
 	tunnelProbeLen = 60
 )
 
-// tunnelURL returns the URL of the relay's tunnel for cfg.
-func tunnelURL(cfg *Config) (*url.URL, error) {
-	if cfg.TunnelURL != "" {
-		u, err := url.Parse(cfg.TunnelURL)
-		if err != nil {
-			return nil, fmt.Errorf("quicpipe: tunnel URL %q: %w", cfg.TunnelURL, err)
-		}
-		if u.Scheme != "wss" && u.Scheme != "https" {
-			return nil, fmt.Errorf("quicpipe: tunnel URL %q: scheme must be wss", cfg.TunnelURL)
-		}
-		return u, nil
+// maxTunnelURL bounds the length of a tunnel URL (a ticket carries it).
+const maxTunnelURL = 255
+
+// parseTunnelURL parses a tunnel URL, "wss://host:port/path", where host,
+// port and path may each be left out (see resolveTunnelURL).
+func parseTunnelURL(s string) (*url.URL, error) {
+	if len(s) > maxTunnelURL {
+		return nil, fmt.Errorf("tunnel URL is %d bytes, at most %d", len(s), maxTunnelURL)
 	}
-	host, _, err := net.SplitHostPort(cfg.RelayAddr)
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return nil, fmt.Errorf("tunnel URL %q has a byte %#02x outside printable ASCII", s, s[i])
+		}
+	}
+	u, err := url.Parse(s)
 	if err != nil {
-		return nil, fmt.Errorf("quicpipe: relay address %q: %w", cfg.RelayAddr, err)
+		return nil, fmt.Errorf("tunnel URL %q: %w", s, err)
 	}
-	return &url.URL{Scheme: "wss", Host: net.JoinHostPort(host, defaultTunnelPort), Path: TunnelPath}, nil
+	switch {
+	case u.Scheme != "wss" && u.Scheme != "https":
+		return nil, fmt.Errorf("tunnel URL %q: scheme must be wss", s)
+	case u.Opaque != "" || u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return nil, fmt.Errorf("tunnel URL %q: only host, port and path are allowed", s)
+	case u.Path != "" && u.Path[0] != '/':
+		return nil, fmt.Errorf("tunnel URL %q: bad path", s)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			return nil, fmt.Errorf("tunnel URL %q: port must be 1 to 65535", s)
+		}
+	} else if strings.HasSuffix(u.Host, ":") {
+		return nil, fmt.Errorf("tunnel URL %q: empty port", s)
+	}
+	return u, nil
+}
+
+// resolveTunnelURL completes u for a relay at relayAddr: no host means the
+// relay's host, no port 443, no path TunnelPath.
+func resolveTunnelURL(u *url.URL, relayAddr string) (*url.URL, error) {
+	r := *u
+	host, port := u.Hostname(), u.Port()
+	if host == "" {
+		h, _, err := net.SplitHostPort(relayAddr)
+		if err != nil {
+			return nil, fmt.Errorf("quicpipe: relay address %q: %w", relayAddr, err)
+		}
+		host = h
+	}
+	if port == "" {
+		port = defaultTunnelPort
+	}
+	r.Host = net.JoinHostPort(host, port)
+	if r.Path == "" {
+		r.Path = TunnelPath
+	}
+	return &r, nil
+}
+
+// tunnelURL returns the URL of the relay's tunnel for cfg: Config.TunnelURL
+// completed by resolveTunnelURL (port 443 of the relay's host if empty).
+func tunnelURL(cfg *Config) (*url.URL, error) {
+	u := &url.URL{Scheme: "wss"}
+	if cfg.TunnelURL != "" {
+		var err error
+		if u, err = parseTunnelURL(cfg.TunnelURL); err != nil {
+			return nil, fmt.Errorf("quicpipe: %w", err)
+		}
+	}
+	return resolveTunnelURL(u, cfg.RelayAddr)
 }
 
 // tunnelTLSConfig returns the outer TLS configuration of the tunnel to a

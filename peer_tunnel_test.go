@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -246,5 +247,89 @@ func TestTunnelMovesBack(t *testing.T) {
 	defer dl.mu.Unlock()
 	if want := []Transport{TransportTunnel, TransportUDP}; !slices.Equal(dl.got, want) {
 		t.Errorf("reported %v, want %v", dl.got, want)
+	}
+}
+
+// TestTunnelURLForms: the forms of Config.TunnelURL (and of tickets and
+// registration answers) and how a peer completes them.
+func TestTunnelURLForms(t *testing.T) {
+	for _, tc := range []struct{ in, relay, want, err string }{
+		{"", "relay.example:4433", "wss://relay.example:443/v1/tunnel", ""},
+		{"wss://:8443/v1/tunnel", "192.0.2.1:4433", "wss://192.0.2.1:8443/v1/tunnel", ""},
+		{"wss://:8443", "[2001:db8::1]:4433", "wss://[2001:db8::1]:8443/v1/tunnel", ""},
+		{"wss://t.example/x", "192.0.2.1:4433", "wss://t.example:443/x", ""},
+		{"wss://t.example:9443/", "192.0.2.1:4433", "wss://t.example:9443/", ""},
+		{"https://t.example", "192.0.2.1:4433", "https://t.example:443/v1/tunnel", ""},
+		{"ws://t.example", "192.0.2.1:4433", "", "scheme must be wss"},
+		{"wss://u:p@t.example", "192.0.2.1:4433", "", "only host, port and path"},
+		{"wss://t.example/?q", "192.0.2.1:4433", "", "only host, port and path"},
+		{"wss://t.example:0", "192.0.2.1:4433", "", "port must be 1 to 65535"},
+		{"wss://t.example:", "192.0.2.1:4433", "", "empty port"},
+		{"wss://t.example/a b", "192.0.2.1:4433", "", "outside printable ASCII"},
+	} {
+		u, err := tunnelURL(&Config{TunnelURL: tc.in, RelayAddr: tc.relay})
+		switch {
+		case tc.err != "":
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: error %v, want one saying %q", tc.in, err, tc.err)
+			}
+		case err != nil:
+			t.Errorf("%q: %v", tc.in, err)
+		case u.String() != tc.want:
+			t.Errorf("%q at relay %s: %s, want %s", tc.in, tc.relay, u, tc.want)
+		}
+	}
+}
+
+// TestTunnelAnnounced: a relay announces its tunnel in registration
+// answers (its port, or TunnelConfig.URL); a relay without one announces
+// nothing; a ticket's URL reaches the dialer's Config.
+func TestTunnelAnnounced(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e := newTunnelEnv(t, nil)
+	d, err := NewDialer(ctx, e.config(e.aID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	_, port, _ := net.SplitHostPort(e.relay.TunnelAddr().String())
+	if got, want := d.Registration().TunnelURL, "wss://:"+port+TunnelPath; got != want || e.relay.TunnelURL() != want {
+		t.Errorf("announced %q (relay says %q), want %q", got, e.relay.TunnelURL(), want)
+	}
+
+	e2 := newTunnelEnv(t, &RelayConfig{Tunnel: &TunnelConfig{Addr: "127.0.0.1:0", URL: "wss://tunnel.example/qp"}})
+	d2, err := NewDialer(ctx, e2.config(e2.aID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	if got := d2.Registration().TunnelURL; got != "wss://tunnel.example/qp" {
+		t.Errorf("announced %q, want TunnelConfig.URL", got)
+	}
+	if r, err := ListenRelay("127.0.0.1:0", &RelayConfig{Identity: GenerateIdentity(), Tunnel: &TunnelConfig{Addr: "127.0.0.1:0", URL: "ws://x"}}); err == nil || !strings.Contains(err.Error(), "TunnelConfig.URL") {
+		if err == nil {
+			r.Close()
+		}
+		t.Errorf("a bad TunnelConfig.URL: %v", err)
+	}
+
+	e3 := newTestEnv(t, "127.0.0.1:0", nil)
+	d3, err := NewDialer(ctx, e3.config(e3.aID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d3.Close()
+	if got := d3.Registration().TunnelURL; got != "" {
+		t.Errorf("a relay without a tunnel announced %q", got)
+	}
+
+	tk := &Ticket{Peer: pub(e.bID), RelayAddr: "192.0.2.1:4433", RelayKey: pub(e.bID), Secret: NewTicketSecret(), TunnelURL: "wss://:8443"}
+	c, err := tk.DialerConfig(nil)
+	if err != nil || c.TunnelURL != "wss://:8443" {
+		t.Errorf("DialerConfig: TunnelURL %q, %v", c.TunnelURL, err)
+	}
+	if c, _ := tk.DialerConfig(&Config{TunnelURL: "wss://mine"}); c.TunnelURL != "wss://mine" {
+		t.Errorf("DialerConfig replaced the Config's TunnelURL with the ticket's: %q", c.TunnelURL)
 	}
 }

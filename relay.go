@@ -76,6 +76,9 @@ type Relay struct {
 	xdp *relayXDP // nil unless RelayConfig.FastPath is set
 
 	tunnel *tunnelServer // nil unless RelayConfig.Tunnel is set
+	// tunnelURL is the tunnel's URL as registration answers announce it
+	// ("" without a tunnel).
+	tunnelURL string
 	probes *probeServer  // nil without RelayConfig.ProbeConns (relay_probe.go)
 
 	serveOnce sync.Once
@@ -206,6 +209,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 			r.closeReaders()
 			return nil, err
 		}
+		r.tunnelURL = r.tunnel.announce()
 	}
 	// Opened here, after the last failure NewRelay may return, so that it
 	// reads the network namespace the relay runs in.

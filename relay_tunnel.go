@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +46,14 @@ type TunnelConfig struct {
 	Listener net.Listener
 	// Path is the HTTP path of the WebSocket upgrade. If empty, TunnelPath.
 	Path string
+	// URL is where peers reach the tunnel, "wss://host:port/path",
+	// announced in every registration answer so that a listener's tickets
+	// carry it (peers that have only a ticket then find the tunnel). The
+	// host may be left out, "wss://:8443/v1/tunnel": peers then use the
+	// host of the relay's UDP address. If empty, the listener's port and
+	// Path are announced that way: set URL when a load balancer or proxy in
+	// front of the relay serves the tunnel on another port or host.
+	URL string
 	// Certificate is the outer TLS certificate, for example a CA-issued one
 	// that TLS-inspecting proxies accept. If nil, the relay's own
 	// certificate for its Identity is used (peers check it against the
@@ -96,6 +106,11 @@ func populateTunnelConfig(c *TunnelConfig) (*TunnelConfig, error) {
 	}
 	if cfg.WriteTimeout == 0 {
 		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.URL != "" {
+		if _, err := parseTunnelURL(cfg.URL); err != nil {
+			return nil, fmt.Errorf("quicpipe: TunnelConfig.URL: %w", err)
+		}
 	}
 	if cfg.MaxTunnels < 1 || cfg.MaxTunnelsPerSource < 1 || cfg.QueueLen < 1 ||
 		cfg.HandshakeTimeout < 0 || cfg.IdleTimeout < 0 || cfg.WriteTimeout < 0 {
@@ -210,6 +225,19 @@ func newTunnelServer(r *Relay, c *TunnelConfig, base *tls.Config, qconf *quic.Co
 
 // addr returns the TCP address the tunnel listens on.
 func (s *tunnelServer) addr() net.Addr { return s.tcp.Addr() }
+
+// announce returns the tunnel's URL as registration answers announce it:
+// TunnelConfig.URL, else the listener's port and path on the relay's host.
+func (s *tunnelServer) announce() string {
+	if s.cfg.URL != "" {
+		return s.cfg.URL
+	}
+	ta, ok := s.addr().(*net.TCPAddr)
+	if !ok {
+		return ""
+	}
+	return (&url.URL{Scheme: "wss", Host: ":" + strconv.Itoa(ta.Port), Path: s.cfg.Path}).String()
+}
 
 // start serves the listener and the HTTP/3 connections made in tunnels.
 func (s *tunnelServer) start() {
@@ -494,6 +522,10 @@ func (r *Relay) TunnelAddr() net.Addr {
 	}
 	return r.tunnel.addr()
 }
+
+// TunnelURL returns the tunnel's URL as registration answers announce it
+// to peers (TunnelConfig.URL), or "" if RelayConfig.Tunnel is nil.
+func (r *Relay) TunnelURL() string { return r.tunnelURL }
 
 // TunnelStats returns the tunnel's counters (zero if the tunnel is off).
 func (r *Relay) TunnelStats() TunnelStats {

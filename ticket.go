@@ -36,8 +36,16 @@ const TicketSecretLen = 16
 // ticketVersion is the only version this package reads and writes.
 const ticketVersion = 1
 
-// ticketFlagSecret marks a ticket that carries a dial secret.
-const ticketFlagSecret = 0x01
+// Flags of the binary form: a dial secret follows the keys; the relay's
+// tunnel URL follows the relay address.
+const (
+	ticketFlagSecret = 0x01
+	ticketFlagTunnel = 0x02
+)
+
+// ticketTunnelPrefix is the scheme every tunnel URL of a ticket has; the
+// binary form leaves it out.
+const ticketTunnelPrefix = "wss://"
 
 // Relay address types of the binary form.
 const (
@@ -50,8 +58,9 @@ const (
 // keys, an IPv4 address with its port, and the checksum.
 const ticketMinLen = 1 + 1 + 2*ed25519.PublicKeySize + 1 + 4 + 2 + 4
 
-// ticketMaxLen bounds the binary form: a 253-byte host name and a secret.
-const ticketMaxLen = 1 + 1 + 2*ed25519.PublicKeySize + TicketSecretLen + 2 + 253 + 2 + 4
+// ticketMaxLen bounds the binary form: a 253-byte host name, a secret and
+// the longest tunnel URL.
+const ticketMaxLen = 1 + 1 + 2*ed25519.PublicKeySize + TicketSecretLen + 2 + 253 + 2 + 1 + maxTunnelURL - len(ticketTunnelPrefix) + 4
 
 // ticketDialerInfo is the HKDF info string of the dialer key derivation.
 const ticketDialerInfo = "quicpipe/1 ticket dialer key"
@@ -84,6 +93,11 @@ type Ticket struct {
 	// the permission to connect. If nil, the dialer uses its own identity
 	// and the accepter must trust that key by other means.
 	Secret []byte
+	// TunnelURL, if not empty, is the relay's TLS/WebSocket tunnel for
+	// dialers whose UDP is blocked, "wss://host:port/path" in
+	// Config.TunnelURL's form (the host may be left out: the relay's). If
+	// empty, dialers look for the tunnel at port 443 of the relay's host.
+	TunnelURL string
 }
 
 // NewTicketSecret returns a new random dial secret.
@@ -119,6 +133,9 @@ func (t *Ticket) MarshalBinary() ([]byte, error) {
 	if t.Secret != nil && len(t.Secret) != TicketSecretLen {
 		return nil, badTicket("secret is %d bytes, want %d", len(t.Secret), TicketSecretLen)
 	}
+	if err := checkTicketTunnel(t.TunnelURL); err != nil {
+		return nil, err
+	}
 	host, port, err := splitRelayAddr(t.RelayAddr)
 	if err != nil {
 		return nil, err
@@ -127,6 +144,9 @@ func (t *Ticket) MarshalBinary() ([]byte, error) {
 	var flags byte
 	if t.Secret != nil {
 		flags |= ticketFlagSecret
+	}
+	if t.TunnelURL != "" {
+		flags |= ticketFlagTunnel
 	}
 	b = append(b, ticketVersion, flags)
 	b = append(b, t.Peer...)
@@ -151,6 +171,11 @@ func (t *Ticket) MarshalBinary() ([]byte, error) {
 		b = append(b, name...)
 	}
 	b = binary.BigEndian.AppendUint16(b, port)
+	if t.TunnelURL != "" {
+		u := t.TunnelURL[len(ticketTunnelPrefix):]
+		b = append(b, byte(len(u)))
+		b = append(b, u...)
+	}
 	return binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(b)), nil
 }
 
@@ -170,7 +195,7 @@ func (t *Ticket) UnmarshalBinary(b []byte) error {
 		return badTicket("unsupported version %d (this program reads version %d)", body[0], ticketVersion)
 	}
 	flags := body[1]
-	if flags&^ticketFlagSecret != 0 {
+	if flags&^(ticketFlagSecret|ticketFlagTunnel) != 0 {
 		return badTicket("unknown flags %#02x", flags)
 	}
 	r := body[2:]
@@ -242,6 +267,20 @@ func (t *Ticket) UnmarshalBinary(b []byte) error {
 	port := binary.BigEndian.Uint16(p)
 	if port == 0 {
 		return badTicket("bad relay address: port 0")
+	}
+	if flags&ticketFlagTunnel != 0 {
+		l, err := take(1, "tunnel URL")
+		if err != nil {
+			return err
+		}
+		u, err := take(int(l[0]), "tunnel URL")
+		if err != nil {
+			return err
+		}
+		g.TunnelURL = ticketTunnelPrefix + string(u)
+		if err := checkTicketTunnel(g.TunnelURL); err != nil {
+			return err
+		}
 	}
 	if len(r) != 0 {
 		return badTicket("%d unexpected bytes after the relay address", len(r))
@@ -326,7 +365,8 @@ func DialTicket(ctx context.Context, t *Ticket, cfg *Config) (*quic.Conn, error)
 
 // DialerConfig returns the configuration of a Dialer that dials the ticket's
 // accepter (with Dialer.DialMailbox and the ticket's Peer): a copy of cfg
-// (which may be nil) with the ticket's RelayAddr and RelayKey, and, if
+// (which may be nil) with the ticket's RelayAddr and RelayKey, its
+// TunnelURL if cfg has none, and, if
 // cfg has no Identity, the one derived from the ticket's secret. It fails
 // if the ticket has no secret and cfg no Identity.
 func (t *Ticket) DialerConfig(cfg *Config) (*Config, error) {
@@ -335,6 +375,9 @@ func (t *Ticket) DialerConfig(cfg *Config) (*Config, error) {
 		c = *cfg
 	}
 	c.RelayAddr, c.RelayKey = t.RelayAddr, t.RelayKey
+	if c.TunnelURL == "" {
+		c.TunnelURL = t.TunnelURL
+	}
 	if c.Identity == nil {
 		c.Identity = t.DialerIdentity()
 	}
@@ -342,6 +385,22 @@ func (t *Ticket) DialerConfig(cfg *Config) (*Config, error) {
 		return nil, errors.New("quicpipe: the ticket has no secret: Config.Identity is required")
 	}
 	return &c, nil
+}
+
+// checkTicketTunnel checks a ticket's tunnel URL ("" for none): a wss URL
+// that parseTunnelURL accepts, 1 to 249 bytes after the scheme.
+func checkTicketTunnel(s string) error {
+	if s == "" {
+		return nil
+	}
+	rest, ok := strings.CutPrefix(s, ticketTunnelPrefix)
+	if !ok || rest == "" {
+		return badTicket("tunnel URL %q must be wss://[host][:port][/path]", s)
+	}
+	if _, err := parseTunnelURL(s); err != nil {
+		return badTicket("%v", err)
+	}
+	return nil
 }
 
 // normalizeTicket lowers ASCII letters and drops white space.

@@ -44,6 +44,11 @@ var ticketExamples = []struct {
 		"01000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f40031172656c61792e6578616d706c652e636f6d1151c8251bfe",
 		"qp1aeaacaqdaqcqmbyibefawdanbyhraeiscmkbkfqxdamrugy4dupb6ibbeirsijjge4ucskrlfqws4lzqgezdgnbvgy3tqoj2hm6d2pr7iabrc4tfnrqxsltfpbqw24dmmuxgg33ncfi4qji37y",
 	},
+	{
+		Ticket{Peer: seqBytes(0x01, 32), RelayKey: seqBytes(0x21, 32), RelayAddr: "relay.example.com:4433", TunnelURL: "wss://:8443/v1/tunnel"},
+		"01020102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f40031172656c61792e6578616d706c652e636f6d11510f3a383434332f76312f74756e6e656c98df2bca",
+		"qp1aebacaqdaqcqmbyibefawdanbyhraeiscmkbkfqxdamrugy4dupb6ibbeirsijjge4ucskrlfqws4lzqgezdgnbvgy3tqoj2hm6d2pr7iabrc4tfnrqxsltfpbqw24dmmuxgg33ncfiq6orygq2dgl3wgexxi5lonzswzgg7fpfa",
+	},
 }
 
 // TestTicketExamples checks the examples against the code and
@@ -97,7 +102,7 @@ func TestTicketExamples(t *testing.T) {
 
 func ticketsEqual(a, b *Ticket) bool {
 	return bytes.Equal(a.Peer, b.Peer) && bytes.Equal(a.RelayKey, b.RelayKey) &&
-		bytes.Equal(a.Secret, b.Secret) && a.RelayAddr == b.RelayAddr
+		bytes.Equal(a.Secret, b.Secret) && a.RelayAddr == b.RelayAddr && a.TunnelURL == b.TunnelURL
 }
 
 func TestTicketRoundTrip(t *testing.T) {
@@ -110,8 +115,11 @@ func TestTicketRoundTrip(t *testing.T) {
 		{"localhost:80", "localhost:80"},
 		{strings.Repeat("a.", 126) + "b:9", strings.Repeat("a.", 126) + "b:9"},
 	} {
-		for _, secret := range [][]byte{nil, NewTicketSecret()} {
+		for i, secret := range [][]byte{nil, NewTicketSecret()} {
 			in := &Ticket{Peer: peer, RelayKey: relay, RelayAddr: tc.addr, Secret: secret}
+			if i == 1 {
+				in.TunnelURL = "wss://tunnel.example.net/" + strings.Repeat("p", 224)
+			}
 			s := in.String()
 			if !strings.HasPrefix(s, TicketPrefix) {
 				t.Fatalf("%s: %s", tc.addr, s)
@@ -171,6 +179,14 @@ func TestTicketParseErrors(t *testing.T) {
 		{"name-long", ticketWith([]byte{1, 0}, keys, []byte{ticketAddrName, 200}, make([]byte, 10)), "truncated in the relay host name"},
 		{"name-empty-label", ticketWith([]byte{1, 0}, keys, []byte{ticketAddrName, 4, 'a', '.', '.', 'b', 1, 0}), "label of 0 bytes"},
 		{"huge", "qp1" + strings.Repeat("a", 5000), "far too long"},
+		{"tunnel-missing", ticketWith([]byte{1, ticketFlagTunnel}, keys, v4), "truncated in the tunnel URL"},
+		{"tunnel-short", ticketWith([]byte{1, ticketFlagTunnel}, keys, v4, []byte{9, ':', '4'}), "truncated in the tunnel URL"},
+		{"tunnel-empty", ticketWith([]byte{1, ticketFlagTunnel}, keys, v4, []byte{0}), "must be wss://"},
+		{"tunnel-query", ticketWith([]byte{1, ticketFlagTunnel}, keys, v4, []byte{6, 'h', '/', 'p', '?', 'q', '1'}), "only host, port and path"},
+		{"tunnel-user", ticketWith([]byte{1, ticketFlagTunnel}, keys, v4, []byte{5, 'u', '@', 'h', ':', '1'}), "only host, port and path"},
+		{"tunnel-port", ticketWith([]byte{1, ticketFlagTunnel}, keys, v4, []byte{6, ':', '9', '9', '9', '9', '9'}), "port must be 1 to 65535"},
+		{"tunnel-space", ticketWith([]byte{1, ticketFlagTunnel}, keys, v4, []byte{3, 'a', ' ', 'b'}), "outside printable ASCII"},
+		{"tunnel-trailing", ticketWith([]byte{1, ticketFlagTunnel}, keys, v4, []byte{1, 'a', 0}), "1 unexpected bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseTicket(tc.in)
@@ -198,6 +214,10 @@ func TestTicketMarshalErrors(t *testing.T) {
 		{"zone", Ticket{Peer: k, RelayKey: k, RelayAddr: "[fe80::1%eth0]:4433"}, "has a zone"},
 		{"bad-name", Ticket{Peer: k, RelayKey: k, RelayAddr: "a_b.example:4433"}, "contains '_'"},
 		{"hyphen", Ticket{Peer: k, RelayKey: k, RelayAddr: "-a.example:4433"}, "starting or ending with '-'"},
+		{"tunnel-scheme", Ticket{Peer: k, RelayKey: k, RelayAddr: "192.0.2.1:1", TunnelURL: "https://h/v1/tunnel"}, "must be wss://"},
+		{"tunnel-bare", Ticket{Peer: k, RelayKey: k, RelayAddr: "192.0.2.1:1", TunnelURL: "wss://"}, "must be wss://"},
+		{"tunnel-long", Ticket{Peer: k, RelayKey: k, RelayAddr: "192.0.2.1:1", TunnelURL: "wss://h/" + strings.Repeat("p", 248)}, "at most 255"},
+		{"tunnel-fragment", Ticket{Peer: k, RelayKey: k, RelayAddr: "192.0.2.1:1", TunnelURL: "wss://h/p#f"}, "only host, port and path"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := tc.t.MarshalText()
@@ -255,6 +275,7 @@ func FuzzTicketBinary(f *testing.F) {
 	}
 	f.Add([]byte{1, 0})
 	f.Add(append(append([]byte{1, 1}, seqBytes(1, 80)...), ticketAddrName, 1, 'a', 0, 1))
+	f.Add(append(append([]byte{1, ticketFlagTunnel}, seqBytes(1, 64)...), ticketAddrIPv4, 1, 2, 3, 4, 0, 1, 4, '[', ':', ':', ']'))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		b := binary.BigEndian.AppendUint32(bytes.Clone(body), crc32.ChecksumIEEE(body))
 		var tk Ticket

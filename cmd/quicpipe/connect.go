@@ -49,7 +49,10 @@ func cmdConnect(ctx context.Context, e *env) error {
 		return err
 	}
 	log := logger(e, *verbose)
-	cfg := &quicpipe.Config{RelayToken: *relayToken, QUICConfig: peerQUICConfig(), Logger: log, OnPathChange: pathReporter(ctx, e, ticket.RelayAddr)}
+	cfg := &quicpipe.Config{RelayAddr: ticket.RelayAddr, RelayToken: *relayToken, QUICConfig: peerQUICConfig(), Logger: log, OnPathChange: pathReporter(ctx, e, ticket.RelayAddr)}
+	if tf.url == "" {
+		tf.url = ticket.TunnelURL // -tunnel-url overrides the ticket's
+	}
 	if err := tf.apply(cfg, e); err != nil {
 		return usageError(fs, e, "%v", err)
 	}

@@ -67,8 +67,7 @@ func cmdListen(ctx context.Context, e *env) error {
 		ticket.Secret = quicpipe.NewTicketSecret()
 		trusted = []ed25519.PublicKey{publicKey(ticket.DialerIdentity())}
 	}
-	text, err := ticket.MarshalText()
-	if err != nil {
+	if _, err := ticket.MarshalText(); err != nil {
 		return fmt.Errorf("cannot make a ticket for relay %s: %w", ticket.RelayAddr, err)
 	}
 	pipe := o.tcpTarget == ""
@@ -77,6 +76,13 @@ func cmdListen(ctx context.Context, e *env) error {
 		return err
 	}
 	defer a.Close()
+	// The ticket tells dialers whose UDP is blocked where the relay's
+	// tunnel is: as this listener was told, or as the relay announced it.
+	ticket.TunnelURL = ticketTunnel(o.tunnel.url, a.Registration().TunnelURL, ticket.RelayAddr)
+	text, err := ticket.MarshalText()
+	if err != nil {
+		return fmt.Errorf("cannot make a ticket for relay %s: %w", ticket.RelayAddr, err)
+	}
 
 	fmt.Fprintf(e.stderr, "quicpipe: listening through %s\n", where)
 	if len(o.allow) > 0 {

@@ -64,6 +64,7 @@ func cmdRelay(ctx context.Context, e *env) error {
 	nodeCluster := fs.String("fleet-node-cluster", "", "`address` the embedded NATS node routes with the other members' nodes on (empty: it runs alone)")
 	nodeRoutes := fs.String("fleet-node-routes", "", "the other members' -fleet-node-cluster `addresses`, comma-separated")
 	tunnel := fs.String("tunnel", "", "also listen on this TCP `address` (e.g. :443) for peers whose UDP is blocked: TLS, then a WebSocket tunnel to this relay")
+	tunnelURL := fs.String("tunnel-url", "", "the tunnel's public `URL` (wss://host:port/path), announced to peers for their tickets, when a load balancer or proxy serves it elsewhere (default: -tunnel's port on the relay's host)")
 	tlsCert := fs.String("tls-cert", "", "the tunnel's TLS certificate `file` (PEM; default: a certificate of the relay's key, which peers pin)")
 	tlsKey := fs.String("tls-key", "", "the private key `file` of -tls-cert (PEM)")
 	probe := fs.String("probe", "auto", "answer address probes (quicpipe doctor) on these UDP `addresses`, comma-separated; auto: the two ports after -listen's (none if -listen's port is 0, a warning if they are taken); off: none")
@@ -81,8 +82,14 @@ func cmdRelay(ctx context.Context, e *env) error {
 	if *tlsCert != "" && *tunnel == "" {
 		return usageError(fs, e, "-tls-cert needs -tunnel")
 	}
+	if *tunnelURL != "" && *tunnel == "" {
+		return usageError(fs, e, "-tunnel-url needs -tunnel")
+	}
+	if *tunnelURL != "" && !strings.HasPrefix(*tunnelURL, "wss://") {
+		return usageError(fs, e, "-tunnel-url %q must start with wss://", *tunnelURL)
+	}
 	if *tunnel != "" {
-		cfg.Tunnel = &quicpipe.TunnelConfig{Addr: *tunnel}
+		cfg.Tunnel = &quicpipe.TunnelConfig{Addr: *tunnel, URL: *tunnelURL}
 		if *tlsCert != "" {
 			cert, err := tls.LoadX509KeyPair(*tlsCert, *tlsKey)
 			if err != nil {
@@ -211,6 +218,7 @@ func cmdRelay(ctx context.Context, e *env) error {
 	}
 	if ta := relay.TunnelAddr(); ta != nil {
 		fmt.Fprintf(e.stderr, "quicpipe: tunnel for peers without UDP on tcp %s: wss://%s%s\n", ta, ta, quicpipe.TunnelPath)
+		fmt.Fprintf(e.stderr, "quicpipe: the tunnel is announced to peers, for their tickets, as %s\n", relay.TunnelURL())
 	}
 	// Serve returns nil once ctx is done (Ctrl-C).
 	return relay.Serve(ctx)

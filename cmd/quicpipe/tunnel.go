@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -18,7 +19,7 @@ type tunnelFlags struct {
 func addTunnelFlags(fs *flag.FlagSet) *tunnelFlags {
 	var f tunnelFlags
 	fs.StringVar(&f.mode, "tunnel", "auto", "reach the relay over UDP (`mode` off), through its TLS/WebSocket tunnel (only), or UDP first and the tunnel if UDP gets no answer within 300ms (auto)")
-	fs.StringVar(&f.url, "tunnel-url", "", "the relay's tunnel `URL` (wss://host:port/v1/tunnel; empty: port 443 of the relay's host)")
+	fs.StringVar(&f.url, "tunnel-url", "", "the relay's tunnel `URL` (wss://host:port/v1/tunnel; empty: the ticket's, else port 443 of the relay's host)")
 	fs.StringVar(&f.proxy, "proxy", "", "open the tunnel through this HTTP proxy `URL` (http://[user:password@]host:port; empty: $HTTPS_PROXY)")
 	return &f
 }
@@ -42,12 +43,12 @@ func (f *tunnelFlags) apply(cfg *quicpipe.Config, e *env) error {
 		}
 		cfg.TunnelProxy = http.ProxyURL(u)
 	}
-	where := f.url
-	if where == "" {
-		where = "port 443 of the relay's host"
-	}
 	cfg.OnRelayTransport = func(t quicpipe.Transport) {
 		if t == quicpipe.TransportTunnel {
+			where := "port 443 of the relay's host"
+			if f.url != "" {
+				where = resolveTunnel(f.url, cfg.RelayAddr)
+			}
 			e.notice("relay transport: tunnel (TLS/WebSocket, " + where + ")")
 		} else {
 			e.notice("relay transport: udp")
@@ -62,4 +63,40 @@ func (f *tunnelFlags) announce(e *env) {
 	if f.mode == "off" {
 		e.notice("relay transport: udp")
 	}
+}
+
+// ticketTunnel returns the tunnel URL a listener's ticket carries: the one
+// it was given (-tunnel-url), else the one its relay announced, and ""
+// when that is where dialers look anyway (port 443 of the relay's host).
+func ticketTunnel(given, announced, relayAddr string) string {
+	u := given
+	if u == "" {
+		u = announced
+	}
+	if u == "" || resolveTunnel(u, relayAddr) == resolveTunnel("wss://", relayAddr) {
+		return ""
+	}
+	return u
+}
+
+// resolveTunnel completes a tunnel URL as peers do (Config.TunnelURL): a
+// host left out is the relay's, a port 443, a path /v1/tunnel. It returns
+// u unchanged if it does not parse.
+func resolveTunnel(u, relayAddr string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return u
+	}
+	host, port := p.Hostname(), p.Port()
+	if host == "" {
+		host, _, _ = net.SplitHostPort(relayAddr)
+	}
+	if port == "" {
+		port = "443"
+	}
+	p.Host = net.JoinHostPort(host, port)
+	if p.Path == "" {
+		p.Path = quicpipe.TunnelPath
+	}
+	return p.String()
 }

@@ -6,11 +6,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quicpipe/quicpipe"
 )
 
 // TestTunnelProcesses: a relay process with its tunnel on, a listener on
-// UDP and a connector that reaches the relay only through the tunnel; 4 MB
-// each way intact, and each side says which transport it uses.
+// UDP and a connector that reaches the relay only through the tunnel, which
+// it finds from the ticket alone (the relay announced it to the listener);
+// 4 MB each way intact, and each side says which transport it uses.
 func TestTunnelProcesses(t *testing.T) {
 	binary(t)
 	const size = 4 << 20
@@ -23,8 +26,15 @@ func TestTunnelProcesses(t *testing.T) {
 	l := start(t, "listen", procOpts{home: filepath.Join(dir, "l"), stdin: lin, stdout: lout},
 		"listen", "-relay", addr, "-relay-key", key, "-tunnel", "off")
 	ticket := l.ticket(t)
+	tk, err := quicpipe.ParseTicket(ticket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "wss://:" + url[strings.LastIndex(url, ":")+1:]; tk.TunnelURL != want {
+		t.Fatalf("the ticket's tunnel URL is %q, want %q (announced by the relay)", tk.TunnelURL, want)
+	}
 	c := start(t, "connect", procOpts{home: filepath.Join(dir, "c"), stdin: cin, stdout: cout},
-		"connect", "-tunnel", "only", "-tunnel-url", url, ticket)
+		"connect", "-tunnel", "only", ticket)
 	c.expectExit(t, 120*time.Second, 0)
 	l.expectExit(t, 10*time.Second, 0)
 	if got, n := fileHash(t, lout.Name()); got != csum {
