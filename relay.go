@@ -79,7 +79,7 @@ type Relay struct {
 	// tunnelURL is the tunnel's URL as registration answers announce it
 	// ("" without a tunnel).
 	tunnelURL string
-	probes *probeServer  // nil without RelayConfig.ProbeConns (relay_probe.go)
+	probes    *probeServer // nil without RelayConfig.ProbeConns (relay_probe.go)
 
 	serveOnce sync.Once
 	closeOnce sync.Once
