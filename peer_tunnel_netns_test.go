@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/x509"
-	"fmt"
 	"net"
 	"net/http"
 	"net/url"
@@ -211,49 +210,6 @@ func TestTunnelLabFallbackTiming(t *testing.T) {
 	}
 }
 
-// startTinyproxy runs tinyproxy inside ns, listening on listen:8888 for
-// clients of allow, with basic authentication user:password; the test stops
-// it. It skips the test if tinyproxy is not installed (Debian: tinyproxy).
-func startTinyproxy(t *testing.T, ns *netlab.NS, listen, allow, user, password string) {
-	t.Helper()
-	bin, err := exec.LookPath("tinyproxy")
-	if err != nil {
-		t.Skip("tinyproxy is not installed (apt-get install tinyproxy)")
-	}
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "tinyproxy.conf")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("Port 8888\nListen %s\nTimeout 60\nAllow %s\nBasicAuth %s %s\nLogLevel Warning\nMaxClients 16\n",
-		listen, allow, user, password)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, bin, "-d", "-c", conf)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("tinyproxy:\n%s", out.String())
-		}
-	})
-	// Ready once it accepts connections.
-	for range 100 {
-		var c net.Conn
-		err := ns.Do(func() (err error) { c, err = net.DialTimeout("tcp", listen+":8888", time.Second); return err })
-		if err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("tinyproxy did not start:\n%s", out.String())
-}
-
 // TestTunnelLabProxy: peer A's router forwards nothing at all (no UDP, no
 // TCP); only the HTTP proxy running on the router (tinyproxy, with basic
 // authentication) reaches out. The dialer opens its tunnel through the
@@ -272,7 +228,7 @@ func TestTunnelLabProxy(t *testing.T) {
 			defer cancel()
 			l := newTunnelLab(t)
 			nftForward(t, l.natA, "noforward", `iifname "lan0" drop`)
-			startTinyproxy(t, l.natA, "10.1.0.1", "10.1.0.0/24", "peer", "secret")
+			l.natA.Tinyproxy("10.1.0.1", "10.1.0.0/24", "peer", "secret")
 			a, err := NewAccepter(ctx, l.config(t, l.peerB, l.bID, pub(l.aID)))
 			if err != nil {
 				t.Fatal(err)
