@@ -30,6 +30,8 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"time"
 )
@@ -267,10 +269,40 @@ func tunnelCapacity(res *Results, opt options) error {
 		"smaller batches, which costs it more per datagram."
 	nsPer.Explanation = "The reciprocal of the previous figure: relay CPU-seconds per forwarded datagram, in nanoseconds."
 
-	relayKey := hex.EncodeToString(pub(benchKey("relay")))
-	plain := capCase{name: tunCapUDPPlain, kind: "quicpipe", port: relayPort}
-	withTun := capCase{name: tunCapUDPTunnel, kind: "quicpipe", port: relayPort + 1,
+	plain := capCase{name: tunCapUDPPlain, kind: "quicpipe", baseline: true, port: relayPort}
+	withTun := capCase{name: tunCapUDPTunnel, kind: "quicpipe", baseline: true, port: relayPort + 1,
 		tunnel: fmt.Sprintf("%s:%d", addrR, tunnelPort)}
+	if err := tunnelWindows(lab, opt, tmp, plain, withTun, pps, perCPU, nsPer, core); err != nil {
+		return err
+	}
+	// Stable where CPU times are not: the relays' userspace instructions.
+	if !noInstructions && opt.mode != "smoke" {
+		if err := tunnelInstructions(lab, res, opt, tmp, plain, withTun); err != nil {
+			res.missing("tunnel: instructions per datagram", err)
+		}
+	}
+	if err := tunnelMemory(lab, res, opt); err != nil {
+		res.missing("tunnel: relay memory per idle tunnel", err)
+	}
+	return nil
+}
+
+// startTunnelGen starts the tunnel generator, registered with the relay of
+// case c, which serves its tunnel on tunnelPort.
+func startTunnelGen(lab *Lab, c capCase) (*proc, error) {
+	port := c.port
+	if port == 0 {
+		port = relayPort
+	}
+	return lab.startRole("tunnel-generator", "a", capGenCPU, "tungen", "-url", tunnelURL(tunnelPort),
+		"-relay", fmt.Sprintf("%s:%d", addrR, port), "-relaykey", hex.EncodeToString(pub(benchKey("relay"))),
+		"-cidkey", cidKeyHex, "-ncids", "64", "-regkey", genCIDKeyHexFlow(9))
+}
+
+// tunnelWindows runs the relays of plain and withTun at once, a UDP
+// generator for each and the tunnel generator into withTun's tunnel, and
+// measures their windows in turn.
+func tunnelWindows(lab *Lab, opt options, tmp string, plain, withTun capCase, pps, perCPU, nsPer, core *Figure) error {
 	var runs []tunRun
 	for i, c := range []capCase{plain, withTun} {
 		logf("tunnel capacity: starting %s", c.name)
@@ -289,11 +321,9 @@ func tunnelCapacity(res *Results, opt options) error {
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
 		defer gen.stop()
-		runs = append(runs, tunRun{name: c.name, baseline: true, srv: srv, gen: gen})
+		runs = append(runs, tunRun{name: c.name, baseline: c.baseline, srv: srv, gen: gen})
 	}
-	tgen, err := lab.startRole("tunnel-generator", "a", capGenCPU, "tungen", "-url", tunnelURL(tunnelPort),
-		"-relay", fmt.Sprintf("%s:%d", addrR, withTun.port), "-relaykey", relayKey,
-		"-cidkey", cidKeyHex, "-ncids", "64", "-regkey", genCIDKeyHexFlow(9))
+	tgen, err := startTunnelGen(lab, withTun)
 	if err != nil {
 		return fmt.Errorf("%s: %w", tunCapTunnel, err)
 	}
@@ -355,9 +385,53 @@ func tunnelCapacity(res *Results, opt options) error {
 		"median %.2f× [%.2f – %.2f]; over %d rounds.",
 		percentile(tunPairs, 50), percentile(tunPairs, 0), percentile(tunPairs, 100),
 		percentile(setPairs, 50), percentile(setPairs, 0), percentile(setPairs, 100), len(tunPairs))
-	lab.sinkOff()
-	if err := tunnelMemory(lab, res, opt); err != nil {
-		res.missing("tunnel: relay memory per idle tunnel", err)
+	return nil
+}
+
+// tunnelInstructions counts the userspace instructions per forwarded
+// datagram (callgrind, instructions.go) of the relays of plain and withTun
+// from UDP, and of withTun's from its tunnel.
+func tunnelInstructions(lab *Lab, res *Results, opt options, tmp string, plain, withTun capCase) error {
+	for _, tool := range []string{"valgrind", "callgrind_control"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is not installed (apt-get install valgrind): %w", tool, err)
+		}
+	}
+	fig := res.figure("tunnel_instructions", "tunnel", "Userspace instructions per forwarded datagram: from a tunnel against from UDP (callgrind)",
+		fmt.Sprintf("veth, 1200-byte datagrams offered at %.0f/s", opt.cgRate), "instructions per datagram", false)
+	fig.Explanation = "As comparison 1's instruction counts: valgrind's callgrind in the relay process only (no kernel), idle " +
+		"time subtracted, one relay at a time. Stable on a shared machine where CPU times are not. For the tunnel: " +
+		"reading the WebSocket messages, TLS decryption, the forwarding decision and the sendto, in userspace."
+	for i, c := range []capCase{plain, withTun} {
+		logf("tunnel instructions: %s", c.name)
+		if err := instructionsCase(lab, fig, opt, tmp, c, 7310+i); err != nil {
+			res.missing("tunnel: instructions per datagram, "+c.name, err)
+		}
+	}
+	logf("tunnel instructions: %s", tunCapTunnel)
+	err := func() error {
+		dir, err := os.MkdirTemp(tmp, "callgrind-")
+		if err != nil {
+			return err
+		}
+		srv, err := startCapServer(lab, withTun, dir, true)
+		if err != nil {
+			return err
+		}
+		defer srv.stop()
+		gen, err := startTunnelGen(lab, withTun)
+		if err != nil {
+			return err
+		}
+		defer gen.stop()
+		if err := lab.sinkOn(); err != nil {
+			return err
+		}
+		defer lab.sinkOff()
+		return countInstructions(lab, fig, opt, dir, tunCapTunnel, false, srv.relay.pid(), gen)
+	}()
+	if err != nil {
+		res.missing("tunnel: instructions per datagram, "+tunCapTunnel, err)
 	}
 	return nil
 }
