@@ -131,6 +131,7 @@ func newTunnelPacketConn(ws *websocket.Conn, relay net.Addr) *tunnelPacketConn {
 	return c
 }
 
+// ReadFrom returns the next datagram out of the tunnel, as from the relay.
 func (c *tunnelPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	for {
 		c.mu.Lock()
@@ -158,6 +159,8 @@ func (c *tunnelPacketConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	}
 }
 
+// WriteTo writes b into the tunnel as one binary message, whatever the
+// address.
 func (c *tunnelPacketConn) WriteTo(b []byte, _ net.Addr) (int, error) {
 	select {
 	case <-c.done:
@@ -170,6 +173,7 @@ func (c *tunnelPacketConn) WriteTo(b []byte, _ net.Addr) (int, error) {
 	return len(b), nil
 }
 
+// Close closes the tunnel; it is idempotent.
 func (c *tunnelPacketConn) Close() error {
 	c.once.Do(func() {
 		close(c.done)
@@ -178,10 +182,13 @@ func (c *tunnelPacketConn) Close() error {
 	return nil
 }
 
+// LocalAddr returns a placeholder: the tunnel has no local UDP address.
 func (c *tunnelPacketConn) LocalAddr() net.Addr {
 	return &net.UDPAddr{IP: net.IPv6loopback, Port: 1}
 }
 
+// SetReadDeadline bounds ReadFrom, including one already waiting (quic-go
+// wakes its reader with it when it closes).
 func (c *tunnelPacketConn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	c.deadline = t
@@ -191,8 +198,10 @@ func (c *tunnelPacketConn) SetReadDeadline(t time.Time) error {
 	return nil
 }
 
+// SetWriteDeadline does nothing: writes into the tunnel are not bounded.
 func (c *tunnelPacketConn) SetWriteDeadline(time.Time) error { return nil }
 
+// SetDeadline sets the read deadline.
 func (c *tunnelPacketConn) SetDeadline(t time.Time) error { return c.SetReadDeadline(t) }
 
 // registerThroughTunnel registers num CIDs of key with the relay at relay
