@@ -52,6 +52,9 @@ type capCase struct {
 	// the generator).
 	readers, flows int
 	bothCores      bool
+	// tunnel, if not empty, is the TCP address on which the Quicpipe
+	// relay also serves its TLS/WebSocket tunnel (RelayConfig.Tunnel).
+	tunnel string
 }
 
 // relayCPU returns the CPU the case's relay is pinned to, or -1.
@@ -412,6 +415,9 @@ func startCapServer(lab *Lab, c capCase, tmp string, valgrind bool) (*capServer,
 	switch c.kind {
 	case "quicpipe", "quicpipe-xdp", "quicpipe-fleet", "quicpipe-bigtable":
 		args := []string{"-listen", relayAddr, "-readers", fmt.Sprint(c.readers)}
+		if c.tunnel != "" {
+			args = append(args, "-tunnel", c.tunnel)
+		}
 		if c.kind == "quicpipe-fleet" {
 			dir, err := os.MkdirTemp(tmp, "nats-")
 			if err != nil {

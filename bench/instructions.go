@@ -59,7 +59,14 @@ func instructionsCase(lab *Lab, fig *Figure, opt options, tmp string, c capCase,
 		return err
 	}
 	defer stop()
-	pid := srv.relay.pid()
+	return countInstructions(lab, fig, opt, dir, c.name, c.baseline, srv.relay.pid(), gen)
+}
+
+// countInstructions counts the userspace instructions per datagram of the
+// relay process pid under callgrind (its counters dumped into dir), loaded
+// by gen (the generator's "run" protocol, gen.go) at opt.cgRate, and adds
+// them to fig as case name.
+func countInstructions(lab *Lab, fig *Figure, opt options, dir, name string, baseline bool, pid int, gen *proc) error {
 	runGen := func(secs float64) error {
 		if err := gen.call(10*time.Second, nil, "run", secs, 0, opt.cgRate); err != nil {
 			return err
@@ -71,6 +78,12 @@ func instructionsCase(lab *Lab, fig *Figure, opt options, tmp string, c capCase,
 		return err
 	}
 	for rep := 0; rep < opt.cgReps; rep++ {
+		// A relay slowed down by callgrind may still be forwarding what
+		// its socket (or a tunnel's TCP connection) holds: not in the
+		// idle window.
+		if _, err := sinkSettled(lab); err != nil {
+			return err
+		}
 		if err := callgrindControl(pid, "-z"); err != nil {
 			return err
 		}
@@ -89,7 +102,10 @@ func instructionsCase(lab *Lab, fig *Figure, opt options, tmp string, c capCase,
 		if err := runGen(opt.cgSeconds); err != nil {
 			return err
 		}
-		time.Sleep(200 * time.Millisecond) // let the last datagrams through
+		// Let the last datagrams through.
+		if _, err := sinkSettled(lab); err != nil {
+			return err
+		}
 		load, err := callgrindDump(pid, dir)
 		if err != nil {
 			return err
@@ -103,8 +119,8 @@ func instructionsCase(lab *Lab, fig *Figure, opt options, tmp string, c capCase,
 			return fmt.Errorf("only %.0f datagrams forwarded under callgrind", fwd)
 		}
 		per := (load - idle) / fwd
-		fig.add(c.name, c.baseline, per)
-		logf("  %-28s %8.0f instructions/datagram (%.0f forwarded, idle %.0f, load %.0f)", c.name, per, fwd, idle, load)
+		fig.add(name, baseline, per)
+		logf("  %-28s %8.0f instructions/datagram (%.0f forwarded, idle %.0f, load %.0f)", name, per, fwd, idle, load)
 	}
 	return nil
 }
@@ -157,4 +173,25 @@ func callgrindTotal(path string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("%s: no totals line (yet)", path)
+}
+
+// sinkSettled waits until the sink's count has not changed for 200 ms (30 s
+// at most) and returns it.
+func sinkSettled(lab *Lab) (float64, error) {
+	last, err := lab.sinkCount()
+	if err != nil {
+		return 0, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		time.Sleep(200 * time.Millisecond)
+		n, err := lab.sinkCount()
+		if err != nil {
+			return 0, err
+		}
+		if n == last || time.Now().After(deadline) {
+			return n, nil
+		}
+		last = n
+	}
 }

@@ -3,10 +3,13 @@
 // pion/turn and a bare XDP_TX reflector), pipe setup time (against a direct
 // quic-go connection and a pion WebRTC data channel), bulk throughput of one
 // pipe (against a direct quic-go connection), relay memory (against
-// coturn), and the relay fleet on NATS (replication delay, registration
-// rate, memory and forwarding capacity of a member against a single relay). It builds network namespaces for the purpose, runs every
-// comparison, and writes results.json, results.csv, one PNG per figure and
-// summary.md into results/<date>/, copying the summary to RESULTS.md.
+// coturn), the relay fleet on NATS (replication delay, registration
+// rate, memory and forwarding capacity of a member against a single relay),
+// and the relay's TLS/WebSocket tunnel against UDP (setup, throughput,
+// relay CPU per datagram, memory per tunnel). It builds network namespaces
+// for the purpose, runs every comparison, and writes results.json,
+// results.csv, one PNG per figure and summary.md into results/<date>/,
+// copying the summary to RESULTS.md.
 //
 // It needs root (namespaces, XDP), iproute2, nftables, ethtool, taskset,
 // coturn and valgrind; see README.md.
@@ -71,7 +74,7 @@ func main() {
 	full := flag.Bool("full", false, "full mode: more repetitions and longer transfers")
 	smoke := flag.Bool("smoke", false, "CI smoke mode: one repetition of everything, every figure produced, no timing asserted")
 	out := flag.String("out", "", "results directory (default results/<date-time>)")
-	only := flag.String("only", "", "comma-separated comparisons to run: capacity,setup,bulk,memory,fleet")
+	only := flag.String("only", "", "comma-separated comparisons to run: capacity,setup,bulk,memory,fleet,tunnel")
 	flag.BoolVar(&verbose, "v", false, "log the processes' standard error")
 	flag.StringVar(&caseFilter, "cases", "", "only the capacity cases whose name contains one of these comma-separated strings (=NAME: exactly NAME)")
 	flag.BoolVar(&noInstructions, "noinstr", false, "skip the instruction counts (callgrind) of the capacity comparison")
@@ -183,6 +186,7 @@ func run(opt options, outDir string) int {
 		{"bulk", runBulk},
 		{"memory", runMemory},
 		{"fleet", runFleet},
+		{"tunnel", runTunnel},
 	} {
 		if !opt.want(c.name) {
 			continue

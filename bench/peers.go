@@ -54,6 +54,10 @@ type peerFlags struct {
 	// parameters: 12-byte connection IDs and no path MTU discovery
 	// (1280-byte datagrams).
 	qpParams bool
+	// tunnel, for Quicpipe peers: "off" reaches the relay over UDP only
+	// (TunnelOff), a wss:// URL through the relay's tunnel only
+	// (TunnelOnly), empty the library's default (TunnelAuto).
+	tunnel string
 }
 
 // streamEvent is what the accepter reports per stream.
@@ -76,6 +80,9 @@ type dialResult struct {
 	// direct path before opening it.
 	Path   string  `json:"path,omitempty"`
 	WaitMs float64 `json:"wait_ms,omitempty"`
+	// Transport is how the Quicpipe dialer reached its relay ("udp" or
+	// "tunnel").
+	Transport string `json:"transport,omitempty"`
 }
 
 func peerRole(args []string) error {
@@ -92,6 +99,7 @@ func peerRole(args []string) error {
 	fs.BoolVar(&f.loopback, "loopback", false, "allow loopback ICE candidates (webrtc)")
 	fs.BoolVar(&f.direct, "direct", false, "let Quicpipe move the pipe onto a direct path")
 	fs.BoolVar(&f.qpParams, "qpparams", false, "quic: 12-byte connection IDs, no path MTU discovery, like Quicpipe")
+	fs.StringVar(&f.tunnel, "tunnel", "", "quicpipe: off (UDP only), or the relay's tunnel URL wss://... (tunnel only); empty: the default, auto")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -172,22 +180,35 @@ func parseN(a []string) (int64, error) {
 	return strconv.ParseInt(a[0], 10, 64)
 }
 
-func quicpipeConfig(f peerFlags, self string) (*quicpipe.Config, error) {
+// quicpipeConfig returns a Quicpipe peer's configuration, and a function
+// that tells how it reaches the relay.
+func quicpipeConfig(f peerFlags, self string) (*quicpipe.Config, func() string, error) {
 	rk, err := hex.DecodeString(f.relayKey)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return &quicpipe.Config{
+	cfg := &quicpipe.Config{
 		RelayAddr:     f.relay,
 		RelayKey:      rk,
 		Identity:      benchKey(self),
 		TrustedPeers:  []ed25519.PublicKey{pub(benchKey("dialer"))},
 		DisableDirect: !f.direct,
-	}, nil
+	}
+	switch f.tunnel {
+	case "":
+	case "off":
+		cfg.Tunnel = quicpipe.TunnelOff
+	default:
+		cfg.Tunnel, cfg.TunnelURL = quicpipe.TunnelOnly, f.tunnel
+	}
+	var tr atomic.Value
+	tr.Store(string(quicpipe.TransportUDP))
+	cfg.OnRelayTransport = func(t quicpipe.Transport) { tr.Store(string(t)) }
+	return cfg, func() string { return tr.Load().(string) }, nil
 }
 
 func quicpipeAccept(ctx context.Context, f peerFlags) error {
-	cfg, err := quicpipeConfig(f, "accepter")
+	cfg, transport, err := quicpipeConfig(f, "accepter")
 	if err != nil {
 		return err
 	}
@@ -209,7 +230,13 @@ func quicpipeAccept(ctx context.Context, f peerFlags) error {
 			go acceptQUICStream(ctx, conn)
 		}
 	}()
-	serveNothing()
+	say("ready", nil)
+	serveCommands(func(cmd string, _ []string) (any, error) {
+		if cmd != "transport" {
+			return nil, errors.New("unknown command")
+		}
+		return map[string]string{"transport": transport()}, nil
+	})
 	return nil
 }
 
@@ -231,7 +258,7 @@ func acceptQUICStream(ctx context.Context, conn *quic.Conn) {
 }
 
 func quicpipeDial(ctx context.Context, f peerFlags) error {
-	cfg, err := quicpipeConfig(f, "dialer")
+	cfg, transport, err := quicpipeConfig(f, "dialer")
 	if err != nil {
 		return err
 	}
@@ -241,7 +268,27 @@ func quicpipeDial(ctx context.Context, f peerFlags) error {
 	}
 	defer d.Close()
 	peer := pub(benchKey("accepter"))
+	// "connect": a second Dialer of the same configuration, from a new
+	// socket: NewDialer's time to reach the relay and register (through
+	// the tunnel: TCP, TLS, the WebSocket upgrade, then the same).
+	connect := func() (any, error) {
+		cfg, transport, err := quicpipeConfig(f, "dialer")
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		t0 := monoNow()
+		d, err := quicpipe.NewDialer(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		t1 := monoNow()
+		d.Close()
+		return map[string]any{"ms": float64(t1-t0) / 1e6, "transport": transport()}, nil
+	}
 	serveDials(ctx, func(ctx context.Context, n int64, r *dialResult) error {
+		r.Transport = transport()
 		conn, err := d.DialMailbox(ctx, peer)
 		if err != nil {
 			return err
@@ -263,15 +310,19 @@ func quicpipeDial(ctx context.Context, f peerFlags) error {
 			r.Path = pi.Kind.String()
 		}
 		return dialStream(ctx, conn, n, r)
-	})
+	}, map[string]func() (any, error){"connect": connect})
 	return nil
 }
 
 // serveDials says ready and answers "dial BYTES" commands: dial runs with a
-// 600 s deadline, and r.T0 is taken just before it.
-func serveDials(ctx context.Context, dial func(ctx context.Context, n int64, r *dialResult) error) {
+// 600 s deadline, and r.T0 is taken just before it. Other commands without
+// arguments go to the functions of more, if any.
+func serveDials(ctx context.Context, dial func(ctx context.Context, n int64, r *dialResult) error, more map[string]func() (any, error)) {
 	say("ready", nil)
 	serveCommands(func(cmd string, a []string) (any, error) {
+		if f, ok := more[cmd]; ok && len(a) == 0 {
+			return f()
+		}
 		n, err := parseN(a)
 		if err != nil || cmd != "dial" {
 			return nil, fmt.Errorf("usage: dial BYTES")
@@ -356,7 +407,7 @@ func quicDial(ctx context.Context, f peerFlags) error {
 		}
 		defer qc.CloseWithError(0, "")
 		return dialStream(ctx, qc, n, r)
-	})
+	}, nil)
 	return nil
 }
 

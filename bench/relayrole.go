@@ -49,6 +49,13 @@ type relayStats struct {
 	RSS        int64             `json:"rss"`
 	XDPMode    string            `json:"xdp_mode,omitempty"`
 	Registered uint64            `json:"registered"`
+	// StackInuse is the goroutine stacks' memory (runtime.MemStats), which
+	// HeapAlloc leaves out; Goroutines their number.
+	StackInuse uint64 `json:"stack_inuse"`
+	Goroutines int    `json:"goroutines"`
+	// Tunnels is the number of tunnels open at the relay
+	// (Relay.TunnelStats().Open).
+	Tunnels uint64 `json:"tunnels"`
 }
 
 func relayRole(args []string) error {
@@ -61,6 +68,7 @@ func relayRole(args []string) error {
 	fleetDir := fs.String("fleet", "", "join a fleet: run an embedded NATS node storing in this directory, and a fleet member on it")
 	fleetNATS := fs.String("fleet-nats", memberNATS, "where the embedded NATS node of -fleet listens")
 	readers := fs.Int("readers", 0, "RelayConfig.Readers (0: one per CPU the process may use)")
+	tunnel := fs.String("tunnel", "", "serve the TLS/WebSocket tunnel on this TCP address (RelayConfig.Tunnel)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -77,6 +85,11 @@ func relayRole(args []string) error {
 			m = xdp.ModeGeneric
 		}
 		cfg.FastPath = relayxdp.New(relayxdp.Config{Interface: *xdpIf, Mode: m})
+	}
+	if *tunnel != "" {
+		// The tunnel's per-source and total bounds are policy: every
+		// bench client shares one address.
+		cfg.Tunnel = &quicpipe.TunnelConfig{Addr: *tunnel, MaxTunnels: 1 << 16, MaxTunnelsPerSource: 1 << 16}
 	}
 	var fm *fleetMembership
 	if *fleetDir != "" {
@@ -173,7 +186,8 @@ func snapshotRelay(r *quicpipe.Relay, gc bool) relayStats {
 	runtime.ReadMemStats(&ms)
 	st := r.Stats()
 	s := relayStats{Forwarded: st.Forwarded, Dropped: st.Dropped, Mallocs: ms.Mallocs,
-		HeapAlloc: ms.HeapAlloc, CIDs: st.CIDs, Regs: st.Registrations, Registered: st.Registered}
+		HeapAlloc: ms.HeapAlloc, CIDs: st.CIDs, Regs: st.Registrations, Registered: st.Registered,
+		StackInuse: ms.StackInuse, Goroutines: runtime.NumGoroutine(), Tunnels: r.TunnelStats().Open}
 	if st.XDP != nil {
 		s.XDP = map[string]uint64{}
 		for k, v := range st.XDP {

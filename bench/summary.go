@@ -226,8 +226,8 @@ func summaryMarkdown(res *Results, prefix string) string {
 
 	titles := map[string]string{"capacity": "1. Relay forwarding capacity", "setup": "2. Pipe setup time",
 		"bulk": "3. Bulk throughput of one pipe", "memory": "4. Relay memory",
-		"fleet": "5. Relay fleet (issue 15)"}
-	for _, comp := range []string{"capacity", "setup", "bulk", "memory", "fleet"} {
+		"fleet": "5. Relay fleet (issue 15)", "tunnel": "6. Relay tunnel against UDP (issue 16)"}
+	for _, comp := range []string{"capacity", "setup", "bulk", "memory", "fleet", "tunnel"} {
 		var figs []*Figure
 		for _, f := range res.Figures {
 			if f.Comparison == comp && len(f.Series) > 0 {

@@ -31,6 +31,9 @@ func TestSummary(t *testing.T) {
 	b.add(bulkDirect, true, 185)
 	b.add(bulkSameRTT, false, 175)
 	b.add(bulkSameRTTPkt, true, 171)
+	tc := res.figure("tunnel_capacity_per_cpu", "tunnel", "per CPU", "veth", "datagrams per relay CPU-second", true)
+	tc.add(tunCapUDPPlain, true, 380e3)
+	tc.add(tunCapTunnel, false, 95e3)
 	// No WebRTC value: its target must say "not measured".
 	res.missing("setup: WebRTC", os.ErrNotExist)
 	evaluateTargets(res, 25*time.Millisecond)
@@ -72,7 +75,7 @@ func TestSummary(t *testing.T) {
 	}
 	md := summaryMarkdown(res, "x/")
 	for _, want := range []string{"| userspace relay vs coturn |", "1.60×", "![capacity_per_cpu](x/capacity_per_cpu.png)",
-		"## Missing", "Why targets are missed"} {
+		"## Missing", "Why targets are missed", "## 6. Relay tunnel against UDP (issue 16)", "| 0.25× |"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("summary lacks %q", want)
 		}
