@@ -31,6 +31,9 @@ type registerResponse struct {
 	Expires time.Time `json:"expires"`
 	// TTL is the registration lifetime in seconds.
 	TTL int `json:"ttl"`
+	// Sleep, present only when the relay lets listeners sleep, gives the
+	// keep-alive interval of a sleeping listener (relay_sleep.go).
+	Sleep *sleepOffer `json:"sleep,omitempty"`
 }
 
 // errorResponse is the JSON body of every error answer of the relay API.
@@ -107,4 +110,11 @@ const (
 	CodeMailboxBusy = "mailbox_busy"
 	// CodeLimitMailboxes: the relay holds its maximum of mailboxes (503).
 	CodeLimitMailboxes = "limit_mailboxes"
+	// CodeSleepRefused: a request to sleep over a connection that holds
+	// neither the key's registration nor the mailbox, or whose mailbox's
+	// ID is taken (409).
+	CodeSleepRefused = "sleep_refused"
+	// CodeLimitSleepers: the relay holds its maximum of sleeping listeners
+	// (503).
+	CodeLimitSleepers = "limit_sleepers"
 )

@@ -72,6 +72,7 @@ type Relay struct {
 	connWG      sync.WaitGroup // serveConn goroutines
 
 	mailbox *mailboxServer // nil if RelayConfig.Mailbox is nil
+	sleep   *sleepServer   // nil unless the relay offers sleep (relay_sleep.go)
 
 	xdp *relayXDP // nil unless RelayConfig.FastPath is set
 
@@ -165,6 +166,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		MaxTotalBytesPerSecond:   c.MaxTotalBytesPerSecond,
 		Follow:                   r.wakeFollow,
 		GRO:                      true,
+		Sleep:                    r.sleepHook(c),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("quicpipe: relay socket: %w", err)
@@ -220,6 +222,9 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	if c.Mailbox != nil {
 		r.mailbox = newMailboxServer(r, c.Mailbox)
 		mux.HandleFunc(mailboxPath, r.mailbox.handle)
+	}
+	if r.sleep != nil {
+		mux.HandleFunc(sleepPath, r.handleSleep)
 	}
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, req *http.Request) {
 		r.apiError(w, http.StatusNotFound, CodeNotFound, "no such endpoint: "+req.URL.Path)

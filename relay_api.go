@@ -233,6 +233,7 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 			Num:     num,
 			Expires: expires.UTC().Truncate(time.Millisecond),
 			TTL:     int(ttl / time.Second),
+			Sleep:   r.sleep.offer(),
 		}, 0, "", nil
 	}
 }
