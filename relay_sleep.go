@@ -43,7 +43,8 @@ const (
 	// sleepChallengeEvery bounds how often the relay challenges one
 	// sleeper's new address.
 	sleepChallengeEvery = time.Second
-	// sleepWalkEvery is how often the janitor looks for sleepers to forget.
+	// sleepWalkEvery is how often, at most, the janitor looks for
+	// sleepers to forget (a quarter of the keep-alive interval if less).
 	sleepWalkEvery = time.Second
 )
 
@@ -115,7 +116,7 @@ type sleepServer struct {
 	perSource map[netip.Prefix]int
 	lastWalk  time.Time
 
-	slept, expired, keepAlives, challenges, moved, wakes, wakeResends atomic.Uint64
+	slept, expired, keepAlives, challenges, moved, wakes, wakeResends     atomic.Uint64
 	dropShort, dropType, dropUnknown, dropMAC, dropReplay, dropUnexpected atomic.Uint64
 	moveWarned                                                            atomic.Int64
 }
@@ -486,9 +487,10 @@ func (r *Relay) goToSleep(qc *quic.Conn, body *sleepRequest) (sleepAnswer, int, 
 	ss.byID[id] = s
 	ss.perSource[s.src]++
 	ss.slept.Add(1)
+	floor := s.sendCtr
 	// The first challenge measures the round trip that paces wakes.
 	ss.write(ss.challengeLocked(s, s.addr, now), s.addr)
-	return sleepAnswer{KeepAliveMS: ss.every.Milliseconds(), Counter: s.sendCtr}, 0, "", nil
+	return sleepAnswer{KeepAliveMS: ss.every.Milliseconds(), Counter: floor}, 0, "", nil
 }
 
 // dropLocked forgets s (its mailbox was taken by a new holder, or it
@@ -506,7 +508,7 @@ func (ss *sleepServer) dropLocked(s *sleeper) {
 // registered again over a connection) their registrations. r.regMu must be
 // held.
 func (ss *sleepServer) expireLocked(now time.Time) {
-	if now.Sub(ss.lastWalk) < sleepWalkEvery {
+	if now.Sub(ss.lastWalk) < min(sleepWalkEvery, ss.every/4) {
 		return
 	}
 	ss.lastWalk = now
