@@ -65,7 +65,7 @@ type relaySession struct {
 	reg        Registration
 	ttl        time.Duration
 	offer      *sleepOffer // what the relay's last answer said of sleep
-	onObserved func() // called when the observed address changes
+	onObserved func()      // called when the observed address changes
 
 	// gate, if set (an Accepter's), returns nil while the peer is awake,
 	// and while it sleeps a channel closed when it wakes: the session

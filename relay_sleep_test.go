@@ -126,7 +126,6 @@ func TestSleepingListenerDial(t *testing.T) {
 	}
 }
 
-
 // TestSleepKeepAlivesOutliveTTL: a sleeper's keep-alives keep its
 // registration and mailbox past the registration's TTL.
 func TestSleepKeepAlivesOutliveTTL(t *testing.T) {
