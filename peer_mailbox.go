@@ -290,6 +290,10 @@ func (c *mailboxClient) run(body io.ReadCloser) {
 				log.Debug("mailbox reopened after sleeping")
 				continue
 			}
+			if c.ctx.Err() != nil {
+				c.stop(ErrClosed)
+				return
+			}
 			log.Warn("reopening the mailbox after sleeping failed; retrying", "err", err)
 			backoff = 0
 		} else {

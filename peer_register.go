@@ -316,6 +316,11 @@ func (s *relaySession) registerNow() {
 		if err == nil || errors.As(err, &full) {
 			return
 		}
+		select {
+		case <-s.closed:
+			return
+		default:
+		}
 		backoff = min(max(2*backoff, registerRetryMin), registerRetryMax)
 		s.log.Warn("relay registration after waking failed; retrying", "relay", s.addr.String(), "in", backoff, "err", err)
 		t := time.NewTimer(backoff)

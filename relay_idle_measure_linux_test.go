@@ -30,12 +30,20 @@ import (
 //
 // QUICPIPE_MEASURE_IDLE_N lists the cumulative counts to measure at
 // (default "1000,10000"); QUICPIPE_MEASURE_IDLE_PROFILE, if set, is where
-// the relay's heap profile is written after the last count.
+// the relay's heap profile is written after the last count. With
+// QUICPIPE_MEASURE_IDLE_SLEEP=1 the listeners sleep (decision 0029):
+//
+//	QUICPIPE_MEASURE_IDLE=1 QUICPIPE_MEASURE_IDLE_SLEEP=1 QUICPIPE_MEASURE_IDLE_N=10000,100000 \
+//		go test -run '^TestMeasureIdlePeers$' -v -timeout 60m .
 const (
 	measureIdleEnv      = "QUICPIPE_MEASURE_IDLE"
 	measureIdleCountEnv = "QUICPIPE_MEASURE_IDLE_N"
 	measureIdleChildEnv = "QUICPIPE_MEASURE_IDLE_CHILD" // relay address and key, for the child
 	measureIdleProfEnv  = "QUICPIPE_MEASURE_IDLE_PROFILE"
+	// measureIdleSleepEnv, if "1", measures sleeping listeners instead
+	// (decision 0029, part 2): they sleep one second after opening their
+	// mailbox, and the relay is measured once all of them sleep.
+	measureIdleSleepEnv = "QUICPIPE_MEASURE_IDLE_SLEEP"
 )
 
 func TestMeasureIdlePeers(t *testing.T) {
@@ -87,6 +95,7 @@ func TestMeasureIdlePeers(t *testing.T) {
 			<-done
 		}
 	}()
+	sleeping := os.Getenv(measureIdleSleepEnv) == "1"
 	lines := bufio.NewScanner(stdout)
 	base := idleMemSnapshot(t)
 	t.Logf("base: heap %d, RSS %d", base.heap, base.rss)
@@ -108,6 +117,20 @@ func TestMeasureIdlePeers(t *testing.T) {
 			t.Fatalf("child: %s", reply)
 		}
 		took := time.Since(start)
+		if sleeping {
+			// Wait until every listener sleeps and its connection is gone.
+			deadline := time.Now().Add(10 * time.Minute)
+			for {
+				conns, _ := r.conns.counts()
+				if r.SleepStats().Sleeping >= n && conns == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after 10 minutes: %d sleepers, %d connections; want %d and 0", r.SleepStats().Sleeping, conns, n)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
 		// Let registrations, mailbox opens and keep-alives settle.
 		time.Sleep(5 * time.Second)
 		regs := r.localRegistrations()
@@ -116,8 +139,16 @@ func TestMeasureIdlePeers(t *testing.T) {
 		r.mailbox.mu.Unlock()
 		conns, _ := r.conns.counts()
 		s := idleMemSnapshot(t)
-		t.Logf("IDLE n=%d regs=%d mailboxes=%d conns=%d: heap %.0f B/listener, RSS %.0f B/listener, goroutines %d (opened in %v)",
-			n, regs, mboxes, conns, float64(s.heap-base.heap)/float64(n), float64(s.rss-base.rss)/float64(n), s.goroutines, took.Round(time.Millisecond))
+		kind := "IDLE"
+		if sleeping {
+			kind = "SLEEPING"
+		}
+		t.Logf("%s n=%d regs=%d mailboxes=%d conns=%d sleepers=%d cids=%d: heap %.0f B/listener, RSS %.0f B/listener, goroutines %d (opened in %v)",
+			kind, n, regs, mboxes, conns, r.SleepStats().Sleeping, r.table.Len(), float64(s.heap-base.heap)/float64(n), float64(s.rss-base.rss)/float64(n), s.goroutines, took.Round(time.Millisecond))
+		if sleeping {
+			ss := r.SleepStats()
+			t.Logf("SLEEPING n=%d: keep-alives %d, dropped %v, expired %d", n, ss.KeepAlives, ss.Dropped, ss.Expired)
+		}
 		t.Logf("IDLE n=%d: the listeners' process: RSS %.0f B/listener", n, float64(childRSS)/float64(n))
 		if regs < n || mboxes < n {
 			t.Errorf("relay holds %d registrations and %d mailboxes, want %d", regs, mboxes, n)
@@ -220,6 +251,12 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 			a.Close()
 		}
 	}()
+	// Awake listeners never sleep; sleeping ones sleep a second after
+	// opening their mailbox.
+	sleepAfter := time.Duration(-1)
+	if os.Getenv(measureIdleSleepEnv) == "1" {
+		sleepAfter = time.Second
+	}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		n, err := strconv.Atoi(in.Text())
@@ -238,7 +275,7 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 					var a *Accepter
 					var err error
 					for range 3 {
-						if a, err = openIdleListener(ctx, addr, rk, dialer); err == nil {
+						if a, err = openIdleListener(ctx, addr, rk, dialer, sleepAfter); err == nil {
 							break
 						}
 						t.Logf("retrying a listener: %v", err)
@@ -258,6 +295,18 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 			fmt.Printf("failed %v\n", *e)
 			return
 		}
+		for sleepAfter > 0 {
+			awake := 0
+			for _, a := range accs {
+				if !a.Asleep() {
+					awake++
+				}
+			}
+			if awake == 0 {
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
 		rss, err := procSelfRSS()
 		if err != nil {
 			t.Fatal(err)
@@ -268,11 +317,12 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 
 // openIdleListener makes an Accepter registered at the relay with its
 // mailbox open.
-func openIdleListener(ctx context.Context, relay string, relayKey, dialer ed25519.PublicKey) (*Accepter, error) {
+func openIdleListener(ctx context.Context, relay string, relayKey, dialer ed25519.PublicKey, sleepAfter time.Duration) (*Accepter, error) {
 	_, id, _ := ed25519.GenerateKey(nil)
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	a, err := NewAccepter(ctx, &Config{RelayAddr: relay, RelayKey: relayKey, Identity: id, TrustedPeers: []ed25519.PublicKey{dialer}, DisableDirect: true})
+	a, err := NewAccepter(ctx, &Config{RelayAddr: relay, RelayKey: relayKey, Identity: id, TrustedPeers: []ed25519.PublicKey{dialer},
+		DisableDirect: true, SleepAfter: sleepAfter})
 	if err != nil {
 		return nil, err
 	}
