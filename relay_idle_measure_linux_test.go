@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -44,6 +45,9 @@ const (
 	// (decision 0029, part 2): they sleep one second after opening their
 	// mailbox, and the relay is measured once all of them sleep.
 	measureIdleSleepEnv = "QUICPIPE_MEASURE_IDLE_SLEEP"
+	// measureIdleMaxRSSEnv bounds the listeners' process, in MB (default
+	// 12288): it stops opening listeners beyond.
+	measureIdleMaxRSSEnv = "QUICPIPE_MEASURE_IDLE_MAXRSS_MB"
 )
 
 func TestMeasureIdlePeers(t *testing.T) {
@@ -146,6 +150,14 @@ func TestMeasureIdlePeers(t *testing.T) {
 		t.Logf("%s n=%d regs=%d mailboxes=%d conns=%d sleepers=%d cids=%d: heap %.0f B/listener, RSS %.0f B/listener, goroutines %d (opened in %v)",
 			kind, n, regs, mboxes, conns, r.SleepStats().Sleeping, r.table.Len(), float64(s.heap-base.heap)/float64(n), float64(s.rss-base.rss)/float64(n), s.goroutines, took.Round(time.Millisecond))
 		if sleeping {
+			// The connections the listeners held before they slept left
+			// freed pages that the runtime returns to the OS only
+			// slowly: the RSS once they are returned is the steady
+			// state's.
+			debug.FreeOSMemory()
+			f := idleMemSnapshot(t)
+			t.Logf("SLEEPING n=%d: after returning freed memory to the OS: heap %.0f B/listener, RSS %.0f B/listener",
+				n, float64(f.heap-base.heap)/float64(n), float64(f.rss-base.rss)/float64(n))
 			ss := r.SleepStats()
 			t.Logf("SLEEPING n=%d: keep-alives %d, dropped %v, expired %d", n, ss.KeepAlives, ss.Dropped, ss.Expired)
 		}
@@ -257,6 +269,14 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 	if os.Getenv(measureIdleSleepEnv) == "1" {
 		sleepAfter = time.Second
 	}
+	maxRSS := int64(12 << 30)
+	if v := os.Getenv(measureIdleMaxRSSEnv); v != "" {
+		mb, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			t.Fatalf("%s: %v", measureIdleMaxRSSEnv, err)
+		}
+		maxRSS = mb << 20
+	}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		n, err := strconv.Atoi(in.Text())
@@ -269,7 +289,15 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 		var wg sync.WaitGroup
 		for range 16 {
 			wg.Go(func() {
-				for next.Add(1) <= int64(n) && failed.Load() == nil {
+				for i := next.Add(1); i <= int64(n) && failed.Load() == nil; i = next.Add(1) {
+					if i%1000 == 0 {
+						// Keep the machine alive: stop before it runs out.
+						if rss, _ := procSelfRSS(); rss > maxRSS {
+							err := fmt.Errorf("the listeners' process holds %d MB at %d listeners, over %s", rss>>20, i, measureIdleMaxRSSEnv)
+							failed.Store(&err)
+							return
+						}
+					}
 					// On a loaded machine a handshake may time out: a
 					// listener gets three tries.
 					var a *Accepter
@@ -306,6 +334,9 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 				break
 			}
 			time.Sleep(500 * time.Millisecond)
+		}
+		if sleepAfter > 0 {
+			debug.FreeOSMemory() // what the connections held before sleeping
 		}
 		rss, err := procSelfRSS()
 		if err != nil {

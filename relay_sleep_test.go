@@ -407,3 +407,37 @@ func TestSleepOldPeers(t *testing.T) {
 		}
 	})
 }
+
+// nopRouter is a MailboxRouter that routes nothing.
+type nopRouter struct{}
+
+func (nopRouter) Hold(context.Context, ed25519.PublicKey) error { return nil }
+func (nopRouter) Release(ed25519.PublicKey)                     {}
+func (nopRouter) Post(context.Context, ed25519.PublicKey, []byte) error {
+	return &RelayError{Status: 404, Code: CodeNoMailbox}
+}
+
+// TestSleepNotInFleet: a fleet member (MailboxRouter set) does not offer
+// sleep yet, and its listeners stay awake.
+func TestSleepNotInFleet(t *testing.T) {
+	e := newSleepEnv(t, RelayConfig{MailboxRouter: nopRouter{}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := e.config(GenerateIdentity(), pub(GenerateIdentity()))
+	cfg.SleepAfter = 50 * time.Millisecond
+	a, err := NewAccepter(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if a.p.sess.sleepOffered() != nil {
+		t.Fatal("a fleet member offered sleep")
+	}
+	if err := a.OpenMailbox(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if a.Asleep() || e.relay.SleepStats().Sleeping != 0 {
+		t.Fatal("a listener slept at a fleet member")
+	}
+}
