@@ -8,11 +8,13 @@ import (
 	"crypto/ed25519"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,6 +50,8 @@ const (
 	// measureIdleMaxRSSEnv bounds the listeners' process, in MB (default
 	// 12288): it stops opening listeners beyond.
 	measureIdleMaxRSSEnv = "QUICPIPE_MEASURE_IDLE_MAXRSS_MB"
+	// perChildMax is the most listeners one child process opens.
+	perChildMax = 18000
 )
 
 func TestMeasureIdlePeers(t *testing.T) {
@@ -72,53 +76,71 @@ func TestMeasureIdlePeers(t *testing.T) {
 	}
 	serveRelay(t, r, nil)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMeasureIdlePeersChild$", "-test.v")
-	cmd.Env = append(os.Environ(), measureIdleChildEnv+"="+r.LocalAddr().String()+","+hex.EncodeToString(relayKey.Public().(ed25519.PublicKey)))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
+	// A process may hold fewer than 20,000 sockets here (RLIMIT_NOFILE's
+	// hard limit): the listeners are shared among as many children as
+	// needed, each opening its share of every count.
+	children := (slices.Max(counts) + perChildMax - 1) / perChildMax
+	type child struct {
+		stdin io.WriteCloser
+		lines *bufio.Scanner
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stdin.Close()
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(2 * time.Minute):
-			cmd.Process.Kill()
-			<-done
+	var kids []child
+	for range children {
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMeasureIdlePeersChild$", "-test.v")
+		cmd.Env = append(os.Environ(), measureIdleChildEnv+"="+r.LocalAddr().String()+","+hex.EncodeToString(relayKey.Public().(ed25519.PublicKey)))
+		cmd.Stderr = os.Stderr
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			stdin.Close()
+			done := make(chan struct{})
+			go func() { cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(2 * time.Minute):
+				cmd.Process.Kill()
+				<-done
+			}
+		}()
+		kids = append(kids, child{stdin, bufio.NewScanner(stdout)})
+	}
 	sleeping := os.Getenv(measureIdleSleepEnv) == "1"
-	lines := bufio.NewScanner(stdout)
 	base := idleMemSnapshot(t)
 	t.Logf("base: heap %d, RSS %d", base.heap, base.rss)
 	for _, n := range counts {
 		start := time.Now()
-		fmt.Fprintf(stdin, "%d\n", n)
-		var reply string
-		for lines.Scan() {
-			if reply = lines.Text(); strings.HasPrefix(reply, "idle ") || strings.HasPrefix(reply, "failed ") {
-				break
-			}
+		// Child k holds listeners [n*k/children, n*(k+1)/children).
+		for k, c := range kids {
+			fmt.Fprintf(c.stdin, "%d\n", n*(k+1)/children-n*k/children)
 		}
-		if !strings.HasPrefix(reply, "idle ") {
-			t.Fatalf("child: %v (last line %q)", lines.Err(), reply)
-		}
-		var got int
 		var childRSS int64
-		if _, err := fmt.Sscanf(reply, "idle %d %d", &got, &childRSS); err != nil || got != n {
-			t.Fatalf("child: %s", reply)
+		for k, c := range kids {
+			var reply string
+			for c.lines.Scan() {
+				if reply = c.lines.Text(); strings.HasPrefix(reply, "idle ") || strings.HasPrefix(reply, "failed ") {
+					break
+				}
+			}
+			if !strings.HasPrefix(reply, "idle ") {
+				t.Fatalf("child %d: %v (last line %q)", k, c.lines.Err(), reply)
+			}
+			var got int
+			var rss int64
+			if _, err := fmt.Sscanf(reply, "idle %d %d", &got, &rss); err != nil || got != n*(k+1)/children-n*k/children {
+				t.Fatalf("child %d: %s", k, reply)
+			}
+			childRSS += rss
 		}
 		took := time.Since(start)
 		if sleeping {
