@@ -48,7 +48,7 @@ const (
 	// mailbox, and the relay is measured once all of them sleep.
 	measureIdleSleepEnv = "QUICPIPE_MEASURE_IDLE_SLEEP"
 	// measureIdleMaxRSSEnv bounds the listeners' process, in MB (default
-	// 12288): it stops opening listeners beyond.
+	// 3500) per child: it stops opening listeners beyond.
 	measureIdleMaxRSSEnv = "QUICPIPE_MEASURE_IDLE_MAXRSS_MB"
 	// perChildMax is the most listeners one child process opens.
 	perChildMax = 18000
@@ -291,7 +291,7 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 	if os.Getenv(measureIdleSleepEnv) == "1" {
 		sleepAfter = time.Second
 	}
-	maxRSS := int64(12 << 30)
+	maxRSS := int64(3500 << 20)
 	if v := os.Getenv(measureIdleMaxRSSEnv); v != "" {
 		mb, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
