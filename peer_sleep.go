@@ -150,29 +150,27 @@ func (a *Accepter) wakeUp(why string) {
 // keeps it asleep, until a closes.
 func (a *Accepter) sleepLoop() {
 	for {
-		ka, ok := a.waitIdle()
-		if !ok {
+		if !a.waitIdle() {
 			return
 		}
-		if !a.goToSleep(ka) {
+		every, ok := a.goToSleep()
+		if !ok {
 			continue
 		}
-		if !a.stayAsleep() {
+		if !a.stayAsleep(every) {
 			return
 		}
 	}
 }
 
-// waitIdle waits until a may sleep, handling sleep datagrams meanwhile,
-// and returns the relay's keep-alive interval; false once a closes.
-func (a *Accepter) waitIdle() (time.Duration, bool) {
+// waitIdle waits until a may sleep, handling sleep datagrams meanwhile;
+// false once a closes.
+func (a *Accepter) waitIdle() bool {
 	s := &a.sl
 	for {
 		wait := sleepRecheck
-		var ka time.Duration
 		if offer := a.p.sess.sleepOffered(); offer != nil && offer.KeepAliveMS > 0 && a.mailboxReading() &&
 			!a.p.pconn.only.Load() && a.p.pconn.tun.Load() == nil && !a.p.pconn.pinned.Load() {
-			ka = time.Duration(offer.KeepAliveMS) * time.Millisecond
 			s.mu.Lock()
 			if s.active == 0 {
 				at := s.idleSince.Add(s.after)
@@ -183,7 +181,7 @@ func (a *Accepter) waitIdle() (time.Duration, bool) {
 			}
 			s.mu.Unlock()
 			if wait <= 0 {
-				return ka, true
+				return true
 			}
 			wait = min(wait, sleepRecheck)
 		}
@@ -191,7 +189,7 @@ func (a *Accepter) waitIdle() (time.Duration, bool) {
 		select {
 		case <-a.done:
 			t.Stop()
-			return 0, false
+			return false
 		case <-s.kick:
 		case b := <-s.in:
 			a.sleepDatagram(b, nil)
@@ -209,8 +207,9 @@ func (a *Accepter) mailboxReading() bool {
 	return c != nil && c.reading.Load()
 }
 
-// goToSleep asks the relay to let a sleep, and reports whether it sleeps.
-func (a *Accepter) goToSleep(ka time.Duration) bool {
+// goToSleep asks the relay to let a sleep, and reports whether it sleeps,
+// with the keep-alive interval the relay asked for.
+func (a *Accepter) goToSleep() (time.Duration, bool) {
 	s := &a.sl
 	cfg := a.p.cfg
 	pub := cfg.Identity.Public().(ed25519.PublicKey)
@@ -220,14 +219,14 @@ func (a *Accepter) goToSleep(ka time.Duration) bool {
 			s.mu.Lock()
 			s.notBefore = time.Now().Add(sleepRetry)
 			s.mu.Unlock()
-			return false
+			return 0, false
 		}
 		s.key, s.id, s.hasKey = k, sleepIDOf(pub), true
 	}
 	s.mu.Lock()
 	if s.active > 0 {
 		s.mu.Unlock()
-		return false
+		return 0, false
 	}
 	s.asleep = true
 	s.woke = make(chan struct{})
@@ -255,26 +254,26 @@ func (a *Accepter) goToSleep(ka time.Duration) bool {
 		s.notBefore = time.Now().Add(sleepRetry)
 		s.mu.Unlock()
 		a.wakeUp("sleep refused")
-		return false
+		return 0, false
 	}
 	s.mu.Lock()
 	s.recvCtr = ans.Counter
 	s.slept++
 	s.relayAck = time.Now()
 	s.mu.Unlock()
-	cfg.Logger.Debug("asleep", "keepalive", ka)
-	return true
+	every := time.Duration(ans.KeepAliveMS) * time.Millisecond
+	cfg.Logger.Debug("asleep", "keepalive", every)
+	return every, true
 }
 
 // stayAsleep sends keep-alives and answers the relay until a wakes; false
 // once a closes.
-func (a *Accepter) stayAsleep() bool {
+func (a *Accepter) stayAsleep(every time.Duration) bool {
 	s := &a.sl
 	s.mu.Lock()
 	woke := s.woke
 	s.mu.Unlock()
-	ka := time.Duration(a.p.sess.sleepOffered().KeepAliveMS) * time.Millisecond
-	t := time.NewTicker(ka)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	missed := 0
 	for {

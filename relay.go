@@ -51,6 +51,9 @@ type Relay struct {
 	regMu   sync.Mutex
 	regs    registry // guarded by regMu
 	closing bool
+	// draining is set by Shutdown: sleepers' keep-alives no longer keep
+	// them (relay_sleep.go).
+	draining atomic.Bool
 	// remoteRegs counts the registrations held by other members of a
 	// fleet (see ApplyRemote). Guarded by regMu.
 	remoteRegs int
@@ -365,6 +368,7 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	r.regMu.Lock()
 	r.closing = true
 	r.regMu.Unlock()
+	r.draining.Store(true)
 	r.log.Info("relay draining")
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -45,7 +46,9 @@ const (
 	measureIdleProfEnv  = "QUICPIPE_MEASURE_IDLE_PROFILE"
 	// measureIdleSleepEnv, if "1", measures sleeping listeners instead
 	// (decision 0029, part 2): they sleep one second after opening their
-	// mailbox, and the relay is measured once all of them sleep.
+	// mailbox, and the relay is measured once all of them sleep. If
+	// "light", the sleepers are light ones (relay_idle_light_linux_test.go),
+	// the same to the relay, cheaper to the children.
 	measureIdleSleepEnv = "QUICPIPE_MEASURE_IDLE_SLEEP"
 	// measureIdleMaxRSSEnv bounds the listeners' process, in MB (default
 	// 3500) per child: it stops opening listeners beyond.
@@ -115,7 +118,7 @@ func TestMeasureIdlePeers(t *testing.T) {
 		}()
 		kids = append(kids, child{stdin, bufio.NewScanner(stdout)})
 	}
-	sleeping := os.Getenv(measureIdleSleepEnv) == "1"
+	sleeping := os.Getenv(measureIdleSleepEnv) == "1" || os.Getenv(measureIdleSleepEnv) == "light"
 	base := idleMemSnapshot(t)
 	t.Logf("base: heap %d, RSS %d", base.heap, base.rss)
 	for _, n := range counts {
@@ -299,6 +302,10 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 		}
 		maxRSS = mb << 20
 	}
+	if os.Getenv(measureIdleSleepEnv) == "light" {
+		lightChild(t, addr, rk, maxRSS)
+		return
+	}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		n, err := strconv.Atoi(in.Text())
@@ -384,4 +391,61 @@ func openIdleListener(ctx context.Context, relay string, relayKey, dialer ed2551
 		return nil, err
 	}
 	return a, nil
+}
+
+// lightChild is TestMeasureIdlePeersChild with light sleepers.
+func lightChild(t *testing.T, relay string, relayKey ed25519.PublicKey, maxRSS int64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ls := &lightSleepers{relay: netip.MustParseAddrPort(relay)}
+	defer ls.close()
+	go ls.run(ctx)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		n, err := strconv.Atoi(in.Text())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var next atomic.Int64
+		next.Store(int64(ls.count()))
+		var failed atomic.Pointer[error]
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Go(func() {
+				for i := next.Add(1); i <= int64(n) && failed.Load() == nil; i = next.Add(1) {
+					if i%1000 == 0 {
+						if rss, _ := procSelfRSS(); rss > maxRSS {
+							err := fmt.Errorf("the listeners' process holds %d MB at %d listeners, over %s", rss>>20, i, measureIdleMaxRSSEnv)
+							failed.Store(&err)
+							return
+						}
+					}
+					var s *lightSleeper
+					var err error
+					for range 3 {
+						if s, err = openLightSleeper(ctx, relay, relayKey); err == nil {
+							break
+						}
+						t.Logf("retrying a sleeper: %v", err)
+					}
+					if err != nil {
+						failed.Store(&err)
+						return
+					}
+					ls.add(s)
+				}
+			})
+		}
+		wg.Wait()
+		if e := failed.Load(); e != nil {
+			fmt.Printf("failed %v\n", *e)
+			return
+		}
+		debug.FreeOSMemory()
+		rss, err := procSelfRSS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("idle %d %d\n", ls.count(), rss)
+	}
 }

@@ -279,6 +279,12 @@ func (ss *sleepServer) handle(b []byte, from netip.AddrPort) {
 	s.recvCtr = m.counter
 	switch m.typ {
 	case sleepKeepAlive:
+		if ss.r.draining.Load() {
+			// Draining (Shutdown): sleepers are not kept; unanswered,
+			// they wake and find the relay closing.
+			ss.mu.Unlock()
+			return
+		}
 		ss.keepAlives.Add(1)
 		s.expires = now.Add(ss.lifetime()).UnixNano()
 		s.reg.SetExpires(max(s.reg.Expires(), s.expires))
@@ -407,51 +413,53 @@ func (r *Relay) handleSleep(w http.ResponseWriter, req *http.Request) {
 		r.apiError(w, http.StatusInternalServerError, CodeNoAddress, "cannot tell the connection of this request")
 		return
 	}
-	ans, status, code, err := r.goToSleep(qc, &body)
+	ans, chal, to, status, code, err := r.goToSleep(qc, &body)
 	if err != nil {
 		r.apiError(w, status, code, err.Error())
 		return
 	}
+	// The first challenge measures the round trip that paces wakes.
+	r.sleep.write(chal, to)
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(ans)
 }
 
 // goToSleep turns the registration and the mailbox that qc holds into a
 // sleeper.
-func (r *Relay) goToSleep(qc *quic.Conn, body *sleepRequest) (sleepAnswer, int, string, error) {
+func (r *Relay) goToSleep(qc *quic.Conn, body *sleepRequest) (ans sleepAnswer, chal []byte, to netip.AddrPort, status int, code string, err error) {
 	ss, m := r.sleep, r.mailbox
 	key, err := deriveSleepKey(body.Key, body.Mailbox)
 	if err != nil {
-		return sleepAnswer{}, http.StatusInternalServerError, CodeKeyLength, err
+		return ans, nil, to, http.StatusInternalServerError, CodeKeyLength, err
 	}
 	now := time.Now()
 	r.regMu.Lock()
 	defer r.regMu.Unlock()
 	if r.closing {
-		return sleepAnswer{}, http.StatusServiceUnavailable, CodeClosing, errors.New("relay is shutting down")
+		return ans, nil, to, http.StatusServiceUnavailable, CodeClosing, errors.New("relay is shutting down")
 	}
 	reg := r.regs.get(string(body.Key))
 	if reg == nil || reg.conn != qc || reg.member != "" {
-		return sleepAnswer{}, http.StatusConflict, CodeSleepRefused, errors.New("this key's registration was not made over this connection")
+		return ans, nil, to, http.StatusConflict, CodeSleepRefused, errors.New("this key's registration was not made over this connection")
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	mb := m.boxes[string(body.Mailbox)]
 	if mb == nil || mb.conn != qc || mb.sleep != nil {
-		return sleepAnswer{}, http.StatusConflict, CodeSleepRefused, errors.New("this mailbox is not open over this connection")
+		return ans, nil, to, http.StatusConflict, CodeSleepRefused, errors.New("this mailbox is not open over this connection")
 	}
 	id := sleepIDOf(body.Mailbox)
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if old := ss.byID[id]; old != nil {
-		return sleepAnswer{}, http.StatusConflict, CodeSleepRefused, errors.New("another sleeping mailbox has the same ID (the first 8 bytes of its key)")
+		return ans, nil, to, http.StatusConflict, CodeSleepRefused, errors.New("another sleeping mailbox has the same ID (the first 8 bytes of its key)")
 	}
 	if len(ss.byID) >= ss.maxTotal {
-		return sleepAnswer{}, http.StatusServiceUnavailable, CodeLimitSleepers,
+		return ans, nil, to, http.StatusServiceUnavailable, CodeLimitSleepers,
 			fmt.Errorf("relay holds the maximum of %d sleeping listeners", ss.maxTotal)
 	}
 	if ss.perSource[reg.src] >= ss.maxPerSource {
-		return sleepAnswer{}, http.StatusTooManyRequests, CodeLimitSource,
+		return ans, nil, to, http.StatusTooManyRequests, CodeLimitSource,
 			fmt.Errorf("%s holds the maximum of %d sleeping listeners per source", reg.src, ss.maxPerSource)
 	}
 	s := &sleeper{
@@ -488,9 +496,8 @@ func (r *Relay) goToSleep(qc *quic.Conn, body *sleepRequest) (sleepAnswer, int, 
 	ss.perSource[s.src]++
 	ss.slept.Add(1)
 	floor := s.sendCtr
-	// The first challenge measures the round trip that paces wakes.
-	ss.write(ss.challengeLocked(s, s.addr, now), s.addr)
-	return sleepAnswer{KeepAliveMS: ss.every.Milliseconds(), Counter: floor}, 0, "", nil
+	chal = ss.challengeLocked(s, s.addr, now)
+	return sleepAnswer{KeepAliveMS: ss.every.Milliseconds(), Counter: floor}, chal, s.addr, 0, "", nil
 }
 
 // dropLocked forgets s (its mailbox was taken by a new holder, or it
