@@ -441,3 +441,37 @@ func TestSleepNotInFleet(t *testing.T) {
 		t.Fatal("a listener slept at a fleet member")
 	}
 }
+
+// TestSleepPlainWake: a flight too large for wake datagrams wakes the
+// sleeper without it, and is delivered through the mailbox it reopens.
+func TestSleepPlainWake(t *testing.T) {
+	e := newSleepEnv(t, RelayConfig{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	aID := GenerateIdentity()
+	a := e.sleeper(t, ctx, aID, 100*time.Millisecond, pub(GenerateIdentity()))
+	var f FirstFlight
+	if err := f.UnmarshalBinary(testFlightBinary(t)); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range f.Datagrams {
+		f.Datagrams[i] = append(d, make([]byte, 1452-len(d))...) // over sleepMaxPart
+	}
+	d := e.dialer(t, ctx, GenerateIdentity())
+	before := e.relay.MailboxStats().Delivered
+	if err := d.PostToMailbox(ctx, pub(aID), &f); err != nil {
+		t.Fatalf("posting a large flight to a sleeping mailbox: %v", err)
+	}
+	if got := e.relay.MailboxStats().Delivered - before; got != 1 {
+		t.Fatalf("relay counts %d flights delivered, want 1", got)
+	}
+	if s := e.relay.SleepStats(); s.Wakes != 1 {
+		t.Fatalf("relay counts %d wakes, want 1", s.Wakes)
+	}
+	// The flight went to the reconnected mailbox: the listener is awake
+	// (accepting it, which fails: it is no dialer's) and holds it again.
+	if a.Asleep() || e.relay.SleepStats().Sleeping != 0 || e.relay.MailboxStats().Open != 1 {
+		t.Fatalf("after the plain wake: asleep %v, %d sleepers, %d mailboxes; want awake, 0, 1",
+			a.Asleep(), e.relay.SleepStats().Sleeping, e.relay.MailboxStats().Open)
+	}
+}
