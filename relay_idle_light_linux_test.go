@@ -39,12 +39,12 @@ type lightSleeper struct {
 
 // openLightSleeper registers a new key over a socket of its own, opens its
 // mailbox and puts it to sleep.
-func openLightSleeper(ctx context.Context, relay string, relayKey ed25519.PublicKey) (*lightSleeper, error) {
+func openLightSleeper(ctx context.Context, relay string, relayKey ed25519.PublicKey, ip net.IP) (*lightSleeper, error) {
 	raddr, err := net.ResolveUDPAddr("udp4", relay)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: ip})
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -52,7 +53,8 @@ const (
 	measureIdleSleepEnv = "QUICPIPE_MEASURE_IDLE_SLEEP"
 	// measureIdleMaxRSSEnv bounds the listeners' process, in MB (default
 	// 3500) per child: it stops opening listeners beyond.
-	measureIdleMaxRSSEnv = "QUICPIPE_MEASURE_IDLE_MAXRSS_MB"
+	measureIdleMaxRSSEnv  = "QUICPIPE_MEASURE_IDLE_MAXRSS_MB"
+	measureIdleChildIPEnv = "QUICPIPE_MEASURE_IDLE_CHILD_IP"
 	// perChildMax is the most listeners one child process opens.
 	perChildMax = 18000
 )
@@ -90,9 +92,12 @@ func TestMeasureIdlePeers(t *testing.T) {
 		lines *bufio.Scanner
 	}
 	var kids []child
-	for range children {
+	for k := range children {
 		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMeasureIdlePeersChild$", "-test.v")
-		cmd.Env = append(os.Environ(), measureIdleChildEnv+"="+r.LocalAddr().String()+","+hex.EncodeToString(relayKey.Public().(ed25519.PublicKey)))
+		cmd.Env = append(os.Environ(), measureIdleChildEnv+"="+r.LocalAddr().String()+","+hex.EncodeToString(relayKey.Public().(ed25519.PublicKey)),
+			// Each child's sockets on a loopback address of their own:
+			// one address has fewer than 30,000 ephemeral ports.
+			fmt.Sprintf("%s=127.0.1.%d", measureIdleChildIPEnv, k+1))
 		cmd.Stderr = os.Stderr
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
@@ -398,6 +403,10 @@ func lightChild(t *testing.T, relay string, relayKey ed25519.PublicKey, maxRSS i
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ls := &lightSleepers{relay: netip.MustParseAddrPort(relay)}
+	ip := net.IPv4(127, 0, 0, 1)
+	if v := os.Getenv(measureIdleChildIPEnv); v != "" {
+		ip = net.ParseIP(v)
+	}
 	defer ls.close()
 	go ls.run(ctx)
 	in := bufio.NewScanner(os.Stdin)
@@ -423,7 +432,7 @@ func lightChild(t *testing.T, relay string, relayKey ed25519.PublicKey, maxRSS i
 					var s *lightSleeper
 					var err error
 					for range 3 {
-						if s, err = openLightSleeper(ctx, relay, relayKey); err == nil {
+						if s, err = openLightSleeper(ctx, relay, relayKey, ip); err == nil {
 							break
 						}
 						t.Logf("retrying a sleeper: %v", err)

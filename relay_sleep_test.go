@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -42,8 +43,15 @@ func newSleepEnv(t *testing.T, rcfg RelayConfig) *sleepEnv {
 // after, and waits until it sleeps.
 func (e *sleepEnv) sleeper(t *testing.T, ctx context.Context, id ed25519.PrivateKey, after time.Duration, trusted ...ed25519.PublicKey) *Accepter {
 	t.Helper()
+	return e.sleeperWith(t, ctx, id, after, false, trusted...)
+}
+
+// sleeperWith is sleeper with direct paths off if noDirect.
+func (e *sleepEnv) sleeperWith(t *testing.T, ctx context.Context, id ed25519.PrivateKey, after time.Duration, noDirect bool, trusted ...ed25519.PublicKey) *Accepter {
+	t.Helper()
 	cfg := e.config(id, trusted...)
 	cfg.SleepAfter = after
+	cfg.DisableDirect = noDirect
 	a, err := NewAccepter(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -98,12 +106,21 @@ func dialEcho(t *testing.T, ctx context.Context, d *Dialer, a *Accepter, peer ed
 	}
 }
 
+// TestSleepingListenerDial: a sleeping listener is dialed through its
+// mailbox, the pipe works, and it sleeps again; with direct paths on (the
+// socket layer sorts sleep datagrams with path control ones) and off.
 func TestSleepingListenerDial(t *testing.T) {
+	for _, noDirect := range []bool{false, true} {
+		t.Run(fmt.Sprintf("DisableDirect=%v", noDirect), func(t *testing.T) { testSleepingListenerDial(t, noDirect) })
+	}
+}
+
+func testSleepingListenerDial(t *testing.T, noDirect bool) {
 	e := newSleepEnv(t, RelayConfig{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	aID, dID := GenerateIdentity(), GenerateIdentity()
-	a := e.sleeper(t, ctx, aID, 200*time.Millisecond, pub(dID))
+	a := e.sleeperWith(t, ctx, aID, 200*time.Millisecond, noDirect, pub(dID))
 	// The sleeper holds no connection at the relay.
 	waitConns(t, e.relay, 0)
 	d := e.dialer(t, ctx, dID)
