@@ -523,8 +523,11 @@ func (ss *sleepServer) expireLocked(now time.Time) {
 	var gone []*sleeper
 	ss.mu.Lock()
 	for _, s := range ss.byID {
-		if s.expires < now.UnixNano() || r.regs.get(s.reg.key) != s.reg {
+		if late := s.expires < now.UnixNano(); late || r.regs.get(s.reg.key) != s.reg {
 			gone = append(gone, s)
+			if late {
+				ss.expired.Add(1)
+			}
 		}
 	}
 	for _, s := range gone {
@@ -532,9 +535,6 @@ func (ss *sleepServer) expireLocked(now time.Time) {
 	}
 	ss.mu.Unlock()
 	for _, s := range gone {
-		if s.expires < now.UnixNano() {
-			ss.expired.Add(1)
-		}
 		r.mailbox.forgetSleeping(s)
 		if r.regs.get(s.reg.key) == s.reg && (s.reg.conn == nil || s.reg.conn.Context().Err() != nil) {
 			r.removeLocked(s.reg)
