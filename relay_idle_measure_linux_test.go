@@ -55,6 +55,9 @@ const (
 	// 3500) per child: it stops opening listeners beyond.
 	measureIdleMaxRSSEnv  = "QUICPIPE_MEASURE_IDLE_MAXRSS_MB"
 	measureIdleChildIPEnv = "QUICPIPE_MEASURE_IDLE_CHILD_IP"
+	// measureIdleKeepAliveEnv sets the relay's SleepKeepAlive (a
+	// duration; default 25s).
+	measureIdleKeepAliveEnv = "QUICPIPE_MEASURE_IDLE_KEEPALIVE"
 	// perChildMax is the most listeners one child process opens.
 	perChildMax = 18000
 )
@@ -75,7 +78,14 @@ func TestMeasureIdlePeers(t *testing.T) {
 		}
 	}
 	_, relayKey, _ := ed25519.GenerateKey(nil)
-	r, err := ListenRelay("127.0.0.1:0", idleMeasureRelayConfig(relayKey))
+	rcfg := idleMeasureRelayConfig(relayKey)
+	if v := os.Getenv(measureIdleKeepAliveEnv); v != "" {
+		var err error
+		if rcfg.SleepKeepAlive, err = time.ParseDuration(v); err != nil {
+			t.Fatalf("%s: %v", measureIdleKeepAliveEnv, err)
+		}
+	}
+	r, err := ListenRelay("127.0.0.1:0", rcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +170,11 @@ func TestMeasureIdlePeers(t *testing.T) {
 					break
 				}
 				if time.Now().After(deadline) {
-					t.Fatalf("after 10 minutes: %d sleepers, %d connections; want %d and 0", r.SleepStats().Sleeping, conns, n)
+					t.Fatalf("after 10 minutes: %d connections, want 0; sleepers: %+v, want %d", conns, r.SleepStats(), n)
+				}
+				if time.Now().Unix()%30 == 0 {
+					t.Logf("waiting: %d connections, sleepers %+v", conns, r.SleepStats())
+					time.Sleep(time.Second)
 				}
 				time.Sleep(100 * time.Millisecond)
 			}
