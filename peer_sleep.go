@@ -46,16 +46,14 @@ type sleepState struct {
 	woke      chan struct{}
 	asleep    bool
 	notBefore time.Time // no sleep before (after a refusal)
-	// While asleep, and for the wakes that follow it.
-	id       [sleepIDLen]byte
-	key      [sleepKeyLen]byte
-	hasKey   bool
-	sendCtr  uint64
-	recvCtr  uint64
-	wakes    []*peerWake
-	slept    uint64
-	wokenBy  string
-	relayAck time.Time // last keep-alive ack
+	sendCtr   uint64
+	recvCtr   uint64
+
+	// The sleep loop's own (set before the first sleep, read after).
+	id     [sleepIDLen]byte
+	key    [sleepKeyLen]byte
+	hasKey bool
+	wakes  []*peerWake // the last wakes received, oldest first
 }
 
 // peerWake is a wake the Accepter received: the parts of its flight.
@@ -138,7 +136,6 @@ func (a *Accepter) wakeUp(why string) {
 		return
 	}
 	s.asleep = false
-	s.wokenBy = why
 	s.idleSince = time.Now()
 	close(s.woke)
 	s.mu.Unlock()
@@ -258,8 +255,6 @@ func (a *Accepter) goToSleep() (time.Duration, bool) {
 	}
 	s.mu.Lock()
 	s.recvCtr = ans.Counter
-	s.slept++
-	s.relayAck = time.Now()
 	s.mu.Unlock()
 	every := time.Duration(ans.KeepAliveMS) * time.Millisecond
 	cfg.Logger.Debug("asleep", "keepalive", every)
@@ -330,9 +325,6 @@ func (a *Accepter) sleepDatagram(b []byte, missed *int) {
 		if missed != nil {
 			*missed = 0
 		}
-		s.mu.Lock()
-		s.relayAck = time.Now()
-		s.mu.Unlock()
 	case sleepChallenge:
 		a.sendSleep(sleepResponse, m.body)
 	case sleepWake:
