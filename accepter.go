@@ -32,6 +32,7 @@ type Accepter struct {
 	wg   sync.WaitGroup
 
 	mbox mailboxState // see peer_mailbox.go
+	sl   sleepState   // see peer_sleep.go
 }
 
 // odcidHolder carries a connection's original destination CID from quic-go's
@@ -109,6 +110,7 @@ func newAccepter(ctx context.Context, cfg *Config, opts peerOptions) (*Accepter,
 	}
 	a.ln = ln
 	a.wg.Go(a.acceptLoop)
+	a.initSleep(c.SleepAfter)
 	return a, nil
 }
 
@@ -196,10 +198,29 @@ func (a *Accepter) Accept(ctx context.Context, flight *FirstFlight) (*quic.Conn,
 	if err != nil {
 		return nil, err
 	}
+	// An Accept in progress, and the connection it returns while it
+	// lives, keep the Accepter awake.
+	a.busy(1)
+	qc, err := a.accept(ctx, flight, info.ODCID)
+	if err != nil {
+		a.busy(-1)
+		return nil, err
+	}
+	a.wg.Go(func() {
+		select {
+		case <-qc.Context().Done():
+		case <-a.done:
+		}
+		a.busy(-1)
+	})
+	return qc, nil
+}
+
+func (a *Accepter) accept(ctx context.Context, flight *FirstFlight, odcid []byte) (*quic.Conn, error) {
 	if err := a.p.sess.ensureWindow(ctx); err != nil {
 		return nil, a.p.closedOr(err)
 	}
-	key := string(info.ODCID)
+	key := string(odcid)
 	ch := make(chan acceptResult, 1)
 	a.mu.Lock()
 	if a.closed {

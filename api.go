@@ -34,6 +34,9 @@ type registerResponse struct {
 	// Tunnel is the URL of the relay's TLS/WebSocket tunnel (its host
 	// may be empty: the relay's), if the relay has one.
 	Tunnel string `json:"tunnel,omitempty"`
+	// Sleep, present only when the relay lets listeners sleep, gives the
+	// keep-alive interval of a sleeping listener (relay_sleep.go).
+	Sleep *sleepOffer `json:"sleep,omitempty"`
 }
 
 // errorResponse is the JSON body of every error answer of the relay API.
@@ -110,4 +113,11 @@ const (
 	CodeMailboxBusy = "mailbox_busy"
 	// CodeLimitMailboxes: the relay holds its maximum of mailboxes (503).
 	CodeLimitMailboxes = "limit_mailboxes"
+	// CodeSleepRefused: a request to sleep over a connection that holds
+	// neither the key's registration nor the mailbox, or whose mailbox's
+	// ID is taken (409).
+	CodeSleepRefused = "sleep_refused"
+	// CodeLimitSleepers: the relay holds its maximum of sleeping listeners
+	// (503).
+	CodeLimitSleepers = "limit_sleepers"
 )

@@ -84,6 +84,18 @@ type Config struct {
 	// or a relay restart goes unnoticed. If zero, 2s is used.
 	RelayKeepAlive time.Duration
 
+	// SleepAfter is how long an Accepter with its mailbox open, no
+	// connection open and no Accept in progress waits before it sleeps,
+	// if its relay offers sleep (docs/decisions/0029-idle-peers.md): it
+	// closes its connection to the relay, which keeps its registration
+	// and mailbox alive on small keep-alive datagrams from its socket. A
+	// dial through the mailbox wakes it with the dialer's first flight
+	// (no extra round trip); it then reconnects in the background and
+	// sleeps again once idle. Dialers never sleep, nor does an Accepter
+	// whose relay is reached through the tunnel. If zero, 30s is used; if
+	// negative, the Accepter never sleeps.
+	SleepAfter time.Duration
+
 	// DisableDirect keeps every connection on the relay. If false (the
 	// default), the peers exchange their addresses over each connection,
 	// probe for a direct UDP path, move the connection onto it while it
@@ -167,6 +179,7 @@ const (
 	maxRegistrationWindow     = 4096
 	defaultRelayTimeout       = 10 * time.Second
 	defaultRelayKeepAlive     = 2 * time.Second
+	defaultSleepAfter         = 30 * time.Second
 	defaultPeerKeepAlive      = 15 * time.Second
 	defaultPeerIdleTimeout    = 90 * time.Second
 )
@@ -236,6 +249,9 @@ func populateConfig(c *Config, accepter bool) (*Config, error) {
 	}
 	if cfg.RelayKeepAlive == 0 {
 		cfg.RelayKeepAlive = defaultRelayKeepAlive
+	}
+	if cfg.SleepAfter == 0 {
+		cfg.SleepAfter = defaultSleepAfter
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

@@ -92,7 +92,15 @@ func (w lockedWriter) Write(b []byte) (int, error) {
 // keys, opens its mailbox and echoes one stream on every connection.
 func (l *dialLab) echoAccepter(t *testing.T, ctx context.Context, trusted ...ed25519.PublicKey) *Accepter {
 	t.Helper()
-	a, err := NewAccepter(ctx, l.config(t, l.peerB, l.bID, trusted...))
+	return l.echoAccepterWith(t, ctx, 0, trusted...)
+}
+
+// echoAccepterWith is echoAccepter with Config.SleepAfter set to after.
+func (l *dialLab) echoAccepterWith(t *testing.T, ctx context.Context, after time.Duration, trusted ...ed25519.PublicKey) *Accepter {
+	t.Helper()
+	cfg := l.config(t, l.peerB, l.bID, trusted...)
+	cfg.SleepAfter = after
+	a, err := NewAccepter(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

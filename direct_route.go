@@ -178,6 +178,10 @@ func (c *peerConn) sortBatch(ms []ipv4.Message) int {
 	k := 0
 	for i := range ms {
 		m := &ms[i]
+		if isSleep(m) {
+			c.handSleep(m)
+			continue
+		}
 		if isCtrl(m.Buffers[0][:m.N]) {
 			c.takeCtrl(m)
 			continue

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -57,6 +58,9 @@ type mailboxClient struct {
 	conns  chan *quic.Conn // established, for AcceptMailbox
 	sem    chan struct{}
 	wg     sync.WaitGroup
+
+	reading atomic.Bool // the mailbox is open at the relay: read is reading it
+	takeMu  sync.Mutex  // orders take's wg.Go before stop's return
 
 	logMu      sync.Mutex
 	logLast    time.Time
@@ -186,6 +190,8 @@ func (a *Accepter) CloseMailbox() error {
 // stop ends the mailbox for good with err (the first reason wins).
 func (c *mailboxClient) stop(err error) {
 	c.cancel()
+	c.takeMu.Lock() // a take under way has started its goroutine
+	c.takeMu.Unlock()
 	c.stopOnce.Do(func() {
 		c.err = err
 		close(c.done)
@@ -257,7 +263,10 @@ func (c *mailboxClient) run(body io.ReadCloser) {
 	backoff := time.Duration(0)
 	for {
 		start := time.Now()
+		c.reading.Store(true)
+		c.a.kickSleep()
 		err := c.read(body)
+		c.reading.Store(false)
 		body.Close()
 		if c.ctx.Err() != nil {
 			c.stop(ErrClosed)
@@ -268,7 +277,28 @@ func (c *mailboxClient) run(body io.ReadCloser) {
 			c.stop(err)
 			return
 		}
-		log.Info("mailbox lost; reopening", "err", err)
+		if woke := c.a.sleepGate(); woke != nil {
+			// Asleep: the relay keeps the mailbox without the request.
+			// Open it again on waking, at once.
+			select {
+			case <-woke:
+			case <-c.ctx.Done():
+				c.stop(ErrClosed)
+				return
+			}
+			if body, err = c.open(c.ctx); err == nil {
+				log.Debug("mailbox reopened after sleeping")
+				continue
+			}
+			if c.ctx.Err() != nil {
+				c.stop(ErrClosed)
+				return
+			}
+			log.Warn("reopening the mailbox after sleeping failed; retrying", "err", err)
+			backoff = 0
+		} else {
+			log.Info("mailbox lost; reopening", "err", err)
+		}
 		if time.Since(start) > mailboxStable {
 			backoff = 0
 		}
@@ -331,22 +361,38 @@ func (c *mailboxClient) read(body io.Reader) error {
 				c.logLimited(slog.LevelInfo, "mailbox: ignoring a bad first flight", "err", err)
 				continue
 			}
-			select {
-			case c.sem <- struct{}{}:
-			default:
-				c.logLimited(slog.LevelWarn, "mailbox: too many dials in progress; dropping a first flight")
-				continue
-			}
-			c.wg.Go(func() {
-				defer func() { <-c.sem }()
-				c.accept(f)
-			})
+			c.take(f)
 		case mailboxFrameClosed:
 			return fmt.Errorf("%w (%s)", ErrMailboxTaken, payload)
 		default:
 			// Unknown frame types are skipped: later relays may send more.
 		}
 	}
+}
+
+// take accepts a flight delivered through the mailbox (read from the open
+// request, or carried by a wake) in the background.
+func (c *mailboxClient) take(f *FirstFlight) {
+	if _, err := f.check(); err != nil {
+		c.logLimited(slog.LevelInfo, "mailbox: ignoring a bad first flight", "err", err)
+		return
+	}
+	select {
+	case c.sem <- struct{}{}:
+	default:
+		c.logLimited(slog.LevelWarn, "mailbox: too many dials in progress; dropping a first flight")
+		return
+	}
+	c.takeMu.Lock()
+	defer c.takeMu.Unlock()
+	if c.ctx.Err() != nil {
+		<-c.sem
+		return
+	}
+	c.wg.Go(func() {
+		defer func() { <-c.sem }()
+		c.accept(f)
+	})
 }
 
 // logLimited logs at most one message per second: anyone can post to a

@@ -66,10 +66,16 @@ type relaySession struct {
 	cc    *http3.ClientConn
 	qc    *quic.Conn
 
-	mu         sync.Mutex // guards reg, ttl and onObserved
+	mu         sync.Mutex // guards reg, ttl, offer and onObserved
 	reg        Registration
 	ttl        time.Duration
-	onObserved func() // called when the observed address changes
+	offer      *sleepOffer // what the relay's last answer said of sleep
+	onObserved func()      // called when the observed address changes
+
+	// gate, if set (an Accepter's), returns nil while the peer is awake,
+	// and while it sleeps a channel closed when it wakes: the session
+	// then neither refreshes nor reconnects (peer_sleep.go).
+	gate atomic.Pointer[func() <-chan struct{}]
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -195,6 +201,7 @@ func (s *relaySession) run() {
 	var recheckN int        // rechecks done in the current series
 	var recheckFrom netip.AddrPort
 	for {
+		s.waitAwake()
 		s.mu.Lock()
 		wait := max(s.ttl/3, registerRetryMin)
 		s.mu.Unlock()
@@ -229,6 +236,9 @@ func (s *relaySession) run() {
 		case <-t.C:
 		}
 		t.Stop()
+		if s.asleep() != nil {
+			continue // asleep: the connection closed on purpose
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*s.timeout)
 		go func() {
 			select {
@@ -266,6 +276,96 @@ func (s *relaySession) run() {
 		}
 		backoff = 0
 	}
+}
+
+// waitAwake waits while the peer sleeps; once it wakes, it registers at
+// once (a new connection to the relay).
+func (s *relaySession) waitAwake() {
+	ch := s.asleep()
+	if ch == nil {
+		return
+	}
+	select {
+	case <-ch:
+	case <-s.closed:
+		return
+	}
+	s.registerNow()
+}
+
+// asleep returns nil while the peer is awake, else a channel closed when
+// it wakes.
+func (s *relaySession) asleep() <-chan struct{} {
+	if g := s.gate.Load(); g != nil {
+		return (*g)()
+	}
+	return nil
+}
+
+// registerNow registers at once, retrying as run does, until it succeeds,
+// the peer falls asleep again or the session closes.
+func (s *relaySession) registerNow() {
+	backoff := time.Duration(0)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*s.timeout)
+		go func() {
+			select {
+			case <-s.closed:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		err := s.register(ctx)
+		cancel()
+		var full *windowFullError
+		if err == nil || errors.As(err, &full) {
+			return
+		}
+		select {
+		case <-s.closed:
+			return
+		default:
+		}
+		backoff = min(max(2*backoff, registerRetryMin), registerRetryMax)
+		s.log.Warn("relay registration after waking failed; retrying", "relay", s.addr.String(), "in", backoff, "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-s.closed:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if s.asleep() != nil {
+			return
+		}
+	}
+}
+
+// sleepOffered returns the relay's sleep offer, or nil if it made none.
+func (s *relaySession) sleepOffered() *sleepOffer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.offer
+}
+
+// sleep asks the relay to let this peer sleep (POST /v1/sleep) over the
+// current connection, and closes that connection once it agreed.
+func (s *relaySession) sleep(ctx context.Context, req sleepRequest) (sleepAnswer, error) {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	var ans sleepAnswer
+	if s.qc == nil || s.qc.Context().Err() != nil {
+		return ans, errors.New("quicpipe: no connection to the relay to sleep on")
+	}
+	body, _ := json.Marshal(req)
+	if err := s.doLocked(ctx, http.MethodPost, sleepPath, body, &ans, false); err != nil {
+		return ans, err
+	}
+	if ans.KeepAliveMS <= 0 {
+		return ans, fmt.Errorf("quicpipe: relay %s: sleep answer without a keep-alive interval", s.addr)
+	}
+	s.closeConnLocked()
+	return ans, nil
 }
 
 // Registration refreshes go every third of the registration's lifetime,
@@ -330,7 +430,7 @@ func (s *relaySession) register(ctx context.Context) error {
 	var resp registerResponse
 	post := func(first uint32, end uint64) error {
 		body, _ := json.Marshal(registerRequest{Key: s.key, First: first, Num: uint32(end - uint64(first) + 1)})
-		return s.doLocked(ctx, http.MethodPost, body, &resp, true)
+		return s.doLocked(ctx, http.MethodPost, registerPath, body, &resp, true)
 	}
 	first := s.gen.floor()
 	end := min(uint64(s.gen.Issued())+uint64(s.window), math.MaxUint32)
@@ -394,6 +494,7 @@ func (s *relaySession) apply(resp registerResponse) error {
 		}
 	}
 	s.ttl = max(time.Duration(resp.TTL)*time.Second, time.Second)
+	s.offer = resp.Sleep
 	onObserved := s.onObserved
 	s.mu.Unlock()
 	s.log.Debug("registered with relay", "relay", s.addr.String(), "observed", resp.Addr, "cids", resp.Num)
@@ -409,7 +510,7 @@ func (s *relaySession) apply(resp registerResponse) error {
 // doLocked sends one API request, retrying once on a fresh connection if the
 // current one turns out to be dead and redial allows it. s.regMu must be
 // held.
-func (s *relaySession) doLocked(ctx context.Context, method string, body []byte, out any, redial bool) error {
+func (s *relaySession) doLocked(ctx context.Context, method, path string, body []byte, out any, redial bool) error {
 	var lastErr error
 	for attempt := 0; attempt < 2; attempt++ {
 		if attempt > 0 && !redial {
@@ -420,13 +521,13 @@ func (s *relaySession) doLocked(ctx context.Context, method string, body []byte,
 			return err
 		}
 		rctx, cancel := context.WithTimeout(ctx, s.timeout)
-		req, _ := http.NewRequestWithContext(rctx, method, "https://"+ServerName+registerPath, bytes.NewReader(body))
+		req, _ := http.NewRequestWithContext(rctx, method, "https://"+ServerName+path, bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		s.authorize(req)
 		resp, err := cc.RoundTrip(req)
 		if err != nil {
 			cancel()
-			lastErr = fmt.Errorf("quicpipe: relay %s: %s %s: %w", s.addr, method, registerPath, err)
+			lastErr = fmt.Errorf("quicpipe: relay %s: %s %s: %w", s.addr, method, path, err)
 			s.closeConnLocked()
 			if ctx.Err() != nil {
 				return lastErr
@@ -464,7 +565,7 @@ func (s *relaySession) close() {
 		if s.qc != nil && s.qc.Context().Err() == nil && s.regEnd.Load() > 0 {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			body, _ := json.Marshal(registerRequest{Key: s.key})
-			if err := s.doLocked(ctx, http.MethodDelete, body, nil, false); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			if err := s.doLocked(ctx, http.MethodDelete, registerPath, body, nil, false); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 				s.log.Debug("unregister failed", "err", err)
 			}
 			cancel()

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/quicpipe/quicpipe/internal/batch"
@@ -43,6 +44,11 @@ type peerConn struct {
 	injector     // peer_inject.go
 	directRoutes // direct_route.go
 	relayPath    // peer_tunnel.go
+
+	// sleepIn, if set (an Accepter whose relay offers sleep), takes the
+	// sleep datagrams from the relay out of each batch (peer_sleep.go).
+	// It must not block or keep b.
+	sleepIn atomic.Pointer[func(b []byte)]
 }
 
 // newPeerConn wraps c. If direct is true, direct paths are on: control
@@ -118,6 +124,10 @@ func (c *peerConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 			if n = c.sortBatch(ms[:n]); n == 0 {
 				continue // only control datagrams
 			}
+		} else if err == nil && n > 0 && c.sleepIn.Load() != nil {
+			if n = c.takeSleep(ms[:n]); n == 0 {
+				continue // only sleep datagrams
+			}
 		}
 		return n, err
 	}
@@ -137,4 +147,34 @@ func (c *peerConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	}
 	n, _, err := c.WriteMsgUDP(b, nil, ua)
 	return n, err
+}
+
+// isSleep reports whether the datagram in m is a sleep datagram.
+func isSleep(m *ipv4.Message) bool { return m.N > 0 && m.Buffers[0][0] == sleepMarker }
+
+// handSleep gives the sleep datagram in m to the sleeping listener, if it
+// came from the relay; anything else is dropped.
+func (c *peerConn) handSleep(m *ipv4.Message) {
+	f := c.sleepIn.Load()
+	ua, ok := m.Addr.(*net.UDPAddr)
+	if f == nil || !ok || netAddrPort(ua.AddrPort()) != c.relay {
+		return
+	}
+	(*f)(m.Buffers[0][:m.N])
+}
+
+// takeSleep takes the sleep datagrams out of a batch (direct paths off:
+// sortBatch does it otherwise) and returns how many datagrams remain, in
+// the lowest slots, in order.
+func (c *peerConn) takeSleep(ms []ipv4.Message) int {
+	k := 0
+	for i := range ms {
+		if isSleep(&ms[i]) {
+			c.handSleep(&ms[i])
+			continue
+		}
+		batch.Move(ms, k, i)
+		k++
+	}
+	return k
 }

@@ -51,6 +51,9 @@ type Relay struct {
 	regMu   sync.Mutex
 	regs    registry // guarded by regMu
 	closing bool
+	// draining is set by Shutdown: sleepers' keep-alives no longer keep
+	// them (relay_sleep.go).
+	draining atomic.Bool
 	// remoteRegs counts the registrations held by other members of a
 	// fleet (see ApplyRemote). Guarded by regMu.
 	remoteRegs int
@@ -72,6 +75,7 @@ type Relay struct {
 	connWG      sync.WaitGroup // serveConn goroutines
 
 	mailbox *mailboxServer // nil if RelayConfig.Mailbox is nil
+	sleep   *sleepServer   // nil unless the relay offers sleep (relay_sleep.go)
 
 	xdp *relayXDP // nil unless RelayConfig.FastPath is set
 
@@ -168,6 +172,7 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 		MaxTotalBytesPerSecond:   c.MaxTotalBytesPerSecond,
 		Follow:                   r.wakeFollow,
 		GRO:                      true,
+		Sleep:                    r.sleepHook(c),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("quicpipe: relay socket: %w", err)
@@ -224,6 +229,9 @@ func NewRelay(conn *net.UDPConn, cfg *RelayConfig) (*Relay, error) {
 	if c.Mailbox != nil {
 		r.mailbox = newMailboxServer(r, c.Mailbox)
 		mux.HandleFunc(mailboxPath, r.mailbox.handle)
+	}
+	if r.sleep != nil {
+		mux.HandleFunc(sleepPath, r.handleSleep)
 	}
 	mux.HandleFunc("/v1/", func(w http.ResponseWriter, req *http.Request) {
 		r.apiError(w, http.StatusNotFound, CodeNotFound, "no such endpoint: "+req.URL.Path)
@@ -364,6 +372,7 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	r.regMu.Lock()
 	r.closing = true
 	r.regMu.Unlock()
+	r.draining.Store(true)
 	r.log.Info("relay draining")
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()

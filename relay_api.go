@@ -234,6 +234,7 @@ func (r *Relay) register(key []byte, first, num uint32, addr *net.UDPAddr, qc *q
 			Expires: expires.UTC().Truncate(time.Millisecond),
 			TTL:     int(ttl / time.Second),
 			Tunnel:  r.tunnelURL,
+			Sleep:   r.sleep.offer(),
 		}, 0, "", nil
 	}
 }

@@ -146,6 +146,24 @@ type RelayConfig struct {
 	// relay does not hold is refused (CodeNoMailbox), as a single relay
 	// does. It has no effect while Mailbox is nil.
 	MailboxRouter MailboxRouter
+	// DisableSleep turns off sleeping listeners (docs/decisions/
+	// 0029-idle-peers.md): an accepter with its mailbox open and no pipe
+	// may otherwise ask the relay to keep its registration and mailbox
+	// without its connection, alive with keep-alive datagrams. If false
+	// (the default), a relay with a Mailbox offers sleep, except in a
+	// fleet (MailboxRouter set), which does not offer it yet.
+	DisableSleep bool
+	// SleepKeepAlive is how often a sleeping listener sends a keep-alive;
+	// the relay forgets a sleeper, its mailbox and its registration after
+	// three missed (3.5 intervals). If zero, 25s is used (below common
+	// 30-second UDP NAT timeouts).
+	SleepKeepAlive time.Duration
+	// MaxSleepers bounds the sleeping listeners in total, and
+	// MaxSleepersPerSource those of one source (an IPv4 address or an
+	// IPv6 /64); a listener over either stays awake. Each sleeper also
+	// holds a registration and a mailbox, bounded by their own limits. If
+	// zero, MaxRegistrations and MaxRegistrationsPerSource are used.
+	MaxSleepers, MaxSleepersPerSource int
 	// FastPath, if not nil, starts a kernel fast path (see FastPath) once
 	// the relay's socket is bound, for example relayxdp.New's XDP program
 	// (Linux only); NewRelay fails with its error. If nil, every packet is
@@ -271,6 +289,15 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 	if cfg.MaxBytesPerSecond == 0 {
 		cfg.MaxBytesPerSecond = 125_000_000
 	}
+	if cfg.SleepKeepAlive == 0 {
+		cfg.SleepKeepAlive = defaultSleepKeepAlive
+	}
+	if cfg.MaxSleepers == 0 {
+		cfg.MaxSleepers = cfg.MaxRegistrations
+	}
+	if cfg.MaxSleepersPerSource == 0 {
+		cfg.MaxSleepersPerSource = cfg.MaxRegistrationsPerSource
+	}
 	if cfg.StatelessResetKey == nil && cfg.Identity != nil {
 		k := statelessResetKeyFromIdentity(cfg.Identity)
 		cfg.StatelessResetKey = &k
@@ -307,6 +334,8 @@ func populateRelayConfig(c *RelayConfig) (*RelayConfig, error) {
 	case cfg.DerivationBurst < cfg.MaxCIDsPerRegistration:
 		return nil, fmt.Errorf("quicpipe: RelayConfig.DerivationBurst %d is below MaxCIDsPerRegistration %d: the largest window could never be registered",
 			cfg.DerivationBurst, cfg.MaxCIDsPerRegistration)
+	case cfg.SleepKeepAlive < 100*time.Millisecond || cfg.MaxSleepers < 1 || cfg.MaxSleepersPerSource < 1:
+		return nil, errors.New("quicpipe: RelayConfig.SleepKeepAlive must be at least 100ms, MaxSleepers and MaxSleepersPerSource positive")
 	case cfg.MaxConnsPerSource < 1, cfg.MaxConns < 1, cfg.MaxHandshakes < 1, cfg.MaxStreamsPerConn < 1,
 		cfg.RequestHeaderTimeout < 0, cfg.IdleConnTimeout < 0:
 		return nil, errors.New("quicpipe: RelayConfig connection limits and timeouts must be positive")

@@ -35,7 +35,7 @@ func TestMeasureIdleWake(t *testing.T) {
 	defer cancel()
 	d := l.dialer(t, ctx, l.aID)
 
-	a := l.echoAccepter(t, ctx, pub(l.aID))
+	a := l.echoAccepterWith(t, ctx, -1, pub(l.aID)) // awake throughout
 	var dials []time.Duration
 	for range rounds {
 		start := time.Now()
@@ -63,13 +63,35 @@ func TestMeasureIdleWake(t *testing.T) {
 		}
 		wakes = append(wakes, took)
 	}
+	// A sleeping listener: each dial wakes it with the flight; it falls
+	// asleep again between dials.
+	a = l.echoAccepterWith(t, ctx, 100*time.Millisecond, pub(l.aID))
+	var sleeping []time.Duration
+	for range rounds {
+		waitAsleep(t, l.relay, a, 1)
+		start := time.Now()
+		qc, err := d.DialMailbox(ctx, pub(l.bID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sleeping = append(sleeping, time.Since(start))
+		qc.CloseWithError(0, "")
+	}
+	a.Close()
+	if s := l.relay.SleepStats(); s.Wakes < rounds {
+		t.Fatalf("relay counts %d wakes, want %d", s.Wakes, rounds)
+	}
+
 	med := func(ds []time.Duration) time.Duration {
 		slices.Sort(ds)
 		return ds[len(ds)/2]
 	}
-	dm, wm := med(dials), med(wakes)
+	dm, wm, sm := med(dials), med(wakes), med(sleeping)
 	t.Logf("relay round trip %v: a dial through an awake listener's mailbox %v (%.1f round trips, median of %d)",
 		relayRTT, dm.Round(time.Millisecond), float64(dm)/float64(relayRTT), rounds)
 	t.Logf("connect, register and open the mailbox: %v (%.1f relay round trips, median of %d); a wake datagram adds half a round trip",
 		wm.Round(time.Millisecond), float64(wm)/float64(relayRTT), rounds)
+	t.Logf("a dial through a sleeping listener's mailbox (woken by the flight): %v (%.1f round trips, median of %d): %+.1f round trips against an awake one",
+		sm.Round(time.Millisecond), float64(sm)/float64(relayRTT), rounds, float64(sm-dm)/float64(relayRTT))
+	t.Logf("all: awake %v, sleeping %v", dials, sleeping)
 }

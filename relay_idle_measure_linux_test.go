@@ -8,10 +8,15 @@ import (
 	"crypto/ed25519"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,12 +35,31 @@ import (
 //
 // QUICPIPE_MEASURE_IDLE_N lists the cumulative counts to measure at
 // (default "1000,10000"); QUICPIPE_MEASURE_IDLE_PROFILE, if set, is where
-// the relay's heap profile is written after the last count.
+// the relay's heap profile is written after the last count. With
+// QUICPIPE_MEASURE_IDLE_SLEEP=1 the listeners sleep (decision 0029):
+//
+//	QUICPIPE_MEASURE_IDLE=1 QUICPIPE_MEASURE_IDLE_SLEEP=1 QUICPIPE_MEASURE_IDLE_N=10000,100000 \
+//		go test -run '^TestMeasureIdlePeers$' -v -timeout 60m .
 const (
 	measureIdleEnv      = "QUICPIPE_MEASURE_IDLE"
 	measureIdleCountEnv = "QUICPIPE_MEASURE_IDLE_N"
 	measureIdleChildEnv = "QUICPIPE_MEASURE_IDLE_CHILD" // relay address and key, for the child
 	measureIdleProfEnv  = "QUICPIPE_MEASURE_IDLE_PROFILE"
+	// measureIdleSleepEnv, if "1", measures sleeping listeners instead
+	// (decision 0029, part 2): they sleep one second after opening their
+	// mailbox, and the relay is measured once all of them sleep. If
+	// "light", the sleepers are light ones (relay_idle_light_linux_test.go),
+	// the same to the relay, cheaper to the children.
+	measureIdleSleepEnv = "QUICPIPE_MEASURE_IDLE_SLEEP"
+	// measureIdleMaxRSSEnv bounds the listeners' process, in MB (default
+	// 3500) per child: it stops opening listeners beyond.
+	measureIdleMaxRSSEnv  = "QUICPIPE_MEASURE_IDLE_MAXRSS_MB"
+	measureIdleChildIPEnv = "QUICPIPE_MEASURE_IDLE_CHILD_IP"
+	// measureIdleKeepAliveEnv sets the relay's SleepKeepAlive (a
+	// duration; default 25s).
+	measureIdleKeepAliveEnv = "QUICPIPE_MEASURE_IDLE_KEEPALIVE"
+	// perChildMax is the most listeners one child process opens.
+	perChildMax = 18000
 )
 
 func TestMeasureIdlePeers(t *testing.T) {
@@ -54,60 +78,107 @@ func TestMeasureIdlePeers(t *testing.T) {
 		}
 	}
 	_, relayKey, _ := ed25519.GenerateKey(nil)
-	r, err := ListenRelay("127.0.0.1:0", idleMeasureRelayConfig(relayKey))
+	rcfg := idleMeasureRelayConfig(relayKey)
+	if v := os.Getenv(measureIdleKeepAliveEnv); v != "" {
+		var err error
+		if rcfg.SleepKeepAlive, err = time.ParseDuration(v); err != nil {
+			t.Fatalf("%s: %v", measureIdleKeepAliveEnv, err)
+		}
+	}
+	r, err := ListenRelay("127.0.0.1:0", rcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	serveRelay(t, r, nil)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMeasureIdlePeersChild$", "-test.v")
-	cmd.Env = append(os.Environ(), measureIdleChildEnv+"="+r.LocalAddr().String()+","+hex.EncodeToString(relayKey.Public().(ed25519.PublicKey)))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
+	// A process may hold fewer than 20,000 sockets here (RLIMIT_NOFILE's
+	// hard limit): the listeners are shared among as many children as
+	// needed, each opening its share of every count.
+	children := (slices.Max(counts) + perChildMax - 1) / perChildMax
+	type child struct {
+		stdin io.WriteCloser
+		lines *bufio.Scanner
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stdin.Close()
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(2 * time.Minute):
-			cmd.Process.Kill()
-			<-done
+	var kids []child
+	for k := range children {
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestMeasureIdlePeersChild$", "-test.v")
+		cmd.Env = append(os.Environ(), measureIdleChildEnv+"="+r.LocalAddr().String()+","+hex.EncodeToString(relayKey.Public().(ed25519.PublicKey)),
+			// Each child's sockets on a loopback address of their own:
+			// one address has fewer than 30,000 ephemeral ports.
+			fmt.Sprintf("%s=127.0.1.%d", measureIdleChildIPEnv, k+1))
+		cmd.Stderr = os.Stderr
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
 		}
-	}()
-	lines := bufio.NewScanner(stdout)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			stdin.Close()
+			done := make(chan struct{})
+			go func() { cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(2 * time.Minute):
+				cmd.Process.Kill()
+				<-done
+			}
+		}()
+		kids = append(kids, child{stdin, bufio.NewScanner(stdout)})
+	}
+	sleeping := os.Getenv(measureIdleSleepEnv) == "1" || os.Getenv(measureIdleSleepEnv) == "light"
 	base := idleMemSnapshot(t)
 	t.Logf("base: heap %d, RSS %d", base.heap, base.rss)
 	for _, n := range counts {
 		start := time.Now()
-		fmt.Fprintf(stdin, "%d\n", n)
-		var reply string
-		for lines.Scan() {
-			if reply = lines.Text(); strings.HasPrefix(reply, "idle ") || strings.HasPrefix(reply, "failed ") {
-				break
-			}
+		// Child k holds listeners [n*k/children, n*(k+1)/children).
+		for k, c := range kids {
+			fmt.Fprintf(c.stdin, "%d\n", n*(k+1)/children-n*k/children)
 		}
-		if !strings.HasPrefix(reply, "idle ") {
-			t.Fatalf("child: %v (last line %q)", lines.Err(), reply)
-		}
-		var got int
 		var childRSS int64
-		if _, err := fmt.Sscanf(reply, "idle %d %d", &got, &childRSS); err != nil || got != n {
-			t.Fatalf("child: %s", reply)
+		for k, c := range kids {
+			var reply string
+			for c.lines.Scan() {
+				if reply = c.lines.Text(); strings.HasPrefix(reply, "idle ") || strings.HasPrefix(reply, "failed ") {
+					break
+				}
+			}
+			if !strings.HasPrefix(reply, "idle ") {
+				t.Fatalf("child %d: %v (last line %q)", k, c.lines.Err(), reply)
+			}
+			var got int
+			var rss int64
+			if _, err := fmt.Sscanf(reply, "idle %d %d", &got, &rss); err != nil || got != n*(k+1)/children-n*k/children {
+				t.Fatalf("child %d: %s", k, reply)
+			}
+			childRSS += rss
 		}
 		took := time.Since(start)
+		if sleeping {
+			// Wait until every listener sleeps and its connection is gone.
+			deadline := time.Now().Add(10 * time.Minute)
+			for {
+				conns, _ := r.conns.counts()
+				if r.SleepStats().Sleeping >= n && conns == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after 10 minutes: %d connections, want 0; sleepers: %+v, want %d", conns, r.SleepStats(), n)
+				}
+				if time.Now().Unix()%30 == 0 {
+					t.Logf("waiting: %d connections, sleepers %+v", conns, r.SleepStats())
+					time.Sleep(time.Second)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
 		// Let registrations, mailbox opens and keep-alives settle.
 		time.Sleep(5 * time.Second)
 		regs := r.localRegistrations()
@@ -116,8 +187,24 @@ func TestMeasureIdlePeers(t *testing.T) {
 		r.mailbox.mu.Unlock()
 		conns, _ := r.conns.counts()
 		s := idleMemSnapshot(t)
-		t.Logf("IDLE n=%d regs=%d mailboxes=%d conns=%d: heap %.0f B/listener, RSS %.0f B/listener, goroutines %d (opened in %v)",
-			n, regs, mboxes, conns, float64(s.heap-base.heap)/float64(n), float64(s.rss-base.rss)/float64(n), s.goroutines, took.Round(time.Millisecond))
+		kind := "IDLE"
+		if sleeping {
+			kind = "SLEEPING"
+		}
+		t.Logf("%s n=%d regs=%d mailboxes=%d conns=%d sleepers=%d cids=%d: heap %.0f B/listener, RSS %.0f B/listener, goroutines %d (opened in %v)",
+			kind, n, regs, mboxes, conns, r.SleepStats().Sleeping, r.table.Len(), float64(s.heap-base.heap)/float64(n), float64(s.rss-base.rss)/float64(n), s.goroutines, took.Round(time.Millisecond))
+		if sleeping {
+			// The connections the listeners held before they slept left
+			// freed pages that the runtime returns to the OS only
+			// slowly: the RSS once they are returned is the steady
+			// state's.
+			debug.FreeOSMemory()
+			f := idleMemSnapshot(t)
+			t.Logf("SLEEPING n=%d: after returning freed memory to the OS: heap %.0f B/listener, RSS %.0f B/listener",
+				n, float64(f.heap-base.heap)/float64(n), float64(f.rss-base.rss)/float64(n))
+			ss := r.SleepStats()
+			t.Logf("SLEEPING n=%d: keep-alives %d, dropped %v, expired %d", n, ss.KeepAlives, ss.Dropped, ss.Expired)
+		}
 		t.Logf("IDLE n=%d: the listeners' process: RSS %.0f B/listener", n, float64(childRSS)/float64(n))
 		if regs < n || mboxes < n {
 			t.Errorf("relay holds %d registrations and %d mailboxes, want %d", regs, mboxes, n)
@@ -220,6 +307,24 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 			a.Close()
 		}
 	}()
+	// Awake listeners never sleep; sleeping ones sleep a second after
+	// opening their mailbox.
+	sleepAfter := time.Duration(-1)
+	if os.Getenv(measureIdleSleepEnv) == "1" {
+		sleepAfter = time.Second
+	}
+	maxRSS := int64(3500 << 20)
+	if v := os.Getenv(measureIdleMaxRSSEnv); v != "" {
+		mb, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			t.Fatalf("%s: %v", measureIdleMaxRSSEnv, err)
+		}
+		maxRSS = mb << 20
+	}
+	if os.Getenv(measureIdleSleepEnv) == "light" {
+		lightChild(t, addr, rk, maxRSS)
+		return
+	}
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		n, err := strconv.Atoi(in.Text())
@@ -232,13 +337,21 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 		var wg sync.WaitGroup
 		for range 16 {
 			wg.Go(func() {
-				for next.Add(1) <= int64(n) && failed.Load() == nil {
+				for i := next.Add(1); i <= int64(n) && failed.Load() == nil; i = next.Add(1) {
+					if i%1000 == 0 {
+						// Keep the machine alive: stop before it runs out.
+						if rss, _ := procSelfRSS(); rss > maxRSS {
+							err := fmt.Errorf("the listeners' process holds %d MB at %d listeners, over %s", rss>>20, i, measureIdleMaxRSSEnv)
+							failed.Store(&err)
+							return
+						}
+					}
 					// On a loaded machine a handshake may time out: a
 					// listener gets three tries.
 					var a *Accepter
 					var err error
 					for range 3 {
-						if a, err = openIdleListener(ctx, addr, rk, dialer); err == nil {
+						if a, err = openIdleListener(ctx, addr, rk, dialer, sleepAfter); err == nil {
 							break
 						}
 						t.Logf("retrying a listener: %v", err)
@@ -258,6 +371,21 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 			fmt.Printf("failed %v\n", *e)
 			return
 		}
+		for sleepAfter > 0 {
+			awake := 0
+			for _, a := range accs {
+				if !a.Asleep() {
+					awake++
+				}
+			}
+			if awake == 0 {
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		if sleepAfter > 0 {
+			debug.FreeOSMemory() // what the connections held before sleeping
+		}
 		rss, err := procSelfRSS()
 		if err != nil {
 			t.Fatal(err)
@@ -268,11 +396,12 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 
 // openIdleListener makes an Accepter registered at the relay with its
 // mailbox open.
-func openIdleListener(ctx context.Context, relay string, relayKey, dialer ed25519.PublicKey) (*Accepter, error) {
+func openIdleListener(ctx context.Context, relay string, relayKey, dialer ed25519.PublicKey, sleepAfter time.Duration) (*Accepter, error) {
 	_, id, _ := ed25519.GenerateKey(nil)
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	a, err := NewAccepter(ctx, &Config{RelayAddr: relay, RelayKey: relayKey, Identity: id, TrustedPeers: []ed25519.PublicKey{dialer}, DisableDirect: true})
+	a, err := NewAccepter(ctx, &Config{RelayAddr: relay, RelayKey: relayKey, Identity: id, TrustedPeers: []ed25519.PublicKey{dialer},
+		DisableDirect: true, SleepAfter: sleepAfter})
 	if err != nil {
 		return nil, err
 	}
@@ -281,4 +410,65 @@ func openIdleListener(ctx context.Context, relay string, relayKey, dialer ed2551
 		return nil, err
 	}
 	return a, nil
+}
+
+// lightChild is TestMeasureIdlePeersChild with light sleepers.
+func lightChild(t *testing.T, relay string, relayKey ed25519.PublicKey, maxRSS int64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ls := &lightSleepers{relay: netip.MustParseAddrPort(relay)}
+	ip := net.IPv4(127, 0, 0, 1)
+	if v := os.Getenv(measureIdleChildIPEnv); v != "" {
+		ip = net.ParseIP(v)
+	}
+	defer ls.close()
+	go ls.run(ctx)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		n, err := strconv.Atoi(in.Text())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var next atomic.Int64
+		next.Store(int64(ls.count()))
+		var failed atomic.Pointer[error]
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Go(func() {
+				for i := next.Add(1); i <= int64(n) && failed.Load() == nil; i = next.Add(1) {
+					if i%1000 == 0 {
+						if rss, _ := procSelfRSS(); rss > maxRSS {
+							err := fmt.Errorf("the listeners' process holds %d MB at %d listeners, over %s", rss>>20, i, measureIdleMaxRSSEnv)
+							failed.Store(&err)
+							return
+						}
+					}
+					var s *lightSleeper
+					var err error
+					for range 3 {
+						if s, err = openLightSleeper(ctx, relay, relayKey, ip); err == nil {
+							break
+						}
+						t.Logf("retrying a sleeper: %v", err)
+					}
+					if err != nil {
+						failed.Store(&err)
+						return
+					}
+					ls.add(s)
+				}
+			})
+		}
+		wg.Wait()
+		if e := failed.Load(); e != nil {
+			fmt.Printf("failed %v\n", *e)
+			return
+		}
+		debug.FreeOSMemory()
+		rss, err := procSelfRSS()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Printf("idle %d %d\n", ls.count(), rss)
+	}
 }

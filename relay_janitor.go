@@ -37,6 +37,9 @@ func (r *Relay) expire(now time.Time) {
 	defer r.regMu.Unlock()
 	// Remote registrations of a fleet never expire: only the relay's own
 	// are walked, so a member holding the fleet's table walks its share.
+	if r.sleep != nil {
+		defer r.sleep.expireLocked(now)
+	}
 	r.regs.ownEntries(func(reg *regEntry) bool {
 		if reg.Expires() < now.UnixNano() {
 			r.removeLocked(reg)

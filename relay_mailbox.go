@@ -209,18 +209,35 @@ type mailboxServer struct {
 	holdWarned                                               atomic.Int64 // when HoldFailed was last logged (Unix ns)
 }
 
-// mailbox is one open mailbox: the request of the accepter holding it.
+// mailbox is one open mailbox: the request of the accepter holding it, or
+// a sleeping accepter (relay_sleep.go).
 type mailbox struct {
+	key      string       // the public key
 	src      netip.Prefix // the holder's source
 	queue    chan *mailboxPost
-	gone     chan struct{} // closed when the holder's request ends
+	gone     chan struct{} // closed when the holder leaves for good (see end)
 	replaced chan struct{} // closed when a newer holder takes over
+	asleep   chan struct{} // closed when the holder goes to sleep
+	endOnce  sync.Once
+
+	// Guarded by mailboxServer.mu.
+	conn  *quic.Conn // the holder's connection; nil while asleep
+	sleep *sleeper   // non-nil while the holder sleeps
 }
 
+// end closes mb.gone once: its holder left (its request ended while awake,
+// or the sleeper was forgotten or replaced).
+func (mb *mailbox) end() { mb.endOnce.Do(func() { close(mb.gone) }) }
+
 type mailboxPost struct {
-	frame []byte
-	done  chan error // buffered: the holder never waits on it
+	frame   []byte
+	done    chan error // buffered: the holder never waits on it
+	claimed atomic.Bool
 }
+
+// claim takes p for whoever handles it: the holder that writes it, or the
+// post that turns to a wake because the holder fell asleep first.
+func (p *mailboxPost) claim() bool { return p.claimed.CompareAndSwap(false, true) }
 
 func newMailboxServer(r *Relay, cfg *MailboxConfig) *mailboxServer {
 	m := &mailboxServer{
@@ -320,10 +337,13 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 		return
 	}
 	mb := &mailbox{
+		key:      string(key),
 		src:      sourceOf(ua.AddrPort().Addr()),
 		queue:    make(chan *mailboxPost, m.cfg.QueueLen),
 		gone:     make(chan struct{}),
 		replaced: make(chan struct{}),
+		asleep:   make(chan struct{}),
+		conn:     qc,
 	}
 	m.mu.Lock()
 	old := m.boxes[string(key)]
@@ -343,6 +363,14 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 	if old != nil {
 		close(old.replaced)
 		m.releaseLocked(old)
+		if old.sleep != nil {
+			// The sleeper woke and opened its mailbox again.
+			ss := m.r.sleep
+			ss.mu.Lock()
+			ss.dropLocked(old.sleep)
+			ss.mu.Unlock()
+			old.end()
+		}
 	}
 	m.boxes[string(key)] = mb
 	m.perSource[mb.src]++
@@ -350,12 +378,15 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 	m.opened.Add(1)
 	defer func() {
 		m.mu.Lock()
-		if m.boxes[string(key)] == mb {
+		asleep := mb.sleep != nil
+		if m.boxes[string(key)] == mb && !asleep {
 			delete(m.boxes, string(key))
 			m.releaseLocked(mb)
 		}
 		m.mu.Unlock()
-		close(mb.gone)
+		if !asleep {
+			mb.end()
+		}
 	}()
 	if rt := m.r.cfg.MailboxRouter; rt != nil {
 		m.hold(req.Context(), key)
@@ -372,6 +403,9 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 	for {
 		select {
 		case p := <-mb.queue:
+			if !p.claim() {
+				continue // its post turned to a wake
+			}
 			rc.SetWriteDeadline(time.Now().Add(m.cfg.DeliveryTimeout))
 			_, err := w.Write(p.frame)
 			if err == nil {
@@ -388,6 +422,10 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 			rc.SetWriteDeadline(time.Now().Add(time.Second))
 			w.Write(mailboxFrame(mailboxFrameClosed, []byte("replaced: another connection opened this mailbox")))
 			rc.Flush()
+			return
+		case <-mb.asleep:
+			// The mailbox lives on without this request; posts still
+			// queued turn to wakes (see deliver).
 			return
 		case <-req.Context().Done():
 			return
@@ -458,37 +496,86 @@ func (m *mailboxServer) post(w http.ResponseWriter, req *http.Request, qc *quic.
 
 // deliver queues the first flight body (binary form) to mb and waits until
 // the holder wrote it, mb ends, the relay's DeliveryTimeout passes or ctx
-// ends. It returns nil once written, else the answer a post gets.
+// ends; a sleeping holder gets it in wake datagrams. It returns nil once
+// written (or acknowledged), else the answer a post gets.
 func (m *mailboxServer) deliver(ctx context.Context, mb *mailbox, body []byte) *RelayError {
-	p := &mailboxPost{frame: mailboxFrame(mailboxFrameFlight, body), done: make(chan error, 1)}
-	select {
-	case mb.queue <- p:
-	default:
-		return &RelayError{Status: http.StatusServiceUnavailable, Code: CodeMailboxBusy, Message: "the mailbox has too many flights waiting"}
-	}
+	deadline := time.Now().Add(m.cfg.DeliveryTimeout)
 	t := time.NewTimer(m.cfg.DeliveryTimeout)
 	defer t.Stop()
-	var werr error
-	select {
-	case werr = <-p.done:
-	case <-mb.gone:
-		// The holder may have written it just before leaving.
+	late := &RelayError{Status: http.StatusServiceUnavailable, Code: CodeMailboxBusy, Message: "the accepter did not take the flight in time"}
+	for {
+		var p *mailboxPost
+		m.mu.Lock()
+		s := mb.sleep
+		if s == nil {
+			p = &mailboxPost{frame: mailboxFrame(mailboxFrameFlight, body), done: make(chan error, 1)}
+			select {
+			case mb.queue <- p:
+			default:
+				m.mu.Unlock()
+				return &RelayError{Status: http.StatusServiceUnavailable, Code: CodeMailboxBusy, Message: "the mailbox has too many flights waiting"}
+			}
+		}
+		m.mu.Unlock()
+		if s != nil {
+			err := m.r.sleep.wake(ctx, mb, s, body, deadline)
+			if err == nil {
+				m.delivered.Add(1)
+				m.deliveredBytes.Add(uint64(len(body)))
+				return nil
+			}
+			if re, ok := err.(*RelayError); ok {
+				return re
+			}
+			if err != errWakeNoFlight {
+				return &RelayError{Status: http.StatusBadRequest, Code: CodeBadFlight, Message: err.Error()}
+			}
+			// Woken without the flight: it goes to the listener's next
+			// holder of the mailbox, once it has reconnected.
+			select {
+			case <-mb.replaced:
+			case <-mb.gone:
+			case <-t.C:
+				return late
+			case <-ctx.Done():
+				return late
+			}
+			m.mu.Lock()
+			next := m.boxes[mb.key]
+			m.mu.Unlock()
+			if next == nil || next == mb {
+				return &RelayError{Status: http.StatusNotFound, Code: CodeNoMailbox, Message: "the accepter left before the flight was delivered"}
+			}
+			mb = next
+			continue
+		}
+		var werr error
 		select {
 		case werr = <-p.done:
-		default:
-			werr = errors.New("gone")
+		case <-mb.asleep:
+			if p.claim() {
+				continue // the holder fell asleep before writing it: wake it
+			}
+			werr = <-p.done // being written
+		case <-mb.gone:
+			// The holder may have written it just before leaving.
+			select {
+			case werr = <-p.done:
+			default:
+				werr = errors.New("gone")
+			}
+		case <-t.C:
+			return late
+		case <-ctx.Done():
+			return late
 		}
-	case <-t.C:
-		return &RelayError{Status: http.StatusServiceUnavailable, Code: CodeMailboxBusy, Message: "the accepter did not take the flight in time"}
-	case <-ctx.Done():
-		return &RelayError{Status: http.StatusServiceUnavailable, Code: CodeMailboxBusy, Message: "the accepter did not take the flight in time"}
+		if werr != nil {
+			return &RelayError{Status: http.StatusNotFound, Code: CodeNoMailbox, Message: "the accepter left before the flight was delivered"}
+		}
+		m.delivered.Add(1)
+		m.deliveredBytes.Add(uint64(len(body)))
+		return nil
 	}
-	if werr != nil {
-		return &RelayError{Status: http.StatusNotFound, Code: CodeNoMailbox, Message: "the accepter left before the flight was delivered"}
-	}
-	m.delivered.Add(1)
-	m.deliveredBytes.Add(uint64(len(body)))
-	return nil
 }
 
 // isClosing reports whether the relay is closing or draining (Shutdown):

@@ -14,6 +14,7 @@ var rejectCodes = []string{
 	CodeBadMethod, CodeBadJSON, CodeBodyTooLarge, CodeKeyLength, CodeNumRange,
 	CodeLimitTotal, CodeLimitSource, CodeLimitCIDs, CodeNotFound, CodeNoAddress, CodeClosing,
 	CodeUnauthorized, CodeTarget, CodeLimitSourceCIDs, CodeLimitDerive, CodeConflict, CodeTimeout,
+	CodeBadKey, CodeSleepRefused, CodeLimitSleepers,
 }
 
 // RelayStats is a snapshot of a relay's counters.
@@ -78,6 +79,9 @@ type RelayStats struct {
 	// HeaderTimeouts counts requests reset because their headers (or, for
 	// the API, their body) did not arrive within RequestHeaderTimeout.
 	HeaderTimeouts uint64
+	// Sleep counts the relay's sleeping listeners and their datagrams
+	// (see SleepStats); all zero if the relay does not offer sleep.
+	Sleep SleepStats
 }
 
 // Stats returns a snapshot of the relay's counters.
@@ -115,5 +119,6 @@ func (r *Relay) Stats() RelayStats {
 	s.IdleClosed = r.conns.idleClosed.Load()
 	s.HeaderTimeouts = r.conns.headerTimeouts.Load()
 	s.XDP = r.xdpStats()
+	s.Sleep = r.SleepStats()
 	return s
 }

@@ -28,6 +28,7 @@ type collector struct {
 	idleClosed, headerTimeouts, resets                       *prometheus.Desc
 	tunnels, tunnelsOpened, tunnelEvents, tunnelDropped      *prometheus.Desc
 	probes                                                   *prometheus.Desc
+	sleepers, sleepEvents, sleepDropped                      *prometheus.Desc
 }
 
 // NewCollector returns a Prometheus collector for r's metrics, for a service
@@ -65,6 +66,9 @@ func NewCollector(r *quicpipe.Relay) prometheus.Collector {
 		tunnelDropped:  d("tunnel_dropped_packets_total", "Datagrams for tunnels dropped: a queue full or the tunnel gone."),
 		probes:         d("address_probes_total", "Address probes (quicpipe doctor) received, by result.", "result"),
 		resets:         d("stateless_resets_total", "Stateless resets sent for relay connection IDs of an earlier run or of another fleet member."),
+		sleepers:       d("sleeping_listeners", "Listeners sleeping now: registration and mailbox kept without a connection."),
+		sleepEvents:    d("sleep_events_total", "Sleeping listeners' events, by kind: slept, expired, keepalive, challenge, moved, wake, wake_resend.", "event"),
+		sleepDropped:   d("sleep_dropped_packets_total", "Sleep datagrams ignored, by reason.", "reason"),
 	}
 }
 
@@ -72,7 +76,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.forwarded, c.forwardedBytes, c.toServer, c.dropped, c.handshakes,
 		c.registered, c.rejected, c.expired, c.rebinds, c.registrations, c.cids, c.remote, c.xdpPackets, c.xdpBytes,
 		c.conns, c.handshaking, c.connsRefused, c.retries, c.idleClosed, c.headerTimeouts, c.resets,
-		c.tunnels, c.tunnelsOpened, c.tunnelEvents, c.tunnelDropped, c.probes} {
+		c.tunnels, c.tunnelsOpened, c.tunnelEvents, c.tunnelDropped, c.probes, c.sleepers, c.sleepEvents, c.sleepDropped} {
 		ch <- d
 	}
 }
@@ -134,6 +138,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.probes, ps.Answered, "answered")
 	counter(c.probes, ps.Malformed, "malformed")
 	counter(c.probes, ps.Limited, "limited")
+
+	ss := s.Sleep
+	ch <- prometheus.MustNewConstMetric(c.sleepers, prometheus.GaugeValue, float64(ss.Sleeping))
+	for event, n := range map[string]uint64{"slept": ss.Slept, "expired": ss.Expired, "keepalive": ss.KeepAlives,
+		"challenge": ss.Challenges, "moved": ss.Moved, "wake": ss.Wakes, "wake_resend": ss.WakeResends} {
+		counter(c.sleepEvents, n, event)
+	}
+	for reason, n := range ss.Dropped {
+		counter(c.sleepDropped, n, reason)
+	}
 }
 
 // Server serves a relay's metrics at /metrics over HTTP.

@@ -308,6 +308,9 @@ func TestPass(t *testing.T) {
 		{"ipv4 relay's own CID", v4(cidRelay).bytes(), PassRelayCID},
 		{"ipv6 relay's own CID", v6(cidRelay).bytes(), PassRelayCID},
 		{"long header, relay's own CID", with(v4(cidB4), func(f *frame) { f.payload = longHeader(typeHandshake, cidRelay[:], 50) }).bytes(), PassRelayCID},
+		// A sleeping listener's datagram (first byte 0x12, then a type with
+		// the high bit set): read as a relay CID, passed up unlooked-up.
+		{"sleep datagram", with(v4(cidB4), func(f *frame) { f.payload = append([]byte{0x12, 0x81}, make([]byte, 32)...) }).bytes(), PassRelayCID},
 		{"initial, unknown DCID", with(v4(cidB4), func(f *frame) { f.payload = longHeader(typeInitial, cidUnknown[:], 1200) }).bytes(), PassMiss},
 		{"initial, 8-byte DCID", with(v4(cidB4), func(f *frame) { f.payload = longHeader(typeInitial, cidB4[:8], 1200) }).bytes(), PassDCIDLen},
 		{"initial, 20-byte DCID", with(v6(cidB6), func(f *frame) { f.payload = longHeader(typeInitial, append(cidB6[:], 1, 2, 3, 4, 5, 6, 7, 8), 1200) }).bytes(), PassDCIDLen},

@@ -48,7 +48,17 @@ type Config struct {
 	// forwards to (most likely after the peer's NAT rebound), at most once
 	// per followWakeEvery per entry. It must not block.
 	Follow func(e *Entry)
+	// Sleep, if set, is called on the forwarding goroutine with each
+	// sleep datagram (first byte SleepMarker) read from the socket, and
+	// the address it came from; b is valid only during the call. It must
+	// not block. If nil, sleep datagrams are dropped as unknown CIDs.
+	Sleep func(b []byte, from netip.AddrPort)
 }
+
+// SleepMarker is the first byte of the datagrams of sleeping listeners
+// (docs/PROTOCOL.md, "Sleeping listeners"): its two high bits are clear and
+// so is QUIC's fixed bit, so it is never a QUIC v1 packet.
+const SleepMarker = 0x12
 
 // FastPath is what the forwarding path needs of a kernel fast path (see the
 // relay's FastPath): putting a CID the program missed back into its map.
@@ -230,19 +240,21 @@ type Counters struct {
 	// from tunnels or other readers, dropped because the queue was full or
 	// the tunnel gone.
 	TunnelFull uint64
+	// Sleep counts sleep datagrams handed to Config.Sleep.
+	Sleep uint64
 }
 
 // counters are a Conn's counters. Forwarding adds to them once per batch.
 type counters struct {
-	forwarded, forwardedBytes, toServer, sendErrors, resets atomic.Uint64
-	drops                                                   [numVerdicts]atomic.Uint64
+	forwarded, forwardedBytes, toServer, sendErrors, resets, sleep atomic.Uint64
+	drops                                                          [numVerdicts]atomic.Uint64
 }
 
 type batchCounts struct {
-	fwd, fwdBytes, toServer, sendErrs, resets uint64
-	fwdTunnel                                 uint64 // forwarded into tunnels (in fwd once the batch is sent)
-	resetsSent                                uint64 // resets already taken out of what a flush sent
-	drops                                     [numVerdicts]uint64
+	fwd, fwdBytes, toServer, sendErrs, resets, sleep uint64
+	fwdTunnel                                        uint64 // forwarded into tunnels (in fwd once the batch is sent)
+	resetsSent                                       uint64 // resets already taken out of what a flush sent
+	drops                                            [numVerdicts]uint64
 }
 
 func (c *counters) add(b *batchCounts) {
@@ -258,6 +270,9 @@ func (c *counters) add(b *batchCounts) {
 	}
 	if b.resets > 0 {
 		c.resets.Add(b.resets)
+	}
+	if b.sleep > 0 {
+		c.sleep.Add(b.sleep)
 	}
 	for v, n := range b.drops {
 		if n > 0 {
@@ -284,5 +299,6 @@ func (c *Conn) Counters() Counters {
 		UnknownSource:  s.drops[dropUnknownSource].Load(),
 		RelaySCID:      s.drops[dropRelaySCID].Load(),
 		TunnelFull:     s.drops[dropTunnelFull].Load(),
+		Sleep:          s.sleep.Load(),
 	}
 }

@@ -115,6 +115,9 @@ func (r *reader) routeSegs(ms []ipv4.Message) {
 				sent = true
 			case toServer:
 				r.kept = append(r.kept, segRef{i, off, len(b)})
+			case toSleep:
+				c.cfg.Sleep(b, src.key.AddrPort())
+				n.sleep++
 			case resetStale:
 				if io.full() {
 					r.flushCount(&n)

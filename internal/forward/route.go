@@ -41,6 +41,9 @@ func (r *reader) route(ms []ipv4.Message) int {
 			n.fwdBytes += uint64(len(b))
 		case toServer:
 			io.keep = append(io.keep, i)
+		case toSleep:
+			c.cfg.Sleep(b, src.key.AddrPort())
+			n.sleep++
 		case resetStale:
 			if r.queueReset(b, i, now) {
 				n.resets++
@@ -96,6 +99,7 @@ const (
 	dropUnknownSource                // from an address no live registration forwards to
 	dropRelaySCID                    // long header with a relay's source CID
 	dropTunnelFull                   // a tunnel's queue, or the server's queue of tunnel datagrams, is full
+	toSleep                          // a sleep datagram: hand to Config.Sleep
 	numVerdicts
 )
 
@@ -120,6 +124,14 @@ func (s *srcCheck) set(src AddrKey) {
 func (c *Conn) classify(b []byte, src *srcCheck, now int64) (verdict, *Dest) {
 	if len(b) < shortDCIDOffset+CIDLen {
 		return dropMalformed, nil
+	}
+	if b[0] == SleepMarker {
+		// Never a QUIC v1 packet (the fixed bit is clear). Only from the
+		// socket: the relay answers to the address it came from.
+		if c.cfg.Sleep == nil || src.tunnel {
+			return dropUnknown, nil
+		}
+		return toSleep, nil
 	}
 	var cid []byte
 	if b[0]&longHeaderBit == 0 {

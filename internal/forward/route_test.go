@@ -559,3 +559,45 @@ func TestUnknownSourceWakesFollow(t *testing.T) {
 		}
 	}
 }
+
+// TestSleepDatagrams: a datagram whose first byte is SleepMarker goes to
+// Config.Sleep, with its source, whatever bytes 1..12 hold (a sleep
+// datagram's look like a relay CID of another run: never a stateless
+// reset); without the hook, or from a tunnel, it is dropped as an unknown
+// CID.
+func TestSleepDatagrams(t *testing.T) {
+	sleepy := append([]byte{SleepMarker, 0x81}, make([]byte, 32)...)
+	from := netip.MustParseAddrPort("127.0.0.1:9")
+	off := newTestConn(t, testConfig())
+	now := time.Now().UnixNano()
+	if got, _ := off.classify(sleepy, &srcCheck{key: KeyOf(from)}, now); got != dropUnknown {
+		t.Fatalf("without a Sleep hook: classify = %d, want %d", got, dropUnknown)
+	}
+	type got struct {
+		b    []byte
+		from netip.AddrPort
+	}
+	ch := make(chan got, 4)
+	cfg := testConfig()
+	cfg.Sleep = func(b []byte, from netip.AddrPort) { ch <- got{append([]byte(nil), b...), from} }
+	g := newForwardRigConfig(t, len(sleepy), cfg)
+	if v, _ := g.c.classify(sleepy, &srcCheck{key: KeyOf(from), tunnel: true}, now); v != dropUnknown {
+		t.Fatalf("from a tunnel: classify = %d, want %d", v, dropUnknown)
+	}
+	g.pkt = sleepy
+	g.sock.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n := g.round(t, 1); n != 0 {
+		t.Fatalf("%d datagrams left for quic-go, want 0", n)
+	}
+	select {
+	case x := <-ch:
+		if string(x.b) != string(sleepy) || x.from != g.sender.LocalAddr().(*net.UDPAddr).AddrPort() {
+			t.Fatalf("Sleep got %x from %v", x.b, x.from)
+		}
+	default:
+		t.Fatal("Sleep not called")
+	}
+	if c := g.c.Counters(); c.Sleep != 1 || c.Resets != 0 {
+		t.Fatalf("counters: %d sleep datagrams, %d resets; want 1 and 0", c.Sleep, c.Resets)
+	}
+}
