@@ -333,6 +333,7 @@ func (a *Accepter) Close() error {
 	a.closed = true
 	a.mu.Unlock()
 	if !already {
+		a.leave()
 		close(a.done)
 	}
 	a.CloseMailbox()

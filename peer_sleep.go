@@ -119,6 +119,21 @@ func (a *Accepter) busy(delta int) {
 	a.kickSleep()
 }
 
+// leave tells the relay, if a sleeps, that it is closing: the relay then
+// forgets its mailbox and registration within a second, instead of after
+// three missed keep-alives, so that dials get "nobody listens" at once.
+// Sent twice, as one may be lost; nothing waits for an answer.
+func (a *Accepter) leave() {
+	s := &a.sl
+	s.mu.Lock()
+	asleep := s.asleep // the key and ID are set before the first sleep
+	s.mu.Unlock()
+	if asleep {
+		a.sendSleep(sleepLeave)
+		a.sendSleep(sleepLeave)
+	}
+}
+
 func (a *Accepter) kickSleep() {
 	select {
 	case a.sl.kick <- struct{}{}:

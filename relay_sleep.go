@@ -86,8 +86,9 @@ type SleepStats struct {
 	// Sleeping is the number of sleeping listeners now.
 	Sleeping int
 	// Slept counts listeners that went to sleep; Expired those forgotten
-	// after three missed keep-alives (or whose registration ended).
-	Slept, Expired uint64
+	// after three missed keep-alives (or whose registration ended); Left
+	// those forgotten because they said they were closing.
+	Slept, Expired, Left uint64
 	// KeepAlives counts valid keep-alives; Challenges the challenges sent
 	// to a sleeper's new address; Moved the registrations moved to a new
 	// address after an answered challenge.
@@ -116,9 +117,9 @@ type sleepServer struct {
 	perSource map[netip.Prefix]int
 	lastWalk  time.Time
 
-	slept, expired, keepAlives, challenges, moved, wakes, wakeResends     atomic.Uint64
-	dropShort, dropType, dropUnknown, dropMAC, dropReplay, dropUnexpected atomic.Uint64
-	moveWarned                                                            atomic.Int64
+	slept, expired, left, keepAlives, challenges, moved, wakes, wakeResends atomic.Uint64
+	dropShort, dropType, dropUnknown, dropMAC, dropReplay, dropUnexpected   atomic.Uint64
+	moveWarned                                                              atomic.Int64
 }
 
 // sleeper is the relay's record of one sleeping listener: about 200 bytes
@@ -134,6 +135,7 @@ type sleeper struct {
 	addr             netip.AddrPort // where the registration forwards to, and wakes go
 	recvCtr, sendCtr uint64
 	expires          int64 // unix nano
+	left             bool  // the listener said it closes (sleepLeave)
 	rtt              time.Duration
 	chal             *sleepChal
 	wakes            []*sleepWaking
@@ -205,6 +207,7 @@ func (r *Relay) SleepStats() SleepStats {
 	s := SleepStats{
 		Slept:       ss.slept.Load(),
 		Expired:     ss.expired.Load(),
+		Left:        ss.left.Load(),
 		KeepAlives:  ss.keepAlives.Load(),
 		Challenges:  ss.challenges.Load(),
 		Moved:       ss.moved.Load(),
@@ -250,7 +253,7 @@ func (ss *sleepServer) handle(b []byte, from netip.AddrPort) {
 		return
 	}
 	switch m.typ {
-	case sleepKeepAlive, sleepResponse, sleepWakeAck:
+	case sleepKeepAlive, sleepResponse, sleepWakeAck, sleepLeave:
 	default:
 		ss.dropType.Add(1)
 		return
@@ -307,6 +310,14 @@ func (ss *sleepServer) handle(b []byte, from netip.AddrPort) {
 		s.chal = nil
 		s.rtt = now.Sub(c.sent)
 		move = from != s.addr
+	case sleepLeave:
+		// The listener closed: its sleeper, mailbox and registration go
+		// at the next walk (within a second), as an expired one would.
+		if !s.left {
+			s.left = true
+			s.expires = 0
+			ss.left.Add(1)
+		}
 	case sleepWakeAck:
 		id := [sleepWakeIDLen]byte(m.body)
 		for _, w := range s.wakes {
@@ -525,7 +536,7 @@ func (ss *sleepServer) expireLocked(now time.Time) {
 	for _, s := range ss.byID {
 		if late := s.expires < now.UnixNano(); late || r.regs.get(s.reg.key) != s.reg {
 			gone = append(gone, s)
-			if late {
+			if late && !s.left {
 				ss.expired.Add(1)
 			}
 		}

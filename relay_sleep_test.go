@@ -173,8 +173,10 @@ func TestSleepMissedKeepAlives(t *testing.T) {
 	defer cancel()
 	aID := GenerateIdentity()
 	a := e.sleeper(t, ctx, aID, 100*time.Millisecond, pub(GenerateIdentity()))
-	// Closing a sleeping accepter tells the relay nothing: it falls silent.
-	a.Close()
+	// The accepter's socket closes under it (a crash, a machine gone): it
+	// falls silent without saying it leaves.
+	a.p.conn.Close()
+	defer a.Close()
 	silent := time.Now()
 	time.Sleep(2 * every)
 	if n := e.relay.SleepStats().Sleeping; n != 1 {
@@ -490,5 +492,42 @@ func TestSleepPlainWake(t *testing.T) {
 	if a.Asleep() || e.relay.SleepStats().Sleeping != 0 || e.relay.MailboxStats().Open != 1 {
 		t.Fatalf("after the plain wake: asleep %v, %d sleepers, %d mailboxes; want awake, 0, 1",
 			a.Asleep(), e.relay.SleepStats().Sleeping, e.relay.MailboxStats().Open)
+	}
+}
+
+// TestSleepLeave: a sleeping accepter that closes says so; the relay
+// forgets its sleeper, mailbox and registration within about a second
+// (not after three missed keep-alives), and a dial gets "nobody listens".
+func TestSleepLeave(t *testing.T) {
+	const every = 5 * time.Second
+	e := newSleepEnv(t, RelayConfig{SleepKeepAlive: every})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	aID, dID := GenerateIdentity(), GenerateIdentity()
+	a := e.sleeper(t, ctx, aID, 100*time.Millisecond, pub(dID))
+	a.Close()
+	closed := time.Now()
+	for e.relay.SleepStats().Sleeping != 0 || e.relay.MailboxStats().Open != 0 {
+		if time.Since(closed) > 3*time.Second {
+			t.Fatalf("3 s after the sleeper closed: relay holds %d sleepers, %d mailboxes", e.relay.SleepStats().Sleeping, e.relay.MailboxStats().Open)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("forgotten %v after Close", time.Since(closed).Round(time.Millisecond))
+	if s := e.relay.SleepStats(); s.Left != 1 || s.Expired != 0 {
+		t.Errorf("relay counts %d left, %d expired; want 1 and 0", s.Left, s.Expired)
+	}
+	if n := e.relay.localRegistrations(); n != 0 {
+		t.Errorf("relay still holds %d registrations", n)
+	}
+	d, err := NewDialer(ctx, e.config(dID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer dcancel()
+	if _, err := d.DialMailbox(dctx, pub(aID)); !errors.Is(err, ErrNoMailbox) {
+		t.Errorf("dialing the closed sleeper: %v, want ErrNoMailbox", err)
 	}
 }

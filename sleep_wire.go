@@ -49,6 +49,7 @@ const (
 	sleepResponse     = 0x84 // body: the challenge's nonce
 	sleepWake         = 0x85 // body: wake ID (8), part index (1), part count (1), a datagram of the flight
 	sleepWakeAck      = 0x86 // body: wake ID (8), bitmap of the parts received (1)
+	sleepLeave        = 0x87 // body: none; the listener closes: forget it now
 )
 
 // Body sizes.
@@ -124,7 +125,7 @@ func parseSleep(b []byte) (sleepMsg, error) {
 	m.mac = b[end:]
 	n := len(m.body)
 	switch m.typ {
-	case sleepKeepAlive:
+	case sleepKeepAlive, sleepLeave:
 		if n != 0 {
 			return m, errSleepType
 		}

@@ -67,7 +67,7 @@ func NewCollector(r *quicpipe.Relay) prometheus.Collector {
 		probes:         d("address_probes_total", "Address probes (quicpipe doctor) received, by result.", "result"),
 		resets:         d("stateless_resets_total", "Stateless resets sent for relay connection IDs of an earlier run or of another fleet member."),
 		sleepers:       d("sleeping_listeners", "Listeners sleeping now: registration and mailbox kept without a connection."),
-		sleepEvents:    d("sleep_events_total", "Sleeping listeners' events, by kind: slept, expired, keepalive, challenge, moved, wake, wake_resend.", "event"),
+		sleepEvents:    d("sleep_events_total", "Sleeping listeners' events, by kind: slept, expired, left, keepalive, challenge, moved, wake, wake_resend.", "event"),
 		sleepDropped:   d("sleep_dropped_packets_total", "Sleep datagrams ignored, by reason.", "reason"),
 	}
 }
@@ -141,7 +141,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 
 	ss := s.Sleep
 	ch <- prometheus.MustNewConstMetric(c.sleepers, prometheus.GaugeValue, float64(ss.Sleeping))
-	for event, n := range map[string]uint64{"slept": ss.Slept, "expired": ss.Expired, "keepalive": ss.KeepAlives,
+	for event, n := range map[string]uint64{"slept": ss.Slept, "expired": ss.Expired, "left": ss.Left, "keepalive": ss.KeepAlives,
 		"challenge": ss.Challenges, "moved": ss.Moved, "wake": ss.Wakes, "wake_resend": ss.WakeResends} {
 		counter(c.sleepEvents, n, event)
 	}
