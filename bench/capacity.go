@@ -55,6 +55,13 @@ type capCase struct {
 	// tunnel, if not empty, is the TCP address on which the Quicpipe
 	// relay also serves its TLS/WebSocket tunnel (RelayConfig.Tunnel).
 	tunnel string
+	// offCore moves the router's work on what the relay sends off the
+	// relay's core (offcore.go): G's interface from the relay (g2) gets a
+	// threaded NAPI poll, its kthread pinned to the generator's CPU, so
+	// that routing each datagram through G and dropping it at the sink no
+	// longer runs in the relay's system calls, as with a router that is
+	// another machine.
+	offCore bool
 }
 
 // relayCPU returns the CPU the case's relay is pinned to, or -1.
@@ -77,6 +84,10 @@ var capCases = []capCase{
 	{name: "coturn (GRO link)", kind: "coturn", baseline: true, gro: true},
 	{name: "Quicpipe relay (1 reader, 8 flows)", kind: "quicpipe", readers: 1, flows: 8},
 	{name: "Quicpipe relay (2 readers, 8 flows, both cores)", kind: "quicpipe", readers: 2, flows: 8, bothCores: true},
+	{name: "Quicpipe relay (userspace, router off-core)", kind: "quicpipe", offCore: true},
+	{name: "coturn (router off-core)", kind: "coturn", baseline: true, offCore: true},
+	{name: "Quicpipe relay (userspace, GRO link, router off-core)", kind: "quicpipe", gro: true, offCore: true},
+	{name: "coturn (GRO link, router off-core)", kind: "coturn", baseline: true, gro: true, offCore: true},
 }
 
 // caseSelected reports whether the -cases filter selects c: a
@@ -195,8 +206,18 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 			res.missing("capacity: "+c.name, fmt.Errorf("checksum offload %s on a0: %w", tx, err))
 			continue
 		}
+		undoOffCore := func() {}
+		if c.offCore {
+			undo, err := routerOffCore(lab)
+			if err != nil {
+				res.missing("capacity: "+c.name, err)
+				continue
+			}
+			undoOffCore = undo
+		}
 		srv, err := startCapServer(lab, c, tmp, false)
 		if err != nil {
+			undoOffCore()
 			res.missing("capacity: "+c.name, err)
 			continue
 		}
@@ -211,6 +232,11 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 			if _, err := capWindow(lab, gen, srv, 0.5, 0); err != nil {
 				return err
 			}
+			if c.offCore {
+				if err := checkOneByOne(lab, res, gen, c.name); err != nil {
+					return err
+				}
+			}
 			for rep := 0; rep < opt.reps; rep++ {
 				var m capMeasure
 				// On a shared machine, wait for quiet and measure again
@@ -219,9 +245,16 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 					if f := lab.waitQuiet(0.1, 20*time.Second); f >= 0.1 {
 						logf("  the machine is busy: other processes use %.2f CPUs", f)
 					}
+					var d0 lostAfterRelay
+					if c.offCore {
+						d0 = readLostAfterRelay(lab)
+					}
 					m, err = capWindow(lab, gen, srv, opt.capWindow, 0)
 					if err != nil {
 						return err
+					}
+					if c.offCore {
+						logf("  lost after the relay's send: %s", readLostAfterRelay(lab).sub(d0))
 					}
 					if m.foreign/m.secs < 0.1 || try == 2 {
 						break
@@ -252,6 +285,7 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 			}
 			return nil
 		}()
+		undoOffCore()
 		if err != nil {
 			res.missing("capacity: "+c.name, err)
 		}
