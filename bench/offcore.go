@@ -12,8 +12,9 @@ package main
 // routerOffCore turns GRO on on g2, which gives a veth a NAPI poll: a frame
 // from r0 is queued on g2's ring, and the poll takes it from there. With
 // threaded NAPI (/sys/class/net/g2/threaded) that poll is a kernel thread,
-// napi/g2-<id>, which is pinned to the generator's CPU: G's forwarding and
-// the sink then run there, beside the generator. UDP GRO forwarding
+// napi/g2-<id>, which is pinned to the generator's CPU (and given the lowest
+// real-time priority, see routerOffCore): G's forwarding and the sink then
+// run there, beside the generator. UDP GRO forwarding
 // (rx-udp-gro-forwarding) and fraglist GRO stay off, so G does not coalesce
 // the relay's datagrams: each one is routed and counted at the sink on its
 // own (checkOneByOne verifies it).
@@ -32,7 +33,7 @@ import (
 // routerOffCore moves G's receive from the relay (g2) into a threaded NAPI
 // poll pinned to the generator's CPU. undo turns it off again (the kthread
 // stops), and runs at the latest when the lab closes.
-func routerOffCore(lab *Lab) (undo func(), err error) {
+func routerOffCore(lab *Lab) (kthread int, undo func(), err error) {
 	var once sync.Once
 	var pid int
 	undo = func() {
@@ -41,6 +42,9 @@ func routerOffCore(lab *Lab) (undo func(), err error) {
 				logf("router off-core: %v", err)
 			}
 			if err := lab.run("g", "ethtool", "-K", "g2", "gro", "off"); err != nil {
+				logf("router off-core: %v", err)
+			}
+			if err := lab.run("r", "ethtool", "-K", "r0", "tso", "on"); err != nil {
 				logf("router off-core: %v", err)
 			}
 			if pid == 0 {
@@ -59,17 +63,30 @@ func routerOffCore(lab *Lab) (undo func(), err error) {
 			if out, err := exec.Command("taskset", "-pc", fmt.Sprintf("0-%d", runtime.NumCPU()-1), fmt.Sprint(pid)).CombinedOutput(); err != nil {
 				logf("router off-core: taskset: %v: %s", err, out)
 			}
+			if out, err := exec.Command("chrt", "-o", "-p", "0", fmt.Sprint(pid)).CombinedOutput(); err != nil {
+				logf("router off-core: chrt: %v: %s", err, out)
+			}
 		})
 	}
 	lab.onClose(undo)
 	if err := lab.run("g", "ethtool", "-K", "g2", "gro", "on", "rx-udp-gro-forwarding", "off", "rx-gro-list", "off"); err != nil {
 		undo()
-		return nil, fmt.Errorf("GRO on g2: %w", err)
+		return 0, nil, fmt.Errorf("GRO on g2: %w", err)
+	}
+	// A veth queues a frame for its peer's NAPI poll only if the frame
+	// could be aggregated there (veth_skb_is_eligible_for_gro): with TSO
+	// on the sending side, a UDP socket's frames qualify only if the peer
+	// does UDP GRO forwarding or fraglist GRO, which G must not. With TSO
+	// off on r0 every frame qualifies. TSO is TCP's: the relay's UDP
+	// sends are segmented as before (tx-udp-segmentation stays off).
+	if err := lab.run("r", "ethtool", "-K", "r0", "tso", "off"); err != nil {
+		undo()
+		return 0, nil, fmt.Errorf("TSO off on r0: %w", err)
 	}
 	before := napiThreads("g2")
 	if err := lab.run("g", "sh", "-c", "echo 1 > /sys/class/net/g2/threaded"); err != nil {
 		undo()
-		return nil, fmt.Errorf("threaded NAPI on g2: %w", err)
+		return 0, nil, fmt.Errorf("threaded NAPI on g2: %w", err)
 	}
 	// The kthread is named after the interface and the NAPI instance's id,
 	// which sysfs does not show: ours is the one that was not there before
@@ -87,19 +104,30 @@ func routerOffCore(lab *Lab) (undo func(), err error) {
 	}
 	if len(found) != 1 {
 		undo()
-		return nil, fmt.Errorf("threaded NAPI on g2: %d new napi/g2-* kthreads, want 1", len(found))
+		return 0, nil, fmt.Errorf("threaded NAPI on g2: %d new napi/g2-* kthreads, want 1", len(found))
 	}
 	pid = found[0]
 	if out, err := exec.Command("taskset", "-pc", fmt.Sprint(capGenCPU), fmt.Sprint(pid)).CombinedOutput(); err != nil {
 		undo()
-		return nil, fmt.Errorf("pinning napi kthread %d: %v: %s", pid, err, out)
+		return 0, nil, fmt.Errorf("pinning napi kthread %d: %v: %s", pid, err, out)
+	}
+	// At the default policy the kthread, sharing CPU 0 with the generator
+	// and its softirq work, was seen runnable and not running for two
+	// seconds at a time while g2's ring overflowed (the relay's datagrams
+	// dropped on r0). A router that is another machine is not starved by
+	// the generator: run the poll at the lowest real-time priority, as
+	// threaded NAPI is often run. It sleeps when g2's ring is empty, so the
+	// generator gets the rest of the core.
+	if out, err := exec.Command("chrt", "-f", "-p", "1", fmt.Sprint(pid)).CombinedOutput(); err != nil {
+		undo()
+		return 0, nil, fmt.Errorf("napi kthread %d to SCHED_FIFO 1: %v: %s", pid, err, out)
 	}
 	if got := cpusAllowed(pid); got != fmt.Sprint(capGenCPU) {
 		undo()
-		return nil, fmt.Errorf("napi kthread %d runs on CPUs %q after pinning, want %d", pid, got, capGenCPU)
+		return 0, nil, fmt.Errorf("napi kthread %d runs on CPUs %q after pinning, want %d", pid, got, capGenCPU)
 	}
-	logf("  router off-core: %s (pid %d) pinned to CPU %d", napiThreads("g2")[pid], pid, capGenCPU)
-	return undo, nil
+	logf("  router off-core: %s (pid %d) pinned to CPU %d, SCHED_FIFO 1", napiThreads("g2")[pid], pid, capGenCPU)
+	return pid, undo, nil
 }
 
 // napiThreads returns the kernel threads named napi/DEV-*, pid to name.
@@ -156,9 +184,13 @@ func cpusAllowed(pid int) string {
 // frames before GRO). The generator's count is reported beside them; a
 // relay that is preempted may drop some of them at its socket, which is
 // not G's doing.
-func checkOneByOne(lab *Lab, res *Results, gen *proc, name string) error {
+func checkOneByOne(lab *Lab, res *Results, gen *proc, name string, kthread int) error {
 	const rate, secs = 20000.0, 1.0
 	lab.waitQuiet(0.1, 10*time.Second)
+	k0, err := procCPU(kthread)
+	if err != nil {
+		return err
+	}
 	g0, err := readIfPackets(lab, "g", "g2", "rx_packets")
 	if err != nil {
 		return err
@@ -183,10 +215,17 @@ func checkOneByOne(lab *Lab, res *Results, gen *proc, name string) error {
 	if err != nil {
 		return err
 	}
+	k1, err := procCPU(kthread)
+	if err != nil {
+		return err
+	}
 	single, coalesced, fromRelay := c1.relayed-c0.relayed, c1.gso-c0.gso, g1-g0
-	msg := fmt.Sprintf("%s: at %.0f datagrams/s offered (%d sent), G received %.0f frames from the relay, the sink counted %.0f single datagrams and %.0f coalesced packets",
-		name, rate, ev.Sent, fromRelay, single, coalesced)
+	msg := fmt.Sprintf("%s: at %.0f datagrams/s offered (%d sent), G received %.0f frames from the relay, the sink counted %.0f single datagrams and %.0f coalesced packets; G's NAPI kthread used %.0f ms of CPU",
+		name, rate, ev.Sent, fromRelay, single, coalesced, (k1-k0)*1000)
 	logf("  %s", msg)
+	if k1 == k0 {
+		return fmt.Errorf("G's NAPI kthread did no work: the relay's frames do not reach g2's NAPI poll: %s", msg)
+	}
 	// A few frames on g2 may be the relay's other traffic (ARP, its own
 	// replies).
 	if coalesced != 0 || single > fromRelay || single < fromRelay-max(10, fromRelay/1000) || single < 0.5*float64(ev.Sent) {
