@@ -55,6 +55,13 @@ type capCase struct {
 	// tunnel, if not empty, is the TCP address on which the Quicpipe
 	// relay also serves its TLS/WebSocket tunnel (RelayConfig.Tunnel).
 	tunnel string
+	// offCore moves the router's work on what the relay sends off the
+	// relay's core (offcore.go): G's interface from the relay (g2) gets a
+	// threaded NAPI poll, its kthread pinned to the generator's CPU, so
+	// that routing each datagram through G and dropping it at the sink no
+	// longer runs in the relay's system calls, as with a router that is
+	// another machine.
+	offCore bool
 }
 
 // relayCPU returns the CPU the case's relay is pinned to, or -1.
@@ -77,6 +84,10 @@ var capCases = []capCase{
 	{name: "coturn (GRO link)", kind: "coturn", baseline: true, gro: true},
 	{name: "Quicpipe relay (1 reader, 8 flows)", kind: "quicpipe", readers: 1, flows: 8},
 	{name: "Quicpipe relay (2 readers, 8 flows, both cores)", kind: "quicpipe", readers: 2, flows: 8, bothCores: true},
+	{name: "Quicpipe relay (userspace, router off-core)", kind: "quicpipe", offCore: true},
+	{name: "coturn (router off-core)", kind: "coturn", baseline: true, offCore: true},
+	{name: "Quicpipe relay (userspace, GRO link, router off-core)", kind: "quicpipe", gro: true, offCore: true},
+	{name: "coturn (GRO link, router off-core)", kind: "coturn", baseline: true, gro: true, offCore: true},
 }
 
 // caseSelected reports whether the -cases filter selects c: a
@@ -163,6 +174,10 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 		"veth, 1200-byte datagrams", "allocations per datagram", false)
 	foreign := res.figure("capacity_foreign", "capacity", "CPU used by other processes on the machine during the windows",
 		"veth, 1200-byte datagrams", "% of one CPU", false)
+	napiShare := res.figure("capacity_offcore_napi", "capacity", "CPU of G's NAPI kthread on the generator's core (router off-core cases)",
+		"veth, 1200-byte datagrams", "% of one CPU", false)
+	napiShare.NoRatios = true
+	napiShare.Explanation = "The router's work on what the relay sends, moved off the relay's core (offcore.go): G's receive from the relay, routing, and the sink's drop, in a threaded NAPI poll pinned to CPU 0. Measured over the generator's whole run of each window (a little longer than the window)."
 	foreign.Explanation = "Busy time in /proc/stat not accounted to the lab's processes or kernel threads: other work on a shared machine. Windows where it exceeded 10% were measured again (at most twice)."
 	relayCore.NoRatios, allocs.NoRatios, foreign.NoRatios = true, true, true
 	pps.Explanation = "Flat out: the generator sends as fast as one core allows. Where the relay's core stays below 100% the generator, not the relay, is the limit (see the relay-core figure)."
@@ -195,8 +210,18 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 			res.missing("capacity: "+c.name, fmt.Errorf("checksum offload %s on a0: %w", tx, err))
 			continue
 		}
+		undoOffCore, kthread := func() {}, 0
+		if c.offCore {
+			pid, undo, err := routerOffCore(lab)
+			if err != nil {
+				res.missing("capacity: "+c.name, err)
+				continue
+			}
+			undoOffCore, kthread = undo, pid
+		}
 		srv, err := startCapServer(lab, c, tmp, false)
 		if err != nil {
+			undoOffCore()
 			res.missing("capacity: "+c.name, err)
 			continue
 		}
@@ -211,6 +236,11 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 			if _, err := capWindow(lab, gen, srv, 0.5, 0); err != nil {
 				return err
 			}
+			if c.offCore {
+				if err := checkOneByOne(lab, res, gen, c.name, kthread); err != nil {
+					return err
+				}
+			}
 			for rep := 0; rep < opt.reps; rep++ {
 				var m capMeasure
 				// On a shared machine, wait for quiet and measure again
@@ -219,9 +249,24 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 					if f := lab.waitQuiet(0.1, 20*time.Second); f >= 0.1 {
 						logf("  the machine is busy: other processes use %.2f CPUs", f)
 					}
+					var d0 lostAfterRelay
+					var k0 float64
+					if c.offCore {
+						d0 = readLostAfterRelay(lab)
+						k0, _ = procCPU(kthread)
+					}
+					t0 := time.Now()
 					m, err = capWindow(lab, gen, srv, opt.capWindow, 0)
 					if err != nil {
 						return err
+					}
+					if c.offCore {
+						k1, _ := procCPU(kthread)
+						// Over the generator's whole run, not only the
+						// measured window: an approximation.
+						m.kthread = (k1 - k0) / time.Since(t0).Seconds()
+						logf("  lost after the relay's send: %s; G's NAPI kthread %.0f%% of CPU %d",
+							readLostAfterRelay(lab).sub(d0), m.kthread*100, capGenCPU)
 					}
 					if m.foreign/m.secs < 0.1 || try == 2 {
 						break
@@ -235,6 +280,9 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 				pps.add(c.name, c.baseline, m.fwd/m.secs)
 				machine.add(c.name, c.baseline, m.machineCPU/m.fwd*1e9)
 				relayCore.add(c.name, c.baseline, m.core[capRelayCPU]/m.secs*100)
+				if c.offCore {
+					napiShare.add(c.name, c.baseline, m.kthread*100)
+				}
 				if !c.xdp {
 					perCPU.add(c.name, c.baseline, m.fwd/m.relayCPU)
 				}
@@ -252,6 +300,7 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 			}
 			return nil
 		}()
+		undoOffCore()
 		if err != nil {
 			res.missing("capacity: "+c.name, err)
 		}
@@ -268,6 +317,7 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 type capMeasure struct {
 	secs, fwd, relayCPU, machineCPU, offered float64
 	rawCPU, foreign                          float64 // all of /proc/stat; other processes
+	kthread                                  float64 // router off-core: CPUs used by G's NAPI kthread
 	core                                     []float64
 	mallocs                                  uint64
 	hasAlloc                                 bool

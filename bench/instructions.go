@@ -33,7 +33,7 @@ func runInstructions(lab *Lab, res *Results, opt options, tmp string) error {
 		fmt.Sprintf("veth, 1200-byte datagrams offered at %.0f/s", opt.cgRate), "instructions per datagram", false)
 	fig.Explanation = "Counted by valgrind's callgrind in the relay process only (no kernel): the relay's code, its libraries and its runtime, idle time subtracted. Stable on a noisy machine, unlike CPU time."
 	for i, c := range capCases {
-		if c.xdp || c.gro || !caseSelected(c) {
+		if c.xdp || c.gro || c.offCore || !caseSelected(c) {
 			continue
 		}
 		logf("instructions: %s", c.name)

@@ -46,9 +46,25 @@ func (l *Lab) sinkOff() error {
 
 // sinkCount returns how many payloadSize datagrams the sink has dropped.
 func (l *Lab) sinkCount() (float64, error) {
-	out, err := l.output("b", "nft", "-j", "list", "counters", "table", "ip", "qpb")
+	c, err := l.sinkCounters()
 	if err != nil {
 		return 0, err
+	}
+	return c.relayed + (c.gsoBytes-28*c.gso)/payloadSize, nil // IPv4 + UDP headers once per super-packet
+}
+
+// sinkCounts are the sink's counters: packets of one datagram, and
+// super-packets (a GSO send, or datagrams coalesced on the way) with their
+// bytes.
+type sinkCounts struct {
+	relayed, gso, gsoBytes float64
+}
+
+func (l *Lab) sinkCounters() (sinkCounts, error) {
+	var n sinkCounts
+	out, err := l.output("b", "nft", "-j", "list", "counters", "table", "ip", "qpb")
+	if err != nil {
+		return n, err
 	}
 	var doc struct {
 		Nftables []struct {
@@ -60,9 +76,8 @@ func (l *Lab) sinkCount() (float64, error) {
 		} `json:"nftables"`
 	}
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
-		return 0, fmt.Errorf("nft counters: %w", err)
+		return n, fmt.Errorf("nft counters: %w", err)
 	}
-	var n float64
 	for _, e := range doc.Nftables {
 		c := e.Counter
 		if c == nil {
@@ -70,9 +85,10 @@ func (l *Lab) sinkCount() (float64, error) {
 		}
 		switch c.Name {
 		case "relayed":
-			n += c.Packets
+			n.relayed += c.Packets
 		case "gso":
-			n += (c.Bytes - 28*c.Packets) / payloadSize // IPv4 + UDP headers once per super-packet
+			n.gso += c.Packets
+			n.gsoBytes += c.Bytes
 		}
 	}
 	return n, nil
