@@ -239,16 +239,7 @@ func (s *relaySession) run() {
 		if s.asleep() != nil {
 			continue // asleep: the connection closed on purpose
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*s.timeout)
-		go func() {
-			select {
-			case <-s.closed:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
-		err := s.register(ctx)
-		cancel()
+		err := s.registerOnce()
 		if !recheckAt.IsZero() && !time.Now().Before(recheckAt) {
 			recheckN++
 			if recheckN < len(recheckAfter) && s.registration().Observed == recheckFrom {
@@ -276,6 +267,21 @@ func (s *relaySession) run() {
 		}
 		backoff = 0
 	}
+}
+
+// registerOnce registers once, within twice the relay timeout, or until
+// the session closes.
+func (s *relaySession) registerOnce() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*s.timeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return s.register(ctx)
 }
 
 // waitAwake waits while the peer sleeps; once it wakes, it registers at
@@ -307,16 +313,7 @@ func (s *relaySession) asleep() <-chan struct{} {
 func (s *relaySession) registerNow() {
 	backoff := time.Duration(0)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*s.timeout)
-		go func() {
-			select {
-			case <-s.closed:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
-		err := s.register(ctx)
-		cancel()
+		err := s.registerOnce()
 		var full *windowFullError
 		if err == nil || errors.As(err, &full) {
 			return

@@ -395,23 +395,7 @@ func TestSleepOldPeers(t *testing.T) {
 	t.Run("relay without sleep", func(t *testing.T) {
 		e := newSleepEnv(t, RelayConfig{DisableSleep: true})
 		aID, dID := GenerateIdentity(), GenerateIdentity()
-		cfg := e.config(aID, pub(dID))
-		cfg.SleepAfter = 50 * time.Millisecond
-		a, err := NewAccepter(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer a.Close()
-		if a.p.sess.sleepOffered() != nil {
-			t.Fatal("a relay with DisableSleep offered sleep")
-		}
-		if err := a.OpenMailbox(ctx); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(time.Second)
-		if a.Asleep() {
-			t.Fatal("the accepter slept though its relay does not offer it")
-		}
+		a := stayAwake(t, ctx, e, aID, pub(dID), "a relay with DisableSleep")
 		dialEcho(t, ctx, e.dialer(t, ctx, dID), a, pub(aID))
 		// Its sleep datagrams are dropped like unknown CIDs.
 		p := newSleepProbe(t, e.relay, a, aID)
@@ -442,23 +426,32 @@ func TestSleepNotInFleet(t *testing.T) {
 	e := newSleepEnv(t, RelayConfig{MailboxRouter: nopRouter{}})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cfg := e.config(GenerateIdentity(), pub(GenerateIdentity()))
+	stayAwake(t, ctx, e, GenerateIdentity(), pub(GenerateIdentity()), "a fleet member")
+}
+
+// stayAwake opens a listener ready to sleep after 50 ms at e's relay, which
+// (described by what) must not offer sleep, and checks that it is not
+// offered and that the listener stays awake with its mailbox open.
+func stayAwake(t *testing.T, ctx context.Context, e *sleepEnv, id ed25519.PrivateKey, trusted ed25519.PublicKey, what string) *Accepter {
+	t.Helper()
+	cfg := e.config(id, trusted)
 	cfg.SleepAfter = 50 * time.Millisecond
 	a, err := NewAccepter(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
+	t.Cleanup(func() { a.Close() })
 	if a.p.sess.sleepOffered() != nil {
-		t.Fatal("a fleet member offered sleep")
+		t.Fatalf("%s offered sleep", what)
 	}
 	if err := a.OpenMailbox(ctx); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(time.Second)
 	if a.Asleep() || e.relay.SleepStats().Sleeping != 0 {
-		t.Fatal("a listener slept at a fleet member")
+		t.Fatalf("a listener slept at %s", what)
 	}
+	return a
 }
 
 // TestSleepPlainWake: a flight too large for wake datagrams wakes the
