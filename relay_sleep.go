@@ -265,14 +265,20 @@ func (ss *sleepServer) handle(b []byte, from netip.AddrPort) {
 	move := false
 	ss.mu.Lock()
 	s := ss.byID[m.id]
+	ss.mu.Unlock()
 	switch {
 	case s == nil:
-		ss.mu.Unlock()
 		ss.dropUnknown.Add(1)
 		return
-	case !m.verify(&s.key):
-		ss.mu.Unlock()
+	case !m.verify(&s.key): // the key never changes: no lock for the HMAC
 		ss.dropMAC.Add(1)
+		return
+	}
+	ss.mu.Lock()
+	switch {
+	case ss.byID[m.id] != s:
+		ss.mu.Unlock()
+		ss.dropUnknown.Add(1) // forgotten meanwhile
 		return
 	case m.counter <= s.recvCtr:
 		ss.mu.Unlock()
