@@ -142,21 +142,31 @@ func genCIDKeyHexFlow(flow int) string {
 	return hex.EncodeToString(k)
 }
 
-func runCapacity(ctx context.Context, res *Results, opt options, outDir string) error {
+// newCapacityLab returns the relay lab of the capacity measurements.
+// Datagrams sent with UDP GSO (the generator's, and a relay's that uses it)
+// are segmented in software before they leave their namespace, as with a
+// NIC without segmentation offload: every datagram crosses the links, the
+// router and the relay's socket on its own.
+func newCapacityLab() (*Lab, error) {
 	lab, err := newRelayLab()
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range [][2]string{{"a", "a0"}, {"r", "r0"}} {
+		if err := lab.run(p[0], "ethtool", "-K", p[1], "tx-udp-segmentation", "off"); err != nil {
+			lab.Close()
+			return nil, err
+		}
+	}
+	return lab, nil
+}
+
+func runCapacity(ctx context.Context, res *Results, opt options, outDir string) error {
+	lab, err := newCapacityLab()
 	if err != nil {
 		return err
 	}
 	defer lab.Close()
-	// Datagrams sent with UDP GSO (the generator's, and a relay's that
-	// uses it) are segmented in software before they leave their namespace,
-	// as with a NIC without segmentation offload: every datagram crosses
-	// the links, the router and the relay's socket on its own.
-	for _, p := range [][2]string{{"a", "a0"}, {"r", "r0"}} {
-		if err := lab.run(p[0], "ethtool", "-K", p[1], "tx-udp-segmentation", "off"); err != nil {
-			return err
-		}
-	}
 	tmp, err := tempDir(lab, "capacity-")
 	if err != nil {
 		return err

@@ -301,16 +301,11 @@ const (
 )
 
 func fleetCapacity(res *Results, opt options) error {
-	lab, err := newRelayLab()
+	lab, err := newCapacityLab()
 	if err != nil {
 		return err
 	}
 	defer lab.Close()
-	for _, p := range [][2]string{{"a", "a0"}, {"r", "r0"}} {
-		if err := lab.run(p[0], "ethtool", "-K", p[1], "tx-udp-segmentation", "off"); err != nil {
-			return err
-		}
-	}
 	tmp, err := tempDir(lab, "fleetcap-")
 	if err != nil {
 		return err
@@ -368,20 +363,11 @@ func fleetCapWindows(lab *Lab, cases []capCase, pps, perCPU *Figure, opt options
 	var pairs []float64
 	for i, c := range cases {
 		logf("fleet capacity: starting %s", c.name)
-		srv, err := startCapServer(lab, c, tmp, false)
+		srv, gen, err := startCapRelayGen(lab, c, tmp, i, 7100+i)
 		if err != nil {
-			return fmt.Errorf("%s: %w", c.name, err)
+			return err
 		}
 		defer srv.stop()
-		bind := fmt.Sprintf("%s:%d", addrA, 7100+i)
-		if err := srv.registerGen(bind, 0); err != nil {
-			return fmt.Errorf("%s: registering the generator: %w", c.name, err)
-		}
-		gen, err := lab.startRole(fmt.Sprintf("generator-%d", i), "a", capGenCPU, "gen",
-			append(append([]string{"-bind", bind}, srv.genArgs...), "-gso")...)
-		if err != nil {
-			return fmt.Errorf("%s: %w", c.name, err)
-		}
 		defer gen.stop()
 		srvs[i], gens[i] = srv, gen
 	}
@@ -453,4 +439,27 @@ func fleetTargets(res *Results, add func(name, goal string, ratio float64, met b
 			"this shared machine vary by more than 5%% between windows: see the spread of the figure.",
 			res.median("fleet_capacity_per_cpu", fleetCapTable)/s,
 			res.median("fleet_capacity_instructions", fleetCapMember)/res.median("fleet_capacity_instructions", fleetCapSingle)))
+}
+
+// startCapRelayGen starts case c's relay and, in A, a GSO generator bound
+// to port whose address the relay has registered: for the comparisons that
+// run several relays at once and measure their windows in turn (fleet,
+// tunnel). The caller stops both.
+func startCapRelayGen(lab *Lab, c capCase, tmp string, i, port int) (*capServer, *proc, error) {
+	srv, err := startCapServer(lab, c, tmp, false)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", c.name, err)
+	}
+	bind := fmt.Sprintf("%s:%d", addrA, port)
+	if err := srv.registerGen(bind, 0); err != nil {
+		srv.stop()
+		return nil, nil, fmt.Errorf("%s: registering the generator: %w", c.name, err)
+	}
+	gen, err := lab.startRole(fmt.Sprintf("generator-%d", i), "a", capGenCPU, "gen",
+		append(append([]string{"-bind", bind}, srv.genArgs...), "-gso")...)
+	if err != nil {
+		srv.stop()
+		return nil, nil, fmt.Errorf("%s: %w", c.name, err)
+	}
+	return srv, gen, nil
 }

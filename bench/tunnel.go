@@ -230,17 +230,11 @@ type tunRun struct {
 }
 
 func tunnelCapacity(res *Results, opt options) error {
-	lab, err := newRelayLab()
+	lab, err := newCapacityLab()
 	if err != nil {
 		return err
 	}
 	defer lab.Close()
-	// As in the capacity comparison (capacity.go).
-	for _, p := range [][2]string{{"a", "a0"}, {"r", "r0"}} {
-		if err := lab.run(p[0], "ethtool", "-K", p[1], "tx-udp-segmentation", "off"); err != nil {
-			return err
-		}
-	}
 	tmp, err := tempDir(lab, "tunnel-")
 	if err != nil {
 		return err
@@ -306,20 +300,11 @@ func tunnelWindows(lab *Lab, opt options, tmp string, plain, withTun capCase, pp
 	var runs []tunRun
 	for i, c := range []capCase{plain, withTun} {
 		logf("tunnel capacity: starting %s", c.name)
-		srv, err := startCapServer(lab, c, tmp, false)
+		srv, gen, err := startCapRelayGen(lab, c, tmp, i, 7300+i)
 		if err != nil {
-			return fmt.Errorf("%s: %w", c.name, err)
+			return err
 		}
 		defer srv.stop()
-		bind := fmt.Sprintf("%s:%d", addrA, 7300+i)
-		if err := srv.registerGen(bind, 0); err != nil {
-			return fmt.Errorf("%s: registering the generator: %w", c.name, err)
-		}
-		gen, err := lab.startRole(fmt.Sprintf("generator-%d", i), "a", capGenCPU, "gen",
-			append(append([]string{"-bind", bind}, srv.genArgs...), "-gso")...)
-		if err != nil {
-			return fmt.Errorf("%s: %w", c.name, err)
-		}
 		defer gen.stop()
 		runs = append(runs, tunRun{name: c.name, baseline: c.baseline, srv: srv, gen: gen})
 	}
