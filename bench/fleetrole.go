@@ -330,7 +330,9 @@ func probe(key []byte) ([]byte, error) {
 	}
 	p := make([]byte, 64)
 	rand.Read(p)
-	p[0] &= 0x3f // short header, fixed bit clear
+	// Short header, fixed bit clear; a constant first byte, never 0x12
+	// (forward.SleepMarker), which the relay takes for a sleep datagram.
+	p[0] = 0x01
 	copy(p[1:], cid[:])
 	return p, nil
 }
@@ -716,7 +718,14 @@ func measureDelays(f *benchFleet, peers, senders []*regClient, n int, res *fleet
 				break
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("member %d did not forward for a registration at member %d within 10s", b, a)
+				seen := "not applied there"
+				select {
+				case <-applied:
+					seen = "applied there"
+				default:
+				}
+				return fmt.Errorf("member %d did not forward for a registration at member %d within 10s (registration %d of %d; %s; %d probes sent; member %d: %+v; its relay: %+v)",
+					b, a, i+1, n, seen, sent, b, f.members[b].Stats(), f.relays[b].Stats())
 			}
 		}
 		if !answered {
