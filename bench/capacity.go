@@ -62,6 +62,38 @@ type capCase struct {
 	// longer runs in the relay's system calls, as with a router that is
 	// another machine.
 	offCore bool
+	// uso turns UDP segmentation offload on on the relay's interface (r0
+	// tx-udp-segmentation), as on a NIC that offers it: a relay's GSO
+	// send leaves its namespace as one frame, not segmented in software
+	// on the relay's core. G forwards it whole (with the router
+	// off-core, on the generator's core) and the sink recovers its
+	// datagrams from its bytes (sink.go). A relay that sends one
+	// datagram per system call, as coturn does, sends the same frames
+	// with it or without.
+	uso bool
+}
+
+// setLinks sets the offloads of the relay's interface (r0) and the
+// generator's (a0) for the case.
+func (c capCase) setLinks(lab *Lab) error {
+	onOff := func(b bool) string {
+		if b {
+			return "on"
+		}
+		return "off"
+	}
+	// GRO on a veth coalesces only datagrams whose checksum is known good,
+	// as a NIC's are: with GRO, the generator's interface computes
+	// checksums in software (a0 "tx off"), so that the datagrams reach r0
+	// as a NIC hands them over. Otherwise checksums stay offloaded
+	// (partial), as before.
+	if err := lab.run("r", "ethtool", "-K", "r0", "gro", onOff(c.gro), "tx-udp-segmentation", onOff(c.uso)); err != nil {
+		return fmt.Errorf("GRO %s, segmentation offload %s on r0: %w", onOff(c.gro), onOff(c.uso), err)
+	}
+	if err := lab.run("a", "ethtool", "-K", "a0", "tx", onOff(!c.gro)); err != nil {
+		return fmt.Errorf("checksum offload %s on a0: %w", onOff(!c.gro), err)
+	}
+	return nil
 }
 
 // relayCPU returns the CPU the case's relay is pinned to, or -1.
@@ -88,6 +120,8 @@ var capCases = []capCase{
 	{name: "coturn (router off-core)", kind: "coturn", baseline: true, offCore: true},
 	{name: "Quicpipe relay (userspace, GRO link, router off-core)", kind: "quicpipe", gro: true, offCore: true},
 	{name: "coturn (GRO link, router off-core)", kind: "coturn", baseline: true, gro: true, offCore: true},
+	{name: "Quicpipe relay (userspace, GRO+USO link, router off-core)", kind: "quicpipe", gro: true, uso: true, offCore: true},
+	{name: "coturn (GRO+USO link, router off-core)", kind: "coturn", baseline: true, gro: true, uso: true, offCore: true},
 }
 
 // caseSelected reports whether the -cases filter selects c: a
@@ -121,6 +155,7 @@ type capServer struct {
 type capSample struct {
 	at       time.Time
 	fwd      float64
+	frames   float64 // packets at the sink: single datagrams and super-packets
 	cpu      cpuTimes
 	lab      labCPU
 	relayCPU float64
@@ -146,7 +181,8 @@ func genCIDKeyHexFlow(flow int) string {
 // Datagrams sent with UDP GSO (the generator's, and a relay's that uses it)
 // are segmented in software before they leave their namespace, as with a
 // NIC without segmentation offload: every datagram crosses the links, the
-// router and the relay's socket on its own.
+// router and the relay's socket on its own (the USO cases turn the offload
+// on for the relay's interface, capCase.uso).
 func newCapacityLab() (*Lab, error) {
 	lab, err := newRelayLab()
 	if err != nil {
@@ -199,25 +235,8 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 			continue
 		}
 		logf("capacity: %s", c.name)
-		gro := "off"
-		if c.gro {
-			gro = "on"
-		}
-		// GRO on a veth coalesces only datagrams whose checksum is
-		// known good, as a NIC's are: with GRO, the generator's
-		// interface computes checksums in software (a0 "tx off"), so that
-		// the datagrams reach r0 as a NIC hands them over. Otherwise
-		// checksums stay offloaded (partial), as before.
-		tx := "on"
-		if c.gro {
-			tx = "off"
-		}
-		if err := lab.run("r", "ethtool", "-K", "r0", "gro", gro); err != nil {
-			res.missing("capacity: "+c.name, fmt.Errorf("GRO %s on r0: %w", gro, err))
-			continue
-		}
-		if err := lab.run("a", "ethtool", "-K", "a0", "tx", tx); err != nil {
-			res.missing("capacity: "+c.name, fmt.Errorf("checksum offload %s on a0: %w", tx, err))
+		if err := c.setLinks(lab); err != nil {
+			res.missing("capacity: "+c.name, err)
 			continue
 		}
 		undoOffCore, kthread := func() {}, 0
@@ -247,41 +266,31 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 				return err
 			}
 			if c.offCore {
-				if err := checkOneByOne(lab, res, gen, c.name, kthread); err != nil {
+				if err := checkOneByOne(lab, res, gen, c.name, kthread, c.uso); err != nil {
 					return err
 				}
 			}
 			for rep := 0; rep < opt.reps; rep++ {
-				var m capMeasure
-				// On a shared machine, wait for quiet and measure again
-				// (twice at most) if others took more than a tenth of a CPU.
-				for try := 0; ; try++ {
-					if f := lab.waitQuiet(0.1, 20*time.Second); f >= 0.1 {
-						logf("  the machine is busy: other processes use %.2f CPUs", f)
-					}
-					var d0 lostAfterRelay
-					var k0 float64
+				var d0 lostAfterRelay
+				var k0 float64
+				var t0 time.Time
+				before := func() {
 					if c.offCore {
-						d0 = readLostAfterRelay(lab)
-						k0, _ = procCPU(kthread)
+						d0, t0 = readLostAfterRelay(lab), time.Now()
+						k0, _ = threadRunTime(kthread)
 					}
-					t0 := time.Now()
-					m, err = capWindow(lab, gen, srv, opt.capWindow, 0)
-					if err != nil {
-						return err
-					}
-					if c.offCore {
-						k1, _ := procCPU(kthread)
-						// Over the generator's whole run, not only the
-						// measured window: an approximation.
-						m.kthread = (k1 - k0) / time.Since(t0).Seconds()
-						logf("  lost after the relay's send: %s; G's NAPI kthread %.0f%% of CPU %d",
-							readLostAfterRelay(lab).sub(d0), m.kthread*100, capGenCPU)
-					}
-					if m.foreign/m.secs < 0.1 || try == 2 {
-						break
-					}
-					logf("  other processes used %.2f CPUs during the window: measuring again", m.foreign/m.secs)
+				}
+				m, err := steadyWindow(lab, gen, srv, opt.capWindow, true, before)
+				if err != nil {
+					return err
+				}
+				if c.offCore {
+					k1, _ := threadRunTime(kthread)
+					// Over the generator's whole run, not only the
+					// measured window: an approximation.
+					m.kthread = (k1 - k0) / time.Since(t0).Seconds()
+					logf("  lost after the relay's send: %s; G's NAPI kthread %.0f%% of CPU %d",
+						readLostAfterRelay(lab).sub(d0), m.kthread*100, capGenCPU)
 				}
 				foreign.add(c.name, c.baseline, m.foreign/m.secs*100)
 				if m.fwd < 1000 {
@@ -315,6 +324,7 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 			res.missing("capacity: "+c.name, err)
 		}
 	}
+	runBursts(lab, res, opt, tmp)
 	if noInstructions {
 		return nil
 	}
@@ -326,8 +336,10 @@ func runCapacity(ctx context.Context, res *Results, opt options, outDir string) 
 
 type capMeasure struct {
 	secs, fwd, relayCPU, machineCPU, offered float64
-	rawCPU, foreign                          float64 // all of /proc/stat; other processes
-	kthread                                  float64 // router off-core: CPUs used by G's NAPI kthread
+	frames                                   float64       // packets at the sink (a super-packet is one)
+	rawCPU, foreign                          float64       // all of /proc/stat; other processes
+	kthread                                  float64       // router off-core: CPUs used by G's NAPI kthread
+	late                                     time.Duration // a sample's reads took this long: the window is not valid
 	core                                     []float64
 	mallocs                                  uint64
 	hasAlloc                                 bool
@@ -335,17 +347,52 @@ type capMeasure struct {
 
 // capWindow runs the generator flat out (or at rate) and measures a window
 // of secs seconds in the middle of its run.
+// steadyWindow measures one window of secs, up to three times: again when
+// other processes on the machine used more than a tenth of a CPU during it
+// (with wait, it first waits up to 20 s for the machine to be quiet), or
+// when its counters were read late (then a third late window is an error).
+// before, if not nil, runs before each try.
+func steadyWindow(lab *Lab, gen *proc, srv *capServer, secs float64, wait bool, before func()) (capMeasure, error) {
+	for try := 0; ; try++ {
+		if wait {
+			if f := lab.waitQuiet(0.1, 20*time.Second); f >= 0.1 {
+				logf("  the machine is busy: other processes use %.2f CPUs", f)
+			}
+		}
+		if before != nil {
+			before()
+		}
+		m, err := capWindow(lab, gen, srv, secs, 0)
+		if err != nil {
+			return m, err
+		}
+		if m.late > 0 {
+			if try == 2 {
+				return m, fmt.Errorf("reading the window's counters took %v three times", m.late.Round(time.Millisecond))
+			}
+			logf("  reading the window's counters took %v: measuring again", m.late.Round(time.Millisecond))
+			continue
+		}
+		if m.foreign/m.secs < 0.1 || try == 2 {
+			return m, nil
+		}
+		logf("  other processes used %.2f CPUs during the window: measuring again", m.foreign/m.secs)
+	}
+}
+
 func capWindow(lab *Lab, gen *proc, srv *capServer, secs, rate float64) (capMeasure, error) {
 	const lead = 0.4
 	if err := gen.call(10*time.Second, nil, "run", fmt.Sprintf("%.2f", secs+2*lead), 0, rate); err != nil {
 		return capMeasure{}, err
 	}
 	time.Sleep(time.Duration(lead * float64(time.Second)))
+	t0 := time.Now()
 	s0, err := capTake(lab, srv)
 	if err != nil {
 		return capMeasure{}, err
 	}
 	time.Sleep(time.Duration(secs * float64(time.Second)))
+	t1 := time.Now()
 	s1, err := capTake(lab, srv)
 	if err != nil {
 		return capMeasure{}, err
@@ -362,6 +409,7 @@ func capWindow(lab *Lab, gen *proc, srv *capServer, secs, rate float64) (capMeas
 	m := capMeasure{
 		secs:       s1.at.Sub(s0.at).Seconds(),
 		fwd:        s1.fwd - s0.fwd,
+		frames:     s1.frames - s0.frames,
 		relayCPU:   s1.relayCPU - s0.relayCPU,
 		machineCPU: labCPU,
 		rawCPU:     d.total,
@@ -372,6 +420,14 @@ func capWindow(lab *Lab, gen *proc, srv *capServer, secs, rate float64) (capMeas
 	if s0.hasAlloc && s1.hasAlloc {
 		m.mallocs, m.hasAlloc = s1.mallocs-s0.mallocs, true
 	}
+	// A sample reads the sink's counter (an nft process) before the CPU
+	// times. On a saturated machine that process may wait so long that
+	// the CPU times are read after the generator stopped: the window then
+	// counts datagrams forwarded outside it (seen once: 1% CPU for 123k
+	// datagrams a second).
+	if d0, d1 := s0.at.Sub(t0), s1.at.Sub(t1); max(d0, d1) > time.Duration(lead/2*float64(time.Second)) {
+		m.late = max(d0, d1)
+	}
 	return m, nil
 }
 
@@ -380,9 +436,11 @@ func capTake(lab *Lab, srv *capServer) (capSample, error) {
 	var err error
 	// The sink's counter first and last: the nft process it takes to read
 	// it runs outside the window of the CPU readings.
-	if s.fwd, err = lab.sinkCount(); err != nil {
+	c, err := lab.sinkCounters()
+	if err != nil {
 		return s, err
 	}
+	s.fwd, s.frames = c.datagrams(), c.relayed+c.gso
 	if srv.stats != nil {
 		if st, ok := srv.stats(); ok {
 			s.mallocs, s.hasAlloc = st.Mallocs, true

@@ -85,6 +85,25 @@ func procCPU(pid int) (float64, error) {
 	return (u + st) / clockTick, nil
 }
 
+// threadRunTime returns the time task pid has spent on a CPU, in seconds,
+// from /proc/PID/schedstat: nanoseconds, where /proc/PID/stat counts clock
+// ticks (10 ms), too coarse for a kernel thread's short runs.
+func threadRunTime(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/schedstat", pid))
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 1 {
+		return 0, fmt.Errorf("empty /proc/%d/schedstat", pid)
+	}
+	ns, err := strconv.ParseUint(f[0], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("bad /proc/%d/schedstat: %w", pid, err)
+	}
+	return float64(ns) / 1e9, nil
+}
+
 // procRSS returns the resident set size of pid in bytes.
 func procRSS(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

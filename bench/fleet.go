@@ -357,7 +357,6 @@ func fleetCapacity(res *Results, opt options) error {
 
 // fleetCapWindows measures the capacity windows of cases, alternately.
 func fleetCapWindows(lab *Lab, cases []capCase, pps, perCPU *Figure, opt options, tmp string) error {
-	var err error
 	srvs := make([]*capServer, len(cases))
 	gens := make([]*proc, len(cases))
 	var pairs []float64
@@ -385,16 +384,9 @@ func fleetCapWindows(lab *Lab, cases []capCase, pps, perCPU *Figure, opt options
 		for k := range cases {
 			i := (k + rep) % len(cases) // alternate which goes first
 			c := cases[i]
-			var m capMeasure
-			for try := 0; ; try++ {
-				lab.waitQuiet(0.1, 20*time.Second)
-				if m, err = capWindow(lab, gens[i], srvs[i], opt.capWindow, 0); err != nil {
-					return fmt.Errorf("%s: %w", c.name, err)
-				}
-				if m.foreign/m.secs < 0.1 || try == 2 {
-					break
-				}
-				logf("  other processes used %.2f CPUs during the window: measuring again", m.foreign/m.secs)
+			m, err := steadyWindow(lab, gens[i], srvs[i], opt.capWindow, true, nil)
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
 			}
 			if m.fwd < 1000 {
 				return fmt.Errorf("%s: only %.0f datagrams reached the sink in %.1fs", c.name, m.fwd, m.secs)
@@ -444,16 +436,18 @@ func fleetTargets(res *Results, add func(name, goal string, ratio float64, met b
 // startCapRelayGen starts case c's relay and, in A, a GSO generator bound
 // to port whose address the relay has registered: for the comparisons that
 // run several relays at once and measure their windows in turn (fleet,
-// tunnel). The caller stops both.
+// tunnel, the paired burst windows). The caller stops both.
 func startCapRelayGen(lab *Lab, c capCase, tmp string, i, port int) (*capServer, *proc, error) {
 	srv, err := startCapServer(lab, c, tmp, false)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", c.name, err)
 	}
 	bind := fmt.Sprintf("%s:%d", addrA, port)
-	if err := srv.registerGen(bind, 0); err != nil {
-		srv.stop()
-		return nil, nil, fmt.Errorf("%s: registering the generator: %w", c.name, err)
+	if srv.registerGen != nil {
+		if err := srv.registerGen(bind, 0); err != nil {
+			srv.stop()
+			return nil, nil, fmt.Errorf("%s: registering the generator: %w", c.name, err)
+		}
 	}
 	gen, err := lab.startRole(fmt.Sprintf("generator-%d", i), "a", capGenCPU, "gen",
 		append(append([]string{"-bind", bind}, srv.genArgs...), "-gso")...)

@@ -50,7 +50,12 @@ func (l *Lab) sinkCount() (float64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return c.relayed + (c.gsoBytes-28*c.gso)/payloadSize, nil // IPv4 + UDP headers once per super-packet
+	return c.datagrams(), nil
+}
+
+// datagrams is how many payloadSize datagrams the counters stand for.
+func (c sinkCounts) datagrams() float64 {
+	return c.relayed + (c.gsoBytes-28*c.gso)/payloadSize // IPv4 + UDP headers once per super-packet
 }
 
 // sinkCounts are the sink's counters: packets of one datagram, and

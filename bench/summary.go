@@ -134,6 +134,7 @@ func evaluateTargets(res *Results, delay time.Duration) {
 		fmt.Sprintf("%.0f bytes per CID (%s; ratio given against the 200-byte goal)", worst, worstCase),
 		"the CID table's per-entry cost is above the goal")
 
+	burstTargets(res, add)
 	fleetTargets(res, add)
 }
 

@@ -334,18 +334,9 @@ func tunnelWindows(lab *Lab, opt options, tmp string, plain, withTun capCase, pp
 		for k := range runs {
 			i := (k + rep) % len(runs) // alternate which goes first
 			r := runs[i]
-			var m capMeasure
-			for try := 0; ; try++ {
-				if opt.mode != "smoke" {
-					lab.waitQuiet(0.1, 20*time.Second)
-				}
-				if m, err = capWindow(lab, r.gen, r.srv, opt.capWindow, 0); err != nil {
-					return fmt.Errorf("%s: %w", r.name, err)
-				}
-				if m.foreign/m.secs < 0.1 || try == 2 || opt.mode == "smoke" {
-					break
-				}
-				logf("  other processes used %.2f CPUs during the window: measuring again", m.foreign/m.secs)
+			m, err := steadyWindow(lab, r.gen, r.srv, opt.capWindow, opt.mode != "smoke", nil)
+			if err != nil {
+				return fmt.Errorf("%s: %w", r.name, err)
 			}
 			if m.fwd < 1000 {
 				return fmt.Errorf("%s: only %.0f datagrams reached the sink in %.1fs (offered %.0f/s)", r.name, m.fwd, m.secs, m.offered)
