@@ -285,7 +285,26 @@ func (a *Accepter) stayAsleep(every time.Duration) bool {
 	s.mu.Unlock()
 	t := time.NewTicker(every)
 	defer t.Stop()
-	missed := 0
+	// A keep-alive goes out every interval, and while keep-alives go
+	// unacknowledged, also every sleepRetryAfter. A retry that finds more
+	// than sleepRetries of them unacknowledged wakes the sleeper: the
+	// relay forgot it (it restarted, or the fleet member that held it died
+	// and another now receives its packets) or the path died. Reconnecting
+	// registers again, within an interval and a few seconds of the silence
+	// instead of three intervals.
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	armed := false
+	unacked := 0 // keep-alives sent since the last ack
+	send := func() {
+		unacked++
+		a.sendSleep(sleepKeepAlive)
+		if !armed {
+			retry.Reset(sleepRetryAfter)
+			armed = true
+		}
+	}
 	for {
 		select {
 		case <-a.done:
@@ -293,19 +312,32 @@ func (a *Accepter) stayAsleep(every time.Duration) bool {
 		case <-woke:
 			return true
 		case b := <-s.in:
-			a.sleepDatagram(b, &missed)
+			a.sleepDatagram(b, &unacked)
+			if unacked == 0 && armed {
+				retry.Stop()
+				armed = false
+			}
 		case <-t.C:
-			if missed >= sleepMissed {
-				// The relay stopped answering (restarted, or the path
-				// died): reconnect, which registers again.
+			send()
+		case <-retry.C:
+			armed = false
+			if unacked > sleepRetries {
 				a.wakeUp("relay silent")
 				return true
 			}
-			missed++
-			a.sendSleep(sleepKeepAlive)
+			send()
 		}
 	}
 }
+
+const (
+	// sleepRetryAfter is how long a sleeper waits for a keep-alive's ack
+	// before it sends another.
+	sleepRetryAfter = time.Second
+	// sleepRetries is how many keep-alives a sleeper sends without an ack
+	// (its interval's and the retries) before the next retry wakes it.
+	sleepRetries = 3
+)
 
 // sendSleep sends a sleep datagram of type typ to the relay.
 func (a *Accepter) sendSleep(typ byte, body ...[]byte) {
@@ -318,7 +350,7 @@ func (a *Accepter) sendSleep(typ byte, body ...[]byte) {
 }
 
 // sleepDatagram handles one sleep datagram from the relay. missed, while
-// asleep, counts keep-alives without an ack.
+// asleep, counts keep-alives without an ack: an ack sets it to zero.
 func (a *Accepter) sleepDatagram(b []byte, missed *int) {
 	s := &a.sl
 	if !s.hasKey {

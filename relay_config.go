@@ -150,8 +150,9 @@ type RelayConfig struct {
 	// 0029-idle-peers.md): an accepter with its mailbox open and no pipe
 	// may otherwise ask the relay to keep its registration and mailbox
 	// without its connection, alive with keep-alive datagrams. If false
-	// (the default), a relay with a Mailbox offers sleep, except in a
-	// fleet (MailboxRouter set), which does not offer it yet.
+	// (the default), a relay with a Mailbox offers sleep; in a fleet
+	// (MailboxRouter set) a sleeping mailbox keeps its hold, so that dials
+	// posted at other members wake it.
 	DisableSleep bool
 	// SleepKeepAlive is how often a sleeping listener sends a keep-alive;
 	// the relay forgets a sleeper, its mailbox and its registration after

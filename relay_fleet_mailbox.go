@@ -95,22 +95,36 @@ func (r *Relay) DeliverMailbox(ctx context.Context, key ed25519.PublicKey, fligh
 // YieldMailbox ends this relay's hold of key's mailbox because another
 // member of the fleet took it (the accepter opened it there since): the
 // holding request is told, as an older holder is when a newer connection
-// takes the mailbox at this relay, and ends. It reports whether the relay
-// held the mailbox. It does not block.
+// takes the mailbox at this relay, and ends; a sleeping holder is
+// forgotten. It reports whether the relay held the mailbox. It does not
+// block.
 func (r *Relay) YieldMailbox(key ed25519.PublicKey) bool {
 	m := r.mailbox
 	if m == nil {
 		return false
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	mb := m.boxes[string(key)]
 	if mb == nil {
+		m.mu.Unlock()
 		return false
 	}
 	close(mb.replaced)
 	delete(m.boxes, string(key))
 	m.releaseLocked(mb)
+	unroute := false
+	if mb.sleep != nil {
+		ss := r.sleep
+		ss.mu.Lock()
+		ss.dropLocked(mb.sleep)
+		ss.mu.Unlock()
+		mb.end()
+		unroute = m.unrouteLocked(mb)
+	}
+	m.mu.Unlock()
+	if unroute {
+		r.cfg.MailboxRouter.Release(key)
+	}
 	m.yielded.Add(1)
 	return true
 }

@@ -223,6 +223,10 @@ type mailbox struct {
 	// Guarded by mailboxServer.mu.
 	conn  *quic.Conn // the holder's connection; nil while asleep
 	sleep *sleeper   // non-nil while the holder sleeps
+	// routed is true from the holder's MailboxRouter.Hold until its one
+	// Release (unrouteLocked): by the request that opened the mailbox if
+	// it ends awake, else once the sleeping mailbox ends.
+	routed bool
 }
 
 // end closes mb.gone once: its holder left (its request ended while awake,
@@ -360,6 +364,7 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 			fmt.Sprintf("%s holds the maximum of %d mailboxes per source", mb.src, m.cfg.MaxMailboxesPerSource))
 		return
 	}
+	unrouteOld := false
 	if old != nil {
 		close(old.replaced)
 		m.releaseLocked(old)
@@ -370,12 +375,19 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 			ss.dropLocked(old.sleep)
 			ss.mu.Unlock()
 			old.end()
+			unrouteOld = m.unrouteLocked(old)
 		}
 	}
 	m.boxes[string(key)] = mb
 	m.perSource[mb.src]++
 	m.mu.Unlock()
+	rt := m.r.cfg.MailboxRouter
+	if unrouteOld {
+		rt.Release(key)
+	}
 	m.opened.Add(1)
+	// One deferred end, decided under one lock: a mailbox that fell asleep
+	// stays, with its router hold, until the sleeper ends (endSleeping).
 	defer func() {
 		m.mu.Lock()
 		asleep := mb.sleep != nil
@@ -383,14 +395,20 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 			delete(m.boxes, string(key))
 			m.releaseLocked(mb)
 		}
+		unroute := !asleep && m.unrouteLocked(mb)
 		m.mu.Unlock()
+		if unroute {
+			rt.Release(key)
+		}
 		if !asleep {
 			mb.end()
 		}
 	}()
-	if rt := m.r.cfg.MailboxRouter; rt != nil {
+	if rt != nil {
 		m.hold(req.Context(), key)
-		defer rt.Release(key)
+		m.mu.Lock()
+		mb.routed = true
+		m.mu.Unlock()
 	}
 
 	rc := http.NewResponseController(w)
@@ -433,6 +451,17 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 			return
 		}
 	}
+}
+
+// unrouteLocked reports whether mb's MailboxRouter hold is to be released
+// now, and marks it released: true exactly once per hold. m.mu must be
+// held; the caller calls Release after unlocking.
+func (m *mailboxServer) unrouteLocked(mb *mailbox) bool {
+	if !mb.routed {
+		return false
+	}
+	mb.routed = false
+	return true
 }
 
 // releaseLocked takes mb, which has just left m.boxes, out of its source's

@@ -156,10 +156,11 @@ type sleepWaking struct {
 }
 
 // newSleepServer returns the relay's sleep server, or nil if the relay
-// does not offer sleep: turned off, no mailbox, or a mailbox spanning a
-// fleet (a fleet member does not offer sleep yet: decision 0029).
+// does not offer sleep: turned off, or no mailbox. In a fleet a sleeping
+// mailbox keeps its MailboxRouter hold, so that posts at other members
+// reach the member whose sleeper they wake.
 func newSleepServer(r *Relay, c *RelayConfig) *sleepServer {
-	if c.DisableSleep || c.Mailbox == nil || c.MailboxRouter != nil {
+	if c.DisableSleep || c.Mailbox == nil {
 		return nil
 	}
 	return &sleepServer{
@@ -560,14 +561,20 @@ func (ss *sleepServer) expireLocked(now time.Time) {
 }
 
 // forgetSleeping removes s's mailbox if it still sleeps: posts waiting for
-// it fail.
+// it fail. In a fleet, the mailbox's hold is released.
 func (m *mailboxServer) forgetSleeping(s *sleeper) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if mb := m.boxes[s.mailbox]; mb == s.mb {
+	mb := m.boxes[s.mailbox]
+	unroute := false
+	if mb == s.mb {
 		delete(m.boxes, s.mailbox)
 		m.releaseLocked(mb)
 		mb.end()
+		unroute = m.unrouteLocked(mb)
+	}
+	m.mu.Unlock()
+	if unroute {
+		m.r.cfg.MailboxRouter.Release(ed25519.PublicKey(s.mailbox))
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 )
@@ -411,22 +412,139 @@ func TestSleepOldPeers(t *testing.T) {
 	})
 }
 
-// nopRouter is a MailboxRouter that routes nothing.
-type nopRouter struct{}
+// TestSleepRelayForgets: the relay forgets a sleeper that does not know it
+// (as a restarted relay, or the fleet member that takes over from a dead
+// one, does): its keep-alives go unanswered, it sends them again every
+// second, and after sleepRetries it wakes and reconnects, within an interval
+// and a few seconds, not three intervals; then it is dialed.
+func TestSleepRelayForgets(t *testing.T) {
+	const every = 3 * time.Second
+	e := newSleepEnv(t, RelayConfig{SleepKeepAlive: every})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dID, aID := GenerateIdentity(), GenerateIdentity()
+	a := e.sleeper(t, ctx, aID, 100*time.Millisecond, pub(dID))
+	opened := e.relay.MailboxStats().Opened
+	forgot := time.Now()
+	if !e.relay.YieldMailbox(pub(aID)) {
+		t.Fatal("the relay did not hold the sleeping mailbox")
+	}
+	if n := e.relay.SleepStats().Sleeping; n != 0 {
+		t.Fatalf("the relay holds %d sleepers after forgetting the only one", n)
+	}
+	// An interval until the next keep-alive, four a second apart without
+	// an ack, and the reconnect: well under the three intervals (9 s) a
+	// sleeper waited before.
+	bound := every + 5500*time.Millisecond
+	for e.relay.MailboxStats().Opened == opened {
+		if time.Since(forgot) > bound {
+			t.Fatalf("the sleeper did not reconnect within %v (three intervals would be %v)", bound, 3*every)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("reconnected %v after the relay forgot it (keep-alive every %v)", time.Since(forgot).Round(time.Millisecond), every)
+	waitAsleep(t, e.relay, a, 1)
+	d := e.dialer(t, ctx, dID)
+	dialEcho(t, ctx, d, a, pub(aID))
+}
 
-func (nopRouter) Hold(context.Context, ed25519.PublicKey) error { return nil }
-func (nopRouter) Release(ed25519.PublicKey)                     {}
-func (nopRouter) Post(context.Context, ed25519.PublicKey, []byte) error {
+// countRouter is a MailboxRouter that counts the holds of each key and
+// routes no post.
+type countRouter struct {
+	mu    sync.Mutex
+	holds map[string]int
+	under int // releases without a hold
+}
+
+func (c *countRouter) Hold(_ context.Context, key ed25519.PublicKey) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.holds[string(key)]++
+	return nil
+}
+
+func (c *countRouter) Release(key ed25519.PublicKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.holds[string(key)] == 0 {
+		c.under++
+		return
+	}
+	c.holds[string(key)]--
+}
+
+func (c *countRouter) Post(context.Context, ed25519.PublicKey, []byte) error {
 	return &RelayError{Status: 404, Code: CodeNoMailbox}
 }
 
-// TestSleepNotInFleet: a fleet member (MailboxRouter set) does not offer
-// sleep yet, and its listeners stay awake.
-func TestSleepNotInFleet(t *testing.T) {
-	e := newSleepEnv(t, RelayConfig{MailboxRouter: nopRouter{}})
+// held returns the holds of key and the releases that had none.
+func (c *countRouter) held(key ed25519.PublicKey) (n, under int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.holds[string(key)], c.under
+}
+
+// TestSleepHoldsInFleet: at a fleet member (MailboxRouter set) a sleeping
+// mailbox keeps its router hold, so that posts at other members still
+// reach it; the hold is released exactly once when the sleeper wakes into a
+// reopened mailbox (which holds it again), leaves, or its mailbox is
+// yielded to another member.
+func TestSleepHoldsInFleet(t *testing.T) {
+	rt := &countRouter{holds: map[string]int{}}
+	e := newSleepEnv(t, RelayConfig{MailboxRouter: rt})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	stayAwake(t, ctx, e, GenerateIdentity(), pub(GenerateIdentity()), "a fleet member")
+	dID, aID, bID := GenerateIdentity(), GenerateIdentity(), GenerateIdentity()
+	check := func(what string, key ed25519.PublicKey, want int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			n, under := rt.held(key)
+			if under != 0 {
+				t.Fatalf("%s: %d releases without a hold", what, under)
+			}
+			if n == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the mailbox has %d router holds, want %d", what, n, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	a := e.sleeper(t, ctx, aID, 100*time.Millisecond, pub(dID))
+	check("asleep", pub(aID), 1)
+	d := e.dialer(t, ctx, dID)
+	dialEcho(t, ctx, d, a, pub(aID))
+	waitAsleep(t, e.relay, a, 1)
+	check("woken by a dial, asleep again", pub(aID), 1)
+
+	bcfg := e.config(bID, pub(dID))
+	bcfg.SleepAfter = 100 * time.Millisecond
+	b, err := NewAccepter(ctx, bcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.OpenMailbox(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitAsleep(t, e.relay, b, 2)
+	check("a second sleeper", pub(bID), 1)
+	if !e.relay.YieldMailbox(pub(bID)) {
+		t.Fatal("YieldMailbox: the relay did not hold the sleeping mailbox")
+	}
+	check("yielded to another member", pub(bID), 0)
+	if n := e.relay.SleepStats().Sleeping; n != 1 {
+		t.Fatalf("after the yield the relay holds %d sleepers, want 1", n)
+	}
+	b.Close()
+
+	a.Close() // asleep: it says it leaves
+	check("left", pub(aID), 0)
+	if n := e.relay.SleepStats().Sleeping; n != 0 {
+		t.Fatalf("the relay still holds %d sleepers", n)
+	}
 }
 
 // stayAwake opens a listener ready to sleep after 50 ms at e's relay, which

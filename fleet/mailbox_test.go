@@ -542,3 +542,66 @@ func TestFleetMailboxNATSRestart(t *testing.T) {
 	defer ac.CloseWithError(0, "")
 	pipetest.Echo(t, ctx, dc, ac, 64<<10)
 }
+
+// TestFleetSleepingListener: a listener sleeps at member b (decision 0029,
+// its mailbox keeps b's hold), a dialer at member a dials it twice: each
+// post travels from a to b over NATS, b wakes the sleeper with the flight,
+// the pipe connects and carries 256 KB each way, and the listener sleeps
+// again. When it closes, b forgets it and drops the mailbox's subscription.
+func TestFleetSleepingListener(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	url := startNATS(t, true)
+	a := newMailboxMember(t, url, "a", nil, nil)
+	b := newMailboxMember(t, url, "b", nil, nil)
+	dialerID, listenerID := quicpipe.GenerateIdentity(), quicpipe.GenerateIdentity()
+	cfg := b.peerConfig(listenerID, dialerID)
+	cfg.SleepAfter = 200 * time.Millisecond
+	acc, err := quicpipe.NewAccepter(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+	if err := acc.OpenMailbox(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d := dialer(t, ctx, a, dialerID)
+	for round := 1; round <= 2; round++ {
+		waitFor(t, 10*time.Second, "the listener sleeps at b", func() bool {
+			return acc.Asleep() && b.relay.SleepStats().Sleeping == 1
+		})
+		if got := b.m.Stats().MailboxesHeld; got != 1 {
+			t.Fatalf("round %d: b routes %d mailboxes while the listener sleeps, want 1", round, got)
+		}
+		accepted := acceptOne(ctx, acc)
+		dc, err := d.DialMailbox(ctx, listenerID.Public().(ed25519.PublicKey))
+		if err != nil {
+			t.Fatalf("round %d: dial through a to the listener sleeping at b: %v", round, err)
+		}
+		ac := <-accepted
+		if ac == nil {
+			t.Fatalf("round %d: the listener accepted nothing", round)
+		}
+		pipetest.Echo(t, ctx, dc, ac, 256<<10)
+		dc.CloseWithError(0, "")
+		ac.CloseWithError(0, "")
+		sa, sb, ss := a.relay.MailboxStats(), b.relay.MailboxStats(), b.relay.SleepStats()
+		t.Logf("round %d: a %+v; b %+v; b's sleepers %+v", round, sa, sb, ss)
+		if sa.HandedOut != uint64(round) || sb.HandedIn != uint64(round) || ss.Wakes != uint64(round) {
+			t.Fatalf("round %d: a handed out %d posts, b handed in %d and sent %d wakes, want %d each",
+				round, sa.HandedOut, sb.HandedIn, ss.Wakes, round)
+		}
+	}
+	waitFor(t, 10*time.Second, "the listener sleeps again", func() bool {
+		return acc.Asleep() && b.relay.SleepStats().Sleeping == 1
+	})
+	acc.Close()
+	waitFor(t, 5*time.Second, "b forgets the sleeper and drops the mailbox's subscription", func() bool {
+		return b.relay.SleepStats().Sleeping == 0 && b.m.Stats().MailboxesHeld == 0
+	})
+	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer pcancel()
+	if _, err := d.DialMailbox(pctx, listenerID.Public().(ed25519.PublicKey)); !errors.Is(err, quicpipe.ErrNoMailbox) {
+		t.Fatalf("dial after the sleeper left: %v, want ErrNoMailbox", err)
+	}
+}
