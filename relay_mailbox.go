@@ -387,7 +387,8 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 	}
 	m.opened.Add(1)
 	// One deferred end, decided under one lock: a mailbox that fell asleep
-	// stays, with its router hold, until the sleeper ends (endSleeping).
+	// stays, with its router hold, until the sleeper ends (forgetSleeping,
+	// a reopen above, YieldMailbox).
 	defer func() {
 		m.mu.Lock()
 		asleep := mb.sleep != nil
