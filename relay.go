@@ -356,6 +356,9 @@ func (r *Relay) Close() error {
 		}
 		errs = append(errs, r.closeReaders())
 		r.wg.Wait()
+		if r.mailbox != nil {
+			r.mailbox.releaseSleeping()
+		}
 		if r.locals.rd != nil {
 			errs = append(errs, r.locals.rd.close())
 		}

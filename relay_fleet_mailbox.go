@@ -33,12 +33,14 @@ type MailboxRouter interface {
 	// stays open for posts made at this relay.
 	//
 	// Every Hold is followed by exactly one Release of the same key once
-	// that request ends, but the holds of one key may overlap (a newer
-	// request took the mailbox over from an older one): the relay holds key
-	// until as many Releases as Holds came.
+	// that request ends, or, if the accepter fell asleep (decision 0029),
+	// once its sleeping mailbox ends (it wakes into a reopened mailbox,
+	// leaves, expires, is yielded, or the relay closes). The holds of one
+	// key may overlap (a newer request took the mailbox over from an older
+	// one): the relay holds key until as many Releases as Holds came.
 	Hold(ctx context.Context, key ed25519.PublicKey) error
-	// Release tells that one request holding key's mailbox ended. It must
-	// not block.
+	// Release tells that one hold of key's mailbox ended. The relay calls
+	// it outside its locks; it should not block for long.
 	Release(key ed25519.PublicKey)
 	// Post hands flight (a first flight in binary form, checked and within
 	// the relay's MaxPostBytes) to the member that holds key's mailbox, and

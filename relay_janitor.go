@@ -1,6 +1,9 @@
 package quicpipe
 
-import "time"
+import (
+	"crypto/ed25519"
+	"time"
+)
 
 // localAddrsRefresh is how often the relay reads its host's addresses again.
 const localAddrsRefresh = 10 * time.Second
@@ -34,12 +37,8 @@ func (r *Relay) janitor() {
 
 func (r *Relay) expire(now time.Time) {
 	r.regMu.Lock()
-	defer r.regMu.Unlock()
 	// Remote registrations of a fleet never expire: only the relay's own
 	// are walked, so a member holding the fleet's table walks its share.
-	if r.sleep != nil {
-		defer r.sleep.expireLocked(now)
-	}
 	r.regs.ownEntries(func(reg *regEntry) bool {
 		if reg.Expires() < now.UnixNano() {
 			r.removeLocked(reg)
@@ -49,4 +48,13 @@ func (r *Relay) expire(now time.Time) {
 		}
 		return true
 	})
+	var unroute []string
+	if r.sleep != nil {
+		unroute = r.sleep.expireLocked(now)
+	}
+	r.regMu.Unlock()
+	// A fleet's Release may wait on its NATS connection: outside regMu.
+	for _, key := range unroute {
+		r.cfg.MailboxRouter.Release(ed25519.PublicKey(key))
+	}
 }

@@ -382,9 +382,6 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 	m.perSource[mb.src]++
 	m.mu.Unlock()
 	rt := m.r.cfg.MailboxRouter
-	if unrouteOld {
-		rt.Release(key)
-	}
 	m.opened.Add(1)
 	// One deferred end, decided under one lock: a mailbox that fell asleep
 	// stays, with its router hold, until the sleeper ends (forgetSleeping,
@@ -410,6 +407,11 @@ func (m *mailboxServer) open(w http.ResponseWriter, req *http.Request, qc *quic.
 		m.mu.Lock()
 		mb.routed = true
 		m.mu.Unlock()
+	}
+	if unrouteOld {
+		// After the new hold, so that the fleet keeps routing the key to
+		// this relay in between.
+		rt.Release(key)
 	}
 
 	rc := http.NewResponseController(w)

@@ -466,6 +466,11 @@ func (r *Relay) goToSleep(qc *quic.Conn, body *sleepRequest) (ans sleepAnswer, c
 	if mb == nil || mb.conn != qc || mb.sleep != nil {
 		return ans, nil, to, http.StatusConflict, CodeSleepRefused, errors.New("this mailbox is not open over this connection")
 	}
+	if r.cfg.MailboxRouter != nil && !mb.routed {
+		// The open request has not taken its fleet hold yet (an accepter
+		// sleeps only once its mailbox is confirmed, after the hold).
+		return ans, nil, to, http.StatusConflict, CodeSleepRefused, errors.New("this mailbox is not open yet")
+	}
 	id := sleepIDOf(body.Mailbox)
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
@@ -530,11 +535,12 @@ func (ss *sleepServer) dropLocked(s *sleeper) {
 
 // expireLocked forgets the sleepers that missed their keep-alives or whose
 // registration ended, with their mailboxes and (unless the listener
-// registered again over a connection) their registrations. r.regMu must be
-// held.
-func (ss *sleepServer) expireLocked(now time.Time) {
+// registered again over a connection) their registrations. It returns the
+// keys of the forgotten mailboxes whose MailboxRouter hold the caller must
+// release once it has unlocked r.regMu, which must be held.
+func (ss *sleepServer) expireLocked(now time.Time) (unroute []string) {
 	if now.Sub(ss.lastWalk) < min(sleepWalkEvery, ss.every/4) {
-		return
+		return nil
 	}
 	ss.lastWalk = now
 	r := ss.r
@@ -553,28 +559,49 @@ func (ss *sleepServer) expireLocked(now time.Time) {
 	}
 	ss.mu.Unlock()
 	for _, s := range gone {
-		r.mailbox.forgetSleeping(s)
+		if r.mailbox.forgetSleeping(s) {
+			unroute = append(unroute, s.mailbox)
+		}
 		if r.regs.get(s.reg.key) == s.reg && (s.reg.conn == nil || s.reg.conn.Context().Err() != nil) {
 			r.removeLocked(s.reg)
 		}
 	}
+	return unroute
 }
 
 // forgetSleeping removes s's mailbox if it still sleeps: posts waiting for
-// it fail. In a fleet, the mailbox's hold is released.
-func (m *mailboxServer) forgetSleeping(s *sleeper) {
+// it fail. It reports whether the mailbox's MailboxRouter hold is to be
+// released (by the caller, outside the relay's locks).
+func (m *mailboxServer) forgetSleeping(s *sleeper) (unroute bool) {
 	m.mu.Lock()
-	mb := m.boxes[s.mailbox]
-	unroute := false
-	if mb == s.mb {
+	defer m.mu.Unlock()
+	if mb := m.boxes[s.mailbox]; mb == s.mb {
 		delete(m.boxes, s.mailbox)
 		m.releaseLocked(mb)
 		mb.end()
-		unroute = m.unrouteLocked(mb)
+		return m.unrouteLocked(mb)
+	}
+	return false
+}
+
+// releaseSleeping releases the MailboxRouter holds of the sleeping
+// mailboxes the relay still holds, once it has closed: no request and no
+// janitor will end them.
+func (m *mailboxServer) releaseSleeping() {
+	rt := m.r.cfg.MailboxRouter
+	if rt == nil {
+		return
+	}
+	var keys []string
+	m.mu.Lock()
+	for key, mb := range m.boxes {
+		if mb.sleep != nil && m.unrouteLocked(mb) {
+			keys = append(keys, key)
+		}
 	}
 	m.mu.Unlock()
-	if unroute {
-		m.r.cfg.MailboxRouter.Release(ed25519.PublicKey(s.mailbox))
+	for _, key := range keys {
+		rt.Release(ed25519.PublicKey(key))
 	}
 }
 

@@ -545,6 +545,14 @@ func TestSleepHoldsInFleet(t *testing.T) {
 	if n := e.relay.SleepStats().Sleeping; n != 0 {
 		t.Fatalf("the relay still holds %d sleepers", n)
 	}
+
+	// The relay closes with a listener asleep: the hold goes with it.
+	cID := GenerateIdentity()
+	c := e.sleeper(t, ctx, cID, 100*time.Millisecond, pub(dID))
+	defer c.Close()
+	check("a third sleeper", pub(cID), 1)
+	e.relay.Close()
+	check("the relay closed", pub(cID), 0)
 }
 
 // stayAwake opens a listener ready to sleep after 50 ms at e's relay, which

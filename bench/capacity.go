@@ -345,16 +345,15 @@ type capMeasure struct {
 	hasAlloc                                 bool
 }
 
-// capWindow runs the generator flat out (or at rate) and measures a window
-// of secs seconds in the middle of its run.
-// steadyWindow measures one window of secs, up to three times: again when
-// other processes on the machine used more than a tenth of a CPU during it
-// (with wait, it first waits up to 20 s for the machine to be quiet), or
-// when its counters were read late (then a third late window is an error).
-// before, if not nil, runs before each try.
-func steadyWindow(lab *Lab, gen *proc, srv *capServer, secs float64, wait bool, before func()) (capMeasure, error) {
+// steadyWindow measures one window of secs. With quiet it first waits up to
+// 20 s for the machine to be quiet, and measures again (three tries at
+// most) when other processes used more than a tenth of a CPU during the
+// window or its counters were read late (a third late window is an
+// error). Without quiet (smoke mode: figures, no timing) it measures once
+// and only logs a late window. before, if not nil, runs before each try.
+func steadyWindow(lab *Lab, gen *proc, srv *capServer, secs float64, quiet bool, before func()) (capMeasure, error) {
 	for try := 0; ; try++ {
-		if wait {
+		if quiet {
 			if f := lab.waitQuiet(0.1, 20*time.Second); f >= 0.1 {
 				logf("  the machine is busy: other processes use %.2f CPUs", f)
 			}
@@ -363,7 +362,10 @@ func steadyWindow(lab *Lab, gen *proc, srv *capServer, secs float64, wait bool, 
 			before()
 		}
 		m, err := capWindow(lab, gen, srv, secs, 0)
-		if err != nil {
+		if err != nil || !quiet {
+			if err == nil && m.late > 0 {
+				logf("  reading the window's counters took %v: the window is not valid", m.late.Round(time.Millisecond))
+			}
 			return m, err
 		}
 		if m.late > 0 {
@@ -380,6 +382,8 @@ func steadyWindow(lab *Lab, gen *proc, srv *capServer, secs float64, wait bool, 
 	}
 }
 
+// capWindow runs the generator flat out (or at rate) and measures a window
+// of secs seconds in the middle of its run.
 func capWindow(lab *Lab, gen *proc, srv *capServer, secs, rate float64) (capMeasure, error) {
 	const lead = 0.4
 	if err := gen.call(10*time.Second, nil, "run", fmt.Sprintf("%.2f", secs+2*lead), 0, rate); err != nil {

@@ -45,6 +45,9 @@ func runInstructions(lab *Lab, res *Results, opt options, tmp string) error {
 }
 
 func instructionsCase(lab *Lab, fig *Figure, opt options, tmp string, c capCase, port int) error {
+	if err := c.setLinks(lab); err != nil {
+		return err
+	}
 	dir, err := os.MkdirTemp(tmp, "callgrind-")
 	if err != nil {
 		return err

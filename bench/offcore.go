@@ -78,7 +78,9 @@ func routerOffCore(lab *Lab) (kthread int, undo func(), err error) {
 	// on the sending side, a UDP socket's frames qualify only if the peer
 	// does UDP GRO forwarding or fraglist GRO, which G must not. With TSO
 	// off on r0 every frame qualifies. TSO is TCP's: the relay's UDP
-	// sends are segmented as before (tx-udp-segmentation stays off).
+	// sends are segmented as before, unless the case turned UDP
+	// segmentation offload on (capCase.uso), which is not one of the TSO
+	// features: then its GSO frames qualify whole.
 	if err := lab.run("r", "ethtool", "-K", "r0", "tso", "off"); err != nil {
 		undo()
 		return 0, nil, fmt.Errorf("TSO off on r0: %w", err)
@@ -235,8 +237,12 @@ func checkOneByOne(lab *Lab, res *Results, gen *proc, name string, kthread int, 
 	// A few frames on g2 may be the relay's other traffic (ARP, its own
 	// replies).
 	if uso {
+		// Every frame G received reaches the sink as it was (a few may be
+		// the relay's ARP: 4 of 2,659 were), and the datagrams sent are
+		// in them (a relay preempted under load may drop a few at its
+		// socket).
 		frames := single + coalesced
-		if frames > fromRelay || frames < fromRelay-max(10, fromRelay/1000) || single+inSuper < 0.5*float64(ev.Sent) {
+		if frames > fromRelay || frames < fromRelay-10 || single+inSuper < 0.95*float64(ev.Sent) {
 			return fmt.Errorf("the relay's frames not forwarded as they were through G: %s", msg)
 		}
 		res.note("%s", msg)
