@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +47,11 @@ const (
 	// sleepWalkEvery is how often, at most, the janitor looks for
 	// sleepers to forget (a quarter of the keep-alive interval if less).
 	sleepWalkEvery = time.Second
+	// sleepWalkChunk is how many sleepers the janitor's walk looks at
+	// before it lets go of the sleep lock for a moment: the sleep
+	// datagrams that readers hand to the relay wait for one chunk at
+	// most, not for the whole walk.
+	sleepWalkChunk = 1024
 )
 
 // sleepRequest is the body of POST /v1/sleep.
@@ -116,6 +122,7 @@ type sleepServer struct {
 	byID      map[[sleepIDLen]byte]*sleeper
 	perSource map[netip.Prefix]int
 	lastWalk  time.Time
+	walkChunk int // sleepWalkChunk (BenchmarkSleepWalk changes it)
 
 	slept, expired, left, keepAlives, challenges, moved, wakes, wakeResends atomic.Uint64
 	dropShort, dropType, dropUnknown, dropMAC, dropReplay, dropUnexpected   atomic.Uint64
@@ -169,6 +176,7 @@ func newSleepServer(r *Relay, c *RelayConfig) *sleepServer {
 		maxTotal:     c.MaxSleepers,
 		maxPerSource: c.MaxSleepersPerSource,
 		byID:         make(map[[sleepIDLen]byte]*sleeper),
+		walkChunk:    sleepWalkChunk,
 		perSource:    make(map[netip.Prefix]int),
 	}
 }
@@ -544,19 +552,38 @@ func (ss *sleepServer) expireLocked(now time.Time) (unroute []string) {
 	}
 	ss.lastWalk = now
 	r := ss.r
+	nowNS := now.UnixNano()
 	var gone []*sleeper
 	ss.mu.Lock()
+	n := 0
 	for _, s := range ss.byID {
-		if late := s.expires < now.UnixNano(); late || r.regs.get(s.reg.key) != s.reg {
+		if n++; n%ss.walkChunk == 0 {
+			// Let the readers' sleep datagrams in. The map may change
+			// meanwhile, which a range over it allows (a sleeper added
+			// now may be missed: the next walk sees it).
+			ss.mu.Unlock()
+			runtime.Gosched()
+			ss.mu.Lock()
+		}
+		if s.expires < nowNS || r.regs.get(s.reg.key) != s.reg {
 			gone = append(gone, s)
-			if late && !s.left {
-				ss.expired.Add(1)
-			}
 		}
 	}
+	dropped := gone[:0]
 	for _, s := range gone {
+		// Looked at before the lock was let go: a keep-alive may have
+		// come since, or a reopen taken the sleeper's place.
+		late := s.expires < nowNS
+		if ss.byID[s.id] != s || !late && r.regs.get(s.reg.key) == s.reg {
+			continue
+		}
+		if late && !s.left {
+			ss.expired.Add(1)
+		}
 		ss.dropLocked(s)
+		dropped = append(dropped, s)
 	}
+	gone = dropped
 	ss.mu.Unlock()
 	for _, s := range gone {
 		if r.mailbox.forgetSleeping(s) {
