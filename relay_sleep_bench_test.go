@@ -148,3 +148,68 @@ func TestSleepWalkChunked(t *testing.T) {
 		}
 	}
 }
+
+// TestSleepWalkConcurrent: while the walk lets go of the sleep lock between
+// chunks, another goroutine adds and removes sleepers (as sleep requests
+// and drops do): the walk goes on over the changing map (the race detector
+// watches), and forgets none of the live sleepers.
+func TestSleepWalkConcurrent(t *testing.T) {
+	r, err := ListenRelay("127.0.0.1:0", &RelayConfig{Identity: GenerateIdentity(), Mailbox: &MailboxConfig{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ss := r.sleep
+	ss.walkChunk = 64 // many chunks, many chances to interleave
+	mr := r.regs.(*memRegistry)
+	far := time.Now().Add(time.Hour).UnixNano()
+	mk := func(i int) *sleeper {
+		key := make([]byte, 32)
+		binary.BigEndian.PutUint64(key, uint64(i)+1)
+		reg := newRegEntry(string(key))
+		mr.regs[reg.key] = reg
+		s := &sleeper{reg: reg, expires: far}
+		binary.BigEndian.PutUint64(s.id[:], uint64(i)+1)
+		return s
+	}
+	r.regMu.Lock()
+	for i := range 5000 {
+		s := mk(i)
+		ss.byID[s.id] = s
+	}
+	extra := make([]*sleeper, 20000)
+	for i := range extra {
+		extra[i] = mk(100000 + i)
+	}
+	r.regMu.Unlock()
+	var stop atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		i := 0
+		for !stop.Load() {
+			s := extra[i%len(extra)]
+			ss.mu.Lock()
+			if ss.byID[s.id] == s {
+				delete(ss.byID, s.id)
+			} else {
+				ss.byID[s.id] = s
+			}
+			ss.mu.Unlock()
+			i++
+		}
+	}()
+	for range 50 {
+		r.regMu.Lock()
+		ss.lastWalk = time.Time{}
+		if gone := ss.expireLocked(time.Now()); len(gone) != 0 {
+			t.Fatalf("the walk forgot %d live sleepers", len(gone))
+		}
+		r.regMu.Unlock()
+	}
+	stop.Store(true)
+	<-done
+	if n := ss.expired.Load(); n != 0 {
+		t.Fatalf("the walk expired %d live sleepers", n)
+	}
+}
