@@ -148,12 +148,38 @@ func TestConnLimitPerSource(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if len(conns) != 16 || refused != 24 {
-		t.Fatalf("from one source: %d connected, %d refused; want 16 and 24", len(conns), refused)
+	// The relay holds the source's 16. A dial may still be refused while
+	// its own handshake runs at the relay: seen in about 1 run in 20 to
+	// 80 under the race detector, with every dial returned (15 connected,
+	// 25 refused) and the relay holding 16, one still handshaking. The
+	// likely path: past 4 handshakes at once from a source the relay asks
+	// for a Retry; a retransmission of the dialer's first Initial (from
+	// before the Retry) that arrives once the quota is full is refused,
+	// and quic-go's client takes that refusal for its connection, as RFC
+	// 9000 lets it before the server's first Initial. The relay's
+	// handshake is then an orphan, which ends at the client's close or
+	// times out. So: 16 at the relay, those not handshaking connected,
+	// all others refused.
+	if len(conns)+refused != 40 || len(conns) > 16 {
+		t.Fatalf("from one source: %d connected, %d refused of 40; want at most 16 connected", len(conns), refused)
 	}
-	st := e.relay.Stats()
-	if st.ConnsRefused["limit_source"] < 24 || st.Conns != 16 {
-		t.Errorf("stats: %d refusals (limit_source), %d connections; want at least 24 and 16", st.ConnsRefused["limit_source"], st.Conns)
+	orphans := 16 - len(conns)
+	if !pollUntil(2*time.Second, func() bool {
+		st := e.relay.Stats()
+		return st.Conns == 16 && st.Handshaking == orphans
+	}) {
+		st := e.relay.Stats()
+		t.Fatalf("from one source: %d connected, %d refused; the relay holds %d connections, %d handshaking; want 16, %d",
+			len(conns), refused, st.Conns, st.Handshaking, orphans)
+	}
+	if orphans > 0 {
+		t.Logf("%d dial(s) refused while the relay ran their handshake (orphans)", orphans)
+	}
+	if orphans > 2 {
+		t.Errorf("%d dials refused while their handshakes ran at the relay; want at most 2", orphans)
+	}
+	if st := e.relay.Stats(); st.ConnsRefused["limit_source"] < 24 {
+		t.Errorf("stats: %d refusals (limit_source); want at least 24", st.ConnsRefused["limit_source"])
 	}
 
 	// Another source is not affected.
@@ -170,8 +196,10 @@ func TestConnLimitPerSource(t *testing.T) {
 	for _, c := range conns {
 		c.CloseWithError(0, "")
 	}
-	if !pollUntil(5*time.Second, func() bool { return e.relay.Stats().Conns == 1 }) {
-		t.Fatalf("after closing 16 connections: relay counts %d, want 1", e.relay.Stats().Conns)
+	// An orphaned handshake ends at its client's close or after quic-go's
+	// 5 s handshake timeout.
+	if !pollUntil(8*time.Second, func() bool { return e.relay.Stats().Conns == 1 }) {
+		t.Fatalf("after closing the source's connections: relay counts %d, want 1", e.relay.Stats().Conns)
 	}
 	if _, err := attacker.dial(ctx, e.relay, nil); err != nil {
 		t.Fatalf("dial after the source's connections closed: %v", err)
