@@ -331,44 +331,16 @@ func TestMeasureIdlePeersChild(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var next atomic.Int64
-		next.Store(int64(len(accs)))
-		var failed atomic.Pointer[error]
-		var wg sync.WaitGroup
-		for range 16 {
-			wg.Go(func() {
-				for i := next.Add(1); i <= int64(n) && failed.Load() == nil; i = next.Add(1) {
-					if i%1000 == 0 {
-						// Keep the machine alive: stop before it runs out.
-						if rss, _ := procSelfRSS(); rss > maxRSS {
-							err := fmt.Errorf("the listeners' process holds %d MB at %d listeners, over %s", rss>>20, i, measureIdleMaxRSSEnv)
-							failed.Store(&err)
-							return
-						}
-					}
-					// On a loaded machine a handshake may time out: a
-					// listener gets three tries.
-					var a *Accepter
-					var err error
-					for range 3 {
-						if a, err = openIdleListener(ctx, addr, rk, dialer, sleepAfter); err == nil {
-							break
-						}
-						t.Logf("retrying a listener: %v", err)
-					}
-					if err != nil {
-						failed.Store(&err)
-						return
-					}
-					mu.Lock()
-					accs = append(accs, a)
-					mu.Unlock()
-				}
-			})
-		}
-		wg.Wait()
-		if e := failed.Load(); e != nil {
-			fmt.Printf("failed %v\n", *e)
+		if err := openInParallel(t, len(accs), n, maxRSS, "listener", func() error {
+			a, err := openIdleListener(ctx, addr, rk, dialer, sleepAfter)
+			if err == nil {
+				mu.Lock()
+				accs = append(accs, a)
+				mu.Unlock()
+			}
+			return err
+		}); err != nil {
+			fmt.Printf("failed %v\n", err)
 			return
 		}
 		for sleepAfter > 0 {
@@ -429,39 +401,14 @@ func lightChild(t *testing.T, relay string, relayKey ed25519.PublicKey, maxRSS i
 		if err != nil {
 			t.Fatal(err)
 		}
-		var next atomic.Int64
-		next.Store(int64(ls.count()))
-		var failed atomic.Pointer[error]
-		var wg sync.WaitGroup
-		for range 16 {
-			wg.Go(func() {
-				for i := next.Add(1); i <= int64(n) && failed.Load() == nil; i = next.Add(1) {
-					if i%1000 == 0 {
-						if rss, _ := procSelfRSS(); rss > maxRSS {
-							err := fmt.Errorf("the listeners' process holds %d MB at %d listeners, over %s", rss>>20, i, measureIdleMaxRSSEnv)
-							failed.Store(&err)
-							return
-						}
-					}
-					var s *lightSleeper
-					var err error
-					for range 3 {
-						if s, err = openLightSleeper(ctx, relay, relayKey, ip); err == nil {
-							break
-						}
-						t.Logf("retrying a sleeper: %v", err)
-					}
-					if err != nil {
-						failed.Store(&err)
-						return
-					}
-					ls.add(s)
-				}
-			})
-		}
-		wg.Wait()
-		if e := failed.Load(); e != nil {
-			fmt.Printf("failed %v\n", *e)
+		if err := openInParallel(t, ls.count(), n, maxRSS, "sleeper", func() error {
+			sl, err := openLightSleeper(ctx, relay, relayKey, ip)
+			if err == nil {
+				ls.add(sl)
+			}
+			return err
+		}); err != nil {
+			fmt.Printf("failed %v\n", err)
 			return
 		}
 		debug.FreeOSMemory()
@@ -471,4 +418,44 @@ func lightChild(t *testing.T, relay string, relayKey ed25519.PublicKey, maxRSS i
 		}
 		fmt.Printf("idle %d %d\n", ls.count(), rss)
 	}
+}
+
+// openInParallel calls open from 16 goroutines until the process holds n
+// listeners (have of them already), each given three tries (on a loaded
+// machine a handshake may time out). It stops early, with an error, once
+// the process holds more than maxRSS bytes, so that the machine lives.
+func openInParallel(t *testing.T, have, n int, maxRSS int64, what string, open func() error) error {
+	var next atomic.Int64
+	next.Store(int64(have))
+	var failed atomic.Pointer[error]
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for i := next.Add(1); i <= int64(n) && failed.Load() == nil; i = next.Add(1) {
+				if i%1000 == 0 {
+					if rss, _ := procSelfRSS(); rss > maxRSS {
+						err := fmt.Errorf("the listeners' process holds %d MB at %d listeners, over %s", rss>>20, i, measureIdleMaxRSSEnv)
+						failed.Store(&err)
+						return
+					}
+				}
+				var err error
+				for range 3 {
+					if err = open(); err == nil {
+						break
+					}
+					t.Logf("retrying a %s: %v", what, err)
+				}
+				if err != nil {
+					failed.Store(&err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if e := failed.Load(); e != nil {
+		return *e
+	}
+	return nil
 }

@@ -31,17 +31,11 @@ func BenchmarkSleepWalk(b *testing.B) {
 				if mode == "whole" {
 					ss.walkChunk = n + 1
 				}
-				mr := r.regs.(*memRegistry)
 				far := time.Now().Add(time.Hour).UnixNano()
 				r.regMu.Lock()
 				ss.mu.Lock()
 				for i := range n {
-					key := make([]byte, 32)
-					binary.BigEndian.PutUint64(key, uint64(i)+1)
-					reg := newRegEntry(string(key))
-					mr.regs[reg.key] = reg
-					s := &sleeper{reg: reg, expires: far}
-					binary.BigEndian.PutUint64(s.id[:], uint64(i)+1)
+					s := fakeSleeper(r, i, far)
 					ss.byID[s.id] = s
 				}
 				ss.mu.Unlock()
@@ -161,25 +155,15 @@ func TestSleepWalkConcurrent(t *testing.T) {
 	defer r.Close()
 	ss := r.sleep
 	ss.walkChunk = 64 // many chunks, many chances to interleave
-	mr := r.regs.(*memRegistry)
 	far := time.Now().Add(time.Hour).UnixNano()
-	mk := func(i int) *sleeper {
-		key := make([]byte, 32)
-		binary.BigEndian.PutUint64(key, uint64(i)+1)
-		reg := newRegEntry(string(key))
-		mr.regs[reg.key] = reg
-		s := &sleeper{reg: reg, expires: far}
-		binary.BigEndian.PutUint64(s.id[:], uint64(i)+1)
-		return s
-	}
 	r.regMu.Lock()
 	for i := range 5000 {
-		s := mk(i)
+		s := fakeSleeper(r, i, far)
 		ss.byID[s.id] = s
 	}
 	extra := make([]*sleeper, 20000)
 	for i := range extra {
-		extra[i] = mk(100000 + i)
+		extra[i] = fakeSleeper(r, 100000+i, far)
 	}
 	r.regMu.Unlock()
 	var stop atomic.Bool
@@ -212,4 +196,17 @@ func TestSleepWalkConcurrent(t *testing.T) {
 	if n := ss.expired.Load(); n != 0 {
 		t.Fatalf("the walk expired %d live sleepers", n)
 	}
+}
+
+// fakeSleeper returns the i-th of a test's sleepers, with a bare
+// registration in r's table (no CIDs, no mailbox), expiring at expires.
+// r.regMu must be held.
+func fakeSleeper(r *Relay, i int, expires int64) *sleeper {
+	key := make([]byte, 32)
+	binary.BigEndian.PutUint64(key, uint64(i)+1)
+	reg := newRegEntry(string(key))
+	r.regs.(*memRegistry).regs[reg.key] = reg
+	s := &sleeper{reg: reg, expires: expires}
+	binary.BigEndian.PutUint64(s.id[:], uint64(i)+1)
+	return s
 }

@@ -50,6 +50,15 @@ func (e *sleepEnv) sleeper(t *testing.T, ctx context.Context, id ed25519.Private
 // sleeperWith is sleeper with direct paths off if noDirect.
 func (e *sleepEnv) sleeperWith(t *testing.T, ctx context.Context, id ed25519.PrivateKey, after time.Duration, noDirect bool, trusted ...ed25519.PublicKey) *Accepter {
 	t.Helper()
+	a := e.listener(t, ctx, id, after, noDirect, trusted...)
+	waitAsleep(t, e.relay, a, 1)
+	return a
+}
+
+// listener returns an accepter with its mailbox open, Config.SleepAfter
+// after, and direct paths off if noDirect; it is closed with the test.
+func (e *sleepEnv) listener(t *testing.T, ctx context.Context, id ed25519.PrivateKey, after time.Duration, noDirect bool, trusted ...ed25519.PublicKey) *Accepter {
+	t.Helper()
 	cfg := e.config(id, trusted...)
 	cfg.SleepAfter = after
 	cfg.DisableDirect = noDirect
@@ -61,7 +70,6 @@ func (e *sleepEnv) sleeperWith(t *testing.T, ctx context.Context, id ed25519.Pri
 	if err := a.OpenMailbox(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitAsleep(t, e.relay, a, 1)
 	return a
 }
 
@@ -377,16 +385,7 @@ func TestSleepOldPeers(t *testing.T) {
 	t.Run("peer never sleeps", func(t *testing.T) {
 		e := newSleepEnv(t, RelayConfig{})
 		aID, dID := GenerateIdentity(), GenerateIdentity()
-		cfg := e.config(aID, pub(dID))
-		cfg.SleepAfter = -1
-		a, err := NewAccepter(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer a.Close()
-		if err := a.OpenMailbox(ctx); err != nil {
-			t.Fatal(err)
-		}
+		a := e.listener(t, ctx, aID, -1, false, pub(dID))
 		time.Sleep(time.Second)
 		if a.Asleep() || e.relay.SleepStats().Sleeping != 0 {
 			t.Fatal("an accepter with SleepAfter -1 slept")
@@ -519,16 +518,7 @@ func TestSleepHoldsInFleet(t *testing.T) {
 	waitAsleep(t, e.relay, a, 1)
 	check("woken by a dial, asleep again", pub(aID), 1)
 
-	bcfg := e.config(bID, pub(dID))
-	bcfg.SleepAfter = 100 * time.Millisecond
-	b, err := NewAccepter(ctx, bcfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	if err := b.OpenMailbox(ctx); err != nil {
-		t.Fatal(err)
-	}
+	b := e.listener(t, ctx, bID, 100*time.Millisecond, false, pub(dID))
 	waitAsleep(t, e.relay, b, 2)
 	check("a second sleeper", pub(bID), 1)
 	if !e.relay.YieldMailbox(pub(bID)) {
